@@ -1,0 +1,106 @@
+//! Request and response bodies of the control API. Field names are the JSON contract
+//! of DESIGN §8 (snake_case, bare lowercase values, RFC 3339 times).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// An error answer: the HTTP status and one line for the user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong and what to do next.
+    pub message: String,
+}
+
+/// `GET /v1/info`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Info {
+    /// `inactive` or `active`.
+    pub cluster: String,
+    /// This node's ID (derived from its key).
+    pub node_id: String,
+    /// Reported hostname.
+    pub hostname: String,
+    /// The QUIC listen address.
+    pub listen_addr: String,
+    /// The address other nodes use to reach this one.
+    pub advertise_addr: String,
+    /// Shoal version.
+    pub version: String,
+    /// Cluster ID when active.
+    pub cluster_id: Option<String>,
+    /// `manager` or `worker` when active.
+    pub role: Option<String>,
+    /// Node ID of the Raft leader, when known.
+    pub leader: Option<String>,
+    /// Number of managers when known.
+    pub managers: Option<u64>,
+    /// Number of nodes when known.
+    pub nodes: Option<u64>,
+}
+
+/// `POST /v1/init`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InitRequest {
+    /// Overrides the daemon's advertise address; saved in the state dir.
+    pub advertise_addr: Option<String>,
+    /// Availability of this first node (`active` by default).
+    pub availability: Option<String>,
+    /// Rewrite Raft membership to this node alone, keeping all state.
+    #[serde(default)]
+    pub force_new_cluster: bool,
+}
+
+/// Answer to `init`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitResponse {
+    /// This node's ID.
+    pub node_id: String,
+    /// The new cluster's ID.
+    pub cluster_id: String,
+}
+
+/// `POST /v1/leave`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LeaveRequest {
+    /// Leave even when this node is a manager (the last manager wipes the cluster).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// A node as `node ls` and `node inspect` show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeView {
+    /// Node ID.
+    pub id: String,
+    /// Reported hostname.
+    pub hostname: String,
+    /// `manager` or `worker`.
+    pub role: String,
+    /// `ready`, `down` or `unknown`.
+    pub status: String,
+    /// `active`, `pause` or `drain`.
+    pub availability: String,
+    /// `leader`, `reachable`, `unreachable`, or null for workers.
+    pub manager_status: Option<String>,
+    /// Advertise address `ip:port`.
+    pub addr: String,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// Public key, hex.
+    pub public_key: String,
+    /// Operating system and architecture, e.g. `linux/x86_64`.
+    pub platform: String,
+    /// Memory in bytes reported by the node.
+    pub memory_bytes: u64,
+    /// CPUs reported by the node.
+    pub cpus: u32,
+    /// Task drivers the node offers.
+    pub drivers: Vec<String>,
+    /// Shoal version of the node.
+    pub version: String,
+    /// When the node joined (RFC 3339).
+    pub created_at: String,
+    /// When the record last changed (RFC 3339).
+    pub updated_at: String,
+}

@@ -1,0 +1,192 @@
+//! The `shoal` command line: the daemon itself, and commands that talk to it.
+
+mod node;
+mod output;
+mod system;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::api::client::Client;
+
+/// Default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/shoal/shoal.sock";
+
+/// Shoal: a peer-to-peer container orchestrator.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Daemon to talk to, e.g. unix:///run/shoal/shoal.sock
+    #[arg(short = 'H', long = "host", env = "SHOAL_HOST", global = true)]
+    pub host: Option<String>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Output format of listings and inspections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    /// Human-readable table or text.
+    #[default]
+    Table,
+    /// JSON: an array for listings, an object for inspect and info.
+    Json,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the node daemon.
+    Daemon(DaemonArgs),
+    /// Show this node and its cluster.
+    Info {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show the version.
+    Version,
+    /// Create a new cluster with this node as its first manager.
+    Init {
+        /// Address other nodes use to reach this one (IP or IP:PORT).
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        /// Availability of this node.
+        #[arg(long, value_parser = ["active", "pause", "drain"])]
+        availability: Option<String>,
+        /// Rewrite Raft membership to this manager alone, keeping all state.
+        #[arg(long)]
+        force_new_cluster: bool,
+    },
+    /// Leave the cluster.
+    Leave {
+        /// Leave even as a manager (the last manager wipes the cluster state).
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+}
+
+/// `shoal daemon` flags.
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// State directory (key, certificates, raft.redb).
+    #[arg(long, env = "SHOAL_STATE_DIR", default_value = "/var/lib/shoal")]
+    pub state_dir: PathBuf,
+    /// UDP address for QUIC between nodes.
+    #[arg(long, default_value = "0.0.0.0:4747")]
+    pub listen_addr: SocketAddr,
+    /// Address other nodes use to reach this one (IP or IP:PORT).
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
+    /// Control socket.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Hostname to report instead of the machine's.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Log level (overridden by RUST_LOG).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Multiply Raft heartbeat and election timing (e.g. 3 for slow Wi-Fi).
+    #[arg(long, default_value_t = 1.0)]
+    pub raft_timing_scale: f64,
+}
+
+/// `shoal node ...`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// List nodes.
+    Ls {
+        /// Only IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show one node.
+    Inspect {
+        /// ID, unique ID prefix or hostname.
+        node: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+/// The socket the CLI talks to: `-H`, `SHOAL_HOST`, or the default.
+fn socket_of(host: Option<&str>) -> Result<PathBuf> {
+    match host {
+        None => Ok(PathBuf::from(DEFAULT_SOCKET)),
+        Some(h) => {
+            if let Some(path) = h.strip_prefix("unix://") {
+                Ok(PathBuf::from(path))
+            } else if h.starts_with('/') {
+                Ok(PathBuf::from(h))
+            } else {
+                anyhow::bail!("unsupported host `{h}`: use unix:///path/to/shoal.sock")
+            }
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Cmd::Daemon(args) => system::daemon(&runtime, args),
+        Cmd::Version => {
+            println!("shoal {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        command => {
+            let client = Client::new(socket_of(cli.host.as_deref())?);
+            runtime.block_on(dispatch(&client, command))
+        }
+    }
+}
+
+async fn dispatch(client: &Client, command: Cmd) -> Result<()> {
+    match command {
+        Cmd::Info { format } => system::info(client, format).await,
+        Cmd::Init {
+            advertise_addr,
+            availability,
+            force_new_cluster,
+        } => system::init(client, advertise_addr, availability, force_new_cluster).await,
+        Cmd::Leave { force } => system::leave(client, force).await,
+        Cmd::Node(cmd) => node::run(client, cmd).await,
+        Cmd::Daemon(_) | Cmd::Version => unreachable!("handled before connecting"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn host_parsing() {
+        assert_eq!(
+            socket_of(Some("unix:///tmp/x.sock")).unwrap(),
+            PathBuf::from("/tmp/x.sock")
+        );
+        assert_eq!(socket_of(None).unwrap(), PathBuf::from(DEFAULT_SOCKET));
+        assert!(socket_of(Some("tcp://1.2.3.4:1")).is_err());
+    }
+}

@@ -1,0 +1,80 @@
+//! `daemon`, `info`, `init`, `leave`.
+
+use anyhow::Result;
+
+use super::{DaemonArgs, Format, output};
+use crate::api::client::Client;
+use crate::api::{Info, InitRequest, InitResponse, LeaveRequest};
+use crate::daemon::{self, DaemonOptions};
+
+pub(super) fn daemon(runtime: &tokio::runtime::Runtime, args: DaemonArgs) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
+        .map_err(|e| anyhow::anyhow!("invalid --log-level `{}`: {e}", args.log_level))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    runtime.block_on(daemon::run(DaemonOptions {
+        state_dir: args.state_dir,
+        listen_addr: args.listen_addr,
+        advertise_addr: args.advertise_addr,
+        socket: args.socket,
+        hostname: args.hostname,
+        raft_timing_scale: args.raft_timing_scale,
+    }))
+}
+
+pub(super) async fn info(client: &Client, format: Format) -> Result<()> {
+    let info: Info = client.get("/v1/info").await?;
+    if format == Format::Json {
+        return output::print_json(&info);
+    }
+    println!("Cluster: {}", info.cluster);
+    println!(" Node ID: {}", info.node_id);
+    println!(" Hostname: {}", info.hostname);
+    println!(" Listen address: {}", info.listen_addr);
+    println!(" Advertise address: {}", info.advertise_addr);
+    if let Some(id) = &info.cluster_id {
+        println!(" Cluster ID: {id}");
+    }
+    if let Some(role) = &info.role {
+        println!(" Role: {role}");
+    }
+    if info.cluster == "active" {
+        println!(" Leader: {}", info.leader.as_deref().unwrap_or("unknown"));
+    }
+    if let Some(m) = info.managers {
+        println!(" Managers: {m}");
+    }
+    if let Some(n) = info.nodes {
+        println!(" Nodes: {n}");
+    }
+    println!(" Version: {}", info.version);
+    Ok(())
+}
+
+pub(super) async fn init(
+    client: &Client,
+    advertise_addr: Option<String>,
+    availability: Option<String>,
+    force_new_cluster: bool,
+) -> Result<()> {
+    let req = InitRequest {
+        advertise_addr,
+        availability,
+        force_new_cluster,
+    };
+    let resp: InitResponse = client.post("/v1/init", &req).await?;
+    println!(
+        "Cluster initialized: current node ({}) is now a manager.",
+        resp.node_id
+    );
+    Ok(())
+}
+
+pub(super) async fn leave(client: &Client, force: bool) -> Result<()> {
+    let _: serde_json::Value = client.post("/v1/leave", &LeaveRequest { force }).await?;
+    println!("Node left the cluster.");
+    Ok(())
+}

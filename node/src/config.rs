@@ -1,0 +1,164 @@
+//! What the node keeps about itself in `node.json`: its advertise address override
+//! and, once it belongs to a cluster, its credentials. Written atomically.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::manager::state::Role;
+
+/// Saved node settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SavedConfig {
+    /// Advertise address given to `init`/`join`, or to a restarted daemon.
+    pub advertise_addr: Option<SocketAddr>,
+    /// Present while the node belongs to a cluster.
+    pub cluster: Option<SavedCluster>,
+}
+
+/// The node's membership credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedCluster {
+    /// Cluster ID.
+    pub cluster_id: String,
+    /// Role when last saved.
+    pub role: Role,
+    /// This node's certificate (DER, base64).
+    #[serde(with = "b64")]
+    pub node_cert: Vec<u8>,
+    /// The cluster CA certificate (DER, base64).
+    #[serde(with = "b64")]
+    pub ca_cert: Vec<u8>,
+}
+
+mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl SavedConfig {
+    /// Reads `path`; absent means defaults. A corrupt file is an error naming it.
+    pub fn load(path: &Path) -> Result<SavedConfig> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{} is corrupt: fix or remove it (the node key is kept apart)",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SavedConfig::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Writes `path` atomically (temp file, fsync, rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(self)?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// Parses an advertise address: `IP:PORT`, or a bare IP that takes `default_port`.
+pub fn parse_advertise(s: &str, default_port: u16) -> Result<SocketAddr> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        if addr.ip().is_unspecified() {
+            bail!("advertise address {s} is unspecified: give an address other nodes can reach");
+        }
+        return Ok(addr);
+    }
+    match s.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => {
+            bail!("advertise address {s} is unspecified: give an address other nodes can reach")
+        }
+        Ok(ip) => Ok(SocketAddr::new(ip, default_port)),
+        Err(_) => bail!("invalid advertise address `{s}`: expected IP or IP:PORT"),
+    }
+}
+
+/// The address to advertise when none was given: the listen address when it is
+/// specific, otherwise the first IPv4 address of an interface that is up and not
+/// loopback, else loopback (a single-machine cluster).
+pub fn default_advertise(listen: SocketAddr) -> SocketAddr {
+    if !listen.ip().is_unspecified() {
+        return listen;
+    }
+    let found = nix::ifaddrs::getifaddrs().ok().and_then(|addrs| {
+        addrs
+            .filter(|a| a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP))
+            .filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|v4| v4.ip())))
+            .find(|ip| !ip.is_loopback() && !ip.is_unspecified())
+    });
+    let ip = found.map_or(IpAddr::from([127, 0, 0, 1]), IpAddr::V4);
+    SocketAddr::new(ip, listen.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_parsing() {
+        assert_eq!(
+            parse_advertise("10.0.0.5", 4747).unwrap().to_string(),
+            "10.0.0.5:4747"
+        );
+        assert_eq!(
+            parse_advertise("10.0.0.5:5000", 4747).unwrap().to_string(),
+            "10.0.0.5:5000"
+        );
+        assert!(parse_advertise("0.0.0.0", 4747).is_err());
+        assert!(
+            parse_advertise("pi.local", 4747)
+                .unwrap_err()
+                .to_string()
+                .contains("IP")
+        );
+    }
+
+    #[test]
+    fn config_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.json");
+        assert!(SavedConfig::load(&path).unwrap().cluster.is_none());
+        let cfg = SavedConfig {
+            advertise_addr: Some("127.0.0.9:4747".parse().unwrap()),
+            cluster: Some(SavedCluster {
+                cluster_id: "c".into(),
+                role: Role::Manager,
+                node_cert: vec![1, 2, 3],
+                ca_cert: vec![4],
+            }),
+        };
+        cfg.save(&path).unwrap();
+        let back = SavedConfig::load(&path).unwrap();
+        assert_eq!(back.cluster.unwrap().node_cert, vec![1, 2, 3]);
+        std::fs::write(&path, b"{nope").unwrap();
+        assert!(
+            SavedConfig::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("corrupt")
+        );
+    }
+}

@@ -1,0 +1,600 @@
+//! The daemon: composition root, lifecycle and the control API's handlers.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use hyper::Method;
+use tokio::sync::{RwLock, watch};
+use tracing::{info, warn};
+
+use crate::api::server::{ApiError, ApiRequest, Reply};
+use crate::api::{Info, InitRequest, InitResponse, LeaveRequest, NodeView};
+use crate::config::{SavedCluster, SavedConfig, default_advertise, parse_advertise};
+use crate::manager::state::{Availability, ClusterRecord, Command, NodeRecord, NodeStatus, Role};
+use crate::manager::{Manager, ManagerError, raft_id_for};
+use crate::net::Endpoint;
+use crate::pki::{self, ClusterCa, NodeKey};
+use crate::state_dir::StateDir;
+
+/// Longest Unix socket path the kernel accepts (`sun_path` is 108 bytes with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// `shoal daemon` settings.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// QUIC listen address.
+    pub listen_addr: SocketAddr,
+    /// Advertise address override (`IP` or `IP:PORT`).
+    pub advertise_addr: Option<String>,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// Reported hostname override.
+    pub hostname: Option<String>,
+    /// Multiplies Raft timing (heartbeat, election) for slow links.
+    pub raft_timing_scale: f64,
+}
+
+/// The node's membership, when it has one.
+struct Membership {
+    saved: SavedCluster,
+    manager: Option<Arc<Manager>>,
+}
+
+/// Everything the daemon's handlers share.
+pub struct Node {
+    state_dir: StateDir,
+    key: NodeKey,
+    node_id: String,
+    hostname: String,
+    listen_addr: SocketAddr,
+    endpoint: Endpoint,
+    advertise: std::sync::RwLock<SocketAddr>,
+    membership: RwLock<Option<Membership>>,
+    raft_scale: f64,
+    /// Serializes `init`/`leave`/`join`, which replace the membership.
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// RFC 3339 rendering of a millisecond timestamp.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// A random 25-character lowercase alphanumeric ID (cluster IDs).
+pub fn random_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; 25];
+    getrandom::fill(&mut bytes).unwrap_or_else(|_| {
+        // Without OS randomness, fall back to the clock and pid: still unique enough
+        // for a cluster ID, which is not a secret.
+        let seed = now_ms() ^ u64::from(std::process::id()) << 32;
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (seed >> ((i % 8) * 8)) as u8 ^ i as u8;
+        }
+    });
+    bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+fn system_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn platform() -> String {
+    format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH)
+}
+
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+fn manager_err(e: ManagerError) -> ApiError {
+    match e {
+        ManagerError::Refused(m) => ApiError::conflict(m),
+        ManagerError::QuorumLost { .. } | ManagerError::NotLeader { .. } => {
+            ApiError::unavailable(e.to_string())
+        }
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+const NOT_IN_CLUSTER: &str = "this node is not part of a cluster: run `shoal init` or `shoal join`";
+const NOT_A_MANAGER: &str = "this node is not a manager: run it on a manager or point -H at one";
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(opts: DaemonOptions) -> Result<()> {
+    // The lock comes first: nothing in the state dir is touched without it.
+    let state_dir = StateDir::open_locked(&opts.state_dir)?;
+    let socket_len = opts.socket.as_os_str().len();
+    if socket_len > MAX_SOCKET_PATH {
+        bail!(
+            "socket path {} is {socket_len} bytes, over the limit of {MAX_SOCKET_PATH}: choose a shorter --socket",
+            opts.socket.display()
+        );
+    }
+    let key = NodeKey::load_or_create(&state_dir.node_key())?;
+    let node_id = key.node_id().to_string();
+    let mut saved = SavedConfig::load(&state_dir.node_config())?;
+    let advertise = match &opts.advertise_addr {
+        Some(a) => {
+            let addr = parse_advertise(a, opts.listen_addr.port())?;
+            if saved.advertise_addr != Some(addr) {
+                saved.advertise_addr = Some(addr);
+                saved.save(&state_dir.node_config())?;
+            }
+            addr
+        }
+        None => saved
+            .advertise_addr
+            .unwrap_or_else(|| default_advertise(opts.listen_addr)),
+    };
+    let listener = bind_socket(&opts.socket).await?;
+    let (endpoint, accepted) = Endpoint::bind(opts.listen_addr, &key)
+        .with_context(|| format!("cannot bind the QUIC endpoint on {}", opts.listen_addr))?;
+    let hostname = opts.hostname.clone().unwrap_or_else(system_hostname);
+    info!(node_id = %node_id, %hostname, listen = %opts.listen_addr, %advertise, "shoal daemon starting");
+
+    let node = Arc::new(Node {
+        key,
+        node_id,
+        hostname,
+        listen_addr: opts.listen_addr,
+        endpoint,
+        advertise: std::sync::RwLock::new(advertise),
+        membership: RwLock::new(None),
+        raft_scale: opts.raft_timing_scale,
+        lifecycle: tokio::sync::Mutex::new(()),
+        state_dir,
+    });
+    if let Some(cluster) = saved.cluster.clone() {
+        node.resume(cluster).await?;
+    }
+    tokio::spawn(serve_peers(node.clone(), accepted));
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let server = {
+        let node = node.clone();
+        tokio::spawn(crate::api::server::serve(
+            listener,
+            shutdown_rx,
+            move |req| {
+                let node = node.clone();
+                async move { node.route(req).await }
+            },
+        ))
+    };
+    wait_for_signal().await;
+    info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    let _ = std::fs::remove_file(&opts.socket);
+    node.stop().await;
+    Ok(())
+}
+
+/// Serves connections from other nodes. A cluster of one has no peers: each stream
+/// opened by a peer is answered by closing it, until joining and Raft between
+/// managers give peers something to ask.
+async fn serve_peers(node: Arc<Node>, mut accepted: crate::net::AcceptedRx) {
+    while let Some(conn) = accepted.recv().await {
+        let in_cluster = node.membership.read().await.is_some();
+        tracing::debug!(
+            peer = ?conn.peer_node_id.map(|id| id.to_string()),
+            remote = %conn.connection.remote_address(),
+            in_cluster,
+            "peer connected; no peer requests are served yet"
+        );
+        conn.connection
+            .close(0u32.into(), b"no peer requests are served by this node yet");
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Binds the control socket (mode 0660). A stale socket left by a dead daemon is
+/// removed; one that still answers is never touched.
+async fn bind_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create socket directory {}", parent.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "another daemon is serving on {}: stop it or pass a different --socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+impl Node {
+    fn advertise(&self) -> SocketAddr {
+        *self
+            .advertise
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_advertise(&self, addr: SocketAddr) {
+        *self
+            .advertise
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = addr;
+    }
+
+    /// Starts serving with the node certificate.
+    fn serve_quic(&self, saved: &SavedCluster) -> Result<()> {
+        let server = pki::server_config(&saved.node_cert, &saved.ca_cert, &self.key)
+            .context("cannot build the TLS server configuration")?;
+        self.endpoint.set_server_config(server);
+        Ok(())
+    }
+
+    /// Restarts the node's part in the cluster after a daemon restart.
+    async fn resume(&self, saved: SavedCluster) -> Result<()> {
+        let manager = if saved.role == Role::Manager {
+            let started = Instant::now();
+            let manager = Manager::open(
+                &self.state_dir.raft_db(),
+                raft_id_for(&self.key.public_key()),
+                &saved.cluster_id,
+                self.raft_scale,
+            )
+            .await?;
+            let manager = Arc::new(manager);
+            let m = manager.clone();
+            tokio::spawn(async move {
+                if let Some(leader) = m.wait_for_leader(Duration::from_secs(30)).await {
+                    info!(
+                        leader,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "raft leader known"
+                    );
+                }
+            });
+            Some(manager)
+        } else {
+            None
+        };
+        self.serve_quic(&saved)?;
+        info!(cluster_id = %saved.cluster_id, role = saved.role.as_str(), "rejoined cluster");
+        *self.membership.write().await = Some(Membership { saved, manager });
+        Ok(())
+    }
+
+    async fn stop(&self) {
+        let taken = self.membership.write().await.take();
+        if let Some(manager) = taken.and_then(|m| m.manager) {
+            manager.shutdown().await;
+        }
+        self.endpoint.close();
+    }
+
+    async fn manager(&self) -> Result<Arc<Manager>, ApiError> {
+        match self.membership.read().await.as_ref() {
+            None => Err(ApiError::conflict(NOT_IN_CLUSTER)),
+            Some(Membership { manager: None, .. }) => Err(ApiError::conflict(NOT_A_MANAGER)),
+            Some(Membership {
+                manager: Some(m), ..
+            }) => Ok(m.clone()),
+        }
+    }
+
+    async fn route(self: &Arc<Self>, req: ApiRequest) -> Result<Reply, ApiError> {
+        let route = req.route();
+        match (&req.method, route.as_slice()) {
+            (&Method::GET, ["v1", "info"]) => Reply::json(&self.info().await),
+            (&Method::POST, ["v1", "init"]) => {
+                let body: InitRequest = req.json()?;
+                Reply::json(&self.init(body).await?)
+            }
+            (&Method::POST, ["v1", "leave"]) => {
+                let body: LeaveRequest = req.json()?;
+                self.leave(body).await?;
+                Reply::json(&serde_json::json!({}))
+            }
+            (&Method::GET, ["v1", "nodes"]) => Reply::json(&self.node_list().await?),
+            (&Method::GET, ["v1", "nodes", reference]) => {
+                Reply::json(&self.node_inspect(reference).await?)
+            }
+            (_, ["v1", ..]) => Err(ApiError::not_found(format!(
+                "unknown API call {} /{}",
+                req.method,
+                req.segments.join("/")
+            ))),
+            _ => Err(ApiError::not_found("unknown API version: expected /v1/...")),
+        }
+    }
+
+    async fn info(&self) -> Info {
+        let mut info = Info {
+            cluster: "inactive".into(),
+            node_id: self.node_id.clone(),
+            hostname: self.hostname.clone(),
+            listen_addr: self.listen_addr.to_string(),
+            advertise_addr: self.advertise().to_string(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            cluster_id: None,
+            role: None,
+            leader: None,
+            managers: None,
+            nodes: None,
+        };
+        let membership = self.membership.read().await;
+        if let Some(m) = membership.as_ref() {
+            info.cluster = "active".into();
+            info.cluster_id = Some(m.saved.cluster_id.clone());
+            info.role = Some(m.saved.role.as_str().into());
+            if let Some(manager) = &m.manager {
+                let leader = manager.leader();
+                manager.read_local(|s| {
+                    info.leader = leader
+                        .and_then(|l| s.node_by_raft_id(l))
+                        .map(|n| n.id.clone());
+                    info.managers =
+                        Some(s.nodes.values().filter(|n| n.role == Role::Manager).count() as u64);
+                    info.nodes = Some(s.nodes.len() as u64);
+                });
+            }
+        }
+        info
+    }
+
+    fn record_for_self(&self, role: Role, availability: Availability) -> NodeRecord {
+        let now = now_ms();
+        NodeRecord {
+            id: self.node_id.clone(),
+            public_key: self.key.public_key(),
+            raft_id: raft_id_for(&self.key.public_key()),
+            hostname: self.hostname.clone(),
+            addr: self.advertise().to_string(),
+            role,
+            availability,
+            status: NodeStatus::Ready,
+            labels: Default::default(),
+            platform: platform(),
+            memory_bytes: memory_bytes(),
+            cpus: cpus(),
+            drivers: Vec::new(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    async fn init(&self, req: InitRequest) -> Result<InitResponse, ApiError> {
+        let _guard = self.lifecycle.lock().await;
+        if req.force_new_cluster {
+            return Err(ApiError::bad_request(
+                "--force-new-cluster is not available yet: it needs a cluster of several managers",
+            ));
+        }
+        if self.membership.read().await.is_some() {
+            return Err(ApiError::conflict(
+                "this node is already part of a cluster: run `shoal leave --force` first to start a new one",
+            ));
+        }
+        let availability: Availability = match req.availability.as_deref() {
+            Some(a) => a.parse().map_err(ApiError::bad_request)?,
+            None => Availability::Active,
+        };
+        let mut saved_cfg =
+            SavedConfig::load(&self.state_dir.node_config()).map_err(ApiError::from)?;
+        if let Some(a) = &req.advertise_addr {
+            let addr = parse_advertise(a, self.listen_addr.port())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            self.set_advertise(addr);
+            saved_cfg.advertise_addr = Some(addr);
+        }
+        let cluster_id = random_id();
+        let ca = ClusterCa::generate(&cluster_id)
+            .map_err(|e| ApiError::internal(format!("cannot create the cluster CA: {e}")))?;
+        let node_cert = ca
+            .issue_node_cert(&self.key.public_key(), &self.key.node_id())
+            .map_err(|e| ApiError::internal(format!("cannot issue the node certificate: {e}")))?;
+        let db_path = self.state_dir.raft_db();
+        if db_path.exists() {
+            // Left by an `init` that died before it finished: it holds no cluster.
+            std::fs::remove_file(&db_path).map_err(|e| {
+                ApiError::internal(format!(
+                    "cannot remove unfinished {}: {e}",
+                    db_path.display()
+                ))
+            })?;
+        }
+        let manager = Manager::open(
+            &db_path,
+            raft_id_for(&self.key.public_key()),
+            &cluster_id,
+            self.raft_scale,
+        )
+        .await
+        .map_err(manager_err)?;
+        manager.initialize().await.map_err(manager_err)?;
+        manager
+            .wait_for_leader(Duration::from_secs(10))
+            .await
+            .ok_or_else(|| ApiError::unavailable("raft did not elect this node within 10 s"))?;
+        let record = ClusterRecord {
+            id: cluster_id.clone(),
+            created_at: now_ms(),
+            ca_cert_der: ca.cert_der().to_vec(),
+            ca_key_der: ca.key_pkcs8_der().to_vec(),
+            worker_token_generation: 0,
+            manager_token_generation: 0,
+            task_history_limit: 5,
+        };
+        let cmd = Command::InitCluster {
+            cluster: record,
+            node: self.record_for_self(Role::Manager, availability),
+        };
+        if let Err(e) = manager.write(cmd).await {
+            manager.shutdown().await;
+            let _ = std::fs::remove_file(&db_path);
+            return Err(manager_err(e));
+        }
+        let saved = SavedCluster {
+            cluster_id: cluster_id.clone(),
+            role: Role::Manager,
+            node_cert,
+            ca_cert: ca.cert_der().to_vec(),
+        };
+        saved_cfg.cluster = Some(saved.clone());
+        saved_cfg
+            .save(&self.state_dir.node_config())
+            .map_err(ApiError::from)?;
+        self.serve_quic(&saved).map_err(ApiError::from)?;
+        info!(%cluster_id, "cluster initialized");
+        *self.membership.write().await = Some(Membership {
+            saved,
+            manager: Some(Arc::new(manager)),
+        });
+        Ok(InitResponse {
+            node_id: self.node_id.clone(),
+            cluster_id,
+        })
+    }
+
+    async fn leave(&self, req: LeaveRequest) -> Result<(), ApiError> {
+        let _guard = self.lifecycle.lock().await;
+        let mut membership = self.membership.write().await;
+        let Some(m) = membership.as_ref() else {
+            return Err(ApiError::conflict("this node is not part of a cluster"));
+        };
+        if let Some(manager) = &m.manager {
+            let voters = manager.voters();
+            if !req.force {
+                return Err(ApiError::conflict(if voters.len() <= 1 {
+                    "this node is the last manager: leaving wipes the cluster state; use `shoal leave --force` to do it anyway"
+                } else {
+                    "this node is a manager: demote it first (`shoal node demote`) or use `shoal leave --force`"
+                }));
+            }
+            manager.shutdown().await;
+        }
+        *membership = None;
+        drop(membership);
+        self.endpoint.clear_server_config();
+        let mut saved = SavedConfig::load(&self.state_dir.node_config()).map_err(ApiError::from)?;
+        saved.cluster = None;
+        saved
+            .save(&self.state_dir.node_config())
+            .map_err(ApiError::from)?;
+        let db = self.state_dir.raft_db();
+        if db.exists() {
+            std::fs::remove_file(&db)
+                .map_err(|e| ApiError::internal(format!("cannot remove {}: {e}", db.display())))?;
+        }
+        warn!("left the cluster: cluster state wiped, node key kept");
+        Ok(())
+    }
+
+    fn view(&self, manager: &Manager, n: &NodeRecord) -> NodeView {
+        let leader = manager.leader();
+        let manager_status = (n.role == Role::Manager).then(|| {
+            if Some(n.raft_id) == leader {
+                "leader"
+            } else if n.status == NodeStatus::Ready {
+                "reachable"
+            } else {
+                "unreachable"
+            }
+            .to_string()
+        });
+        NodeView {
+            id: n.id.clone(),
+            hostname: n.hostname.clone(),
+            role: n.role.as_str().into(),
+            status: n.status.as_str().into(),
+            availability: n.availability.as_str().into(),
+            manager_status,
+            addr: n.addr.clone(),
+            labels: n.labels.clone(),
+            public_key: n.public_key.iter().map(|b| format!("{b:02x}")).collect(),
+            platform: n.platform.clone(),
+            memory_bytes: n.memory_bytes,
+            cpus: n.cpus,
+            drivers: n.drivers.clone(),
+            version: n.version.clone(),
+            created_at: rfc3339(n.created_at),
+            updated_at: rfc3339(n.updated_at),
+        }
+    }
+
+    async fn node_list(&self) -> Result<Vec<NodeView>, ApiError> {
+        let manager = self.manager().await?;
+        let nodes = manager
+            .read_linearizable(|s| s.nodes.values().cloned().collect::<Vec<_>>())
+            .await
+            .map_err(manager_err)?;
+        Ok(nodes.iter().map(|n| self.view(&manager, n)).collect())
+    }
+
+    async fn node_inspect(&self, reference: &str) -> Result<NodeView, ApiError> {
+        let manager = self.manager().await?;
+        let node = manager
+            .read_linearizable(|s| s.resolve_node(reference).cloned())
+            .await
+            .map_err(manager_err)?
+            .map_err(ApiError::not_found)?;
+        Ok(self.view(&manager, &node))
+    }
+}

@@ -1,0 +1,11 @@
+//! Shoal node: the daemon, the CLI, and the glue between membership, scheduler and
+//! runtime. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod manager;
+pub mod net;
+pub mod pki;
+pub mod state_dir;

@@ -1,0 +1,474 @@
+//! Raft storage in redb: the log (fsynced before a write is acknowledged), the vote,
+//! the committed index, and durable snapshots of the state machine.
+//!
+//! The state machine itself lives in memory. It is rebuilt at start from the last
+//! durable snapshot, and openraft re-applies the committed log after it. The log is
+//! purged only behind a snapshot that is already on disk, so nothing is ever lost.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftLogReader, RaftSnapshotBuilder,
+    StorageIOError, Vote,
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::state::{ClusterState, CommandResult};
+use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_meta");
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_PURGED: &str = "last_purged";
+const KEY_SNAPSHOT: &str = "snapshot";
+
+/// Why the Raft database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The file exists but redb cannot read it.
+    #[error(
+        "{path} is corrupt or unreadable ({reason}): refusing to start; move it away only if you mean to lose this node's cluster state"
+    )]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// redb's words.
+        reason: String,
+    },
+}
+
+/// Opens (or creates) `raft.redb`, with both tables present.
+pub fn open_db(path: &Path) -> Result<Arc<Database>, OpenError> {
+    let corrupt = |e: &dyn std::fmt::Display| OpenError::Corrupt {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let db = Database::create(path).map_err(|e| corrupt(&e))?;
+    let mut tx = db.begin_write().map_err(|e| corrupt(&e))?;
+    tx.set_durability(Durability::Immediate)
+        .map_err(|e| corrupt(&e))?;
+    tx.open_table(LOG).map_err(|e| corrupt(&e))?;
+    tx.open_table(META).map_err(|e| corrupt(&e))?;
+    tx.commit().map_err(|e| corrupt(&e))?;
+    Ok(Arc::new(db))
+}
+
+fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
+}
+
+fn read_meta<T: for<'a> Deserialize<'a>>(db: &Database, key: &str) -> Result<Option<T>, String> {
+    let tx = db.begin_read().map_err(|e| e.to_string())?;
+    let table = tx.open_table(META).map_err(|e| e.to_string())?;
+    match table.get(key).map_err(|e| e.to_string())? {
+        Some(v) => postcard::from_bytes(v.value())
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        None => Ok(None),
+    }
+}
+
+fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), String> {
+    let bytes = postcard::to_stdvec(value).map_err(|e| e.to_string())?;
+    let mut tx = db.begin_write().map_err(|e| e.to_string())?;
+    tx.set_durability(Durability::Immediate)
+        .map_err(|e| e.to_string())?;
+    {
+        let mut table = tx.open_table(META).map_err(|e| e.to_string())?;
+        table
+            .insert(key, bytes.as_slice())
+            .map_err(|e| e.to_string())?;
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("storage task failed: {e}"))?
+}
+
+/// The Raft log and vote.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    /// A log store over an opened database.
+    pub fn new(db: Arc<Database>) -> Self {
+        Self { db }
+    }
+
+    fn range_sync(&self, lo: u64, hi: Option<u64>) -> Result<Vec<Entry>, String> {
+        let tx = self.db.begin_read().map_err(|e| e.to_string())?;
+        let table = tx.open_table(LOG).map_err(|e| e.to_string())?;
+        let iter = match hi {
+            Some(hi) => table.range(lo..hi),
+            None => table.range(lo..),
+        }
+        .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for item in iter {
+            let (_, v) = item.map_err(|e| e.to_string())?;
+            out.push(postcard::from_bytes::<Entry>(v.value()).map_err(|e| e.to_string())?);
+        }
+        Ok(out)
+    }
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
+    let lo = match range.start_bound() {
+        Bound::Included(x) => *x,
+        Bound::Excluded(x) => x.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let hi = match range.end_bound() {
+        Bound::Included(x) => Some(x.saturating_add(1)),
+        Bound::Excluded(x) => Some(*x),
+        Bound::Unbounded => None,
+    };
+    (lo, hi)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (lo, hi) = bounds(&range);
+        self.range_sync(lo, hi)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let err = |e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e);
+        let last_purged: Option<LogId> = read_meta(&self.db, KEY_PURGED).map_err(err)?;
+        let tx = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+        let table = tx.open_table(LOG).map_err(|e| err(e.to_string()))?;
+        let last = match table.last().map_err(|e| err(e.to_string()))? {
+            Some((_, v)) => Some(
+                postcard::from_bytes::<Entry>(v.value())
+                    .map_err(|e| err(e.to_string()))?
+                    .log_id,
+            ),
+            None => None,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        let vote = *vote;
+        blocking(move || write_meta(&db, KEY_VOTE, &vote))
+            .await
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        read_meta(&self.db, KEY_VOTE).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        blocking(move || write_meta(&db, KEY_COMMITTED, &committed))
+            .await
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let v: Option<Option<LogId>> = read_meta(&self.db, KEY_COMMITTED)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
+        Ok(v.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut encoded = Vec::new();
+        for e in entries {
+            let bytes = postcard::to_stdvec(&e)
+                .map_err(|err| io_err(ErrorSubject::Logs, ErrorVerb::Write, err))?;
+            encoded.push((e.log_id.index, bytes));
+        }
+        let db = self.db.clone();
+        // One write transaction per batch, fsynced (Durability::Immediate) before the
+        // callback tells openraft the entries are durable.
+        let res = blocking(move || {
+            let mut tx = db.begin_write().map_err(|e| e.to_string())?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(|e| e.to_string())?;
+            {
+                let mut table = tx.open_table(LOG).map_err(|e| e.to_string())?;
+                for (index, bytes) in &encoded {
+                    table
+                        .insert(*index, bytes.as_slice())
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            tx.commit().map_err(|e| e.to_string())
+        })
+        .await;
+        match res {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.clone())));
+                Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let mut tx = db.begin_write().map_err(|e| e.to_string())?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(|e| e.to_string())?;
+            {
+                let mut table = tx.open_table(LOG).map_err(|e| e.to_string())?;
+                table
+                    .retain_in(log_id.index.., |_, _| false)
+                    .map_err(|e| e.to_string())?;
+            }
+            tx.commit().map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let bytes = postcard::to_stdvec(&Some(log_id)).map_err(|e| e.to_string())?;
+            let mut tx = db.begin_write().map_err(|e| e.to_string())?;
+            tx.set_durability(Durability::Immediate)
+                .map_err(|e| e.to_string())?;
+            {
+                let mut meta = tx.open_table(META).map_err(|e| e.to_string())?;
+                meta.insert(KEY_PURGED, bytes.as_slice())
+                    .map_err(|e| e.to_string())?;
+                let mut table = tx.open_table(LOG).map_err(|e| e.to_string())?;
+                table
+                    .retain_in(..=log_id.index, |_, _| false)
+                    .map_err(|e| e.to_string())?;
+            }
+            tx.commit().map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}
+
+/// The in-memory state machine and where it stands in the log.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SmData {
+    /// Last applied log ID.
+    pub last_applied: Option<LogId>,
+    /// Last membership seen in the log.
+    pub membership: StoredMembership,
+    /// The cluster state.
+    pub state: ClusterState,
+}
+
+/// A snapshot as kept on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// The state machine: shared with readers through `shared`.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<Database>,
+    shared: Arc<RwLock<SmData>>,
+}
+
+fn encode_sm(sm: &SmData) -> Result<Vec<u8>, String> {
+    // The cluster state has its own version byte; the envelope is plain postcard.
+    postcard::to_stdvec(&(sm.last_applied, &sm.membership, sm.state.encode()))
+        .map_err(|e| e.to_string())
+}
+
+fn decode_sm(bytes: &[u8]) -> Result<SmData, String> {
+    let (last_applied, membership, state): (Option<LogId>, StoredMembership, Vec<u8>) =
+        postcard::from_bytes(bytes).map_err(|e| format!("corrupt snapshot: {e}"))?;
+    Ok(SmData {
+        last_applied,
+        membership,
+        state: ClusterState::decode(&state)?,
+    })
+}
+
+impl StateMachineStore {
+    /// Loads the state machine from the last durable snapshot (or empty).
+    pub fn open(db: Arc<Database>) -> Result<Self, String> {
+        let snap: Option<StoredSnapshot> = read_meta(&db, KEY_SNAPSHOT)?;
+        let data = match snap {
+            Some(s) => decode_sm(&s.data)?,
+            None => SmData::default(),
+        };
+        Ok(Self {
+            db,
+            shared: Arc::new(RwLock::new(data)),
+        })
+    }
+
+    /// The live state, for readers.
+    pub fn shared(&self) -> Arc<RwLock<SmData>> {
+        self.shared.clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, SmData> {
+        self.shared
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, SmData> {
+        self.shared
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (data, meta) = {
+            let sm = self.read();
+            let data = encode_sm(&sm)
+                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+            let snapshot_id = match sm.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
+                None => format!("0-0-{}", data.len()),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: sm.last_applied,
+                last_membership: sm.membership.clone(),
+                snapshot_id,
+            };
+            (data, meta)
+        };
+        let db = self.db.clone();
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
+        // Durable before openraft may purge the log behind it.
+        blocking(move || write_meta(&db, KEY_SNAPSHOT, &stored))
+            .await
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let sm = self.read();
+        Ok((sm.last_applied, sm.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut sm = self.write();
+        let mut out = Vec::new();
+        for entry in entries {
+            sm.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => out.push(CommandResult::Done),
+                EntryPayload::Normal(cmd) => out.push(sm.state.apply(&cmd)),
+                EntryPayload::Membership(m) => {
+                    sm.membership = StoredMembership::new(Some(entry.log_id), m);
+                    out.push(CommandResult::Done);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let new = decode_sm(&data).map_err(|e| {
+            io_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                e,
+            )
+        })?;
+        let db = self.db.clone();
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        blocking(move || write_meta(&db, KEY_SNAPSHOT, &stored))
+            .await
+            .map_err(|e| {
+                io_err(
+                    ErrorSubject::Snapshot(Some(meta.signature())),
+                    ErrorVerb::Write,
+                    e,
+                )
+            })?;
+        *self.write() = new;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let snap: Option<StoredSnapshot> = read_meta(&self.db, KEY_SNAPSHOT)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        Ok(snap.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
