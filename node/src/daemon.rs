@@ -325,7 +325,7 @@ impl Node {
         if let Some(manager) = taken.and_then(|m| m.manager) {
             manager.shutdown().await;
         }
-        self.endpoint.close();
+        self.endpoint.shutdown(Duration::from_millis(500)).await;
     }
 
     async fn manager(&self) -> Result<Arc<Manager>, ApiError> {

@@ -1,0 +1,657 @@
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::pki::{self, ClusterCa, NodeKey};
+
+const T: Duration = Duration::from_secs(3);
+
+struct TestNode {
+    key: NodeKey,
+    endpoint: Endpoint,
+    accepted: AcceptedRx,
+    addr: SocketAddr,
+}
+
+/// A node with a certificate from `ca`, serving, with its client config installed.
+fn node(ca: &ClusterCa) -> TestNode {
+    let key = NodeKey::generate().unwrap();
+    let cert = ca
+        .issue_node_cert(&key.public_key(), &key.node_id())
+        .unwrap();
+    let (endpoint, accepted) = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &key).unwrap();
+    endpoint.set_server_config(pki::server_config(&cert, ca.cert_der(), &key).unwrap());
+    endpoint.set_client_config(pki::client_config(&cert, ca.cert_der(), &key).unwrap());
+    let addr = endpoint.local_addr().unwrap();
+    TestNode {
+        key,
+        endpoint,
+        accepted,
+        addr,
+    }
+}
+
+/// A client-only endpoint with no certificate.
+fn bare() -> (Endpoint, AcceptedRx) {
+    let key = NodeKey::generate().unwrap();
+    Endpoint::bind("127.0.0.1:0".parse().unwrap(), &key).unwrap()
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Ping {
+    v: u8,
+    text: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Pong {
+    v: u8,
+    len: u32,
+}
+
+async fn next_accepted(rx: &mut AcceptedRx) -> Accepted {
+    tokio::time::timeout(T, rx.recv())
+        .await
+        .expect("accept timed out")
+        .expect("accept loop ended")
+}
+
+/// Serves one Ping → Pong on the next bi-stream.
+async fn serve_one(conn: quinn::Connection) {
+    let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+    let (tag, ping): (u8, Ping) = read_frame(&mut recv, 1024).await.unwrap();
+    let pong = Pong {
+        v: 1,
+        len: ping.text.len() as u32,
+    };
+    respond(&mut send, tag, &pong).await.unwrap();
+    // Keep the stream alive until the peer has read the response.
+    let _ = send.stopped().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_stream_and_datagram() {
+    let ca = ClusterCa::generate("c1").unwrap();
+    let mut a = node(&ca);
+    let b = node(&ca);
+
+    let conn = b
+        .endpoint
+        .connect(a.addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap();
+    assert_eq!(peer_public_key(&conn), Some(a.key.public_key()));
+    assert_eq!(peer_node_id(&conn), Some(a.key.node_id()));
+    let acc = next_accepted(&mut a.accepted).await;
+    assert_eq!(acc.peer_key, Some(b.key.public_key()));
+    assert_eq!(acc.peer_node_id, Some(b.key.node_id()));
+    assert_eq!(peer_public_key(&acc.connection), Some(b.key.public_key()));
+
+    let server = tokio::spawn(serve_one(acc.connection.clone()));
+    let pong: Pong = request(
+        &conn,
+        7,
+        &Ping {
+            v: 1,
+            text: "hello".into(),
+        },
+        1024,
+        T,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pong, Pong { v: 1, len: 5 });
+    server.await.unwrap();
+
+    // Datagrams both ways; the initial limit is 1162 bytes.
+    assert!(conn.max_datagram_size().unwrap() >= MAX_DATAGRAM);
+    send_datagram(&conn, Bytes::from_static(b"swim")).unwrap();
+    let got = tokio::time::timeout(T, acc.connection.read_datagram())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got[..], b"swim");
+    send_datagram(&acc.connection, Bytes::from(vec![1u8; MAX_DATAGRAM])).unwrap();
+    let got = tokio::time::timeout(T, conn.read_datagram())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.len(), MAX_DATAGRAM);
+    assert!(matches!(
+        send_datagram(&conn, Bytes::from(vec![0u8; 64 * 1024])),
+        Err(NetError::DatagramTooLarge { .. })
+    ));
+
+    a.endpoint.close();
+    b.endpoint.close();
+}
+
+#[tokio::test]
+async fn server_refuses_a_client_certificate_from_another_ca() {
+    let ca = ClusterCa::generate("c1").unwrap();
+    let other = ClusterCa::generate("c2").unwrap();
+    let mut a = node(&ca);
+    let c = node(&other);
+    // c trusts ca's server (so only the server's check of c's certificate can fail).
+    let c_cert = other
+        .issue_node_cert(&c.key.public_key(), &c.key.node_id())
+        .unwrap();
+    let mixed = mixed_client(&c_cert, ca.cert_der(), &c.key);
+    match c
+        .endpoint
+        .connect(a.addr, pki::CLUSTER_SAN, Some(mixed), T)
+        .await
+    {
+        Err(NetError::Tls { .. }) => {}
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(conn) => {
+            // TLS 1.3: the client finishes first; the server's refusal closes the connection.
+            let err = tokio::time::timeout(T, conn.closed()).await.unwrap();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("cryptographic handshake failed") || msg.contains("certificate"),
+                "{msg}"
+            );
+        }
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), a.accepted.recv())
+            .await
+            .is_err(),
+        "server accepted a foreign certificate"
+    );
+}
+
+/// A client that trusts `trusted_ca` but presents `cert`.
+fn mixed_client(cert: &[u8], trusted_ca: &[u8], key: &NodeKey) -> quinn::ClientConfig {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(trusted_ca.to_vec()))
+        .unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(pki::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from(cert.to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().unwrap())),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![pki::ALPN.to_vec()];
+    quinn::ClientConfig::new(std::sync::Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap(),
+    ))
+}
+
+#[tokio::test]
+async fn client_refuses_a_server_from_another_ca() {
+    let ca = ClusterCa::generate("c1").unwrap();
+    let other = ClusterCa::generate("c2").unwrap();
+    let b = node(&ca);
+    let mut d = node(&other);
+    let err = b
+        .endpoint
+        .connect(d.addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::Tls { .. }), "{err}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), d.accepted.recv())
+            .await
+            .is_err()
+    );
+    // The wrong server name is refused as well.
+    let a = node(&ca);
+    let err = b
+        .endpoint
+        .connect(a.addr, "other.name", None, T)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::Tls { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_let_in_unauthenticated() {
+    let ca = ClusterCa::generate("c1").unwrap();
+    let mut a = node(&ca);
+    let (joiner, _rx) = bare();
+    let cfg = pki::join_client_config(ca.digest()).unwrap();
+    let conn = joiner
+        .connect(a.addr, pki::CLUSTER_SAN, Some(cfg), T)
+        .await
+        .unwrap();
+    assert_eq!(peer_public_key(&conn), Some(a.key.public_key()));
+    let acc = next_accepted(&mut a.accepted).await;
+    assert_eq!(acc.peer_key, None);
+    assert_eq!(acc.peer_node_id, None);
+    assert_eq!(peer_public_key(&acc.connection), None);
+    // Streams work (the application decides to serve only JOIN).
+    let server = tokio::spawn(serve_one(acc.connection.clone()));
+    let pong: Pong = request(
+        &conn,
+        1,
+        &Ping {
+            v: 1,
+            text: "join".into(),
+        },
+        1024,
+        T,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pong.len, 4);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn join_with_a_wrong_ca_digest_is_refused() {
+    let ca = ClusterCa::generate("c1").unwrap();
+    let other = ClusterCa::generate("c2").unwrap();
+    let mut a = node(&ca);
+    let (joiner, _rx) = bare();
+    for digest in [[0u8; 32], other.digest()] {
+        let cfg = pki::join_client_config(digest).unwrap();
+        let err = joiner
+            .connect(a.addr, pki::CLUSTER_SAN, Some(cfg), T)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, NetError::Tls { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("does not match the CA digest in the join token"),
+            "{err}"
+        );
+    }
+    // A server of another CA with this CA's digest: its chain lacks our CA.
+    let d = node(&other);
+    let cfg = pki::join_client_config(ca.digest()).unwrap();
+    let err = joiner
+        .connect(d.addr, pki::CLUSTER_SAN, Some(cfg), T)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("CA digest"), "{err}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), a.accepted.recv())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn dial_errors_are_typed_and_bounded() {
+    let (client, _rx) = bare();
+    let ca = ClusterCa::generate("c1").unwrap();
+    client.set_client_config(pki::join_client_config(ca.digest()).unwrap());
+    // Nobody answers on this port.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let started = Instant::now();
+    let err = client
+        .connect(addr, pki::CLUSTER_SAN, None, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(err.to_string().contains(&addr.to_string()));
+    // A client-only endpoint (no server config) does not answer handshakes.
+    let (not_serving, _rx2) = bare();
+    let err = client
+        .connect(
+            not_serving.local_addr().unwrap(),
+            pki::CLUSTER_SAN,
+            None,
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::Timeout { .. }), "{err}");
+    // A server whose application stopped accepting refuses.
+    let closing = node(&ca);
+    drop(closing.accepted);
+    let err = client
+        .connect(closing.addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::Refused { .. }), "{err}");
+    // No client config at all.
+    let (naked, _rx3) = bare();
+    assert!(matches!(
+        naked.connect(addr, pki::CLUSTER_SAN, None, T).await,
+        Err(NetError::NoClientConfig)
+    ));
+}
+
+/// A connected pair (client side, server side).
+async fn pair() -> (quinn::Connection, quinn::Connection, TestNode, TestNode) {
+    let ca = ClusterCa::generate("c1").unwrap();
+    let mut a = node(&ca);
+    let b = node(&ca);
+    let conn = b
+        .endpoint
+        .connect(a.addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap();
+    let acc = next_accepted(&mut a.accepted).await;
+    (conn, acc.connection, a, b)
+}
+
+/// Writes raw bytes on a new stream from `client`; returns the result of `read_frame` on the
+/// server side.
+async fn read_raw(
+    client: &quinn::Connection,
+    server: &quinn::Connection,
+    raw: Vec<u8>,
+    max_len: usize,
+) -> Result<(u8, Ping), NetError> {
+    let (mut send, _recv) = client.open_bi().await.unwrap();
+    send.write_all(&raw).await.unwrap();
+    send.finish().unwrap();
+    let (_s, mut recv) = tokio::time::timeout(T, server.accept_bi())
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(T, read_frame::<Ping>(&mut recv, max_len))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn bad_frames_are_rejected() {
+    let (client, server, _a, _b) = pair().await;
+    let ping = Ping {
+        v: 1,
+        text: "x".repeat(100),
+    };
+    let mut good = vec![3u8, 0, 0, 0, 0, FRAME_VERSION];
+    good.extend(postcard::to_allocvec(&ping).unwrap());
+    let body = (good.len() - 5) as u32;
+    good[1..5].copy_from_slice(&body.to_be_bytes());
+    assert_eq!(
+        read_raw(&client, &server, good.clone(), 1024)
+            .await
+            .unwrap(),
+        (
+            3,
+            Ping {
+                v: 1,
+                text: "x".repeat(100)
+            }
+        )
+    );
+    // Oversized for the reader's limit.
+    assert!(matches!(
+        read_raw(&client, &server, good.clone(), 50).await,
+        Err(NetError::FrameTooLarge { max: 50, .. })
+    ));
+    // A huge announced length is refused without allocating it.
+    assert!(matches!(
+        read_raw(
+            &client,
+            &server,
+            vec![3, 0xff, 0xff, 0xff, 0xff, 1],
+            1 << 20
+        )
+        .await,
+        Err(NetError::FrameTooLarge { .. })
+    ));
+    // Unknown version.
+    let mut v9 = good.clone();
+    v9[5] = 9;
+    assert!(matches!(
+        read_raw(&client, &server, v9, 1024).await,
+        Err(NetError::UnsupportedVersion(9))
+    ));
+    // Undecodable body (string length beyond the body).
+    assert!(matches!(
+        read_raw(&client, &server, vec![3, 0, 0, 0, 3, 1, 1, 200], 1024).await,
+        Err(NetError::Malformed(_))
+    ));
+    // Empty body.
+    assert!(matches!(
+        read_raw(&client, &server, vec![3, 0, 0, 0, 0], 1024).await,
+        Err(NetError::Malformed(_))
+    ));
+    // Truncated: the stream ends before the announced length.
+    let mut short = good.clone();
+    short.truncate(20);
+    assert!(matches!(
+        read_raw(&client, &server, short, 1024).await,
+        Err(NetError::Read(_))
+    ));
+    // Truncated header.
+    assert!(matches!(
+        read_raw(&client, &server, vec![3, 0], 1024).await,
+        Err(NetError::Read(_))
+    ));
+}
+
+#[tokio::test]
+async fn request_times_out_and_checks_the_tag() {
+    let (client, server, _a, _b) = pair().await;
+    // Nobody answers: bounded by the timeout.
+    let started = Instant::now();
+    let err = request::<Ping, Pong>(
+        &client,
+        1,
+        &Ping {
+            v: 1,
+            text: String::new(),
+        },
+        1024,
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, NetError::RequestTimeout(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Drain that stream, then answer the next one with another tag.
+    let (_s, _r) = server.accept_bi().await.unwrap();
+    let srv = server.clone();
+    let task = tokio::spawn(async move {
+        let (mut send, mut recv) = srv.accept_bi().await.unwrap();
+        let (_tag, _ping): (u8, Ping) = read_frame(&mut recv, 1024).await.unwrap();
+        respond(&mut send, 99, &Pong { v: 1, len: 0 })
+            .await
+            .unwrap();
+        let _ = send.stopped().await;
+    });
+    let err = request::<Ping, Pong>(
+        &client,
+        2,
+        &Ping {
+            v: 1,
+            text: String::new(),
+        },
+        1024,
+        T,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NetError::UnexpectedTag {
+                expected: 2,
+                got: 99
+            }
+        ),
+        "{err}"
+    );
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn pool_reuses_replaces_and_checks_identity() {
+    let ca = ClusterCa::generate("c1").unwrap();
+    let mut a = node(&ca);
+    let b = node(&ca);
+    let (dialed_tx, mut dialed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let pool = Pool::with_dial_listener(b.endpoint.clone(), Duration::from_secs(2), dialed_tx);
+    let a_id = a.key.node_id();
+
+    let c1 = pool.get_or_dial(&a_id, a.addr).await.unwrap();
+    let (id, dialed) = dialed_rx.try_recv().unwrap();
+    assert_eq!((id, dialed.stable_id()), (a_id, c1.stable_id()));
+    let c2 = pool.get_or_dial(&a_id, a.addr).await.unwrap();
+    assert_eq!(c1.stable_id(), c2.stable_id());
+    assert!(
+        dialed_rx.try_recv().is_err(),
+        "a reused connection is not announced"
+    );
+    assert_eq!(pool.get(&a_id).unwrap().stable_id(), c1.stable_id());
+    let _acc = next_accepted(&mut a.accepted).await;
+
+    // A closed connection is replaced by a fresh dial.
+    c1.close(0u32.into(), b"test");
+    let c3 = pool.get_or_dial(&a_id, a.addr).await.unwrap();
+    assert_ne!(c3.stable_id(), c1.stable_id());
+    assert!(c3.close_reason().is_none());
+    let _acc = next_accepted(&mut a.accepted).await;
+
+    // Concurrent callers share one dial.
+    pool.remove(&a_id).unwrap().close(0u32.into(), b"test");
+    let (x, y) = tokio::join!(
+        pool.get_or_dial(&a_id, a.addr),
+        pool.get_or_dial(&a_id, a.addr)
+    );
+    assert_eq!(x.unwrap().stable_id(), y.unwrap().stable_id());
+
+    // The peer at that address is not the node expected.
+    let stranger = NodeKey::generate().unwrap().node_id();
+    let err = pool.get_or_dial(&stranger, a.addr).await.unwrap_err();
+    assert!(
+        matches!(err, NetError::UnexpectedPeer { expected, found: Some(found), .. }
+            if expected == stranger && found == a_id),
+        "{err}"
+    );
+    assert!(pool.get(&stranger).is_none());
+
+    // An accepted connection replaces the pooled one.
+    let other = b
+        .endpoint
+        .connect(a.addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap();
+    pool.insert_accepted(a_id, other.clone());
+    assert_eq!(pool.get(&a_id).unwrap().stable_id(), other.stable_id());
+    assert_eq!(pool.connections().len(), 1);
+
+    // A dead address is bounded by the dial timeout.
+    let short = Pool::new(b.endpoint.clone(), Duration::from_millis(300));
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let started = Instant::now();
+    let err = short
+        .get_or_dial(&a_id, silent.local_addr().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn restarted_peer_resets_stale_connections_quickly() {
+    // Node A runs on its own runtime, which is dropped to simulate a crash (no
+    // CONNECTION_CLOSE is sent). A restarts on the same port with the same key: the derived
+    // stateless-reset key lets B's stale connection die long before the idle timeout.
+    let ca = ClusterCa::generate("c1").unwrap();
+    let key = NodeKey::generate().unwrap();
+    let cert = ca
+        .issue_node_cert(&key.public_key(), &key.node_id())
+        .unwrap();
+    let server_cfg = {
+        let (cert, ca_der, key) = (cert.clone(), ca.cert_der().to_vec(), key.clone());
+        move || pki::server_config(&cert, &ca_der, &key).unwrap()
+    };
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let crashed = {
+        let key = key.clone();
+        let server_cfg = server_cfg.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (ep, mut acc) = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &key).unwrap();
+                ep.set_server_config(server_cfg());
+                addr_tx.send(ep.local_addr().unwrap()).unwrap();
+                let conn = acc.recv().await.unwrap();
+                let _ = stop_rx.await;
+                // Leak nothing: hand everything to the runtime, which is dropped mid-flight.
+                tokio::spawn(async move {
+                    let _keep = (ep, acc, conn);
+                    std::future::pending::<()>().await;
+                });
+            });
+            drop(rt);
+        })
+    };
+    let addr = addr_rx.recv().unwrap();
+    let b = node(&ca);
+    let conn = b
+        .endpoint
+        .connect(addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap();
+    assert_eq!(peer_node_id(&conn), Some(key.node_id()));
+    stop_tx.send(()).unwrap();
+    crashed.join().unwrap();
+
+    let (restarted, _rx) = Endpoint::bind(addr, &key).unwrap();
+    restarted.set_server_config(server_cfg());
+    let started = Instant::now();
+    let _ = send_datagram(&conn, Bytes::from_static(b"ping"));
+    let err = tokio::time::timeout(Duration::from_secs(8), conn.closed())
+        .await
+        .expect("stale connection not reset");
+    assert!(matches!(err, quinn::ConnectionError::Reset), "{err}");
+    assert!(started.elapsed() < IDLE_TIMEOUT);
+    // And the node is reachable again at once.
+    let fresh = b
+        .endpoint
+        .connect(addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap();
+    assert_eq!(peer_node_id(&fresh), Some(key.node_id()));
+}
+
+#[tokio::test]
+async fn client_only_endpoint_starts_serving_later() {
+    // A daemon not yet in a cluster binds client-only; init/join installs the server config
+    // and the (already running) accept loop serves from then on.
+    let ca = ClusterCa::generate("c1").unwrap();
+    let key = NodeKey::generate().unwrap();
+    let (ep, mut accepted) = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &key).unwrap();
+    let addr = ep.local_addr().unwrap();
+    let b = node(&ca);
+    assert!(matches!(
+        b.endpoint
+            .connect(addr, pki::CLUSTER_SAN, None, Duration::from_millis(300))
+            .await,
+        Err(NetError::Timeout { .. })
+    ));
+    let cert = ca
+        .issue_node_cert(&key.public_key(), &key.node_id())
+        .unwrap();
+    ep.set_server_config(pki::server_config(&cert, ca.cert_der(), &key).unwrap());
+    let conn = b
+        .endpoint
+        .connect(addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap();
+    assert_eq!(peer_node_id(&conn), Some(key.node_id()));
+    let acc = next_accepted(&mut accepted).await;
+    assert_eq!(acc.peer_node_id, Some(b.key.node_id()));
+    let t0 = Instant::now();
+    ep.shutdown(Duration::from_millis(500)).await;
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert!(
+        conn.close_reason().is_some() || { tokio::time::timeout(T, conn.closed()).await.is_ok() }
+    );
+}

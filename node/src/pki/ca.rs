@@ -1,0 +1,307 @@
+//! The cluster CA and node certificates.
+
+use std::fmt;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SerialNumber, SignatureAlgorithm,
+    date_time_ymd,
+};
+use rustls::pki_types::CertificateDer;
+
+use super::der::{self, Reader};
+use super::{CLUSTER_SAN, NodeId, PkiError, node_san, sha256};
+
+/// `not_before` of every certificate Shoal makes: far in the past, because a Raspberry Pi has
+/// no RTC and may boot with a wrong clock (DESIGN §3, trap T11).
+const NOT_BEFORE: (i32, u8, u8) = (2000, 1, 1);
+/// `not_after` of every certificate Shoal makes (rcgen's own default).
+const NOT_AFTER: (i32, u8, u8) = (4096, 1, 1);
+
+/// DER prefix of an ed25519 SubjectPublicKeyInfo; the 32-byte key follows.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+const OID_SAN: &[u8] = &[0x55, 0x1d, 0x11];
+const OID_BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
+
+/// The cluster certificate authority: an ed25519 key and a self-signed CA certificate.
+///
+/// Made once by `init`; its DER certificate and PKCS#8 key ([`ClusterCa::cert_der`],
+/// [`ClusterCa::key_pkcs8_der`]) are what managers replicate, and [`ClusterCa::from_der`]
+/// rebuilds it. `Debug` does not print the key.
+pub struct ClusterCa {
+    cert_der: Vec<u8>,
+    key_der: Vec<u8>,
+    digest: [u8; 32],
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterCa")
+            .field("digest", &hex(&self.digest))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterCa {
+    /// Creates a new CA (fresh ed25519 key, self-signed certificate with CN
+    /// `shoal cluster <cluster_id> CA`).
+    pub fn generate(cluster_id: &str) -> Result<ClusterCa, PkiError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "shoal");
+        dn.push(DnType::CommonName, format!("shoal cluster {cluster_id} CA"));
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = date_time_ymd(NOT_BEFORE.0, NOT_BEFORE.1, NOT_BEFORE.2);
+        params.not_after = date_time_ymd(NOT_AFTER.0, NOT_AFTER.1, NOT_AFTER.2);
+        params.serial_number = Some(random_serial()?);
+        let cert = params.self_signed(&key)?;
+        let cert_der = cert.der().to_vec();
+        let key_der = key.serialize_der();
+        let issuer = Issuer::new(params, key);
+        Ok(ClusterCa {
+            digest: sha256(&cert_der),
+            cert_der,
+            key_der,
+            issuer,
+        })
+    }
+
+    /// Rebuilds a CA from its DER certificate and PKCS#8 DER key (as replicated through Raft).
+    /// Checks that the key belongs to the certificate and that the certificate is an ed25519
+    /// CA.
+    pub fn from_der(cert_der: &[u8], key_pkcs8_der: &[u8]) -> Result<ClusterCa, PkiError> {
+        let info = parse_cert(cert_der)?;
+        if !info.is_ca {
+            return Err(PkiError::BadCertificate(
+                "the cluster CA certificate is not a CA".into(),
+            ));
+        }
+        let key = KeyPair::try_from(key_pkcs8_der)
+            .map_err(|e| PkiError::BadCertificate(format!("cannot parse the CA key: {e}")))?;
+        if key.algorithm() != &rcgen::PKCS_ED25519 || key.der_bytes() != info.public_key {
+            return Err(PkiError::CaKeyMismatch);
+        }
+        let issuer = Issuer::from_ca_cert_der(&CertificateDer::from(cert_der), key)?;
+        Ok(ClusterCa {
+            cert_der: cert_der.to_vec(),
+            key_der: key_pkcs8_der.to_vec(),
+            digest: sha256(cert_der),
+            issuer,
+        })
+    }
+
+    /// The CA certificate (DER). Safe to share with every node.
+    #[must_use]
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// The CA private key (PKCS#8 DER). Secret: replicate to managers only.
+    #[must_use]
+    pub fn key_pkcs8_der(&self) -> &[u8] {
+        &self.key_der
+    }
+
+    /// SHA-256 of the CA certificate DER (the digest pinned by join tokens).
+    #[must_use]
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    /// The CA's ed25519 public key (raw 32 bytes), e.g. to verify join tokens it signed.
+    #[must_use]
+    pub fn public_key(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let raw = self.issuer.key().der_bytes();
+        if raw.len() == 32 {
+            out.copy_from_slice(raw);
+        }
+        out
+    }
+
+    /// Signs `msg` with the CA key (ed25519; 64-byte signature), e.g. for join tokens.
+    pub fn sign(&self, msg: &[u8]) -> Result<[u8; 64], PkiError> {
+        let sig = rcgen::SigningKey::sign(self.issuer.key(), msg)?;
+        sig.as_slice()
+            .try_into()
+            .map_err(|_| PkiError::Tls("unexpected CA signature length".into()))
+    }
+
+    /// Issues a node certificate (DER) on the node's own ed25519 public key: EKU ServerAuth +
+    /// ClientAuth, DNS SANs `<node_id>.node.shoal` and [`CLUSTER_SAN`], CN = node ID, no IP
+    /// SANs, valid from 2000-01-01. `node_id` must be the ID of `node_public_key`.
+    pub fn issue_node_cert(
+        &self,
+        node_public_key: &[u8; 32],
+        node_id: &NodeId,
+    ) -> Result<Vec<u8>, PkiError> {
+        ed25519_dalek::VerifyingKey::from_bytes(node_public_key)
+            .map_err(|_| PkiError::BadCertificate("not a valid ed25519 public key".into()))?;
+        if NodeId::from_public_key(node_public_key) != *node_id {
+            return Err(PkiError::BadCertificate(format!(
+                "node ID {node_id} does not belong to the given public key"
+            )));
+        }
+        let mut params = CertificateParams::new(vec![node_san(node_id), CLUSTER_SAN.to_owned()])?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "shoal");
+        dn.push(DnType::CommonName, node_id.to_string());
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = date_time_ymd(NOT_BEFORE.0, NOT_BEFORE.1, NOT_BEFORE.2);
+        params.not_after = date_time_ymd(NOT_AFTER.0, NOT_AFTER.1, NOT_AFTER.2);
+        params.serial_number = Some(random_serial()?);
+        let cert = params.signed_by(&RawEd25519(*node_public_key), &self.issuer)?;
+        Ok(cert.der().to_vec())
+    }
+}
+
+/// A raw ed25519 public key, as rcgen's `PublicKeyData` (so no CSR is needed).
+struct RawEd25519([u8; 32]);
+
+impl PublicKeyData for RawEd25519 {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &rcgen::PKCS_ED25519
+    }
+}
+
+fn random_serial() -> Result<SerialNumber, PkiError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| PkiError::Random(e.to_string()))?;
+    // Positive and without a leading zero byte.
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What Shoal reads from a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The ed25519 subject public key (raw 32 bytes).
+    pub public_key: [u8; 32],
+    /// DNS subject alternative names.
+    pub dns_names: Vec<String>,
+    /// Number of IP-address SANs (Shoal never issues any).
+    pub ip_sans: usize,
+    /// `notBefore`, Unix seconds.
+    pub not_before: i64,
+    /// `notAfter`, Unix seconds.
+    pub not_after: i64,
+    /// Basic constraints `cA` flag.
+    pub is_ca: bool,
+}
+
+/// Parses the parts of an X.509 DER certificate Shoal cares about. Only ed25519 subject keys
+/// are accepted. Never panics on malformed input.
+pub fn parse_cert(cert_der: &[u8]) -> Result<CertInfo, PkiError> {
+    parse_cert_inner(cert_der).map_err(|e| PkiError::BadCertificate(e.to_owned()))
+}
+
+fn parse_cert_inner(cert_der: &[u8]) -> Result<CertInfo, &'static str> {
+    let mut top = Reader::new(cert_der);
+    let cert = top.expect(der::SEQUENCE)?;
+    if !top.is_empty() {
+        return Err("trailing bytes after the certificate");
+    }
+    let mut cert_r = Reader::new(cert.value);
+    let tbs = cert_r.expect(der::SEQUENCE)?;
+    let mut r = Reader::new(tbs.value);
+    if r.peek_tag() == Some(0xa0) {
+        r.next()?; // version
+    }
+    r.expect(der::INTEGER)?; // serial
+    r.expect(der::SEQUENCE)?; // signature algorithm
+    r.expect(der::SEQUENCE)?; // issuer
+    let validity = r.expect(der::SEQUENCE)?;
+    let mut vr = Reader::new(validity.value);
+    let not_before = der::parse_time(vr.next()?)?;
+    let not_after = der::parse_time(vr.next()?)?;
+    r.expect(der::SEQUENCE)?; // subject
+    let spki = r.expect(der::SEQUENCE)?;
+    let key = spki
+        .raw
+        .strip_prefix(&ED25519_SPKI_PREFIX[..])
+        .filter(|k| k.len() == 32)
+        .ok_or("the subject key is not an ed25519 key")?;
+    let mut public_key = [0u8; 32];
+    public_key.copy_from_slice(key);
+
+    let mut info = CertInfo {
+        public_key,
+        dns_names: Vec::new(),
+        ip_sans: 0,
+        not_before,
+        not_after,
+        is_ca: false,
+    };
+    while !r.is_empty() {
+        let field = r.next()?;
+        if field.tag != 0xa3 {
+            continue; // issuer/subject unique IDs
+        }
+        let mut exts_r = Reader::new(Reader::new(field.value).expect(der::SEQUENCE)?.value);
+        while !exts_r.is_empty() {
+            let ext = exts_r.expect(der::SEQUENCE)?;
+            let mut er = Reader::new(ext.value);
+            let oid = er.expect(der::OID)?;
+            if er.peek_tag() == Some(der::BOOLEAN) {
+                er.next()?;
+            }
+            let value = er.expect(der::OCTET_STRING)?;
+            if oid.value == OID_SAN {
+                let mut names = Reader::new(Reader::new(value.value).expect(der::SEQUENCE)?.value);
+                while !names.is_empty() {
+                    let name = names.next()?;
+                    match name.tag {
+                        0x82 => info.dns_names.push(
+                            std::str::from_utf8(name.value)
+                                .map_err(|_| "bad DNS name")?
+                                .to_owned(),
+                        ),
+                        0x87 => info.ip_sans += 1,
+                        _ => {}
+                    }
+                }
+            } else if oid.value == OID_BASIC_CONSTRAINTS {
+                let mut bc = Reader::new(Reader::new(value.value).expect(der::SEQUENCE)?.value);
+                if bc.peek_tag() == Some(der::BOOLEAN) {
+                    info.is_ca = bc.next()?.value.first().is_some_and(|&b| b != 0);
+                }
+            }
+        }
+    }
+    Ok(info)
+}
+
+/// The raw ed25519 public key of a DER certificate (validates the SPKI algorithm and length).
+pub fn public_key_from_cert(cert_der: &[u8]) -> Result<[u8; 32], PkiError> {
+    Ok(parse_cert(cert_der)?.public_key)
+}
+
+/// The node ID of the key a DER certificate carries.
+pub fn node_id_from_cert(cert_der: &[u8]) -> Result<NodeId, PkiError> {
+    Ok(NodeId::from_public_key(&public_key_from_cert(cert_der)?))
+}
