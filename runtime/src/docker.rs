@@ -1,0 +1,1097 @@
+//! The Docker driver, through `bollard`.
+//!
+//! Every container is labelled with [`crate::LABEL_CLUSTER`], [`crate::LABEL_NODE`],
+//! [`crate::LABEL_SERVICE`], [`crate::LABEL_SERVICE_NAME`], [`crate::LABEL_SLOT`] and
+//! [`crate::LABEL_TASK`], named `SERVICE.SLOT.TASK` (like Swarm), and attached to the `shoal`
+//! bridge network. Every query filters on the node *and* cluster labels, so drivers of several
+//! nodes sharing one engine never see or touch each other's containers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage,
+    HealthConfig, HealthStatusEnum, HostConfig, Mount as DockerMount, MountType,
+    NetworkCreateRequest, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use nix::fcntl::{Flock, FlockArg};
+use tokio::sync::{Mutex, OnceCell, mpsc};
+
+use crate::driver::{Availability, BoxFuture, BoxStream, Driver, DriverKind};
+use crate::error::RuntimeError;
+use crate::spec::{
+    HealthTest, LABEL_CLUSTER, LABEL_NODE, LABEL_PREFIX, LABEL_SERVICE, LABEL_SERVICE_NAME,
+    LABEL_SLOT, LABEL_TASK, MountKind, Scope, TaskSpec,
+};
+use crate::status::{
+    Event, Health, LogChunk, LogOptions, LogStream, PortEndpoint, RunState, TaskStatus,
+};
+
+/// The default engine socket.
+pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// The default network name.
+pub const DEFAULT_NETWORK: &str = "shoal";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Configuration of a [`DockerDriver`].
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// Node and cluster this driver works for.
+    pub scope: Scope,
+    /// Unix socket of the engine. `None`: `DOCKER_HOST` when it is `unix://PATH`, else
+    /// [`DEFAULT_SOCKET`].
+    pub socket: Option<PathBuf>,
+    /// Bridge network the containers join (created when missing).
+    pub network: String,
+    /// Longest time an image pull may take.
+    pub pull_timeout: Duration,
+    /// Timeout of one API request (waiting for the response headers; streams are not cut).
+    pub request_timeout: Duration,
+}
+
+impl DockerConfig {
+    /// Defaults: socket from `DOCKER_HOST`/[`DEFAULT_SOCKET`], network `shoal`, 5 min pulls,
+    /// 2 min requests.
+    pub fn new(scope: Scope) -> Self {
+        Self {
+            scope,
+            socket: None,
+            network: DEFAULT_NETWORK.to_owned(),
+            pull_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(120),
+        }
+    }
+
+    /// Uses this socket path instead of the default.
+    pub fn with_socket(mut self, socket: impl Into<PathBuf>) -> Self {
+        self.socket = Some(socket.into());
+        self
+    }
+
+    /// The socket path the driver will use, or why none can be used.
+    pub fn resolve_socket(&self) -> Result<PathBuf, String> {
+        if let Some(path) = &self.socket {
+            return Ok(path.clone());
+        }
+        match std::env::var("DOCKER_HOST") {
+            Ok(host) if !host.is_empty() => match host.strip_prefix("unix://") {
+                Some(path) => Ok(PathBuf::from(path)),
+                None => Err(format!(
+                    "DOCKER_HOST={host} is not a unix:// socket (only unix sockets are supported)"
+                )),
+            },
+            _ => Ok(PathBuf::from(DEFAULT_SOCKET)),
+        }
+    }
+}
+
+/// Runs tasks as Docker containers. Cheap to clone. Constructing it does not contact the engine:
+/// [`Driver::availability`] says whether it answers, and every call reconnects as needed.
+#[derive(Clone)]
+pub struct DockerDriver {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DockerDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerDriver")
+            .field("scope", &self.inner.config.scope)
+            .field("endpoint", &self.inner.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: DockerConfig,
+    socket: Result<PathBuf, String>,
+    endpoint: String,
+    client: OnceCell<Docker>,
+    network_id: Mutex<Option<String>>,
+}
+
+/// Serializes network creation among the drivers of this process.
+static NETWORK_LOCK: Mutex<()> = Mutex::const_new(());
+
+/// An exclusive lock on `$TMPDIR/shoal-docker-network-NAME.lock`, serializing network creation
+/// among processes of this machine. `None` when the lock cannot be had within a few seconds (the
+/// caller then proceeds unlocked; duplicates are still cleaned up afterwards).
+async fn lock_file(network: &str) -> Option<Flock<std::fs::File>> {
+    let path = std::env::temp_dir().join(format!("shoal-docker-network-{network}.lock"));
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ok()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Some(lock),
+            Err((f, _)) if tokio::time::Instant::now() < deadline => {
+                file = f;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Splits `name[:tag]` / `name@digest` into (name, tag-or-digest), defaulting the tag to `latest`
+/// (an empty tag would pull every tag).
+fn split_reference(image: &str) -> (&str, &str) {
+    if let Some((name, digest)) = image.split_once('@') {
+        return (name, digest);
+    }
+    match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => (&image[..i], &image[i + 1..]),
+        _ => (image, "latest"),
+    }
+}
+
+fn is_status(err: &BollardError, code: u16) -> bool {
+    matches!(err, BollardError::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+fn parse_time(s: Option<&str>) -> Option<SystemTime> {
+    let s = s?;
+    if s.starts_with("0001-") {
+        return None;
+    }
+    humantime::parse_rfc3339_weak(s).ok()
+}
+
+/// Docker counts stop timeouts in whole seconds: round up so the task gets at least its grace.
+fn whole_seconds_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn duration_ns(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// True when a pull failed because no registry could be reached (as opposed to refused).
+fn is_unreachable_registry(msg: &str) -> bool {
+    let msg = msg.to_ascii_lowercase();
+    [
+        "no such host",
+        "dial tcp",
+        "connection refused",
+        "i/o timeout",
+        "client.timeout",
+        "tls handshake timeout",
+        "network is unreachable",
+        "server misbehaving",
+        "temporary failure in name resolution",
+        "timed out",
+    ]
+    .iter()
+    .any(|p| msg.contains(p))
+}
+
+impl DockerDriver {
+    /// Creates the driver (no I/O).
+    pub fn new(config: DockerConfig) -> Result<Self, RuntimeError> {
+        config.scope.validate()?;
+        let socket = config.resolve_socket();
+        let endpoint = match &socket {
+            Ok(p) => format!("unix://{}", p.display()),
+            Err(_) => std::env::var("DOCKER_HOST").unwrap_or_default(),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                socket,
+                endpoint,
+                client: OnceCell::new(),
+                network_id: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The driver's scope.
+    pub fn scope(&self) -> &Scope {
+        &self.inner.config.scope
+    }
+}
+
+impl Inner {
+    fn unavailable(&self, reason: impl Into<String>) -> RuntimeError {
+        RuntimeError::DockerUnavailable {
+            endpoint: self.endpoint.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Maps a bollard error: transport failures mean the engine is unavailable.
+    fn err(&self, action: impl Into<String>, e: BollardError) -> RuntimeError {
+        match e {
+            BollardError::DockerResponseServerError { .. }
+            | BollardError::JsonDataError { .. }
+            | BollardError::JsonSerdeError { .. }
+            | BollardError::DockerStreamError { .. }
+            | BollardError::DockerContainerWaitError { .. } => RuntimeError::docker(action, e),
+            other => self.unavailable(format!("{}: {other}", action.into())),
+        }
+    }
+
+    /// The connected, version-negotiated client.
+    async fn client(&self) -> Result<&Docker, RuntimeError> {
+        let socket = self
+            .socket
+            .clone()
+            .map_err(|reason| self.unavailable(reason))?;
+        self.client
+            .get_or_try_init(|| async {
+                let path = socket.to_string_lossy().into_owned();
+                let timeout = self.config.request_timeout.as_secs().max(1);
+                let docker =
+                    Docker::connect_with_unix(&path, timeout, bollard::API_DEFAULT_VERSION)
+                        .map_err(|e| self.unavailable(e.to_string()))?;
+                match tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version()).await {
+                    Ok(Ok(docker)) => Ok(docker),
+                    Ok(Err(e)) => Err(self.unavailable(format!("version negotiation failed: {e}"))),
+                    Err(_) => Err(self.unavailable(format!(
+                        "no answer within {}",
+                        humantime::format_duration(CONNECT_TIMEOUT)
+                    ))),
+                }
+            })
+            .await
+    }
+
+    fn scope_filters(&self, task_id: Option<&str>) -> HashMap<String, Vec<String>> {
+        let scope = &self.config.scope;
+        let mut labels = vec![
+            format!("{LABEL_CLUSTER}={}", scope.cluster_id),
+            format!("{LABEL_NODE}={}", scope.node_id),
+        ];
+        if let Some(t) = task_id {
+            labels.push(format!("{LABEL_TASK}={t}"));
+        }
+        HashMap::from([("label".to_owned(), labels)])
+    }
+
+    fn owns(&self, labels: Option<&HashMap<String, String>>, task_id: Option<&str>) -> bool {
+        let Some(labels) = labels else { return false };
+        let scope = &self.config.scope;
+        labels.get(LABEL_CLUSTER) == Some(&scope.cluster_id)
+            && labels.get(LABEL_NODE) == Some(&scope.node_id)
+            && task_id.is_none_or(|t| labels.get(LABEL_TASK).map(String::as_str) == Some(t))
+    }
+
+    /// The container id of a task of this scope.
+    async fn find(&self, task_id: &str) -> Result<String, RuntimeError> {
+        let docker = self.client().await?;
+        let filters = self.scope_filters(Some(task_id));
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let found = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.err("listing containers", e))?;
+        found
+            .into_iter()
+            .find(|c| self.owns(c.labels.as_ref(), Some(task_id)))
+            .and_then(|c| c.id)
+            .ok_or_else(|| RuntimeError::NotFound {
+                task_id: task_id.to_owned(),
+            })
+    }
+
+    async fn inspect_id(&self, id: &str) -> Result<TaskStatus, RuntimeError> {
+        let docker = self.client().await?;
+        let info = docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| self.err(format!("inspecting container {id}"), e))?;
+        Ok(self.to_status(info))
+    }
+
+    fn to_status(&self, info: ContainerInspectResponse) -> TaskStatus {
+        let config = info.config.unwrap_or_default();
+        let labels = config.labels.unwrap_or_default();
+        let state = info.state.unwrap_or_default();
+        let run_state = match state.status {
+            Some(ContainerStateStatusEnum::CREATED) => RunState::Created,
+            Some(
+                ContainerStateStatusEnum::RUNNING
+                | ContainerStateStatusEnum::PAUSED
+                | ContainerStateStatusEnum::RESTARTING,
+            ) => RunState::Running,
+            Some(ContainerStateStatusEnum::EXITED) => RunState::Exited,
+            _ => RunState::Dead,
+        };
+        let health = match state.health.and_then(|h| h.status) {
+            Some(HealthStatusEnum::HEALTHY) => Health::Healthy,
+            Some(HealthStatusEnum::UNHEALTHY) => Health::Unhealthy,
+            Some(HealthStatusEnum::STARTING) => Health::Starting,
+            _ if config
+                .healthcheck
+                .as_ref()
+                .and_then(|h| h.test.as_ref())
+                .is_some_and(|t| t.first().is_some_and(|s| s != "NONE"))
+                && run_state == RunState::Created =>
+            {
+                Health::Starting
+            }
+            _ => Health::None,
+        };
+        let mut ports = Vec::new();
+        if run_state == RunState::Running {
+            let ip = info
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|mut n| n.remove(&self.config.network))
+                .and_then(|e| e.ip_address)
+                .and_then(|ip| ip.parse::<IpAddr>().ok());
+            if let Some(ip) = ip {
+                for p in config.exposed_ports.unwrap_or_default() {
+                    if let Some(target) = p.split('/').next().and_then(|n| n.parse::<u16>().ok()) {
+                        ports.push(PortEndpoint {
+                            target,
+                            addr: SocketAddr::new(ip, target),
+                        });
+                    }
+                }
+                ports.sort_by_key(|p| p.target);
+            }
+        }
+        let user_labels: BTreeMap<String, String> = labels
+            .iter()
+            .filter(|(k, _)| !k.starts_with(LABEL_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        TaskStatus {
+            task_id: labels.get(LABEL_TASK).cloned().unwrap_or_default(),
+            service_id: labels.get(LABEL_SERVICE).cloned().unwrap_or_default(),
+            service_name: labels.get(LABEL_SERVICE_NAME).cloned().unwrap_or_default(),
+            slot: labels
+                .get(LABEL_SLOT)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_default(),
+            runtime_id: info.id.unwrap_or_default(),
+            image: config.image.unwrap_or_default(),
+            state: run_state,
+            exit_code: if matches!(run_state, RunState::Exited | RunState::Dead) {
+                state.exit_code
+            } else {
+                None
+            },
+            oom_killed: state.oom_killed.unwrap_or(false),
+            health,
+            error: state.error.filter(|e| !e.is_empty()),
+            started_at: parse_time(state.started_at.as_deref()),
+            finished_at: if run_state == RunState::Running {
+                None
+            } else {
+                parse_time(state.finished_at.as_deref())
+            },
+            ports,
+            labels: user_labels,
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<TaskStatus>, RuntimeError> {
+        let docker = self.client().await?;
+        let filters = self.scope_filters(None);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let found = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.err("listing containers", e))?;
+        let mut out = Vec::new();
+        for c in found
+            .into_iter()
+            .filter(|c| self.owns(c.labels.as_ref(), None))
+        {
+            let Some(id) = c.id else { continue };
+            match self.inspect_id(&id).await {
+                Ok(s) => out.push(s),
+                // Removed between the list and the inspect.
+                Err(RuntimeError::Docker { source, .. }) if is_status(&source, 404) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        Ok(out)
+    }
+
+    /// The id of the `shoal` network, creating it when missing. Concurrent creation by several
+    /// drivers sharing the engine can leave duplicates on engines before API 1.44 (which create
+    /// a second network of the same name): every driver then settles on the oldest one and
+    /// removes the others.
+    async fn network(&self) -> Result<String, RuntimeError> {
+        let mut cached = self.network_id.lock().await;
+        if let Some(id) = cached.as_ref() {
+            return Ok(id.clone());
+        }
+        let docker = self.client().await?;
+        let name = self.config.network.clone();
+        // Engines before API 1.44 happily create a second network of the same name, after which
+        // every container start on it fails ("network shoal is ambiguous"). Serialize creation:
+        // within this process, and with a lock file between processes on this machine.
+        let _in_process = NETWORK_LOCK.lock().await;
+        let _between_processes = lock_file(&name).await;
+        let mut ids = self.networks_named(docker, &name).await?;
+        if ids.is_empty() {
+            let request = NetworkCreateRequest {
+                name: name.clone(),
+                driver: Some("bridge".to_owned()),
+                labels: Some(HashMap::from([(
+                    "shoal.network".to_owned(),
+                    "true".to_owned(),
+                )])),
+                ..Default::default()
+            };
+            match docker.create_network(request).await {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 409) || e.to_string().contains("already exists") => {}
+                Err(e) => return Err(self.err(format!("creating network {name}"), e)),
+            }
+            ids = self.networks_named(docker, &name).await?;
+        }
+        let Some(first) = ids.first().cloned() else {
+            return Err(RuntimeError::StartFailed {
+                task_id: String::new(),
+                reason: format!("network {name} vanished right after being created"),
+            });
+        };
+        for dup in &ids[1..] {
+            // Fails harmlessly when containers use it or another driver already removed it.
+            let _ = docker.remove_network(dup).await;
+        }
+        *cached = Some(first.clone());
+        Ok(first)
+    }
+
+    /// Ids of networks named exactly `name`, oldest first.
+    async fn networks_named(
+        &self,
+        docker: &Docker,
+        name: &str,
+    ) -> Result<Vec<String>, RuntimeError> {
+        let filters = HashMap::from([("name".to_owned(), vec![name.to_owned()])]);
+        let options = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let mut found: Vec<(String, String)> = docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| self.err("listing networks", e))?
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .filter_map(|n| Some((n.created.unwrap_or_default(), n.id?)))
+            .collect();
+        found.sort();
+        Ok(found.into_iter().map(|(_, id)| id).collect())
+    }
+
+    fn create_body(&self, spec: &TaskSpec, network: &str) -> ContainerCreateBody {
+        let scope = &self.config.scope;
+        let mut labels: HashMap<String, String> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.insert(LABEL_CLUSTER.into(), scope.cluster_id.clone());
+        labels.insert(LABEL_NODE.into(), scope.node_id.clone());
+        labels.insert(LABEL_SERVICE.into(), spec.service_id.clone());
+        labels.insert(LABEL_SERVICE_NAME.into(), spec.service_name.clone());
+        labels.insert(LABEL_SLOT.into(), spec.slot.to_string());
+        labels.insert(LABEL_TASK.into(), spec.task_id.clone());
+        let healthcheck = spec.health.as_ref().map(|h| HealthConfig {
+            test: Some(match &h.test {
+                HealthTest::Cmd(argv) => std::iter::once("CMD".to_owned())
+                    .chain(argv.iter().cloned())
+                    .collect(),
+                HealthTest::Shell(s) => vec!["CMD-SHELL".to_owned(), s.clone()],
+            }),
+            interval: Some(duration_ns(h.interval)),
+            timeout: Some(duration_ns(h.timeout)),
+            retries: Some(i64::from(h.retries)),
+            start_period: Some(duration_ns(h.start_period)),
+            ..Default::default()
+        });
+        let mounts: Vec<DockerMount> = spec
+            .mounts
+            .iter()
+            .map(|m| DockerMount {
+                typ: Some(match m.kind {
+                    MountKind::Bind => MountType::BIND,
+                    MountKind::Volume => MountType::VOLUME,
+                    MountKind::Tmpfs => MountType::TMPFS,
+                }),
+                source: (m.kind != MountKind::Tmpfs).then(|| m.source.clone()),
+                target: Some(m.target.clone()),
+                read_only: Some(m.read_only),
+                ..Default::default()
+            })
+            .collect();
+        ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(labels),
+            exposed_ports: (!spec.ports.is_empty())
+                .then(|| spec.ports.iter().map(|p| format!("{p}/tcp")).collect()),
+            healthcheck,
+            stop_signal: spec.stop_signal.as_ref().and_then(|s| {
+                crate::process::parse_signal(s)
+                    .ok()
+                    .map(|sig| sig.as_str().to_owned())
+            }),
+            stop_timeout: Some(
+                i64::try_from(whole_seconds_up(spec.stop_grace)).unwrap_or(i64::MAX),
+            ),
+            host_config: Some(HostConfig {
+                memory: spec
+                    .resources
+                    .memory_bytes
+                    .and_then(|m| i64::try_from(m).ok()),
+                nano_cpus: spec.resources.nano_cpus.and_then(|c| i64::try_from(c).ok()),
+                mounts: (!mounts.is_empty()).then_some(mounts),
+                network_mode: Some(network.to_owned()),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn prepare(&self, spec: &TaskSpec) -> Result<(), RuntimeError> {
+        spec.validate()?;
+        let docker = self.client().await?;
+        match docker.inspect_image(&spec.image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(self.err(format!("inspecting image {}", spec.image), e)),
+        }
+        let (name, tag) = split_reference(&spec.image);
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(name)
+            .tag(tag)
+            .build();
+        let pull = async {
+            let mut stream = docker.create_image(Some(options), None, None);
+            while let Some(item) = stream.next().await {
+                if let Err(e) = item {
+                    return Err(e.to_string());
+                }
+            }
+            Ok(())
+        };
+        let outcome = match tokio::time::timeout(self.config.pull_timeout, pull).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "the pull did not finish within {} (timed out)",
+                humantime::format_duration(self.config.pull_timeout)
+            )),
+        };
+        let image = spec.image.clone();
+        match outcome {
+            Ok(()) => match docker.inspect_image(&spec.image).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(RuntimeError::PullFailed {
+                    image,
+                    reason: format!("pulled but not found: {e}"),
+                }),
+            },
+            Err(reason) if is_unreachable_registry(&reason) => {
+                Err(RuntimeError::ImageNotFound { image, reason })
+            }
+            Err(reason) => Err(RuntimeError::PullFailed { image, reason }),
+        }
+    }
+
+    async fn start(&self, spec: &TaskSpec) -> Result<TaskStatus, RuntimeError> {
+        spec.validate()?;
+        let docker = self.client().await?;
+        let id = match self.find(&spec.task_id).await {
+            Ok(id) => Some(id),
+            Err(RuntimeError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let id = match id {
+            Some(id) => {
+                let status = self.inspect_id(&id).await?;
+                if status.state != RunState::Created {
+                    return Ok(status);
+                }
+                id
+            }
+            None => self.create(docker, spec).await?,
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match docker.start_container(&id, None).await {
+                Ok(()) => break,
+                // A duplicate `shoal` network made by someone else: clean up and try again.
+                Err(e) if e.to_string().contains("ambiguous") && attempt < 4 => {
+                    tracing::warn!(error = %e, "duplicate network; deduplicating");
+                    *self.network_id.lock().await = None;
+                    self.network().await?;
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    let rm = RemoveContainerOptionsBuilder::default()
+                        .force(true)
+                        .v(true)
+                        .build();
+                    let _ = docker.remove_container(&id, Some(rm)).await;
+                    return Err(RuntimeError::StartFailed {
+                        task_id: spec.task_id.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        self.inspect_id(&id).await
+    }
+
+    async fn create(&self, docker: &Docker, spec: &TaskSpec) -> Result<String, RuntimeError> {
+        let name = format!("{}.{}.{}", spec.service_name, spec.slot, spec.task_id);
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        for attempt in 0..2 {
+            let network = self.network().await?;
+            let body = self.create_body(spec, &network);
+            match docker.create_container(Some(options.clone()), body).await {
+                Ok(created) => return Ok(created.id),
+                Err(e) if is_status(&e, 409) => {
+                    // Same name: ours (a concurrent start) or someone else's.
+                    let existing = docker
+                        .inspect_container(&name, None)
+                        .await
+                        .map_err(|e| self.err(format!("inspecting container {name}"), e))?;
+                    let labels = existing.config.as_ref().and_then(|c| c.labels.as_ref());
+                    if self.owns(labels, Some(&spec.task_id)) {
+                        return existing.id.ok_or_else(|| RuntimeError::Conflict {
+                            task_id: spec.task_id.clone(),
+                            reason: format!("container {name} has no id"),
+                        });
+                    }
+                    return Err(RuntimeError::Conflict {
+                        task_id: spec.task_id.clone(),
+                        reason: format!(
+                            "a container named {name} exists and belongs to another node or cluster"
+                        ),
+                    });
+                }
+                Err(e)
+                    if is_status(&e, 404) && e.to_string().contains("network") && attempt == 0 =>
+                {
+                    // Our network was removed (duplicate cleanup by another driver): look again.
+                    *self.network_id.lock().await = None;
+                }
+                Err(e) if is_status(&e, 404) => {
+                    return Err(RuntimeError::ImageNotFound {
+                        image: spec.image.clone(),
+                        reason: format!("{e} (call prepare first)"),
+                    });
+                }
+                Err(e) => return Err(self.err(format!("creating container {name}"), e)),
+            }
+        }
+        Err(RuntimeError::StartFailed {
+            task_id: spec.task_id.clone(),
+            reason: format!("network {} keeps disappearing", self.config.network),
+        })
+    }
+
+    async fn wait_not_running(&self, id: &str, timeout: Duration) -> Result<bool, RuntimeError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.inspect_id(id).await {
+                Ok(s) if s.state != RunState::Running => return Ok(true),
+                Ok(_) => {}
+                Err(RuntimeError::Docker { source, .. }) if is_status(&source, 404) => {
+                    return Ok(true);
+                }
+                Err(e) => return Err(e),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(&self, task_id: &str, grace: Option<Duration>) -> Result<(), RuntimeError> {
+        let id = self.find(task_id).await?;
+        let docker = self.client().await?;
+        let info = docker
+            .inspect_container(&id, None)
+            .await
+            .map_err(|e| self.err(format!("inspecting container {id}"), e))?;
+        let running = info.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        if !running {
+            return Ok(());
+        }
+        let grace = match grace {
+            Some(g) => g,
+            None => Duration::from_secs(
+                info.config
+                    .as_ref()
+                    .and_then(|c| c.stop_timeout)
+                    .and_then(|t| u64::try_from(t).ok())
+                    .unwrap_or(10),
+            ),
+        };
+        // Docker's `t` is whole seconds: round up so the task gets at least its grace period.
+        let secs = whole_seconds_up(grace);
+        let options = StopContainerOptionsBuilder::default()
+            .t(i32::try_from(secs).unwrap_or(i32::MAX))
+            .build();
+        let limit = Duration::from_secs(secs) + Duration::from_secs(30);
+        // The client's request timeout must not cut a long grace period short.
+        let patient = docker.clone().with_timeout(limit);
+        match tokio::time::timeout(limit, patient.stop_container(&id, Some(options))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if is_status(&e, 404) => return Ok(()),
+            Ok(Err(e)) => tracing::warn!(task_id, error = %e, "docker stop failed; killing"),
+            Err(_) => tracing::warn!(task_id, "docker stop timed out; killing"),
+        }
+        if self
+            .wait_not_running(&id, Duration::from_millis(500))
+            .await?
+        {
+            return Ok(());
+        }
+        let kill = KillContainerOptionsBuilder::default()
+            .signal("SIGKILL")
+            .build();
+        match docker.kill_container(&id, Some(kill)).await {
+            Ok(()) => {}
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
+            Err(e) => return Err(self.err(format!("killing container {id}"), e)),
+        }
+        if self.wait_not_running(&id, KILL_WAIT).await? {
+            Ok(())
+        } else {
+            Err(RuntimeError::StopTimeout {
+                task_id: task_id.to_owned(),
+                waited: KILL_WAIT,
+            })
+        }
+    }
+
+    async fn remove(&self, task_id: &str) -> Result<(), RuntimeError> {
+        let id = self.find(task_id).await?;
+        let docker = self.client().await?;
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match docker.remove_container(&id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) => Err(RuntimeError::NotFound {
+                task_id: task_id.to_owned(),
+            }),
+            Err(e) => Err(self.err(format!("removing container {id}"), e)),
+        }
+    }
+
+    fn map_event(&self, msg: EventMessage) -> Option<Event> {
+        let actor = msg.actor?;
+        let attributes = actor.attributes.unwrap_or_default();
+        if !self.owns(Some(&attributes), None) {
+            return None;
+        }
+        let task_id = attributes.get(LABEL_TASK)?.clone();
+        let action = msg.action?;
+        match action.as_str() {
+            "start" => Some(Event::Started { task_id }),
+            "die" => {
+                let exit_code = attributes.get("exitCode").and_then(|c| c.parse().ok());
+                Some(Event::Exited { task_id, exit_code })
+            }
+            "oom" => Some(Event::Oom { task_id }),
+            other => {
+                let health = match other.strip_prefix("health_status:")?.trim() {
+                    "healthy" => Health::Healthy,
+                    "unhealthy" => Health::Unhealthy,
+                    "starting" => Health::Starting,
+                    _ => return None,
+                };
+                Some(Event::Health { task_id, health })
+            }
+        }
+    }
+
+    /// Feeds `tx` until it is closed: resync, follow the engine's events, and on any break report
+    /// it, back off, reconnect and resync again.
+    async fn pump_events(self: Arc<Self>, tx: mpsc::Sender<Event>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut reported = false;
+        loop {
+            let since = SystemTime::now()
+                .checked_sub(Duration::from_secs(2))
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| format!("{}.{:09}", d.as_secs(), d.subsec_nanos()))
+                .unwrap_or_default();
+            let reason = match self.list().await {
+                Ok(tasks) => {
+                    if tx.send(Event::Resynced(tasks)).await.is_err() {
+                        return;
+                    }
+                    reported = false;
+                    backoff = Duration::from_millis(100);
+                    self.follow_events(&tx, &since).await
+                }
+                Err(e) => Some(e.to_string()),
+            };
+            let Some(reason) = reason else { return };
+            if !reported {
+                reported = true;
+                if tx.send(Event::Disconnected { reason }).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                () = tx.closed() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Follows the engine's event stream; `None` when `tx` closed, else why the stream broke.
+    async fn follow_events(&self, tx: &mpsc::Sender<Event>, since: &str) -> Option<String> {
+        let docker = match self.client().await {
+            Ok(d) => d,
+            Err(e) => return Some(e.to_string()),
+        };
+        let mut filters = self.scope_filters(None);
+        filters.insert("type".into(), vec!["container".into()]);
+        filters.insert(
+            "event".into(),
+            vec![
+                "start".into(),
+                "die".into(),
+                "oom".into(),
+                "health_status".into(),
+            ],
+        );
+        let options = EventsOptionsBuilder::default()
+            .since(since)
+            .filters(&filters)
+            .build();
+        let mut stream = docker.events(Some(options));
+        loop {
+            tokio::select! {
+                () = tx.closed() => return None,
+                item = stream.next() => match item {
+                    Some(Ok(msg)) => {
+                        if let Some(ev) = self.map_event(msg)
+                            && tx.send(ev).await.is_err()
+                        {
+                            return None;
+                        }
+                    }
+                    Some(Err(e)) => return Some(format!("docker event stream broke: {e}")),
+                    None => return Some("docker event stream ended".into()),
+                }
+            }
+        }
+    }
+
+    async fn pump_logs(
+        self: Arc<Self>,
+        task_id: String,
+        options: LogOptions,
+        tx: mpsc::Sender<Result<LogChunk, RuntimeError>>,
+    ) {
+        let id = match self.find(&task_id).await {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let docker = match self.client().await {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let tail = options
+            .tail
+            .map_or_else(|| "all".to_owned(), |n| n.to_string());
+        let logs_options = LogsOptionsBuilder::default()
+            .follow(options.follow)
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail)
+            .build();
+        let mut stream = docker.logs(&id, Some(logs_options));
+        loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                item = stream.next() => {
+                    let chunk = match item {
+                        None => return,
+                        Some(Ok(LogOutput::StdErr { message })) => Ok(LogChunk { stream: LogStream::Stderr, data: message }),
+                        Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
+                            Ok(LogChunk { stream: LogStream::Stdout, data: message })
+                        }
+                        Some(Ok(LogOutput::StdIn { .. })) => continue,
+                        Some(Err(e)) => Err(self.err(format!("reading logs of {task_id}"), e)),
+                    };
+                    let stop = chunk.is_err();
+                    if tx.send(chunk).await.is_err() || stop {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Driver for DockerDriver {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Docker
+    }
+
+    fn availability(&self) -> BoxFuture<'_, Availability> {
+        Box::pin(async move {
+            let docker = match self.inner.client().await {
+                Ok(d) => d,
+                Err(e) => {
+                    return Availability::Unavailable {
+                        reason: e.to_string(),
+                    };
+                }
+            };
+            match tokio::time::timeout(CONNECT_TIMEOUT, docker.version()).await {
+                Ok(Ok(v)) => Availability::Available {
+                    version: format!(
+                        "Docker {}, API {}",
+                        v.version.unwrap_or_default(),
+                        docker.client_version()
+                    ),
+                },
+                Ok(Err(e)) => Availability::Unavailable {
+                    reason: self.inner.err("version", e).to_string(),
+                },
+                Err(_) => Availability::Unavailable {
+                    reason: self
+                        .inner
+                        .unavailable("no answer to a version request")
+                        .to_string(),
+                },
+            }
+        })
+    }
+
+    fn prepare<'a>(&'a self, spec: &'a TaskSpec) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(self.inner.prepare(spec))
+    }
+
+    fn start<'a>(&'a self, spec: &'a TaskSpec) -> BoxFuture<'a, Result<TaskStatus, RuntimeError>> {
+        Box::pin(self.inner.start(spec))
+    }
+
+    fn stop<'a>(
+        &'a self,
+        task_id: &'a str,
+        grace: Option<Duration>,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(self.inner.stop(task_id, grace))
+    }
+
+    fn remove<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(self.inner.remove(task_id))
+    }
+
+    fn inspect<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<TaskStatus, RuntimeError>> {
+        Box::pin(async move {
+            let id = self.inner.find(task_id).await?;
+            self.inner.inspect_id(&id).await
+        })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<TaskStatus>, RuntimeError>> {
+        Box::pin(self.inner.list())
+    }
+
+    fn events(&self) -> BoxStream<'static, Event> {
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(Arc::clone(&self.inner).pump_events(tx));
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
+            .boxed()
+    }
+
+    fn logs(
+        &self,
+        task_id: &str,
+        options: LogOptions,
+    ) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(Arc::clone(&self.inner).pump_logs(task_id.to_owned(), options, tx));
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+            .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_image_references() {
+        assert_eq!(split_reference("busybox"), ("busybox", "latest"));
+        assert_eq!(
+            split_reference("shoal-test/busybox:v2"),
+            ("shoal-test/busybox", "v2")
+        );
+        assert_eq!(
+            split_reference("localhost:5000/x"),
+            ("localhost:5000/x", "latest")
+        );
+        assert_eq!(
+            split_reference("localhost:5000/x:1"),
+            ("localhost:5000/x", "1")
+        );
+        assert_eq!(split_reference("x@sha256:abc"), ("x", "sha256:abc"));
+    }
+
+    #[test]
+    fn classifies_pull_failures() {
+        assert!(is_unreachable_registry(
+            "Get \"https://registry-1.docker.io/v2/\": dial tcp: lookup registry-1.docker.io: no such host"
+        ));
+        assert!(!is_unreachable_registry(
+            "pull access denied for x, repository does not exist"
+        ));
+    }
+
+    #[test]
+    fn docker_host_must_be_a_unix_socket() {
+        let mut config = DockerConfig::new(Scope::new("c", "n"));
+        config.socket = Some(PathBuf::from("/tmp/x.sock"));
+        assert_eq!(config.resolve_socket(), Ok(PathBuf::from("/tmp/x.sock")));
+    }
+}

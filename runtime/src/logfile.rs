@@ -1,0 +1,243 @@
+//! Size-bounded log files (written by the shim) and reading them back (tail, follow).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::error::RuntimeError;
+use crate::status::{LogChunk, LogStream};
+
+/// The rotated copy of a log file: `stdout.log` → `stdout.log.1`.
+pub(crate) fn rotated_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".1");
+    PathBuf::from(s)
+}
+
+/// Appends to `path`; when it would grow past `max_bytes`, renames it to `path.1` (replacing the
+/// previous one) and starts a new file, so the pair never holds much more than 2 × `max_bytes`.
+pub(crate) struct RotatingWriter {
+    path: PathBuf,
+    file: File,
+    written: u64,
+    max_bytes: u64,
+}
+
+impl RotatingWriter {
+    /// Opens (appending) `path`.
+    pub(crate) fn open(path: &Path, max_bytes: u64) -> io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let written = file.metadata()?.len();
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            written,
+            max_bytes: max_bytes.max(1),
+        })
+    }
+
+    /// Writes `buf` (unbuffered, so followers see it at once).
+    pub(crate) fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.written > 0 && self.written + buf.len() as u64 > self.max_bytes {
+            fs::rename(&self.path, rotated_path(&self.path))?;
+            self.file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&self.path)?;
+            self.written = 0;
+        }
+        self.file.write_all(buf)?;
+        self.written += buf.len() as u64;
+        Ok(())
+    }
+}
+
+/// The last `n` lines of `data` (a trailing partial line counts as a line).
+fn last_lines(data: &[u8], n: usize) -> &[u8] {
+    if n == 0 {
+        return &[];
+    }
+    let end = if data.ends_with(b"\n") {
+        data.len() - 1
+    } else {
+        data.len()
+    };
+    let mut seen = 0;
+    for (i, b) in data[..end].iter().enumerate().rev() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == n {
+                return &data[i + 1..];
+            }
+        }
+    }
+    data
+}
+
+/// One stream being read: the current file, open, and how far it was read.
+struct Cursor {
+    stream: LogStream,
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl Cursor {
+    /// Reads the rotated copy and the current file, keeping the current one open at its end.
+    fn initial(
+        stream: LogStream,
+        path: PathBuf,
+        tail: Option<usize>,
+    ) -> io::Result<(Self, Vec<u8>)> {
+        let mut file = match File::open(&path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let mut data = match fs::read(rotated_path(&path)) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        if let Some(f) = file.as_mut() {
+            f.read_to_end(&mut data)?;
+        }
+        let data = match tail {
+            Some(n) => last_lines(&data, n).to_vec(),
+            None => data,
+        };
+        Ok((Self { stream, path, file }, data))
+    }
+
+    /// New bytes since the last read, following a rotation.
+    fn poll(&mut self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        if let Some(f) = self.file.as_mut() {
+            f.read_to_end(&mut out)?;
+        }
+        let current_ino = fs::metadata(&self.path).ok().map(|m| m.ino());
+        let open_ino = match &self.file {
+            Some(f) => Some(f.metadata()?.ino()),
+            None => None,
+        };
+        if current_ino.is_some() && current_ino != open_ino {
+            // Rotated (or created): drain the old file above, then continue with the new one.
+            let mut f = File::open(&self.path)?;
+            f.seek(SeekFrom::Start(0))?;
+            f.read_to_end(&mut out)?;
+            self.file = Some(f);
+        }
+        Ok(out)
+    }
+}
+
+/// Streams the stdout and stderr log files of a task into `tx`: first what is there (the last
+/// `tail` lines of each), then, with `follow`, new output until `finished()` says the task is
+/// done (after which the files are drained once more).
+pub(crate) async fn stream_logs(
+    stdout: PathBuf,
+    stderr: PathBuf,
+    tail: Option<usize>,
+    follow: bool,
+    finished: impl Fn() -> bool + Send + 'static,
+    tx: mpsc::Sender<Result<LogChunk, RuntimeError>>,
+) {
+    let mut cursors = Vec::new();
+    for (stream, path) in [(LogStream::Stdout, stdout), (LogStream::Stderr, stderr)] {
+        match Cursor::initial(stream, path.clone(), tail) {
+            Ok((cursor, data)) => {
+                if !data.is_empty()
+                    && tx
+                        .send(Ok(LogChunk {
+                            stream,
+                            data: Bytes::from(data),
+                        }))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                cursors.push(cursor);
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(Err(RuntimeError::io(
+                        format!("reading log {}", path.display()),
+                        e,
+                    )))
+                    .await;
+                return;
+            }
+        }
+    }
+    if !follow {
+        return;
+    }
+    loop {
+        // Decide before reading, so output written just before the exit is still drained.
+        let done = finished();
+        for cursor in &mut cursors {
+            match cursor.poll() {
+                Ok(data) if data.is_empty() => {}
+                Ok(data) => {
+                    let chunk = LogChunk {
+                        stream: cursor.stream,
+                        data: Bytes::from(data),
+                    };
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let action = format!("reading log {}", cursor.path.display());
+                    let _ = tx.send(Err(RuntimeError::io(action, e))).await;
+                    return;
+                }
+            }
+        }
+        if done || tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_lines_counts_from_the_end() {
+        assert_eq!(last_lines(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(last_lines(b"a\nb\nc", 2), b"b\nc");
+        assert_eq!(last_lines(b"a\nb\n", 5), b"a\nb\n");
+        assert_eq!(last_lines(b"a\nb\n", 0), b"");
+    }
+
+    #[test]
+    fn writer_rotates_and_stays_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out.log");
+        let mut w = RotatingWriter::open(&path, 100).expect("open");
+        for i in 0..100 {
+            w.write_all(format!("line {i:04}\n").as_bytes())
+                .expect("write");
+        }
+        let cur = fs::read(&path).expect("current");
+        let old = fs::read(rotated_path(&path)).expect("rotated");
+        assert!(
+            cur.len() <= 100 && old.len() <= 100,
+            "{} {}",
+            cur.len(),
+            old.len()
+        );
+        assert!(String::from_utf8_lossy(&cur).ends_with("line 0099\n"));
+        let (_, data) = Cursor::initial(LogStream::Stdout, path, Some(3)).expect("read");
+        assert_eq!(data, b"line 0097\nline 0098\nline 0099\n");
+    }
+}
