@@ -31,6 +31,9 @@ pub struct SavedCluster {
     /// The cluster CA certificate (DER, base64).
     #[serde(with = "b64")]
     pub ca_cert: Vec<u8>,
+    /// Addresses of members last known, to gossip with after a restart.
+    #[serde(default)]
+    pub seeds: Vec<String>,
 }
 
 mod b64 {
@@ -148,6 +151,7 @@ mod tests {
                 role: Role::Manager,
                 node_cert: vec![1, 2, 3],
                 ca_cert: vec![4],
+                seeds: vec![],
             }),
         };
         cfg.save(&path).unwrap();

@@ -12,11 +12,17 @@ use tokio::sync::{RwLock, watch};
 use tracing::{info, warn};
 
 use crate::api::server::{ApiError, ApiRequest, Reply};
-use crate::api::{Info, InitRequest, InitResponse, LeaveRequest, NodeView};
+use crate::api::{
+    Info, InitRequest, InitResponse, JoinApiRequest, JoinApiResponse, JoinTokenRequest,
+    JoinTokenResponse, LeaveRequest, NodeView,
+};
 use crate::config::{SavedCluster, SavedConfig, default_advertise, parse_advertise};
+use crate::gossip::Gossip;
+use crate::join::{self, JoinAccepted, JoinRequest, JoinResponse};
 use crate::manager::state::{Availability, ClusterRecord, Command, NodeRecord, NodeStatus, Role};
 use crate::manager::{Manager, ManagerError, raft_id_for};
-use crate::net::Endpoint;
+use crate::net::{Endpoint, Pool};
+use crate::pki::NodeId;
 use crate::pki::{self, ClusterCa, NodeKey};
 use crate::state_dir::StateDir;
 
@@ -54,6 +60,9 @@ pub struct Node {
     hostname: String,
     listen_addr: SocketAddr,
     endpoint: Endpoint,
+    pool: Pool,
+    dialed_tx: tokio::sync::mpsc::UnboundedSender<(NodeId, quinn::Connection)>,
+    gossip: std::sync::RwLock<Option<Gossip>>,
     advertise: std::sync::RwLock<SocketAddr>,
     membership: RwLock<Option<Membership>>,
     raft_scale: f64,
@@ -168,7 +177,16 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     let hostname = opts.hostname.clone().unwrap_or_else(system_hostname);
     info!(node_id = %node_id, %hostname, listen = %opts.listen_addr, %advertise, "shoal daemon starting");
 
+    let (dialed_tx, dialed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let pool = Pool::with_dial_listener(
+        endpoint.clone(),
+        crate::net::DEFAULT_DIAL_TIMEOUT,
+        dialed_tx.clone(),
+    );
     let node = Arc::new(Node {
+        pool,
+        dialed_tx,
+        gossip: std::sync::RwLock::new(None),
         key,
         node_id,
         hostname,
@@ -183,7 +201,9 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     if let Some(cluster) = saved.cluster.clone() {
         node.resume(cluster).await?;
     }
-    tokio::spawn(serve_peers(node.clone(), accepted));
+    tokio::spawn(crate::peer::serve_accepted(node.clone(), accepted));
+    tokio::spawn(crate::liveness::run(node.clone()));
+    tokio::spawn(crate::peer::serve_dialed(node.clone(), dialed_rx));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let server = {
@@ -204,23 +224,6 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     let _ = std::fs::remove_file(&opts.socket);
     node.stop().await;
     Ok(())
-}
-
-/// Serves connections from other nodes. A cluster of one has no peers: each stream
-/// opened by a peer is answered by closing it, until joining and Raft between
-/// managers give peers something to ask.
-async fn serve_peers(node: Arc<Node>, mut accepted: crate::net::AcceptedRx) {
-    while let Some(conn) = accepted.recv().await {
-        let in_cluster = node.membership.read().await.is_some();
-        tracing::debug!(
-            peer = ?conn.peer_node_id.map(|id| id.to_string()),
-            remote = %conn.connection.remote_address(),
-            in_cluster,
-            "peer connected; no peer requests are served yet"
-        );
-        conn.connection
-            .close(0u32.into(), b"no peer requests are served by this node yet");
-    }
 }
 
 async fn wait_for_signal() {
@@ -280,12 +283,195 @@ impl Node {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = addr;
     }
 
-    /// Starts serving with the node certificate.
+    /// Starts serving, and dialing peers, with the node certificate.
     fn serve_quic(&self, saved: &SavedCluster) -> Result<()> {
         let server = pki::server_config(&saved.node_cert, &saved.ca_cert, &self.key)
             .context("cannot build the TLS server configuration")?;
+        let client = pki::client_config(&saved.node_cert, &saved.ca_cert, &self.key)
+            .context("cannot build the TLS client configuration")?;
         self.endpoint.set_server_config(server);
+        self.endpoint.set_client_config(client);
         Ok(())
+    }
+
+    /// The connection pool to other nodes.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Whether `id` was removed from the cluster (`node rm`), as far as this node knows.
+    pub async fn is_removed(&self, id: &NodeId) -> bool {
+        match self
+            .membership
+            .read()
+            .await
+            .as_ref()
+            .and_then(|m| m.manager.clone())
+        {
+            Some(m) => m.read_local(|s| {
+                s.removed_keys
+                    .iter()
+                    .any(|k| NodeId::from_public_key(k) == *id)
+            }),
+            None => false,
+        }
+    }
+
+    /// A SWIM packet from the peer with `key`.
+    pub fn gossip_packet(&self, from: NodeId, key: [u8; 32], packet: bytes::Bytes) {
+        if let Some(g) = self.gossip() {
+            g.packet(&from, key, packet);
+        }
+    }
+
+    /// The gossip handle, while the node is in a cluster.
+    pub fn gossip(&self) -> Option<Gossip> {
+        self.gossip
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// This node's ID.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// This node's advertise address now.
+    pub fn advertise_addr(&self) -> SocketAddr {
+        self.advertise()
+    }
+
+    /// The manager, when this node is one (no error path: for background loops).
+    pub async fn manager_opt(&self) -> Option<Arc<Manager>> {
+        self.membership
+            .read()
+            .await
+            .as_ref()
+            .and_then(|m| m.manager.clone())
+    }
+
+    fn start_gossip(&self, role: Role, seeds: Vec<SocketAddr>) -> Result<(), String> {
+        let role = match role {
+            Role::Manager => shoal_membership::NodeRole::Manager,
+            Role::Worker => shoal_membership::NodeRole::Worker,
+        };
+        let gossip = Gossip::start(
+            self.key.public_key(),
+            self.advertise(),
+            role,
+            self.pool.clone(),
+            self.dialed_tx.clone(),
+            1.0,
+        )?;
+        gossip.join(seeds);
+        *self
+            .gossip
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(gossip);
+        Ok(())
+    }
+
+    async fn stop_gossip(&self, leave: bool) {
+        let g = self
+            .gossip
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let (Some(g), true) = (g, leave) {
+            g.leave(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Publishes the Raft leader to gossip whenever it changes, so workers know it.
+    fn watch_leader(&self, manager: Arc<Manager>) {
+        let Some(gossip) = self.gossip() else { return };
+        tokio::spawn(async move {
+            let mut rx = manager.metrics();
+            let mut last = None;
+            loop {
+                let (term, leader) = {
+                    let m = rx.borrow();
+                    (m.current_term, m.current_leader)
+                };
+                if last != Some((term, leader)) {
+                    last = Some((term, leader));
+                    if let Some(key) = leader.and_then(|l| {
+                        manager.read_local(|s| s.node_by_raft_id(l).map(|n| n.public_key))
+                    }) {
+                        gossip.publish(shoal_membership::FactBody::LeaderHint {
+                            term,
+                            leader: Some(shoal_membership::NodeId(key)),
+                        });
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// A request on a stream from an authenticated peer, by tag.
+    pub async fn handle_peer_request(
+        &self,
+        peer: NodeId,
+        tag: u8,
+        body: &[u8],
+        mut send: quinn::SendStream,
+    ) -> Result<(), crate::net::NetError> {
+        let _ = (peer, body);
+        tracing::debug!(tag, "unknown peer request tag");
+        let _ = send.reset(1u32.into());
+        Ok(())
+    }
+
+    /// The manager's side of a join handshake.
+    pub async fn handle_join(&self, req: JoinRequest) -> JoinResponse {
+        match self.admit(req).await {
+            Ok(a) => JoinResponse::Accepted(a),
+            Err(reason) => {
+                info!(%reason, "join refused");
+                JoinResponse::Refused(reason)
+            }
+        }
+    }
+
+    async fn admit(&self, req: JoinRequest) -> Result<JoinAccepted, String> {
+        let manager = self.manager().await.map_err(|_| {
+            "this node is not a manager of a cluster: join through a manager's address".to_string()
+        })?;
+        let cluster = manager
+            .read_local(|s| s.cluster.clone())
+            .ok_or_else(|| "the cluster is not initialized".to_string())?;
+        let role = join::check_token(&req.token, &cluster, now_ms() / 1000)?;
+        if role == Role::Manager {
+            return Err(
+                "joining as a manager is not supported yet: join with a worker token".into(),
+            );
+        }
+        let record = join::record_for(&req, role, now_ms())?;
+        if record.id == self.node_id {
+            return Err("a node cannot join the cluster it manages".into());
+        }
+        let id = record.id.clone();
+        manager
+            .write(Command::AdmitNode(record))
+            .await
+            .map_err(|e| e.to_string())?;
+        let ca = ClusterCa::from_der(&cluster.ca_cert_der, &cluster.ca_key_der)
+            .map_err(|e| format!("cannot load the cluster CA: {e}"))?;
+        let node_cert = ca
+            .issue_node_cert(&req.public_key, &NodeId::from_public_key(&req.public_key))
+            .map_err(|e| format!("cannot issue a certificate: {e}"))?;
+        info!(node = %id, hostname = %req.hostname, role = role.as_str(), "node joined");
+        Ok(JoinAccepted {
+            cluster_id: cluster.id.clone(),
+            role,
+            node_cert,
+            ca_cert: cluster.ca_cert_der.clone(),
+            members: manager.read_local(join::member_hints),
+        })
     }
 
     /// Restarts the node's part in the cluster after a daemon restart.
@@ -315,6 +501,21 @@ impl Node {
             None
         };
         self.serve_quic(&saved)?;
+        let mut seeds: Vec<SocketAddr> =
+            saved.seeds.iter().filter_map(|a| a.parse().ok()).collect();
+        if let Some(m) = &manager {
+            seeds.extend(m.read_local(|s| {
+                s.nodes
+                    .values()
+                    .filter_map(|n| n.addr.parse::<SocketAddr>().ok())
+                    .collect::<Vec<_>>()
+            }));
+        }
+        self.start_gossip(saved.role, seeds)
+            .map_err(anyhow::Error::msg)?;
+        if let Some(m) = &manager {
+            self.watch_leader(m.clone());
+        }
         info!(cluster_id = %saved.cluster_id, role = saved.role.as_str(), "rejoined cluster");
         *self.membership.write().await = Some(Membership { saved, manager });
         Ok(())
@@ -351,6 +552,18 @@ impl Node {
                 self.leave(body).await?;
                 Reply::json(&serde_json::json!({}))
             }
+            (&Method::POST, ["v1", "join"]) => {
+                let body: JoinApiRequest = req.json()?;
+                Reply::json(&self.join(body).await?)
+            }
+            (&Method::POST, ["v1", "join-token", role]) => {
+                let body: JoinTokenRequest = req.json()?;
+                Reply::json(&self.join_token(role, body).await?)
+            }
+            (&Method::DELETE, ["v1", "nodes", reference]) => {
+                self.node_rm(reference, req.flag("force")).await?;
+                Reply::json(&serde_json::json!({}))
+            }
             (&Method::GET, ["v1", "nodes"]) => Reply::json(&self.node_list().await?),
             (&Method::GET, ["v1", "nodes", reference]) => {
                 Reply::json(&self.node_inspect(reference).await?)
@@ -383,6 +596,29 @@ impl Node {
             info.cluster = "active".into();
             info.cluster_id = Some(m.saved.cluster_id.clone());
             info.role = Some(m.saved.role.as_str().into());
+            if m.manager.is_none()
+                && let Some(g) = self.gossip()
+            {
+                let view = g.view();
+                info.leader = view
+                    .leader_hint
+                    .map(|(_, k)| NodeId::from_public_key(&k).to_string());
+                let alive: Vec<&[u8; 32]> = view
+                    .members
+                    .iter()
+                    .filter(|(_, (_, st))| *st != shoal_membership::MemberState::Down)
+                    .map(|(k, _)| k)
+                    .collect();
+                info.nodes = Some(alive.len() as u64 + 1);
+                info.managers = Some(
+                    alive
+                        .iter()
+                        .filter(|k| {
+                            view.roles.get(**k) == Some(&shoal_membership::NodeRole::Manager)
+                        })
+                        .count() as u64,
+                );
+            }
             if let Some(manager) = &m.manager {
                 let leader = manager.leader();
                 manager.read_local(|s| {
@@ -496,16 +732,21 @@ impl Node {
             role: Role::Manager,
             node_cert,
             ca_cert: ca.cert_der().to_vec(),
+            seeds: Vec::new(),
         };
         saved_cfg.cluster = Some(saved.clone());
         saved_cfg
             .save(&self.state_dir.node_config())
             .map_err(ApiError::from)?;
         self.serve_quic(&saved).map_err(ApiError::from)?;
+        self.start_gossip(Role::Manager, Vec::new())
+            .map_err(ApiError::internal)?;
+        let manager = Arc::new(manager);
+        self.watch_leader(manager.clone());
         info!(%cluster_id, "cluster initialized");
         *self.membership.write().await = Some(Membership {
             saved,
-            manager: Some(Arc::new(manager)),
+            manager: Some(manager),
         });
         Ok(InitResponse {
             node_id: self.node_id.clone(),
@@ -532,6 +773,7 @@ impl Node {
         }
         *membership = None;
         drop(membership);
+        self.stop_gossip(true).await;
         self.endpoint.clear_server_config();
         let mut saved = SavedConfig::load(&self.state_dir.node_config()).map_err(ApiError::from)?;
         saved.cluster = None;
@@ -544,6 +786,184 @@ impl Node {
                 .map_err(|e| ApiError::internal(format!("cannot remove {}: {e}", db.display())))?;
         }
         warn!("left the cluster: cluster state wiped, node key kept");
+        Ok(())
+    }
+
+    async fn join_token(
+        &self,
+        role: &str,
+        req: JoinTokenRequest,
+    ) -> Result<JoinTokenResponse, ApiError> {
+        let role = match role {
+            "worker" => Role::Worker,
+            "manager" => Role::Manager,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown role `{other}`: expected worker or manager"
+                )));
+            }
+        };
+        let manager = self.manager().await?;
+        if req.rotate {
+            manager
+                .write(Command::RotateToken { role })
+                .await
+                .map_err(manager_err)?;
+        }
+        let token = manager
+            .read_linearizable(|s| {
+                s.cluster.as_ref().map(|c| {
+                    let ttl = req.ttl_secs.map(Duration::from_secs);
+                    join::mint(c, s, role, ttl, now_ms() / 1000)
+                })
+            })
+            .await
+            .map_err(manager_err)?
+            .ok_or_else(|| ApiError::conflict(NOT_IN_CLUSTER))?
+            .map_err(ApiError::internal)?;
+        Ok(JoinTokenResponse {
+            role: role.as_str().into(),
+            token,
+            manager_addr: self.advertise().to_string(),
+        })
+    }
+
+    async fn join(&self, req: JoinApiRequest) -> Result<JoinApiResponse, ApiError> {
+        let _guard = self.lifecycle.lock().await;
+        if self.membership.read().await.is_some() {
+            return Err(ApiError::conflict(
+                "this node is already part of a cluster: run `shoal leave` first",
+            ));
+        }
+        let token = crate::pki::token::JoinToken::parse(&req.token)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if token.payload.role == crate::pki::token::TokenRole::Manager {
+            return Err(ApiError::bad_request(
+                "joining as a manager is not supported yet: join with a worker token",
+            ));
+        }
+        let availability: Availability = match req.availability.as_deref() {
+            Some(a) => a.parse().map_err(ApiError::bad_request)?,
+            None => Availability::Active,
+        };
+        let given = if req.manager_addrs.is_empty() {
+            token.payload.manager_addrs.clone()
+        } else {
+            req.manager_addrs.clone()
+        };
+        let mut addrs = Vec::new();
+        for a in &given {
+            addrs.push(
+                parse_advertise(a, crate::cli::DEFAULT_PORT)
+                    .map_err(|e| ApiError::bad_request(format!("manager address: {e}")))?,
+            );
+        }
+        if addrs.is_empty() {
+            return Err(ApiError::bad_request(
+                "no manager address: give one (shoal join --token T ADDR) or use a token that carries them",
+            ));
+        }
+        let mut saved_cfg =
+            SavedConfig::load(&self.state_dir.node_config()).map_err(ApiError::from)?;
+        let previous_advertise = self.advertise();
+        if let Some(a) = &req.advertise_addr {
+            let addr = parse_advertise(a, self.listen_addr.port())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            self.set_advertise(addr);
+            saved_cfg.advertise_addr = Some(addr);
+        }
+        let jr = JoinRequest {
+            token: req.token.clone(),
+            public_key: self.key.public_key(),
+            hostname: self.hostname.clone(),
+            advertise_addr: self.advertise().to_string(),
+            platform: platform(),
+            memory_bytes: memory_bytes(),
+            cpus: cpus(),
+            drivers: Vec::new(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            availability,
+        };
+        let (accepted, via) = match join::request_join(&self.endpoint, &jr, &addrs).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.set_advertise(previous_advertise);
+                return Err(ApiError::bad_request(e));
+            }
+        };
+        if pki::public_key_from_cert(&accepted.node_cert).ok() != Some(self.key.public_key())
+            || pki::sha256(&accepted.ca_cert) != token.payload.ca_digest
+        {
+            self.set_advertise(previous_advertise);
+            return Err(ApiError::internal(
+                "the manager answered with a certificate that does not match this node or the token",
+            ));
+        }
+        let saved = SavedCluster {
+            cluster_id: accepted.cluster_id.clone(),
+            role: accepted.role,
+            node_cert: accepted.node_cert,
+            ca_cert: accepted.ca_cert,
+            seeds: accepted.members.iter().map(|m| m.addr.clone()).collect(),
+        };
+        saved_cfg.cluster = Some(saved.clone());
+        saved_cfg
+            .save(&self.state_dir.node_config())
+            .map_err(ApiError::from)?;
+        self.serve_quic(&saved).map_err(ApiError::from)?;
+        let seeds = saved.seeds.iter().filter_map(|a| a.parse().ok()).collect();
+        self.start_gossip(saved.role, seeds)
+            .map_err(ApiError::internal)?;
+        info!(cluster_id = %saved.cluster_id, %via, "joined the cluster");
+        let resp = JoinApiResponse {
+            node_id: self.node_id.clone(),
+            cluster_id: saved.cluster_id.clone(),
+            role: saved.role.as_str().into(),
+            via: via.to_string(),
+        };
+        *self.membership.write().await = Some(Membership {
+            saved,
+            manager: None,
+        });
+        Ok(resp)
+    }
+
+    async fn node_rm(&self, reference: &str, force: bool) -> Result<(), ApiError> {
+        let manager = self.manager().await?;
+        let node = manager
+            .read_linearizable(|s| s.resolve_node(reference).cloned())
+            .await
+            .map_err(manager_err)?
+            .map_err(ApiError::not_found)?;
+        if node.id == self.node_id {
+            return Err(ApiError::conflict(
+                "cannot remove the current node: run `shoal leave` on it instead",
+            ));
+        }
+        if node.role == Role::Manager {
+            return Err(ApiError::conflict(format!(
+                "node {} is a manager: demote it first with `shoal node demote {}`",
+                node.hostname, node.id
+            )));
+        }
+        if node.status == NodeStatus::Ready && !force {
+            return Err(ApiError::conflict(format!(
+                "node {} is ready: run `shoal leave` on it first, or use --force to remove it anyway",
+                node.hostname
+            )));
+        }
+        manager
+            .write(Command::RemoveNode {
+                id: node.id.clone(),
+            })
+            .await
+            .map_err(manager_err)?;
+        if let Ok(id) = node.id.parse::<NodeId>()
+            && let Some(conn) = self.pool.remove(&id)
+        {
+            conn.close(2u32.into(), b"this node was removed from the cluster");
+        }
+        info!(node = %node.id, "node removed");
         Ok(())
     }
 

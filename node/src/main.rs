@@ -3,6 +3,13 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // The process driver's supervisor runs as `shoal shim --task-dir DIR`: dispatch it
+    // before clap and before any runtime, so it stays small and starts fast.
+    let mut args = std::env::args();
+    if std::env::args().nth(1).as_deref() == Some("shim") {
+        let code = shoal_runtime::shim::run(args.by_ref().skip(2));
+        return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = shoal::cli::Cli::parse();
     match shoal::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -104,3 +104,51 @@ pub struct NodeView {
     /// When the record last changed (RFC 3339).
     pub updated_at: String,
 }
+
+/// `POST /v1/join`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JoinApiRequest {
+    /// The join token.
+    pub token: String,
+    /// Managers to try (`IP` or `IP:PORT`); empty means the addresses in the token.
+    #[serde(default)]
+    pub manager_addrs: Vec<String>,
+    /// Overrides the daemon's advertise address; saved in the state dir.
+    pub advertise_addr: Option<String>,
+    /// Availability of this node (`active` by default).
+    pub availability: Option<String>,
+}
+
+/// Answer to `join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinApiResponse {
+    /// This node's ID.
+    pub node_id: String,
+    /// The cluster joined.
+    pub cluster_id: String,
+    /// `worker` or `manager`.
+    pub role: String,
+    /// The manager address that answered.
+    pub via: String,
+}
+
+/// `POST /v1/join-token/{role}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JoinTokenRequest {
+    /// Bump the role's generation first: older tokens are refused from then on.
+    #[serde(default)]
+    pub rotate: bool,
+    /// Mint a fresh token that expires after this many seconds.
+    pub ttl_secs: Option<u64>,
+}
+
+/// A join token and where to use it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinTokenResponse {
+    /// `worker` or `manager`.
+    pub role: String,
+    /// The token.
+    pub token: String,
+    /// This manager's advertise address, for the printed command.
+    pub manager_addr: String,
+}

@@ -15,6 +15,9 @@ use crate::api::client::Client;
 /// Default control socket.
 pub const DEFAULT_SOCKET: &str = "/run/shoal/shoal.sock";
 
+/// Default UDP port between nodes.
+pub const DEFAULT_PORT: u16 = 4747;
+
 /// Shoal: a peer-to-peer container orchestrator.
 #[derive(Debug, Parser)]
 #[command(name = "shoal", version, about, propagate_version = true)]
@@ -61,6 +64,36 @@ pub enum Cmd {
         /// Rewrite Raft membership to this manager alone, keeping all state.
         #[arg(long)]
         force_new_cluster: bool,
+    },
+    /// Join a cluster with a token from `shoal join-token`.
+    Join {
+        /// The join token.
+        #[arg(long)]
+        token: String,
+        /// Managers to try (IP or IP:PORT); default: the addresses in the token.
+        #[arg(value_name = "MANAGER_ADDR")]
+        managers: Vec<String>,
+        /// Address other nodes use to reach this one (IP or IP:PORT).
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        /// Availability of this node.
+        #[arg(long, value_parser = ["active", "pause", "drain"])]
+        availability: Option<String>,
+    },
+    /// Show or rotate the token that joins nodes as workers or managers.
+    JoinToken {
+        /// worker or manager.
+        #[arg(value_parser = ["worker", "manager"])]
+        role: String,
+        /// Print only the token.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Invalidate the current token of this role and show the new one.
+        #[arg(long)]
+        rotate: bool,
+        /// Mint a fresh token that expires after this long (e.g. 30m, 24h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
     },
     /// Leave the cluster.
     Leave {
@@ -110,6 +143,16 @@ pub enum NodeCmd {
         /// Output format.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+    },
+    /// Remove a node from the cluster; its key is refused from then on.
+    #[command(alias = "remove")]
+    Rm {
+        /// IDs, unique ID prefixes or hostnames.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        /// Remove even a node that is still ready.
+        #[arg(short, long)]
+        force: bool,
     },
     /// Show one node.
     Inspect {
@@ -165,6 +208,18 @@ async fn dispatch(client: &Client, command: Cmd) -> Result<()> {
             force_new_cluster,
         } => system::init(client, advertise_addr, availability, force_new_cluster).await,
         Cmd::Leave { force } => system::leave(client, force).await,
+        Cmd::Join {
+            token,
+            managers,
+            advertise_addr,
+            availability,
+        } => system::join(client, token, managers, advertise_addr, availability).await,
+        Cmd::JoinToken {
+            role,
+            quiet,
+            rotate,
+            ttl,
+        } => system::join_token(client, &role, quiet, rotate, ttl).await,
         Cmd::Node(cmd) => node::run(client, cmd).await,
         Cmd::Daemon(_) | Cmd::Version => unreachable!("handled before connecting"),
     }

@@ -47,6 +47,21 @@ pub(super) async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
             );
             Ok(())
         }
+        NodeCmd::Rm { nodes, force } => {
+            let mut failed = Vec::new();
+            for n in nodes {
+                let path = format!("/v1/nodes/{}?force={force}", encode(&n));
+                match client.delete::<serde_json::Value>(&path).await {
+                    Ok(_) => println!("{n}"),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!("{}", failed.join("; "))
+            }
+        }
         NodeCmd::Inspect { node, format } => {
             let path = format!("/v1/nodes/{}", encode(&node));
             let n: NodeView = client.get(&path).await?;

@@ -4,7 +4,10 @@ use anyhow::Result;
 
 use super::{DaemonArgs, Format, output};
 use crate::api::client::Client;
-use crate::api::{Info, InitRequest, InitResponse, LeaveRequest};
+use crate::api::{
+    Info, InitRequest, InitResponse, JoinApiRequest, JoinApiResponse, JoinTokenRequest,
+    JoinTokenResponse, LeaveRequest,
+};
 use crate::daemon::{self, DaemonOptions};
 
 pub(super) fn daemon(runtime: &tokio::runtime::Runtime, args: DaemonArgs) -> Result<()> {
@@ -76,5 +79,53 @@ pub(super) async fn init(
 pub(super) async fn leave(client: &Client, force: bool) -> Result<()> {
     let _: serde_json::Value = client.post("/v1/leave", &LeaveRequest { force }).await?;
     println!("Node left the cluster.");
+    Ok(())
+}
+
+pub(super) async fn join(
+    client: &Client,
+    token: String,
+    manager_addrs: Vec<String>,
+    advertise_addr: Option<String>,
+    availability: Option<String>,
+) -> Result<()> {
+    let req = JoinApiRequest {
+        token,
+        manager_addrs,
+        advertise_addr,
+        availability,
+    };
+    let resp: JoinApiResponse = client.post("/v1/join", &req).await?;
+    println!(
+        "This node joined the cluster as a {} (via {}).",
+        resp.role, resp.via
+    );
+    Ok(())
+}
+
+pub(super) async fn join_token(
+    client: &Client,
+    role: &str,
+    quiet: bool,
+    rotate: bool,
+    ttl: Option<std::time::Duration>,
+) -> Result<()> {
+    let req = JoinTokenRequest {
+        rotate,
+        ttl_secs: ttl.map(|d| d.as_secs().max(1)),
+    };
+    let resp: JoinTokenResponse = client.post(&format!("/v1/join-token/{role}"), &req).await?;
+    if quiet {
+        println!("{}", resp.token);
+        return Ok(());
+    }
+    if rotate {
+        println!("Successfully rotated {role} join token.\n");
+    }
+    println!("To add a {role} to this cluster, run the following command:\n");
+    println!(
+        "    shoal join --token {} {}\n",
+        resp.token, resp.manager_addr
+    );
     Ok(())
 }

@@ -2,9 +2,15 @@
 //! to change and read it.
 
 pub mod network;
+pub mod orchestrator;
+pub mod rpc;
+pub mod services;
 pub mod state;
 pub mod store;
 pub mod types;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -12,9 +18,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::network::RaftNetworkFactory;
 use openraft::{EmptyNode, ServerState, SnapshotPolicy};
 
-use self::network::NoPeersFactory;
+use self::network::{NoPeersFactory, PeerHealth, QuicNetworkFactory};
 use self::state::{ClusterState, Command, CommandResult};
 use self::store::{LogStore, SmData, StateMachineStore};
 use self::types::Raft;
@@ -58,8 +65,11 @@ pub fn raft_config(cluster_id: &str, scale: f64) -> Result<openraft::Config, Man
     let config = openraft::Config {
         cluster_name: cluster_id.to_string(),
         heartbeat_interval: ms(150.0),
-        election_timeout_min: ms(600.0),
-        election_timeout_max: ms(1200.0),
+        // openraft 0.9 adds a leader lease of `election_timeout_max` before a follower that
+        // heard a leader may elect: silence must last lease + a random 300–600 ms, i.e.
+        // 900–1200 ms in all (DESIGN §4), which keeps failover near 1.2 s.
+        election_timeout_min: ms(300.0),
+        election_timeout_max: ms(600.0),
         install_snapshot_timeout: ms(10_000.0).max(5_000),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
         max_in_snapshot_log_to_keep: 200,
@@ -85,6 +95,10 @@ pub struct Manager {
     raft: Raft,
     sm: Arc<RwLock<SmData>>,
     raft_id: u64,
+    /// Which peers answered lately (none without a transport).
+    health: Option<PeerHealth>,
+    /// How recent an answer must be for a peer to count as reachable.
+    reachable_within: Duration,
 }
 
 impl std::fmt::Debug for Manager {
@@ -96,12 +110,53 @@ impl std::fmt::Debug for Manager {
 }
 
 impl Manager {
-    /// Opens `raft.redb` (creating it when absent) and starts Raft. Refuses a corrupt file.
+    /// Opens `raft.redb` (creating it when absent) and starts Raft with no transport: a
+    /// cluster of one. Refuses a corrupt file.
     pub async fn open(
         db_path: &Path,
         raft_id: u64,
         cluster_name: &str,
         scale: f64,
+    ) -> Result<Manager, ManagerError> {
+        let config = raft_config(cluster_name, scale)?;
+        Self::open_inner(db_path, raft_id, config, |_| (NoPeersFactory, None)).await
+    }
+
+    /// Like [`Manager::open`], with Raft talking to the other managers through `factory`
+    /// (QUIC bi-streams; serve the peers' streams with [`rpc::serve_raft_request`]). A factory
+    /// made with [`QuicNetworkFactory::node_table`] finds peers in this manager's own node
+    /// table.
+    pub async fn open_with_network(
+        db_path: &Path,
+        raft_id: u64,
+        cluster_name: &str,
+        scale: f64,
+        factory: QuicNetworkFactory,
+    ) -> Result<Manager, ManagerError> {
+        let config = raft_config(cluster_name, scale)?;
+        Self::open_quic(db_path, raft_id, config, factory).await
+    }
+
+    /// [`Manager::open_with_network`] with a given (validated) configuration.
+    pub(crate) async fn open_quic(
+        db_path: &Path,
+        raft_id: u64,
+        config: openraft::Config,
+        mut factory: QuicNetworkFactory,
+    ) -> Result<Manager, ManagerError> {
+        Self::open_inner(db_path, raft_id, config, move |sm| {
+            factory.resolve_through(sm);
+            let health = factory.health();
+            (factory, Some(health))
+        })
+        .await
+    }
+
+    async fn open_inner<N: RaftNetworkFactory<types::TypeConfig>>(
+        db_path: &Path,
+        raft_id: u64,
+        config: openraft::Config,
+        network: impl FnOnce(&Arc<RwLock<SmData>>) -> (N, Option<PeerHealth>),
     ) -> Result<Manager, ManagerError> {
         let db = store::open_db(db_path)?;
         let log = LogStore::new(db.clone());
@@ -112,15 +167,27 @@ impl Manager {
             })
         })?;
         let shared = sm.shared();
-        let config = Arc::new(raft_config(cluster_name, scale)?);
-        let raft = Raft::new(raft_id, config, NoPeersFactory, log, sm)
+        // A peer counts as reachable when it answered within two election timeouts: fresh
+        // for a leader (heartbeats) or a candidate (votes), stale well before a write gives
+        // up after QUORUM_TIMEOUT.
+        let reachable_within = Duration::from_millis(config.election_timeout_max * 2)
+            .clamp(Duration::from_millis(500), QUORUM_TIMEOUT * 2 / 3);
+        let (network, health) = network(&shared);
+        let raft = Raft::new(raft_id, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| ManagerError::Fatal(e.to_string()))?;
         Ok(Manager {
             raft,
             sm: shared,
             raft_id,
+            health,
+            reachable_within,
         })
+    }
+
+    /// The Raft handle (for [`rpc::serve_raft_request`], membership changes and metrics).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
     }
 
     /// Makes this node the only voter of a new cluster. Called once per cluster, by `init`.
@@ -149,6 +216,11 @@ impl Manager {
     /// The leader's Raft ID as this node knows it.
     pub fn leader(&self) -> Option<u64> {
         self.raft.metrics().borrow().current_leader
+    }
+
+    /// Raft metrics (leader, term, membership), as a watch.
+    pub fn metrics(&self) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, EmptyNode>> {
+        self.raft.metrics()
     }
 
     /// Whether this node is the leader now.
@@ -186,55 +258,127 @@ impl Manager {
         }
     }
 
+    /// The error for a request that found no quorum. `reachable` counts the voters that
+    /// answered this node's Raft RPCs lately, this node included.
     fn quorum_lost(&self) -> ManagerError {
-        let managers = self.voters().len().max(1);
-        // With no leader in sight we can vouch only for ourselves.
+        let voters = self.voters();
+        let managers = voters.len().max(1);
+        let reachable = voters
+            .iter()
+            .filter(|&&v| {
+                v == self.raft_id
+                    || self
+                        .health
+                        .as_ref()
+                        .is_some_and(|h| h.answered_within(v, self.reachable_within))
+            })
+            .count()
+            .clamp(1, managers);
         ManagerError::QuorumLost {
-            reachable: 1,
+            reachable,
             managers,
         }
     }
 
-    /// Proposes `cmd` and waits until it is committed and applied, up to
-    /// [`QUORUM_TIMEOUT`].
-    pub async fn write(&self, cmd: Command) -> Result<CommandResult, ManagerError> {
-        match tokio::time::timeout(QUORUM_TIMEOUT, self.raft.client_write(cmd)).await {
-            Err(_) => Err(self.quorum_lost()),
-            Ok(Ok(resp)) => match resp.data {
-                CommandResult::Refused(reason) => Err(ManagerError::Refused(reason)),
-                other => Ok(other),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(ManagerError::NotLeader {
-                    leader: f.leader_id,
-                })
+    /// Waits until a leader is known that is another node, or this node leads. `None` when
+    /// `deadline` passes first (or Raft stopped).
+    async fn wait_for_usable_leader(&self, deadline: tokio::time::Instant) -> Option<u64> {
+        let mut rx = self.raft.metrics();
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                match m.current_leader {
+                    Some(l) if l != self.raft_id => return Some(l),
+                    Some(l) if m.state == ServerState::Leader => return Some(l),
+                    _ => {}
+                }
             }
-            Ok(Err(e)) => Err(ManagerError::Fatal(e.to_string())),
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Proposes `cmd` and waits until it is committed and applied, up to
+    /// [`QUORUM_TIMEOUT`]. While an election is under way (no leader known) it waits for
+    /// one within the same bound; another node leading → [`ManagerError::NotLeader`].
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, ManagerError> {
+        let deadline = tokio::time::Instant::now() + QUORUM_TIMEOUT;
+        loop {
+            let attempt = self.raft.client_write(cmd.clone());
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => return Err(self.quorum_lost()),
+                Ok(Ok(resp)) => {
+                    return match resp.data {
+                        CommandResult::Refused(reason) => Err(ManagerError::Refused(reason)),
+                        other => Ok(other),
+                    };
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    // Not proposed: retrying is safe.
+                    match f.leader_id.filter(|&l| l != self.raft_id) {
+                        Some(leader) => {
+                            return Err(ManagerError::NotLeader {
+                                leader: Some(leader),
+                            });
+                        }
+                        None => match self.wait_for_usable_leader(deadline).await {
+                            None => return Err(self.quorum_lost()),
+                            Some(l) if l != self.raft_id => {
+                                return Err(ManagerError::NotLeader { leader: Some(l) });
+                            }
+                            Some(_) => {}
+                        },
+                    }
+                }
+                Ok(Err(e)) => return Err(ManagerError::Fatal(e.to_string())),
+            }
         }
     }
 
     /// Confirms leadership with a quorum, then reads the applied state: what it returns
-    /// reflects every write acknowledged before the call.
+    /// reflects every write acknowledged before the call. Like [`Manager::write`], it waits
+    /// out an election and gives up after [`QUORUM_TIMEOUT`].
     pub async fn read_linearizable<T>(
         &self,
         f: impl FnOnce(&ClusterState) -> T,
     ) -> Result<T, ManagerError> {
-        match tokio::time::timeout(QUORUM_TIMEOUT, self.raft.ensure_linearizable()).await {
-            Err(_) => return Err(self.quorum_lost()),
-            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
-                fwd,
-            )))) => {
-                return Err(ManagerError::NotLeader {
-                    leader: fwd.leader_id,
-                });
+        use openraft::error::CheckIsLeaderError;
+        let deadline = tokio::time::Instant::now() + QUORUM_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
+                Err(_) => return Err(self.quorum_lost()),
+                Ok(Ok(_)) => return Ok(self.read_local(f)),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(fwd)))) => {
+                    match fwd.leader_id.filter(|&l| l != self.raft_id) {
+                        Some(leader) => {
+                            return Err(ManagerError::NotLeader {
+                                leader: Some(leader),
+                            });
+                        }
+                        None => match self.wait_for_usable_leader(deadline).await {
+                            None => return Err(self.quorum_lost()),
+                            Some(l) if l != self.raft_id => {
+                                return Err(ManagerError::NotLeader { leader: Some(l) });
+                            }
+                            Some(_) => {}
+                        },
+                    }
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                    // One heartbeat round found no quorum; try again (a slow peer, a
+                    // follower restarting) until the deadline, one heartbeat apart.
+                    let pause = Duration::from_millis(self.raft.config().heartbeat_interval);
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        tokio::time::sleep_until(deadline).await;
+                        return Err(self.quorum_lost());
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                Ok(Err(e)) => return Err(ManagerError::Fatal(e.to_string())),
             }
-            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(
-                _,
-            )))) => return Err(self.quorum_lost()),
-            Ok(Err(e)) => return Err(ManagerError::Fatal(e.to_string())),
-            Ok(Ok(_)) => {}
         }
-        Ok(self.read_local(f))
     }
 
     /// Reads this node's applied state without asking anyone (may be stale).

@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::services::{ServiceCommand, ServicesState};
+
 /// Version byte that starts every encoded [`ClusterState`].
 pub const STATE_VERSION: u8 = 1;
 
@@ -158,6 +160,8 @@ pub struct ClusterState {
     pub raft_ids: BTreeMap<u64, String>,
     /// Keys of removed nodes: refused on every connection.
     pub removed_keys: BTreeSet<[u8; 32]>,
+    /// Services and tasks.
+    pub services: ServicesState,
 }
 
 /// A change to the cluster state, proposed through Raft.
@@ -215,6 +219,11 @@ pub enum Command {
         /// Node ID.
         id: String,
     },
+    /// A node admitted with a valid join token: added, or replaced when its key is
+    /// already known. A removed key that presents a fresh token is admitted again.
+    AdmitNode(NodeRecord),
+    /// Services and tasks: see [`ServiceCommand`].
+    Services(ServiceCommand),
 }
 
 /// The answer to a command once applied.
@@ -298,6 +307,15 @@ impl ClusterState {
                     CommandResult::Generation(*generation)
                 }
                 None => CommandResult::Refused("the cluster is not initialized".into()),
+            },
+            Command::AdmitNode(node) => {
+                self.removed_keys.remove(&node.public_key);
+                self.insert_node(node.clone());
+                CommandResult::Done
+            }
+            Command::Services(cmd) => match self.services.apply(cmd, &self.nodes) {
+                Ok(_) => CommandResult::Done,
+                Err(reason) => CommandResult::Refused(reason),
             },
             Command::RemoveNode { id } => match self.nodes.remove(id) {
                 Some(n) => {
@@ -472,6 +490,13 @@ mod tests {
             s.apply(&Command::UpsertNode(node("b", "w", 2))),
             CommandResult::Refused(_)
         ));
+        // A fresh join token admits it again.
+        assert_eq!(
+            s.apply(&Command::AdmitNode(node("b", "w", 2))),
+            CommandResult::Done
+        );
+        assert!(s.removed_keys.is_empty());
+        assert_eq!(s.node_by_raft_id(2).map(|n| n.id.as_str()), Some("b"));
         assert_eq!(
             s.apply(&Command::RotateToken { role: Role::Worker }),
             CommandResult::Generation(1)

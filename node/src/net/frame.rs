@@ -71,6 +71,43 @@ pub async fn read_frame<T: DeserializeOwned>(
     Ok((tag, msg))
 }
 
+/// Reads one frame without decoding its message: the tag and the body (version byte
+/// included), for servers that choose the message type by tag. Same limits as
+/// [`read_frame`].
+pub async fn read_frame_raw(
+    recv: &mut RecvStream,
+    max_len: usize,
+) -> Result<(u8, Vec<u8>), NetError> {
+    let mut header = [0u8; 5];
+    recv.read_exact(&mut header).await?;
+    let tag = header[0];
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
+    if len_usize > max_len {
+        let _ = recv.stop(quinn::VarInt::from_u32(STOP_FRAME_TOO_LARGE));
+        return Err(NetError::FrameTooLarge {
+            len: u64::from(len),
+            max: max_len,
+        });
+    }
+    if len == 0 {
+        return Err(NetError::Malformed("empty frame body".into()));
+    }
+    let mut body = vec![0u8; len_usize];
+    recv.read_exact(&mut body).await?;
+    Ok((tag, body))
+}
+
+/// Decodes a body returned by [`read_frame_raw`].
+pub fn decode_body<T: DeserializeOwned>(tag: u8, body: &[u8]) -> Result<T, NetError> {
+    match body.split_first() {
+        Some((&FRAME_VERSION, rest)) => postcard::from_bytes(rest)
+            .map_err(|e| NetError::Malformed(format!("cannot decode message (tag {tag}): {e}"))),
+        Some((v, _)) => Err(NetError::UnsupportedVersion(*v)),
+        None => Err(NetError::Malformed("empty frame body".into())),
+    }
+}
+
 /// Writes a response frame (same tag as the request) and finishes the stream.
 pub async fn respond<T: Serialize + ?Sized>(
     send: &mut SendStream,

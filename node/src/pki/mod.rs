@@ -14,6 +14,7 @@ mod ca;
 mod der;
 mod key;
 mod tls;
+pub mod token;
 
 pub use ca::{CertInfo, ClusterCa, node_id_from_cert, parse_cert, public_key_from_cert};
 pub use key::{NodeId, NodeKey};
@@ -97,6 +98,9 @@ pub enum PkiError {
     /// The joiner's pinned CA digest did not match any certificate the manager presented.
     #[error("the manager's certificate does not match the CA digest in the join token")]
     CaDigestMismatch,
+    /// A join token is malformed, forged, expired or revoked.
+    #[error("{0}")]
+    Token(String),
 }
 
 #[cfg(test)]

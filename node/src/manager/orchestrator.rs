@@ -1,0 +1,349 @@
+//! The leader's orchestrator (DESIGN §5): it feeds the cluster state to the scheduler and
+//! commits the scheduler's decisions through Raft.
+//!
+//! [`plan`] is the pure step; [`run`] is the loop a manager runs for its lifetime. The loop
+//! acts only while this node leads, once the leader's own first entry of its term is applied
+//! (so it plans from a state that holds everything committed before) and a grace period has
+//! passed since it became leader. It reconciles when the applied state changes, when the
+//! scheduler's wake-up comes due (restart delays, handovers), and on a slow tick.
+//!
+//! Nodes are marked `down` by the separate liveness loop (which has its own grace period);
+//! the orchestrator only reacts to node status.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use openraft::ServerState;
+use shoal_scheduler::{ClusterView, Decision, ReconcileConfig, Timestamp, reconcile};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::services::{ServiceCommand, to_view};
+use super::state::{ClusterState, Command};
+use super::{Manager, ManagerError};
+
+/// Tunables of the orchestrator loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrchestratorConfig {
+    /// How long a new leader waits after its election before it acts.
+    pub grace: Duration,
+    /// Reconcile at least this often even when nothing changes.
+    pub tick: Duration,
+    /// Least time between two commits of decisions (a guard against busy loops).
+    pub min_interval: Duration,
+    /// Most decisions per Raft entry (a large plan is committed in several entries, in
+    /// order).
+    pub max_batch: usize,
+    /// After this many passes in a row that all produced decisions, wait `tick` between
+    /// passes (a plan that keeps coming back means something does not apply).
+    pub busy_passes: u32,
+}
+
+impl Default for OrchestratorConfig {
+    /// 2 s grace, 1 s tick, 50 ms between commits, 500 decisions per entry.
+    fn default() -> Self {
+        OrchestratorConfig {
+            grace: Duration::from_secs(2),
+            tick: Duration::from_secs(1),
+            min_interval: Duration::from_millis(50),
+            max_batch: 500,
+            busy_passes: 8,
+        }
+    }
+}
+
+/// The scheduler's settings for this cluster (task history limit from the cluster record).
+pub fn reconcile_config(state: &ClusterState) -> ReconcileConfig {
+    let mut config = ReconcileConfig::default();
+    if let Some(c) = &state.cluster {
+        config.history_limit = usize::try_from(c.task_history_limit)
+            .unwrap_or(usize::MAX)
+            .max(1);
+    }
+    config
+}
+
+/// The scheduler's input for `state`, or `None` before `init`.
+pub fn view(state: &ClusterState) -> Option<(ClusterView, ReconcileConfig)> {
+    state.cluster.as_ref()?;
+    Some((to_view(&state.services, &state.nodes), reconcile_config(state)))
+}
+
+/// One reconcile pass over `state` at `now_ms`: the decisions to commit (possibly none) and
+/// when to reconcile again at the latest. `None` before the cluster is initialized.
+pub fn plan(state: &ClusterState, now_ms: u64) -> Option<(Vec<Decision>, Option<Timestamp>)> {
+    let (view, config) = view(state)?;
+    let plan = reconcile(&view, Timestamp(now_ms), &config);
+    Some((plan.decisions, plan.next_wakeup))
+}
+
+/// The command that commits `decisions` computed at `now_ms`.
+pub fn decisions_command(decisions: Vec<Decision>, now_ms: u64) -> Command {
+    Command::Services(ServiceCommand::ApplyDecisions {
+        decisions,
+        now: now_ms,
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The term this node leads with its state caught up (its own first entry of the term is
+/// applied), if it does.
+fn ready_term(m: &openraft::RaftMetrics<u64, openraft::EmptyNode>, me: u64) -> Option<u64> {
+    let caught_up = m
+        .last_applied
+        .is_some_and(|l| l.leader_id.get_term() == m.current_term);
+    (m.state == ServerState::Leader && m.current_leader == Some(me) && caught_up)
+        .then_some(m.current_term)
+}
+
+/// One pass: plan from the local state (the leader's, caught up) and commit the decisions.
+/// Returns how many decisions were committed and the scheduler's wake-up.
+async fn step(
+    manager: &Manager,
+    config: &OrchestratorConfig,
+) -> Result<(usize, Option<Timestamp>), ManagerError> {
+    let now = now_ms();
+    let Some((view, rconfig)) = manager.read_local(view) else {
+        return Ok((0, None));
+    };
+    let plan = tokio::task::spawn_blocking(move || reconcile(&view, Timestamp(now), &rconfig))
+        .await
+        .map_err(|e| ManagerError::Fatal(format!("the scheduler failed: {e}")))?;
+    let count = plan.decisions.len();
+    for chunk in plan.decisions.chunks(config.max_batch.max(1)) {
+        manager
+            .write(decisions_command(chunk.to_vec(), now))
+            .await?;
+    }
+    Ok((count, plan.next_wakeup))
+}
+
+/// Converts a scheduler wake-up (wall clock) into a monotonic deadline.
+fn wakeup_deadline(at: Timestamp) -> Instant {
+    Instant::now() + Duration::from_millis(at.0.saturating_sub(now_ms()))
+}
+
+/// Runs the orchestrator until `shutdown` becomes true (or is dropped) or Raft stops. Acts
+/// only while this node leads (see the module docs); call it once per [`Manager`], e.g.
+/// `tokio::spawn(orchestrator::run(manager, OrchestratorConfig::default(), shutdown_rx))`.
+pub async fn run(
+    manager: Arc<Manager>,
+    config: OrchestratorConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let me = manager.raft_id();
+    let mut metrics = manager.raft().metrics();
+    // (term, since) of the leadership we act for.
+    let mut leading: Option<(u64, Instant)> = None;
+    // The applied log index the last pass planned from.
+    let mut planned_at_applied = None;
+    // When the next pass is due even if nothing is applied.
+    let mut due = Instant::now();
+    let mut last_commit: Option<Instant> = None;
+    let mut busy = 0u32;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let (term, applied) = {
+            let m = metrics.borrow_and_update();
+            (ready_term(&m, me), m.last_applied.map(|l| l.index))
+        };
+        let mut wait_until = Instant::now() + config.tick;
+        match term {
+            None => {
+                leading = None;
+                planned_at_applied = None;
+                busy = 0;
+            }
+            Some(term) => {
+                let since = match leading {
+                    Some((t, s)) if t == term => s,
+                    _ => {
+                        debug!(term, "orchestrator: leading; waiting out the grace period");
+                        let now = Instant::now();
+                        leading = Some((term, now));
+                        planned_at_applied = None;
+                        due = now + config.grace;
+                        now
+                    }
+                };
+                let now = Instant::now();
+                let past_grace = now >= since + config.grace;
+                let spaced = last_commit.is_none_or(|c| now >= c + config.min_interval);
+                let changed = applied != planned_at_applied;
+                let calm = busy < config.busy_passes || now >= due;
+                if past_grace && spaced && (changed || now >= due) && calm {
+                    planned_at_applied = applied;
+                    due = now + config.tick;
+                    match step(&manager, &config).await {
+                        Ok((0, wakeup)) => {
+                            busy = 0;
+                            if let Some(w) = wakeup {
+                                due = due.min(wakeup_deadline(w));
+                            }
+                        }
+                        Ok((n, wakeup)) => {
+                            debug!(decisions = n, "orchestrator: committed decisions");
+                            last_commit = Some(Instant::now());
+                            busy += 1;
+                            if busy >= config.busy_passes {
+                                warn!(
+                                    passes = busy,
+                                    "orchestrator: every pass keeps deciding; slowing down"
+                                );
+                            } else if let Some(w) = wakeup {
+                                due = due.min(wakeup_deadline(w));
+                            }
+                            // Plan again from the state our own entry produced.
+                            planned_at_applied = None;
+                        }
+                        Err(ManagerError::NotLeader { .. }) => {}
+                        Err(e) => {
+                            warn!("orchestrator: cannot commit decisions: {e}");
+                            planned_at_applied = None;
+                        }
+                    }
+                }
+                wait_until = if !past_grace {
+                    since + config.grace
+                } else if !spaced {
+                    last_commit.map_or(due, |c| c + config.min_interval)
+                } else {
+                    due
+                };
+            }
+        }
+        tokio::select! {
+            r = shutdown.changed() => {
+                if r.is_err() {
+                    return;
+                }
+            }
+            r = metrics.changed() => {
+                if r.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep_until(wait_until) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::manager::services::{ServiceRecord, ServiceSpec, TaskReport};
+    use crate::manager::state::{
+        Availability, ClusterRecord, CommandResult, NodeRecord, NodeStatus, Role,
+    };
+
+    fn node(id: &str) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            public_key: [id.len() as u8; 32],
+            raft_id: id.len() as u64,
+            hostname: format!("host-{id}"),
+            addr: "127.0.0.1:4747".into(),
+            role: Role::Worker,
+            availability: Availability::Active,
+            status: NodeStatus::Ready,
+            labels: BTreeMap::new(),
+            platform: "linux/x86_64".into(),
+            memory_bytes: 1 << 30,
+            cpus: 2,
+            drivers: vec!["docker".into(), "process".into()],
+            version: "0".into(),
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    #[test]
+    fn plan_is_none_before_init_and_converges_through_commands() {
+        let mut s = ClusterState::default();
+        assert!(plan(&s, 1).is_none());
+        s.apply(&Command::InitCluster {
+            cluster: ClusterRecord {
+                id: "c".into(),
+                created_at: 1,
+                ca_cert_der: vec![],
+                ca_key_der: vec![],
+                worker_token_generation: 0,
+                manager_token_generation: 0,
+                task_history_limit: 5,
+            },
+            node: node("a"),
+        });
+        s.apply(&Command::UpsertNode(node("bb")));
+        let mut spec = ServiceSpec::new("web", "img");
+        spec.mode = crate::manager::services::ServiceMode::Replicated { replicas: 4 };
+        let create = Command::Services(ServiceCommand::Create(ServiceRecord::new("s1", spec, 1)));
+        assert_eq!(s.apply(&create), CommandResult::Done);
+        let (decisions, _) = plan(&s, 10).unwrap();
+        assert_eq!(decisions.len(), 4);
+        assert_eq!(s.apply(&decisions_command(decisions, 10)), CommandResult::Done);
+        assert_eq!(s.services.tasks.len(), 4);
+        // Both nodes got two tasks.
+        for n in ["a", "bb"] {
+            let on = s
+                .services
+                .tasks
+                .values()
+                .filter(|t| t.node_id.as_ref().is_some_and(|x| x.as_str() == n))
+                .count();
+            assert_eq!(on, 2);
+        }
+        // Workers report running: nothing left to do.
+        for n in ["a", "bb"] {
+            let reports = s
+                .services
+                .tasks
+                .values()
+                .filter(|t| t.node_id.as_ref().is_some_and(|x| x.as_str() == n))
+                .map(|t| TaskReport {
+                    task_id: t.id.0.clone(),
+                    state: shoal_scheduler::TaskState::Running,
+                    exit_code: None,
+                    error: None,
+                    health: Default::default(),
+                    at_ms: 11,
+                })
+                .collect();
+            s.apply(&Command::Services(ServiceCommand::TaskReports {
+                node_id: n.into(),
+                reports,
+                at: 11,
+            }));
+        }
+        let (decisions, wakeup) = plan(&s, 12).unwrap();
+        assert!(decisions.is_empty());
+        assert!(wakeup.is_none());
+        // Refused service commands surface as Refused.
+        assert!(matches!(s.apply(&create), CommandResult::Refused(_)));
+    }
+
+    #[test]
+    fn history_limit_comes_from_the_cluster_record() {
+        let mut s = ClusterState::default();
+        assert_eq!(reconcile_config(&s).history_limit, 5);
+        s.cluster = Some(ClusterRecord {
+            id: "c".into(),
+            created_at: 1,
+            ca_cert_der: vec![],
+            ca_key_der: vec![],
+            worker_token_generation: 0,
+            manager_token_generation: 0,
+            task_history_limit: 0,
+        });
+        assert_eq!(reconcile_config(&s).history_limit, 1);
+    }
+}

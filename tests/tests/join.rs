@@ -1,0 +1,153 @@
+//! Issue 5: join tokens, joining over QUIC, live node status from gossip.
+//!
+//! Address block: 127.0.5.x.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::Value;
+use shoal_tests::{Daemon, wait_for};
+
+fn node_status(m: &Daemon, hostname: &str) -> Result<Option<String>> {
+    let nodes = m.json(&["node", "ls"])?;
+    Ok(nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["hostname"] == hostname)
+        .and_then(|n| n["status"].as_str().map(str::to_string)))
+}
+
+fn token(m: &Daemon, role: &str) -> Result<String> {
+    Ok(m.ok(&["join-token", "-q", role])?.trim().to_string())
+}
+
+#[test]
+fn issue_5_join_tokens_status_leave_and_rm() -> Result<()> {
+    let mut m = Daemon::new("m1", "127.0.5.1:4747")?;
+    let mut w1 = Daemon::new("w1", "127.0.5.2:4747")?;
+    let mut w2 = Daemon::new("w2", "127.0.5.3:4747")?;
+    m.start()?;
+    w1.start()?;
+    w2.start()?;
+    m.ok(&["init"])?;
+
+    // Docker's wording; the same token until rotated.
+    let text = m.ok(&["join-token", "worker"])?;
+    assert!(
+        text.starts_with("To add a worker to this cluster, run the following command:"),
+        "{text}"
+    );
+    let t1 = token(&m, "worker")?;
+    assert!(
+        text.contains(&format!("shoal join --token {t1} 127.0.5.1:4747")),
+        "{text}"
+    );
+    assert_eq!(token(&m, "worker")?, t1);
+    // --ttl mints a fresh one each time.
+    let e1 = m.ok(&["join-token", "-q", "--ttl", "1h", "worker"])?;
+    let e2 = m.ok(&["join-token", "-q", "--ttl", "1h", "worker"])?;
+    assert_ne!(e1, e2);
+
+    // A tampered token changes nothing.
+    let mut bad = t1.clone();
+    let last = bad.pop().unwrap_or('A');
+    bad.push(if last == 'A' { 'B' } else { 'A' });
+    let err = w1.fails(&["join", "--token", &bad, "127.0.5.1:4747"])?;
+    assert!(err.starts_with("Error:"), "{err}");
+    assert_eq!(w1.json(&["info"])?["cluster"], "inactive");
+
+    // Join with no address: the token carries the manager's.
+    let out = w1.ok(&["join", "--token", &t1])?;
+    assert!(
+        out.contains("joined the cluster as a worker (via 127.0.5.1:4747)"),
+        "{out}"
+    );
+    let info = w1.json(&["info"])?;
+    assert_eq!(info["cluster"], "active");
+    assert_eq!(info["role"], "worker");
+    let err = w1.fails(&["node", "ls"])?;
+    assert!(
+        err.contains("this node is not a manager: run it on a manager or point -H at one"),
+        "{err}"
+    );
+    wait_for("w1 ready", Duration::from_secs(10), || {
+        Ok((node_status(&m, "w1")?.as_deref() == Some("ready")).then_some(()))
+    })?;
+    // Workers learn the leader through gossip.
+    let leader = m.json(&["info"])?["node_id"].clone();
+    wait_for("w1 knows the leader", Duration::from_secs(10), || {
+        Ok((w1.json(&["info"])?["leader"] == leader).then_some(()))
+    })?;
+
+    // A manager token is refused for now, clearly, and changes nothing.
+    let mt = token(&m, "manager")?;
+    let err = w2.fails(&["join", "--token", &mt, "127.0.5.1:4747"])?;
+    assert!(
+        err.contains("joining as a manager is not supported yet"),
+        "{err}"
+    );
+    assert_eq!(w2.json(&["info"])?["cluster"], "inactive");
+
+    // Rotation: the old token is refused from then on.
+    let rotated = m.ok(&["join-token", "--rotate", "worker"])?;
+    assert!(
+        rotated.contains("Successfully rotated worker join token."),
+        "{rotated}"
+    );
+    let t2 = token(&m, "worker")?;
+    assert_ne!(t1, t2);
+    let err = w2.fails(&["join", "--token", &t1, "127.0.5.1:4747"])?;
+    assert!(err.contains("rotated"), "{err}");
+    w2.ok(&["join", "--token", &t2, "127.0.5.1:4747"])?;
+    wait_for("w2 ready", Duration::from_secs(10), || {
+        Ok((node_status(&m, "w2")?.as_deref() == Some("ready")).then_some(()))
+    })?;
+
+    // kill -9 a worker: down within the detection bound.
+    let killed = Instant::now();
+    w2.kill9();
+    wait_for("w2 down", Duration::from_secs(15), || {
+        Ok((node_status(&m, "w2")?.as_deref() == Some("down")).then_some(()))
+    })?;
+    eprintln!(
+        "killed worker marked down after {} ms",
+        killed.elapsed().as_millis()
+    );
+    // Restart it: ready again, same ID.
+    w2.start()?;
+    wait_for("w2 ready again", Duration::from_secs(15), || {
+        Ok((node_status(&m, "w2")?.as_deref() == Some("ready")).then_some(()))
+    })?;
+
+    // leave on a worker: shown down; a ready node needs --force to be removed.
+    let err = m.fails(&["node", "rm", "w2"])?;
+    assert!(err.contains("--force"), "{err}");
+    w1.ok(&["leave"])?;
+    assert_eq!(w1.json(&["info"])?["cluster"], "inactive");
+    wait_for("w1 down after leave", Duration::from_secs(10), || {
+        Ok((node_status(&m, "w1")?.as_deref() == Some("down")).then_some(()))
+    })?;
+    let w1_id = w1.json(&["info"])?["node_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    m.ok(&["node", "rm", "w1"])?;
+    let nodes: Value = m.json(&["node", "ls"])?;
+    assert!(
+        nodes
+            .as_array()
+            .is_some_and(|a| a.iter().all(|n| n["id"] != w1_id.as_str()))
+    );
+    let err = m.fails(&["node", "rm", "nosuch"])?;
+    assert!(err.contains("no such node"), "{err}");
+    // After leave it can join again with a fresh token.
+    w1.ok(&["join", "--token", &t2, "127.0.5.1:4747"])?;
+    wait_for("w1 back", Duration::from_secs(10), || {
+        Ok((node_status(&m, "w1")?.as_deref() == Some("ready")).then_some(()))
+    })?;
+    // A removed-then-forced node: --force removes a ready one.
+    m.ok(&["node", "rm", "--force", "w2"])?;
+    assert!(node_status(&m, "w2")?.is_none());
+    Ok(())
+}
