@@ -17,10 +17,17 @@ use crate::api::{
     JoinTokenResponse, LeaveRequest, NodeView,
 };
 use crate::config::{SavedCluster, SavedConfig, default_advertise, parse_advertise};
+use crate::forward::{
+    BecomeManager, BecomeManagerResult, ForwardedApi, ForwardedReply, ForwardedWrite,
+    ForwardedWriteResult, MAX_FORWARD_FRAME, TAG_BECOME_MANAGER, TAG_FORWARD_API,
+    TAG_FORWARD_WRITE,
+};
 use crate::gossip::Gossip;
 use crate::join::{self, JoinAccepted, JoinRequest, JoinResponse};
+use crate::manager::network::{QuicNetworkFactory, resolve_in};
+use crate::manager::state::CommandResult;
 use crate::manager::state::{Availability, ClusterRecord, Command, NodeRecord, NodeStatus, Role};
-use crate::manager::{Manager, ManagerError, raft_id_for};
+use crate::manager::{Manager, ManagerError, QUORUM_TIMEOUT, raft_id_for, rpc};
 use crate::net::{Endpoint, Pool};
 use crate::pki::NodeId;
 use crate::pki::{self, ClusterCa, NodeKey};
@@ -44,6 +51,21 @@ pub struct DaemonOptions {
     pub hostname: Option<String>,
     /// Multiplies Raft timing (heartbeat, election) for slow links.
     pub raft_timing_scale: f64,
+}
+
+/// Where the Raft leader is.
+enum LeaderAt {
+    /// This node leads.
+    Here,
+    /// Another manager leads; a connection to it.
+    Remote(Remote),
+}
+
+/// The leader when another manager leads.
+struct Remote {
+    conn: quinn::Connection,
+    raft_id: u64,
+    key: [u8; 32],
 }
 
 /// The node's membership, when it has one.
@@ -203,6 +225,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     }
     tokio::spawn(crate::peer::serve_accepted(node.clone(), accepted));
     tokio::spawn(crate::liveness::run(node.clone()));
+    tokio::spawn(crate::quorum::run(node.clone()));
     tokio::spawn(crate::peer::serve_dialed(node.clone(), dialed_rx));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -414,16 +437,66 @@ impl Node {
 
     /// A request on a stream from an authenticated peer, by tag.
     pub async fn handle_peer_request(
-        &self,
+        self: &Arc<Self>,
         peer: NodeId,
         tag: u8,
         body: &[u8],
         mut send: quinn::SendStream,
     ) -> Result<(), crate::net::NetError> {
-        let _ = (peer, body);
-        tracing::debug!(tag, "unknown peer request tag");
-        let _ = send.reset(1u32.into());
-        Ok(())
+        use crate::net::{decode_body, respond};
+        if rpc::is_raft_tag(tag) {
+            // Any authenticated member may carry Raft traffic: a demoted leader still
+            // replicates its own removal, and a new manager does not know the leader
+            // until it has caught up. Removed keys never get this far (peer.rs).
+            let manager = self.manager_opt().await;
+            return match manager {
+                Some(m) => rpc::serve_raft_request(m.raft(), tag, body, send).await,
+                None => {
+                    let _ = send.reset(1u32.into());
+                    Ok(())
+                }
+            };
+        }
+        match tag {
+            TAG_FORWARD_API => {
+                let fwd: ForwardedApi = decode_body(tag, body)?;
+                self.serve_forwarded_api(fwd, send).await
+            }
+            TAG_FORWARD_WRITE => {
+                let fwd: ForwardedWrite = decode_body(tag, body)?;
+                let answer = match self.manager_opt().await {
+                    None => ForwardedWriteResult::Err {
+                        unknown: false,
+                        message: "this node is not a manager".into(),
+                    },
+                    Some(m) => match m.write(fwd.command).await {
+                        Ok(r) => ForwardedWriteResult::Ok(r),
+                        Err(ManagerError::Refused(message)) => ForwardedWriteResult::Err {
+                            unknown: false,
+                            message,
+                        },
+                        Err(e) => ForwardedWriteResult::Err {
+                            unknown: true,
+                            message: e.to_string(),
+                        },
+                    },
+                };
+                respond(&mut send, tag, &answer).await
+            }
+            TAG_BECOME_MANAGER => {
+                let req: BecomeManager = decode_body(tag, body)?;
+                let answer = match self.become_manager(&req.cluster_id).await {
+                    Ok(()) => BecomeManagerResult::Ok,
+                    Err(e) => BecomeManagerResult::Err(e),
+                };
+                respond(&mut send, tag, &answer).await
+            }
+            _ => {
+                tracing::debug!(tag, peer = %peer, "unknown peer request tag");
+                let _ = send.reset(1u32.into());
+                Ok(())
+            }
+        }
     }
 
     /// The manager's side of a join handshake.
@@ -445,18 +518,21 @@ impl Node {
             .read_local(|s| s.cluster.clone())
             .ok_or_else(|| "the cluster is not initialized".to_string())?;
         let role = join::check_token(&req.token, &cluster, now_ms() / 1000)?;
-        if role == Role::Manager {
-            return Err(
-                "joining as a manager is not supported yet: join with a worker token".into(),
-            );
-        }
         let record = join::record_for(&req, role, now_ms())?;
         if record.id == self.node_id {
             return Err("a node cannot join the cluster it manages".into());
         }
+        if let Some(existing) = manager.read_local(|s| s.nodes.get(&record.id).cloned())
+            && existing.role == Role::Manager
+            && existing.status == NodeStatus::Ready
+        {
+            return Err(format!(
+                "node {} is already a manager of this cluster: run `shoal leave --force` on it first",
+                existing.hostname
+            ));
+        }
         let id = record.id.clone();
-        manager
-            .write(Command::AdmitNode(record))
+        self.propose(Command::AdmitNode(record))
             .await
             .map_err(|e| e.to_string())?;
         let ca = ClusterCa::from_der(&cluster.ca_cert_der, &cluster.ca_key_der)
@@ -478,13 +554,7 @@ impl Node {
     async fn resume(&self, saved: SavedCluster) -> Result<()> {
         let manager = if saved.role == Role::Manager {
             let started = Instant::now();
-            let manager = Manager::open(
-                &self.state_dir.raft_db(),
-                raft_id_for(&self.key.public_key()),
-                &saved.cluster_id,
-                self.raft_scale,
-            )
-            .await?;
+            let manager = self.open_manager(&saved.cluster_id).await?;
             let manager = Arc::new(manager);
             let m = manager.clone();
             tokio::spawn(async move {
@@ -540,6 +610,21 @@ impl Node {
     }
 
     async fn route(self: &Arc<Self>, req: ApiRequest) -> Result<Reply, ApiError> {
+        // Cluster-state requests go to the leader; node-local ones never leave.
+        let local = matches!(
+            req.route().as_slice(),
+            ["v1", "info"] | ["v1", "init"] | ["v1", "join"] | ["v1", "leave"]
+        );
+        if !local
+            && let Some(manager) = self.manager_opt().await
+            && !manager.is_leader()
+        {
+            return self.forward_api(&manager, req).await;
+        }
+        self.route_local(req).await
+    }
+
+    async fn route_local(self: &Arc<Self>, req: ApiRequest) -> Result<Reply, ApiError> {
         let route = req.route();
         match (&req.method, route.as_slice()) {
             (&Method::GET, ["v1", "info"]) => Reply::json(&self.info().await),
@@ -563,6 +648,12 @@ impl Node {
             (&Method::DELETE, ["v1", "nodes", reference]) => {
                 self.node_rm(reference, req.flag("force")).await?;
                 Reply::json(&serde_json::json!({}))
+            }
+            (&Method::POST, ["v1", "nodes", reference, "promote"]) => {
+                Reply::json(&self.set_role(reference, Role::Manager).await?)
+            }
+            (&Method::POST, ["v1", "nodes", reference, "demote"]) => {
+                Reply::json(&self.set_role(reference, Role::Worker).await?)
             }
             (&Method::GET, ["v1", "nodes"]) => Reply::json(&self.node_list().await?),
             (&Method::GET, ["v1", "nodes", reference]) => {
@@ -634,6 +725,309 @@ impl Node {
         info
     }
 
+    /// Opens this node's Raft, talking to the other managers over QUIC.
+    async fn open_manager(&self, cluster_id: &str) -> Result<Manager, ManagerError> {
+        Manager::open_with_network(
+            &self.state_dir.raft_db(),
+            raft_id_for(&self.key.public_key()),
+            cluster_id,
+            self.raft_scale,
+            QuicNetworkFactory::node_table(self.pool.clone()),
+        )
+        .await
+    }
+
+    /// Starts Raft on this node as a new (empty) manager; the leader then adds it as a
+    /// learner and a voter. Idempotent.
+    pub async fn become_manager(self: &Arc<Self>, cluster_id: &str) -> Result<(), String> {
+        let _guard = self.lifecycle.lock().await;
+        let mut membership = self.membership.write().await;
+        let Some(m) = membership.as_mut() else {
+            return Err("this node is not part of a cluster".into());
+        };
+        if m.saved.cluster_id != cluster_id {
+            return Err("this node belongs to another cluster".into());
+        }
+        if m.manager.is_some() {
+            return Ok(());
+        }
+        let db = self.state_dir.raft_db();
+        if db.exists() {
+            // Left over from an earlier stint as a manager: the leader sends a snapshot.
+            std::fs::remove_file(&db)
+                .map_err(|e| format!("cannot remove {}: {e}", db.display()))?;
+        }
+        let manager = Arc::new(
+            self.open_manager(cluster_id)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        m.saved.role = Role::Manager;
+        let mut cfg =
+            SavedConfig::load(&self.state_dir.node_config()).map_err(|e| e.to_string())?;
+        cfg.cluster = Some(m.saved.clone());
+        cfg.save(&self.state_dir.node_config())
+            .map_err(|e| e.to_string())?;
+        m.manager = Some(manager.clone());
+        drop(membership);
+        if let Some(g) = self.gossip() {
+            g.publish(shoal_membership::FactBody::Role(
+                shoal_membership::NodeRole::Manager,
+            ));
+        }
+        self.watch_leader(manager);
+        info!("this node is now a manager");
+        Ok(())
+    }
+
+    /// Stops Raft on this node after it was demoted; it stays in the cluster as a worker.
+    pub async fn step_down_to_worker(&self) {
+        let _guard = self.lifecycle.lock().await;
+        let mut membership = self.membership.write().await;
+        let Some(m) = membership.as_mut() else { return };
+        let Some(manager) = m.manager.take() else {
+            return;
+        };
+        manager.shutdown().await;
+        m.saved.role = Role::Worker;
+        if let Ok(mut cfg) = SavedConfig::load(&self.state_dir.node_config()) {
+            cfg.cluster = Some(m.saved.clone());
+            if let Err(e) = cfg.save(&self.state_dir.node_config()) {
+                warn!("cannot save the new role: {e:#}");
+            }
+        }
+        let _ = std::fs::remove_file(self.state_dir.raft_db());
+        drop(membership);
+        if let Some(g) = self.gossip() {
+            g.publish(shoal_membership::FactBody::Role(
+                shoal_membership::NodeRole::Worker,
+            ));
+        }
+        info!("this node was demoted: it is now a worker");
+    }
+
+    /// Proposes `cmd`: here when this node leads, else through the leader.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ManagerError> {
+        let manager = self
+            .manager_opt()
+            .await
+            .ok_or_else(|| ManagerError::Fatal("this node is not a manager".into()))?;
+        match manager.write(cmd.clone()).await {
+            Err(ManagerError::NotLeader { .. }) => {}
+            other => return other,
+        }
+        let leader = match self.find_leader(&manager).await? {
+            LeaderAt::Here => return manager.write(cmd).await,
+            LeaderAt::Remote(r) => r,
+        };
+        let fwd = ForwardedWrite { command: cmd };
+        let answer: Result<ForwardedWriteResult, _> = tokio::select! {
+            a = crate::net::request(
+                &leader.conn,
+                TAG_FORWARD_WRITE,
+                &fwd,
+                MAX_FORWARD_FRAME,
+                QUORUM_TIMEOUT + Duration::from_secs(2),
+            ) => a,
+            () = self.leader_lost(&manager, &leader) => {
+                return Err(match self.find_leader(&manager).await {
+                    Err(e) => e,
+                    Ok(_) => ManagerError::Fatal(
+                        "the leader changed while handling this request: the outcome of this request is unknown".into(),
+                    ),
+                });
+            }
+        };
+        match answer {
+            Ok(ForwardedWriteResult::Ok(r)) => Ok(r),
+            Ok(ForwardedWriteResult::Err {
+                unknown: false,
+                message,
+            }) => Err(ManagerError::Refused(message)),
+            Ok(ForwardedWriteResult::Err {
+                unknown: true,
+                message,
+            }) => Err(ManagerError::Fatal(message)),
+            Err(_) => Err(manager.quorum_error()),
+        }
+    }
+
+    /// The current leader: this node, or a connection to it. A leader that gossip sees
+    /// as suspect or down is not trusted: this waits (up to the quorum timeout) for Raft
+    /// to elect another rather than talk to a dead node.
+    async fn find_leader(&self, manager: &Manager) -> Result<LeaderAt, ManagerError> {
+        let deadline = tokio::time::Instant::now() + QUORUM_TIMEOUT;
+        let mut metrics = manager.metrics();
+        loop {
+            if let Some(leader) = manager.leader() {
+                if leader == manager.raft_id() {
+                    return Ok(LeaderAt::Here);
+                }
+                let node = manager.read_local(|s| s.node_by_raft_id(leader).cloned());
+                let trusted = node.as_ref().is_some_and(|n| {
+                    self.gossip().is_none_or(|g| {
+                        g.view()
+                            .members
+                            .get(&n.public_key)
+                            .is_none_or(|(_, st)| *st == shoal_membership::MemberState::Alive)
+                    })
+                });
+                if trusted
+                    && let Some(n) = node
+                    && let Some(target) = manager.read_local(|s| resolve_in(s, leader))
+                    && let Ok(conn) = self.pool.get_or_dial(&target.0, target.1).await
+                {
+                    return Ok(LeaderAt::Remote(Remote {
+                        conn,
+                        raft_id: leader,
+                        key: n.public_key,
+                    }));
+                }
+            }
+            let wait = tokio::time::timeout_at(deadline, metrics.changed());
+            match tokio::time::timeout(Duration::from_millis(100), wait).await {
+                Ok(Err(_)) => return Err(manager.quorum_error()),
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(manager.quorum_error());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Resolves when `leader` stops being the leader this node knows, or gossip stops
+    /// seeing it alive: a request in flight to it will not be answered.
+    async fn leader_lost(&self, manager: &Manager, leader: &Remote) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let alive = self.gossip().is_none_or(|g| {
+                g.view()
+                    .members
+                    .get(&leader.key)
+                    .is_none_or(|(_, st)| *st == shoal_membership::MemberState::Alive)
+            });
+            if manager.leader() != Some(leader.raft_id) || !alive {
+                return;
+            }
+        }
+    }
+
+    /// Runs an API request on the leader and relays its answer.
+    async fn forward_api(
+        self: &Arc<Self>,
+        manager: &Manager,
+        req: ApiRequest,
+    ) -> Result<Reply, ApiError> {
+        let leader = match self.find_leader(manager).await.map_err(manager_err)? {
+            LeaderAt::Here => return self.route_local(req).await,
+            LeaderAt::Remote(r) => r,
+        };
+        let conn = leader.conn.clone();
+        let fwd = ForwardedApi {
+            method: req.method.to_string(),
+            segments: req.segments.clone(),
+            query: req.query.clone(),
+            body: req.body.to_vec(),
+        };
+        let lost = || manager_err(manager.quorum_error());
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|_| lost())?;
+        crate::net::write_frame(&mut send, TAG_FORWARD_API, &fwd)
+            .await
+            .map_err(|_| lost())?;
+        let _ = send.finish();
+        // A live leader answers within the quorum timeout (it fails a write it cannot
+        // commit by then); silence past that means it died meanwhile.
+        let first = tokio::select! {
+            r = tokio::time::timeout(
+                QUORUM_TIMEOUT + Duration::from_secs(2),
+                crate::net::read_frame::<ForwardedReply>(&mut recv, MAX_FORWARD_FRAME),
+            ) => r.map_err(|_| lost())?.map_err(|_| lost())?,
+            () = self.leader_lost(manager, &leader) => {
+                // Say "no quorum" when no new leader comes; else that the leader changed.
+                return Err(match self.find_leader(manager).await {
+                    Err(e) => manager_err(e),
+                    Ok(_) => ApiError::unavailable(
+                        "the leader changed while handling this request: the outcome of this request is unknown; retry it",
+                    ),
+                });
+            }
+        };
+        match first.1 {
+            ForwardedReply::Full { status, body } if status == 200 => Ok(Reply::Json(body.into())),
+            ForwardedReply::Full { status, body } => {
+                let message = serde_json::from_slice::<crate::api::ErrorBody>(&body)
+                    .map(|b| b.message)
+                    .unwrap_or_else(|_| format!("the leader answered HTTP {status}"));
+                Err(ApiError {
+                    status: hyper::StatusCode::from_u16(status)
+                        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR),
+                    message,
+                })
+            }
+            ForwardedReply::End => Err(ApiError::internal("the leader sent an empty answer")),
+            ForwardedReply::Item(first) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                tokio::spawn(async move {
+                    let mut next = Some(first);
+                    while let Some(item) = next.take() {
+                        let Ok(v) = serde_json::from_str(&item) else {
+                            return;
+                        };
+                        if tx.send(v).await.is_err() {
+                            return;
+                        }
+                        match crate::net::read_frame::<ForwardedReply>(&mut recv, MAX_FORWARD_FRAME)
+                            .await
+                        {
+                            Ok((_, ForwardedReply::Item(i))) => next = Some(i),
+                            _ => return,
+                        }
+                    }
+                });
+                Ok(Reply::Stream(rx))
+            }
+        }
+    }
+
+    /// The leader's side of a forwarded API request.
+    async fn serve_forwarded_api(
+        self: &Arc<Self>,
+        fwd: ForwardedApi,
+        mut send: quinn::SendStream,
+    ) -> Result<(), crate::net::NetError> {
+        let req = ApiRequest {
+            method: fwd.method.parse().unwrap_or(Method::GET),
+            segments: fwd.segments,
+            query: fwd.query,
+            body: fwd.body.into(),
+        };
+        match self.route_local(req).await {
+            Ok(Reply::Json(bytes)) => {
+                let reply = ForwardedReply::Full {
+                    status: 200,
+                    body: bytes.to_vec(),
+                };
+                crate::net::respond(&mut send, TAG_FORWARD_API, &reply).await
+            }
+            Err(e) => {
+                let body = serde_json::to_vec(&crate::api::ErrorBody { message: e.message })
+                    .unwrap_or_default();
+                let reply = ForwardedReply::Full {
+                    status: e.status.as_u16(),
+                    body,
+                };
+                crate::net::respond(&mut send, TAG_FORWARD_API, &reply).await
+            }
+            Ok(Reply::Stream(mut rx)) => {
+                while let Some(v) = rx.recv().await {
+                    let item = ForwardedReply::Item(v.to_string());
+                    crate::net::write_frame(&mut send, TAG_FORWARD_API, &item).await?;
+                }
+                crate::net::respond(&mut send, TAG_FORWARD_API, &ForwardedReply::End).await
+            }
+        }
+    }
+
     fn record_for_self(&self, role: Role, availability: Availability) -> NodeRecord {
         let now = now_ms();
         NodeRecord {
@@ -696,14 +1090,7 @@ impl Node {
                 ))
             })?;
         }
-        let manager = Manager::open(
-            &db_path,
-            raft_id_for(&self.key.public_key()),
-            &cluster_id,
-            self.raft_scale,
-        )
-        .await
-        .map_err(manager_err)?;
+        let manager = self.open_manager(&cluster_id).await.map_err(manager_err)?;
         manager.initialize().await.map_err(manager_err)?;
         manager
             .wait_for_leader(Duration::from_secs(10))
@@ -828,8 +1215,8 @@ impl Node {
         })
     }
 
-    async fn join(&self, req: JoinApiRequest) -> Result<JoinApiResponse, ApiError> {
-        let _guard = self.lifecycle.lock().await;
+    async fn join(self: &Arc<Self>, req: JoinApiRequest) -> Result<JoinApiResponse, ApiError> {
+        let guard = self.lifecycle.lock().await;
         if self.membership.read().await.is_some() {
             return Err(ApiError::conflict(
                 "this node is already part of a cluster: run `shoal leave` first",
@@ -837,11 +1224,6 @@ impl Node {
         }
         let token = crate::pki::token::JoinToken::parse(&req.token)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        if token.payload.role == crate::pki::token::TokenRole::Manager {
-            return Err(ApiError::bad_request(
-                "joining as a manager is not supported yet: join with a worker token",
-            ));
-        }
         let availability: Availability = match req.availability.as_deref() {
             Some(a) => a.parse().map_err(ApiError::bad_request)?,
             None => Availability::Active,
@@ -921,11 +1303,58 @@ impl Node {
             role: saved.role.as_str().into(),
             via: via.to_string(),
         };
+        let role = saved.role;
+        let cluster_id = saved.cluster_id.clone();
         *self.membership.write().await = Some(Membership {
             saved,
             manager: None,
         });
+        drop(guard);
+        if role == Role::Manager {
+            // The leader adds this node as a learner, then as a voter, once Raft runs here.
+            self.become_manager(&cluster_id)
+                .await
+                .map_err(ApiError::internal)?;
+        }
         Ok(resp)
+    }
+
+    async fn set_role(&self, reference: &str, role: Role) -> Result<serde_json::Value, ApiError> {
+        let manager = self.manager().await?;
+        let node = manager
+            .read_linearizable(|s| s.resolve_node(reference).cloned())
+            .await
+            .map_err(manager_err)?
+            .map_err(ApiError::not_found)?;
+        let verb = if role == Role::Manager {
+            "promote"
+        } else {
+            "demote"
+        };
+        if node.role == role {
+            return Err(ApiError::conflict(format!(
+                "node {} is already a {}",
+                node.hostname,
+                role.as_str()
+            )));
+        }
+        if node.status != NodeStatus::Ready {
+            return Err(ApiError::conflict(format!(
+                "node {} is {}: only a ready node can be {verb}d",
+                node.hostname,
+                node.status.as_str()
+            )));
+        }
+        manager
+            .write(Command::SetRole {
+                id: node.id.clone(),
+                role,
+                at: now_ms(),
+            })
+            .await
+            .map_err(manager_err)?;
+        info!(node = %node.id, role = role.as_str(), "role changed");
+        Ok(serde_json::json!({ "id": node.id, "hostname": node.hostname, "role": role.as_str() }))
     }
 
     async fn node_rm(&self, reference: &str, force: bool) -> Result<(), ApiError> {

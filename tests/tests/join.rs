@@ -80,15 +80,6 @@ fn issue_5_join_tokens_status_leave_and_rm() -> Result<()> {
         Ok((w1.json(&["info"])?["leader"] == leader).then_some(()))
     })?;
 
-    // A manager token is refused for now, clearly, and changes nothing.
-    let mt = token(&m, "manager")?;
-    let err = w2.fails(&["join", "--token", &mt, "127.0.5.1:4747"])?;
-    assert!(
-        err.contains("joining as a manager is not supported yet"),
-        "{err}"
-    );
-    assert_eq!(w2.json(&["info"])?["cluster"], "inactive");
-
     // Rotation: the old token is refused from then on.
     let rotated = m.ok(&["join-token", "--rotate", "worker"])?;
     assert!(

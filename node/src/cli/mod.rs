@@ -144,6 +144,18 @@ pub enum NodeCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Make nodes managers (Raft voters).
+    Promote {
+        /// IDs, unique ID prefixes or hostnames.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers again.
+    Demote {
+        /// IDs, unique ID prefixes or hostnames.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Remove a node from the cluster; its key is refused from then on.
     #[command(alias = "remove")]
     Rm {

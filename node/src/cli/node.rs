@@ -47,6 +47,12 @@ pub(super) async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
             );
             Ok(())
         }
+        NodeCmd::Promote { nodes } => {
+            set_role(client, &nodes, "promote", "promoted to a manager").await
+        }
+        NodeCmd::Demote { nodes } => {
+            set_role(client, &nodes, "demote", "demoted in the cluster").await
+        }
         NodeCmd::Rm { nodes, force } => {
             let mut failed = Vec::new();
             for n in nodes {
@@ -108,4 +114,23 @@ pub(super) fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+async fn set_role(client: &Client, nodes: &[String], verb: &str, done: &str) -> Result<()> {
+    let mut failed = Vec::new();
+    for n in nodes {
+        let path = format!("/v1/nodes/{}/{verb}", encode(n));
+        match client
+            .post::<_, serde_json::Value>(&path, &serde_json::json!({}))
+            .await
+        {
+            Ok(v) => println!("Node {} {done}.", v["hostname"].as_str().unwrap_or(n)),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{}", failed.join("; "))
+    }
 }

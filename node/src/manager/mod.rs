@@ -260,6 +260,11 @@ impl Manager {
 
     /// The error for a request that found no quorum. `reachable` counts the voters that
     /// answered this node's Raft RPCs lately, this node included.
+    /// The error a request gets when no quorum answers (with the reachable count).
+    pub fn quorum_error(&self) -> ManagerError {
+        self.quorum_lost()
+    }
+
     fn quorum_lost(&self) -> ManagerError {
         let voters = self.voters();
         let managers = voters.len().max(1);

@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use openraft::EmptyNode;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -44,6 +45,11 @@ use super::store::SmData;
 use super::types::TypeConfig;
 use crate::net::{self, NetError, Pool};
 use crate::pki::NodeId;
+
+/// AppendEntries batches whose encoding exceeds this are refused locally as
+/// [`RPCError::PayloadTooLarge`] with a smaller entry count, and openraft resends at once with
+/// fewer entries: one RPC must fit in its heartbeat-long TTL even on a slow link.
+pub const APPEND_SOFT_LIMIT: usize = 512 * 1024;
 
 /// Maps a Raft ID to the peer's node ID (whose key its certificate must carry) and its
 /// current address; `None` when unknown (the RPC then fails as unreachable).
@@ -326,6 +332,11 @@ impl RaftNetwork<TypeConfig> for QuicNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, EmptyNode, RaftError<u64>>> {
+        if let Some(hint) = split_hint(&rpc) {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
         self.call(TAG_RAFT_APPEND, &rpc, &option).await
     }
 
@@ -348,6 +359,21 @@ impl RaftNetwork<TypeConfig> for QuicNetwork {
     ) -> Result<VoteResponse<u64>, RPCError<u64, EmptyNode, RaftError<u64>>> {
         self.call(TAG_RAFT_VOTE, &rpc, &option).await
     }
+}
+
+/// How many entries to send instead when `rpc` is over [`APPEND_SOFT_LIMIT`] (`None`: send
+/// it as it is; a single entry is always sent).
+pub(crate) fn split_hint(rpc: &AppendEntriesRequest<TypeConfig>) -> Option<u64> {
+    let n = rpc.entries.len() as u64;
+    if n < 2 {
+        return None;
+    }
+    let size = postcard::serialize_with_flavor::<_, postcard::ser_flavors::Size, usize>(
+        rpc,
+        postcard::ser_flavors::Size::default(),
+    )
+    .ok()? as u64;
+    (size > APPEND_SOFT_LIMIT as u64).then(|| (n * APPEND_SOFT_LIMIT as u64 / size).clamp(1, n - 1))
 }
 
 /// Builds [`NoPeers`] clients: the network of a manager opened without a transport

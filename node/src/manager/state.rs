@@ -222,6 +222,15 @@ pub enum Command {
     /// A node admitted with a valid join token: added, or replaced when its key is
     /// already known. A removed key that presents a fresh token is admitted again.
     AdmitNode(NodeRecord),
+    /// `node promote` / `node demote`: the leader then changes Raft's voters to match.
+    SetRole {
+        /// Node ID.
+        id: String,
+        /// New role.
+        role: Role,
+        /// When.
+        at: Millis,
+    },
     /// Services and tasks: see [`ServiceCommand`].
     Services(ServiceCommand),
 }
@@ -308,6 +317,25 @@ impl ClusterState {
                 }
                 None => CommandResult::Refused("the cluster is not initialized".into()),
             },
+            Command::SetRole { id, role, at } => {
+                if *role == Role::Worker
+                    && self.nodes.get(id).is_some_and(|n| n.role == Role::Manager)
+                    && self.nodes.values().filter(|n| n.role == Role::Manager).count() <= 1
+                {
+                    return CommandResult::Refused(
+                        "cannot demote the last manager of the cluster: promote another node first"
+                            .into(),
+                    );
+                }
+                match self.nodes.get_mut(id) {
+                    Some(n) => {
+                        n.role = *role;
+                        n.updated_at = *at;
+                        CommandResult::Done
+                    }
+                    None => unknown_node(id),
+                }
+            }
             Command::AdmitNode(node) => {
                 self.removed_keys.remove(&node.public_key);
                 self.insert_node(node.clone());

@@ -33,6 +33,8 @@ const POLL: Duration = Duration::from_millis(10);
 
 /// One manager: its endpoint, pool, Raft and the task serving its peers' streams.
 struct TestNode {
+    ca: Arc<ClusterCa>,
+    book: Book,
     key: NodeKey,
     raft_id: u64,
     addr: SocketAddr,
@@ -41,14 +43,10 @@ struct TestNode {
     pool: Pool,
     manager: Arc<Manager>,
     serve: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    dir: Arc<tempfile::TempDir>,
 }
 
 impl TestNode {
-    fn node_id(&self) -> NodeId {
-        self.key.node_id()
-    }
-
     /// Stops Raft and stops serving, but leaves the endpoint and every connection open:
     /// peers' requests go unanswered, as with a `kill -9`ed node before the idle timeout.
     async fn hang(&self) {
@@ -65,37 +63,41 @@ impl TestNode {
     }
 
     fn record(&self) -> NodeRecord {
-        NodeRecord {
-            id: self.node_id().to_string(),
-            public_key: self.key.public_key(),
-            raft_id: self.raft_id,
-            hostname: format!("m{}", self.raft_id),
-            addr: self.addr.to_string(),
-            role: Role::Manager,
-            availability: Availability::Active,
-            status: NodeStatus::Ready,
-            labels: BTreeMap::new(),
-            platform: "linux/x86_64".into(),
-            memory_bytes: 1 << 30,
-            cpus: 2,
-            drivers: vec!["process".into()],
-            version: "0".into(),
-            created_at: 1,
-            updated_at: 1,
-        }
+        manager_record(&self.key, self.raft_id, self.addr)
+    }
+}
+
+/// The node-table record of a manager.
+fn manager_record(key: &NodeKey, raft_id: u64, addr: SocketAddr) -> NodeRecord {
+    NodeRecord {
+        id: key.node_id().to_string(),
+        public_key: key.public_key(),
+        raft_id,
+        hostname: format!("m{raft_id}"),
+        addr: addr.to_string(),
+        role: Role::Manager,
+        availability: Availability::Active,
+        status: NodeStatus::Ready,
+        labels: BTreeMap::new(),
+        platform: "linux/x86_64".into(),
+        memory_bytes: 1 << 30,
+        cpus: 2,
+        drivers: vec!["process".into()],
+        version: "0".into(),
+        created_at: 1,
+        updated_at: 1,
     }
 }
 
 /// An endpoint bound on 127.0.0.1:0 with a certificate from `ca`, serving and dialing.
-fn endpoint(ca: &ClusterCa) -> (NodeKey, Endpoint, net::AcceptedRx) {
-    let key = NodeKey::generate().unwrap();
+fn endpoint(ca: &ClusterCa, key: &NodeKey) -> (Endpoint, net::AcceptedRx) {
     let cert = ca
         .issue_node_cert(&key.public_key(), &key.node_id())
         .unwrap();
-    let (endpoint, accepted) = Endpoint::bind("127.0.0.1:0".parse().unwrap(), &key).unwrap();
-    endpoint.set_server_config(pki::server_config(&cert, ca.cert_der(), &key).unwrap());
-    endpoint.set_client_config(pki::client_config(&cert, ca.cert_der(), &key).unwrap());
-    (key, endpoint, accepted)
+    let (endpoint, accepted) = Endpoint::bind("127.0.0.1:0".parse().unwrap(), key).unwrap();
+    endpoint.set_server_config(pki::server_config(&cert, ca.cert_der(), key).unwrap());
+    endpoint.set_client_config(pki::client_config(&cert, ca.cert_der(), key).unwrap());
+    (endpoint, accepted)
 }
 
 /// The daemon's job in miniature: pool accepted connections, and serve Raft on every stream
@@ -149,58 +151,89 @@ enum Resolve {
     NodeTable,
 }
 
+/// Raft ID → (node ID, address) of every member, for [`Resolve::Static`]; updated when a
+/// member restarts at a new address.
+type Book = Arc<std::sync::RwLock<HashMap<u64, (NodeId, SocketAddr)>>>;
+
 /// `n` managers, opened (not initialized), each serving its endpoint.
 async fn start(n: usize, resolve: Resolve, tweak: impl Fn(&mut openraft::Config)) -> Vec<TestNode> {
-    let ca = ClusterCa::generate("test-cluster").unwrap();
-    let mut parts = Vec::new();
-    for _ in 0..n {
-        parts.push(endpoint(&ca));
-    }
-    let book: HashMap<u64, (NodeId, SocketAddr)> = parts
-        .iter()
-        .map(|(key, ep, _)| {
-            (
-                super::raft_id_for(&key.public_key()),
-                (key.node_id(), ep.local_addr().unwrap()),
-            )
-        })
-        .collect();
-    let book = Arc::new(book);
+    let ca = Arc::new(ClusterCa::generate("test-cluster").unwrap());
+    let book = Book::default();
     let mut nodes = Vec::new();
-    for (key, endpoint, accepted) in parts {
-        let raft_id = super::raft_id_for(&key.public_key());
-        let (dialed_tx, dialed_rx) = mpsc::unbounded_channel();
-        let pool = Pool::with_dial_listener(endpoint.clone(), DEFAULT_DIAL_TIMEOUT, dialed_tx);
-        let factory = match resolve {
-            Resolve::Static => {
-                let book = book.clone();
-                let resolver: Resolver = Arc::new(move |id| book.get(&id).copied());
-                QuicNetworkFactory::new(pool.clone(), resolver)
-            }
-            Resolve::NodeTable => QuicNetworkFactory::node_table(pool.clone()),
-        };
-        let dir = tempfile::tempdir().unwrap();
+    for _ in 0..n {
+        let key = NodeKey::generate().unwrap();
+        let dir = Arc::new(tempfile::tempdir().unwrap());
         let mut config = raft_config("test-cluster", 1.0).unwrap();
         tweak(&mut config);
         let config = config.validate().unwrap();
-        let manager = Manager::open_quic(&dir.path().join("raft.redb"), raft_id, config, factory)
-            .await
-            .unwrap();
-        let manager = Arc::new(manager);
-        let serve = tokio::spawn(serve(manager.clone(), pool.clone(), accepted, dialed_rx));
-        let addr = endpoint.local_addr().unwrap();
-        nodes.push(TestNode {
-            key,
-            raft_id,
-            addr,
-            endpoint,
-            pool,
-            manager,
-            serve,
-            _dir: dir,
-        });
+        nodes.push(launch(&ca, key, dir, resolve, &book, config).await);
     }
     nodes
+}
+
+/// Starts (or restarts, on the same key and state dir) one manager on a fresh endpoint.
+async fn launch(
+    ca: &Arc<ClusterCa>,
+    key: NodeKey,
+    dir: Arc<tempfile::TempDir>,
+    resolve: Resolve,
+    book: &Book,
+    config: openraft::Config,
+) -> TestNode {
+    let (endpoint, accepted) = endpoint(ca, &key);
+    let addr = endpoint.local_addr().unwrap();
+    let raft_id = super::raft_id_for(&key.public_key());
+    book.write().unwrap().insert(raft_id, (key.node_id(), addr));
+    let (dialed_tx, dialed_rx) = mpsc::unbounded_channel();
+    let pool = Pool::with_dial_listener(endpoint.clone(), DEFAULT_DIAL_TIMEOUT, dialed_tx);
+    let factory = match resolve {
+        Resolve::Static => {
+            let book = book.clone();
+            let resolver: Resolver =
+                Arc::new(move |id| book.read().ok().and_then(|b| b.get(&id).copied()));
+            QuicNetworkFactory::new(pool.clone(), resolver)
+        }
+        Resolve::NodeTable => QuicNetworkFactory::node_table(pool.clone()),
+    };
+    // A restarted manager may find its database still held by the stopping Raft for a
+    // moment: retry the open until the deadline.
+    let db = dir.path().join("raft.redb");
+    let deadline = Instant::now() + DEADLINE;
+    let manager = loop {
+        match Manager::open_quic(&db, raft_id, config.clone(), factory.clone()).await {
+            Ok(m) => break Arc::new(m),
+            Err(e) => assert!(Instant::now() < deadline, "cannot reopen: {e}"),
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let serve = tokio::spawn(serve(manager.clone(), pool.clone(), accepted, dialed_rx));
+    TestNode {
+        ca: ca.clone(),
+        book: book.clone(),
+        key,
+        raft_id,
+        addr,
+        endpoint,
+        pool,
+        manager,
+        serve,
+        dir,
+    }
+}
+
+/// The same manager (key, state dir) started again on a new port.
+async fn restart(old: &TestNode) -> TestNode {
+    let key = NodeKey::from_signing_key(old.key.signing_key().clone());
+    let config = raft_config("test-cluster", 1.0).unwrap();
+    launch(
+        &old.ca,
+        key,
+        old.dir.clone(),
+        Resolve::Static,
+        &old.book,
+        config,
+    )
+    .await
 }
 
 fn cluster_record() -> ClusterRecord {
@@ -470,6 +503,84 @@ async fn a_lone_follower_reports_quorum_lost_and_counts_reachable_peers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_resume_when_a_manager_returns_at_a_new_address() {
+    let nodes = start(3, Resolve::Static, |_| {}).await;
+    nodes[0]
+        .manager
+        .raft()
+        .initialize(all_members(&nodes))
+        .await
+        .unwrap();
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    let l = agreed_leader(&all).await;
+    let leader = &nodes[l];
+    leader
+        .manager
+        .write(Command::InitCluster {
+            cluster: cluster_record(),
+            node: leader.record(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        leader.manager.write(rotate()).await.unwrap(),
+        CommandResult::Generation(1)
+    );
+    let (f1, f2) = (&nodes[(l + 1) % 3], &nodes[(l + 2) % 3]);
+    f1.stop().await;
+    // ~1 MiB of entries f1 misses: it must catch up through split AppendEntries batches.
+    for i in 0..10 {
+        let mut big = f2.record();
+        big.id = format!("big{i}");
+        big.raft_id = 1000 + i;
+        big.labels.insert("blob".into(), "x".repeat(100 * 1024));
+        leader
+            .manager
+            .write(Command::UpsertNode(big))
+            .await
+            .unwrap();
+    }
+    f2.stop().await;
+    assert!(matches!(
+        leader.manager.write(rotate()).await,
+        Err(ManagerError::QuorumLost { .. })
+    ));
+
+    // f1 comes back on its state dir and key, on another port: the leader finds it at the
+    // new address (looked up at send time) and writes are accepted again.
+    let back = restart(f1).await;
+    assert_ne!(back.addr, f1.addr);
+    let returned_at = Instant::now();
+    let generation = loop {
+        assert!(
+            returned_at.elapsed() < DEADLINE,
+            "no quorum after the return"
+        );
+        match leader.manager.write(rotate()).await {
+            Ok(CommandResult::Generation(g)) => break g,
+            Err(ManagerError::QuorumLost { .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    eprintln!(
+        "quorum back {} ms after a manager returned at a new address",
+        returned_at.elapsed().as_millis()
+    );
+    // 1 acknowledged, then 1 or more with unknown outcome, then this one.
+    assert!(generation >= 2);
+    wait_until("the returned manager caught up", DEADLINE, || {
+        worker_generation(&back) == Some(generation)
+    })
+    .await;
+    assert_eq!(
+        back.manager.read_local(Clone::clone),
+        leader.manager.read_local(Clone::clone)
+    );
+    leader.stop().await;
+    back.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_when_the_leader_hangs_with_its_connections_open() {
     let nodes = start(3, Resolve::Static, |_| {}).await;
     nodes[2]
@@ -614,7 +725,7 @@ async fn promote_through_node_table_installs_a_chunked_snapshot_then_fails_over(
 #[tokio::test]
 async fn unknown_or_dead_peers_are_unreachable() {
     let ca = ClusterCa::generate("test-cluster").unwrap();
-    let (_key, ep, _accepted) = endpoint(&ca);
+    let (ep, _accepted) = endpoint(&ca, &NodeKey::generate().unwrap());
     let pool = Pool::new(ep.clone(), Duration::from_millis(300));
     // A dead address: a bound UDP socket that never answers.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -675,6 +786,34 @@ async fn server_refuses_bad_requests_without_panicking() {
     for n in &nodes {
         n.stop().await;
     }
+}
+
+#[test]
+fn large_append_batches_are_split() {
+    use openraft::raft::AppendEntriesRequest;
+    use openraft::{Entry, EntryPayload, LogId};
+    let key = NodeKey::generate().unwrap();
+    let mut big = manager_record(&key, 1, "127.0.0.1:4747".parse().unwrap());
+    big.labels.insert("blob".into(), "x".repeat(100 * 1024));
+    let entries = |n: u64| -> Vec<Entry<super::types::TypeConfig>> {
+        (1..=n)
+            .map(|i| Entry {
+                log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
+                payload: EntryPayload::Normal(Command::UpsertNode(big.clone())),
+            })
+            .collect()
+    };
+    let req = |n| AppendEntriesRequest {
+        vote: Vote::new_committed(1, 1),
+        prev_log_id: None,
+        leader_commit: None,
+        entries: entries(n),
+    };
+    // 20 × 100 KiB: split to about 5 entries; one entry, however large, goes as it is.
+    let hint = super::network::split_hint(&req(20)).unwrap();
+    assert!((1..=5).contains(&hint), "{hint}");
+    assert_eq!(super::network::split_hint(&req(1)), None);
+    assert_eq!(super::network::split_hint(&req(4)), None);
 }
 
 #[test]

@@ -24,7 +24,30 @@
 //!
 //! Reports only carry changes (a task's state, exit code, error or health differing from what
 //! was last reported), batched every [`WorkerConfig::flush_interval`] or as soon as
-//! [`WorkerConfig::max_batch`] accumulate.
+//! [`WorkerConfig::max_batch`] accumulate. Only assigned tasks are reported, plus `shutdown` for
+//! unassigned runtime tasks the worker stopped. When the receiver does not keep up (or is not
+//! read while no session is up), pending reports are coalesced to the latest state per task
+//! and delivered once there is room: order per task is kept and a final state is never lost.
+//!
+//! # Plugging in the dispatcher session
+//!
+//! ```no_run
+//! # use std::{collections::BTreeMap, sync::Arc};
+//! # use shoal::worker::{Worker, WorkerConfig, AssignmentSet};
+//! # async fn f(drivers: BTreeMap<String, Arc<dyn shoal_runtime::Driver>>,
+//! #            state_dir: std::path::PathBuf) -> Result<(), shoal::worker::WorkerError> {
+//! let (worker, mut reports) = Worker::start(WorkerConfig::new(drivers, state_dir.join("worker")))?;
+//! // On every new session: send `worker.current_reports().await?` first, then forward the
+//! // batches from `reports`. The manager sends a full set first, then changes:
+//! let set = AssignmentSet { full: true, tasks: vec![], removed: vec![] };
+//! worker.apply(set).await?;
+//! while let Some(batch) = reports.recv().await {
+//!     // session.send(batch)
+//! #   let _ = batch;
+//! }
+//! worker.shutdown().await?; // on daemon exit; the tasks keep running
+//! # Ok(()) }
+//! ```
 
 mod cache;
 mod error;

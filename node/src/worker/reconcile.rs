@@ -126,7 +126,7 @@ enum Internal {
         driver: String,
         task_id: String,
         stamp: u64,
-        result: Result<TaskStatus, RuntimeError>,
+        result: Box<Result<TaskStatus, RuntimeError>>,
     },
     ResyncDone(oneshot::Sender<()>),
     Progress {
@@ -140,7 +140,7 @@ enum Internal {
 }
 
 enum Outcome {
-    Started(TaskStatus),
+    Started(Box<TaskStatus>),
     StartFailed { rejected: bool, error: String },
     Stopped(Seen),
     StopRemoved,
@@ -562,7 +562,7 @@ impl Actor {
                 driver: driver_name,
                 task_id,
                 stamp,
-                result,
+                result: Box::new(result),
             });
         });
     }
@@ -594,7 +594,7 @@ impl Actor {
                 task_id,
                 stamp,
                 result,
-            } => match result {
+            } => match *result {
                 Ok(status) => self.observe(&driver, stamp, status),
                 Err(e) if e.is_not_found() => {
                     if let Some(entry) = self.entries.get_mut(&task_id)
@@ -716,7 +716,17 @@ impl Actor {
         let driver = self.config.drivers.get(&e.driver).cloned();
         let before = e.key();
         let mut force_report = false;
+        // An ended (reported) task whose runtime copy still runs, e.g. one reported failed
+        // because it vanished and then reappeared: stop it, its slot has been replaced.
+        let stray_running = e.state.is_terminal()
+            && e.confirmed
+            && e.assignment.is_some()
+            && matches!(&e.seen, Seen::Present(s) if rank(s.state) < 2);
         let action = match e.assignment.as_ref().map(|a| a.desired) {
+            _ if stray_running => match driver {
+                Some(d) if !retry_wait => Some(Action::Stop(d)),
+                _ => None,
+            },
             Some(DesiredState::Running) => {
                 if e.state.is_terminal() {
                     None
@@ -850,7 +860,7 @@ impl Actor {
                     && e.state.is_terminal()
                     && !e.busy
                     && !e.removed
-                    && !e.retry_at.is_some_and(|t| Instant::now() < t)
+                    && e.retry_at.is_none_or(|t| Instant::now() >= t)
                     && matches!(&e.seen, Seen::Present(s) if rank(s.state) == 2)
                     && e.ended_at_ms
                         .is_some_and(|t| now.saturating_sub(t) >= retention)
@@ -914,7 +924,7 @@ impl Actor {
                 if e.state < TaskState::Starting && !e.state.is_terminal() {
                     e.set_state(TaskState::Starting, None, None);
                 }
-                e.seen = Seen::Present(Box::new(status));
+                e.seen = Seen::Present(status);
             }
             Outcome::StartFailed { rejected, error } => {
                 let state = if rejected {
@@ -928,6 +938,9 @@ impl Actor {
                 e.seen = Seen::Absent;
             }
             Outcome::Stopped(seen) => {
+                if matches!(&seen, Seen::Present(s) if rank(s.state) < 2) {
+                    e.retry_at = Some(Instant::now() + RETRY_AFTER);
+                }
                 e.seen = seen;
                 if !e.state.is_terminal() {
                     e.set_ended(TaskState::Shutdown, None, None, now);
@@ -1029,7 +1042,7 @@ async fn op_start(
     }
     progress(TaskState::Starting);
     match driver.start(spec).await {
-        Ok(status) => Outcome::Started(status),
+        Ok(status) => Outcome::Started(Box::new(status)),
         Err(e) => Outcome::StartFailed {
             rejected: is_rejection(&e),
             error: e.to_string(),
@@ -1060,5 +1073,77 @@ async fn op_stop_remove(driver: &dyn Driver, task_id: &str) -> Outcome {
         Ok(()) => Outcome::StopRemoved,
         Err(e) if e.is_not_found() => Outcome::StopRemoved,
         Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(task: &str, state: TaskState) -> TaskReport {
+        TaskReport {
+            task_id: task.into(),
+            state,
+            exit_code: None,
+            error: None,
+            health: None,
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn coalesce_keeps_the_last_report_per_task() {
+        let out = coalesce(vec![
+            r("a", TaskState::Preparing),
+            r("b", TaskState::Preparing),
+            r("a", TaskState::Running),
+            r("b", TaskState::Failed),
+            r("c", TaskState::Running),
+        ]);
+        assert_eq!(
+            out,
+            vec![
+                r("a", TaskState::Running),
+                r("b", TaskState::Failed),
+                r("c", TaskState::Running)
+            ]
+        );
+    }
+
+    #[test]
+    fn exit_outcomes() {
+        let mut s = TaskStatus {
+            task_id: "t".into(),
+            service_id: "s".into(),
+            service_name: "n".into(),
+            slot: 0,
+            runtime_id: "1".into(),
+            image: "/bin/true".into(),
+            state: RunState::Exited,
+            exit_code: Some(0),
+            oom_killed: false,
+            health: Health::None,
+            error: None,
+            started_at: None,
+            finished_at: None,
+            ports: Vec::new(),
+            labels: BTreeMap::new(),
+        };
+        assert_eq!(exit_outcome(&s), (TaskState::Complete, Some(0), None));
+        s.oom_killed = true;
+        assert_eq!(exit_outcome(&s).0, TaskState::Failed);
+        s.oom_killed = false;
+        s.exit_code = Some(3);
+        assert_eq!(
+            exit_outcome(&s),
+            (
+                TaskState::Failed,
+                Some(3),
+                Some("task exited with code 3".into())
+            )
+        );
+        s.exit_code = None;
+        s.state = RunState::Dead;
+        assert_eq!(exit_outcome(&s).0, TaskState::Failed);
     }
 }

@@ -651,6 +651,26 @@ async fn externally_killed_task_is_reported_failed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_vanishing_from_the_runtime_is_reported_failed() {
+    let fx = Fixture::process("vanished");
+    let driver = fx.driver();
+    let (handle, mut reports) = fx.start_worker(driver.clone());
+    handle
+        .apply(full(vec![fx.shell("v1", 1, SLEEP_FOREVER)]))
+        .await
+        .expect("apply");
+    reports.wait("v1", TaskState::Running).await;
+    // Removed behind the worker's back (no exit event): the level-triggered resync notices.
+    driver.remove("v1").await.expect("remove");
+    let r = reports.wait("v1", TaskState::Failed).await;
+    // Either the removal's kill was seen first (exit code) or only the absence was.
+    assert!(r.error.is_some(), "{r:?}");
+    handle.resync().await.expect("resync");
+    assert!(driver.list().await.expect("list").is_empty(), "restarted");
+    handle.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_are_batched_and_deduplicated() {
     let fx = Fixture::process("batches");
     let driver = fx.driver();
@@ -691,6 +711,99 @@ async fn reports_are_batched_and_deduplicated() {
     let current = handle.current_reports().await.expect("current");
     assert_eq!(current.len(), 8);
     assert!(current.iter().all(|r| r.state == TaskState::Running));
+    handle.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_changes_are_reported() {
+    let fx = Fixture::process("health");
+    let driver = fx.driver();
+    let (handle, mut reports) = fx.start_worker(driver.clone());
+    let mut a = fx.shell("h1", 1, SLEEP_FOREVER);
+    let mut check =
+        shoal_runtime::HealthCheck::new(shoal_runtime::HealthTest::Shell("test -e healthy".into()));
+    check.interval = Duration::from_millis(100);
+    check.timeout = Duration::from_secs(2);
+    check.retries = 1;
+    a.spec.health = Some(check);
+    a.spec.args = vec!["-c".into(), format!("touch healthy; {SLEEP_FOREVER}")];
+    handle.apply(full(vec![a])).await.expect("apply");
+    reports.wait("h1", TaskState::Running).await;
+    wait_for("h1 reported healthy", || {
+        let found = reports
+            .all
+            .iter()
+            .any(|r| r.task_id == "h1" && r.health.as_deref() == Some("healthy"));
+        let batch = reports.rx.try_recv().ok();
+        if let Some(batch) = batch {
+            reports.all.extend(batch);
+        }
+        async move { found.then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        view(&handle, "h1").await.expect("view").health.as_deref(),
+        Some("healthy")
+    );
+    handle.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_tasks_are_removed_after_retention() {
+    let fx = Fixture::process("retention");
+    let driver = fx.driver();
+    let mut config = fx.config(driver.clone());
+    config.ended_retention = Duration::ZERO;
+    let (handle, rx) = Worker::start(config).expect("worker");
+    let mut reports = Reports::new(rx);
+    handle
+        .apply(full(vec![fx.shell("done", 1, "exit 0")]))
+        .await
+        .expect("apply");
+    reports.wait("done", TaskState::Complete).await;
+    wait_for("ended task removed from the runtime", || async {
+        handle.resync().await.expect("resync");
+        driver
+            .inspect("done")
+            .await
+            .err()
+            .filter(|e| e.is_not_found())
+    })
+    .await;
+    // Still assigned: still known, still complete, and not started again.
+    handle.resync().await.expect("resync");
+    let v = view(&handle, "done").await.expect("view");
+    assert_eq!(v.state, TaskState::Complete);
+    assert!(driver.list().await.expect("list").is_empty());
+    handle.flush().await.expect("flush");
+    reports.drain();
+    assert_eq!(reports.states_of("done").last(), Some(&TaskState::Complete));
+    handle.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_receiver_gets_the_latest_state_of_every_task() {
+    let fx = Fixture::process("backpressure");
+    let driver = fx.driver();
+    let mut config = fx.config(driver.clone());
+    config.report_capacity = 1;
+    config.max_batch = 2;
+    let (handle, rx) = Worker::start(config).expect("worker");
+    let tasks: Vec<Assignment> = (0..6)
+        .map(|i| fx.shell(&format!("b{i}"), i, SLEEP_FOREVER))
+        .collect();
+    handle.apply(full(tasks)).await.expect("apply");
+    // Nobody reads until every task runs (the worker's own view).
+    wait_for("all running", || async {
+        let snap = handle.snapshot().await.expect("snapshot");
+        (snap.len() == 6 && snap.iter().all(|v| v.state == TaskState::Running)).then_some(())
+    })
+    .await;
+    let mut reports = Reports::new(rx);
+    for i in 0..6 {
+        reports.wait(&format!("b{i}"), TaskState::Running).await;
+    }
+    assert!(reports.all.iter().all(|r| r.task_id.starts_with('b')));
     handle.shutdown().await.expect("shutdown");
 }
 

@@ -1,0 +1,202 @@
+//! Issue 6: a manager quorum — joining managers, promote/demote, failover, quorum loss.
+//!
+//! Address block: 127.0.6.x.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use shoal_tests::{Daemon, wait_for};
+
+fn manager_status(d: &Daemon) -> Result<Vec<(String, String, Option<String>)>> {
+    let nodes = d.json(&["node", "ls"])?;
+    Ok(nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            (
+                n["hostname"].as_str().unwrap_or_default().to_string(),
+                n["role"].as_str().unwrap_or_default().to_string(),
+                n["manager_status"].as_str().map(str::to_string),
+            )
+        })
+        .collect())
+}
+
+fn leader_host(d: &Daemon) -> Result<Option<String>> {
+    Ok(manager_status(d)?
+        .into_iter()
+        .find(|(_, _, s)| s.as_deref() == Some("leader"))
+        .map(|(h, _, _)| h))
+}
+
+/// Polls a write (a worker-token rotation) on `d` until it is acknowledged.
+fn wait_for_write(d: &Daemon, timeout: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    wait_for("a write to be accepted", timeout, || {
+        Ok(d.cli(&["join-token", "--rotate", "-q", "worker"])?
+            .status
+            .success()
+            .then_some(()))
+    })?;
+    Ok(start.elapsed())
+}
+
+#[test]
+fn issue_6_three_managers_failover_and_quorum_loss() -> Result<()> {
+    let mut ms: Vec<Daemon> = (1..=3)
+        .map(|i| Daemon::new(&format!("m{i}"), &format!("127.0.6.{i}:4747")))
+        .collect::<Result<_>>()?;
+    let mut w = Daemon::new("w1", "127.0.6.4:4747")?;
+    for d in ms.iter_mut() {
+        d.start()?;
+    }
+    w.start()?;
+    ms[0].ok(&["init"])?;
+    let mt = ms[0]
+        .ok(&["join-token", "-q", "manager"])?
+        .trim()
+        .to_string();
+    let wt = ms[0]
+        .ok(&["join-token", "-q", "worker"])?
+        .trim()
+        .to_string();
+    for d in &ms[1..] {
+        let out = d.ok(&["join", "--token", &mt, "127.0.6.1:4747"])?;
+        assert!(out.contains("joined the cluster as a manager"), "{out}");
+    }
+    w.ok(&["join", "--token", &wt, "127.0.6.1:4747"])?;
+    wait_for("three reachable managers", Duration::from_secs(20), || {
+        let s = manager_status(&ms[0])?;
+        let managers = s.iter().filter(|(_, r, _)| r == "manager").count();
+        let reachable = s
+            .iter()
+            .filter(|(_, _, st)| matches!(st.as_deref(), Some("leader" | "reachable")))
+            .count();
+        Ok((managers == 3 && reachable == 3).then_some(()))
+    })?;
+    // Any manager serves the API (forwarded to the leader); workers refuse.
+    assert_eq!(leader_host(&ms[2])?.as_deref(), Some("m1"));
+    let err = w.fails(&["node", "ls"])?;
+    assert!(
+        err.contains("this node is not a manager: run it on a manager or point -H at one"),
+        "{err}"
+    );
+    // A manager token on a node already in the cluster: clear error, nothing changed.
+    let err = ms[1].fails(&["join", "--token", &mt, "127.0.6.1:4747"])?;
+    assert!(err.contains("already part of a cluster"), "{err}");
+
+    // Bad input: unknown nodes, the last-manager rule is tested below.
+    let err = ms[0].fails(&["node", "promote", "nosuch"])?;
+    assert!(err.contains("no such node"), "{err}");
+    let err = ms[0].fails(&["node", "promote", "m2"])?;
+    assert!(err.contains("already a manager"), "{err}");
+
+    // kill -9 the leader: a new leader accepts writes; nothing acknowledged is lost.
+    let before = ms[1]
+        .ok(&["join-token", "--rotate", "-q", "worker"])?
+        .trim()
+        .to_string();
+    ms[0].kill9();
+    let took = wait_for_write(&ms[1], Duration::from_secs(20))?;
+    eprintln!(
+        "leader killed -> write accepted after {} ms",
+        took.as_millis()
+    );
+    let new_leader = wait_for("a new leader", Duration::from_secs(10), || {
+        leader_host(&ms[1])
+    })?;
+    assert_ne!(new_leader, "m1");
+    let err = ms[2].fails(&["join", "--token", &before, "127.0.6.2:4747"])?;
+    assert!(err.contains("already part of a cluster"), "{err}");
+    // The rotation acknowledged before the kill survived: the old token is refused.
+    let mut w2 = Daemon::new("w2", "127.0.6.5:4747")?;
+    w2.start()?;
+    let err = w2.fails(&["join", "--token", &wt, "127.0.6.2:4747"])?;
+    assert!(err.contains("rotated"), "{err}");
+
+    // Quorum loss: 2 of 3 down. Writes fail in about 3 s with the reason, never hang.
+    let survivor = if new_leader == "m2" { 2 } else { 1 };
+    let other = 3 - survivor;
+    ms[other].kill9();
+    let start = Instant::now();
+    let err = ms[survivor].fails(&["join-token", "--rotate", "-q", "worker"])?;
+    let waited = start.elapsed();
+    eprintln!(
+        "write with quorum lost failed after {} ms",
+        waited.as_millis()
+    );
+    assert!(err.contains("the cluster has lost quorum"), "{err}");
+    assert!(
+        err.contains("the outcome of this request is unknown"),
+        "{err}"
+    );
+    assert!(
+        waited < Duration::from_secs(15),
+        "the failing write hung for {waited:?}"
+    );
+    let err = ms[survivor].fails(&["node", "ls"])?;
+    assert!(err.contains("lost quorum"), "{err}");
+
+    // A majority back: writes work again.
+    ms[other].start()?;
+    let took = wait_for_write(&ms[survivor], Duration::from_secs(30))?;
+    eprintln!(
+        "quorum restored -> write accepted after {} ms",
+        took.as_millis()
+    );
+    ms[0].start()?;
+    wait_for(
+        "m1 back as a reachable manager",
+        Duration::from_secs(20),
+        || {
+            let s = manager_status(&ms[survivor])?;
+            Ok(s.iter()
+                .any(|(h, _, st)| {
+                    h == "m1" && matches!(st.as_deref(), Some("reachable" | "leader"))
+                })
+                .then_some(()))
+        },
+    )?;
+    Ok(())
+}
+
+#[test]
+fn issue_6_promote_and_demote() -> Result<()> {
+    let mut m = Daemon::new("pm1", "127.0.6.11:4747")?;
+    let mut w = Daemon::new("pw1", "127.0.6.12:4747")?;
+    m.start()?;
+    w.start()?;
+    m.ok(&["init"])?;
+    let wt = m.ok(&["join-token", "-q", "worker"])?.trim().to_string();
+    w.ok(&["join", "--token", &wt])?;
+    let err = m.fails(&["node", "demote", "pm1"])?;
+    assert!(err.contains("last manager"), "{err}");
+    wait_for("pw1 ready", Duration::from_secs(10), || {
+        let s = manager_status(&m)?;
+        Ok(s.iter().any(|(h, _, _)| h == "pw1").then_some(()))
+    })?;
+    let out = m.ok(&["node", "promote", "pw1"])?;
+    assert!(out.contains("Node pw1 promoted to a manager."), "{out}");
+    wait_for(
+        "pw1 is a manager that serves the API",
+        Duration::from_secs(20),
+        || Ok(w.cli(&["node", "ls"])?.status.success().then_some(())),
+    )?;
+    assert_eq!(w.json(&["info"])?["role"], "manager");
+    // Demote the leader itself: it steps down and the other manager leads.
+    let out = m.ok(&["node", "demote", "pm1"])?;
+    assert!(out.contains("demoted"), "{out}");
+    wait_for(
+        "pw1 leads and pm1 is a worker",
+        Duration::from_secs(20),
+        || {
+            let ok = leader_host(&w).ok().flatten().as_deref() == Some("pw1")
+                && m.json(&["info"])?["role"] == "worker";
+            Ok(ok.then_some(()))
+        },
+    )?;
+    let err = m.fails(&["node", "ls"])?;
+    assert!(err.contains("this node is not a manager"), "{err}");
+    Ok(())
+}
