@@ -1315,6 +1315,24 @@ impl Node {
             self.become_manager(&cluster_id)
                 .await
                 .map_err(ApiError::internal)?;
+            // Answer once this node votes, as `docker swarm join` does for managers.
+            if let Some(manager) = self.manager_opt().await {
+                let own = manager.raft_id();
+                let mut metrics = manager.metrics();
+                let _ = tokio::time::timeout(Duration::from_secs(60), async {
+                    while !manager.voters().contains(&own) {
+                        if metrics.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                })
+                .await;
+                if !manager.voters().contains(&own) {
+                    return Err(ApiError::unavailable(
+                        "joined, but the leader has not made this node a voter within 60 s: check `shoal node ls` on a manager",
+                    ));
+                }
+            }
         }
         Ok(resp)
     }

@@ -1,0 +1,134 @@
+//! Issue 7: power cuts and address changes.
+//!
+//! Address block: 127.0.7.x.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::Value;
+use shoal_tests::{Daemon, wait_for};
+
+fn nodes(d: &Daemon) -> Result<Vec<Value>> {
+    Ok(d.json(&["node", "ls"])?
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+fn all_ready_with_leader(d: &Daemon, n: usize) -> Result<Option<()>> {
+    let ns = nodes(d)?;
+    let ready = ns.iter().filter(|n| n["status"] == "ready").count();
+    let leader = ns.iter().any(|n| n["manager_status"] == "leader");
+    Ok((ns.len() == n && ready == n && leader).then_some(()))
+}
+
+fn three_managers_and_a_worker(block: u8) -> Result<(Vec<Daemon>, Daemon)> {
+    let mut ms: Vec<Daemon> = (1..=3)
+        .map(|i| Daemon::new(&format!("m{i}"), &format!("127.0.{block}.{i}:4747")))
+        .collect::<Result<_>>()?;
+    let mut w = Daemon::new("w1", &format!("127.0.{block}.4:4747"))?;
+    for d in ms.iter_mut() {
+        d.start()?;
+    }
+    w.start()?;
+    ms[0].ok(&["init"])?;
+    let mt = ms[0]
+        .ok(&["join-token", "-q", "manager"])?
+        .trim()
+        .to_string();
+    let wt = ms[0]
+        .ok(&["join-token", "-q", "worker"])?
+        .trim()
+        .to_string();
+    for d in &ms[1..] {
+        d.ok(&["join", "--token", &mt])?;
+    }
+    w.ok(&["join", "--token", &wt])?;
+    wait_for("a ready cluster", Duration::from_secs(20), || {
+        all_ready_with_leader(&ms[0], 4)
+    })?;
+    Ok((ms, w))
+}
+
+#[test]
+fn issue_7_power_cut_everything_comes_back() -> Result<()> {
+    let (mut ms, mut w) = three_managers_and_a_worker(7)?;
+    ms[0]
+        .ok(&["node", "update", "--label-add", "zone=attic", "w1"])
+        .ok();
+    let rotated = ms[1]
+        .ok(&["join-token", "--rotate", "-q", "worker"])?
+        .trim()
+        .to_string();
+    // Power cut: everything dies at once.
+    for d in ms.iter_mut() {
+        d.kill9();
+    }
+    w.kill9();
+    let start = Instant::now();
+    for d in ms.iter_mut() {
+        d.start()?;
+    }
+    w.start()?;
+    wait_for(
+        "the cluster back after a power cut",
+        Duration::from_secs(30),
+        || all_ready_with_leader(&ms[2], 4),
+    )?;
+    eprintln!(
+        "power cut -> leader and all 4 nodes ready after {} ms",
+        start.elapsed().as_millis()
+    );
+    // State kept: the rotated token is still the current one.
+    assert_eq!(ms[0].ok(&["join-token", "-q", "worker"])?.trim(), rotated);
+    Ok(())
+}
+
+#[test]
+fn issue_7_address_change_keeps_identity() -> Result<()> {
+    let (mut ms, mut w) = three_managers_and_a_worker(8)?;
+    let m2_id = ms[1].json(&["info"])?["node_id"].clone();
+    let w_id = w.json(&["info"])?["node_id"].clone();
+    // A manager restarted on its state dir at a new address.
+    ms[1].kill9();
+    ms[1].addr = "127.0.8.12:4747".parse()?;
+    ms[1].extra = vec!["--advertise-addr".into(), "127.0.8.12:4747".into()];
+    ms[1].start()?;
+    assert_eq!(ms[1].json(&["info"])?["node_id"], m2_id);
+    // The same for the worker.
+    w.kill9();
+    w.addr = "127.0.8.14:4747".parse()?;
+    w.extra = vec!["--advertise-addr".into(), "127.0.8.14:4747".into()];
+    w.start()?;
+    wait_for("new addresses in node ls", Duration::from_secs(30), || {
+        let ns = nodes(&ms[0])?;
+        let m2 = ns
+            .iter()
+            .find(|n| n["id"] == m2_id)
+            .map(|n| n["addr"].clone());
+        let wa = ns
+            .iter()
+            .find(|n| n["id"] == w_id)
+            .map(|n| n["addr"].clone());
+        let ready = ns.iter().all(|n| n["status"] == "ready");
+        Ok(
+            (m2 == Some("127.0.8.12:4747".into()) && wa == Some("127.0.8.14:4747".into()) && ready)
+                .then_some(()),
+        )
+    })?;
+    // The quorum works with the moved manager: kill the other two's leader... keep it
+    // simple: stop m1 and write through m2 with m3.
+    ms[0].kill9();
+    wait_for(
+        "a write with the moved manager in the quorum",
+        Duration::from_secs(20),
+        || {
+            let out = ms[1].cli(&["join-token", "--rotate", "-q", "worker"])?;
+            if out.status.success() {
+                return Ok(Some(()));
+            }
+            anyhow::bail!("{}", String::from_utf8_lossy(&out.stderr).trim())
+        },
+    )?;
+    Ok(())
+}
