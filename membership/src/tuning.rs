@@ -130,11 +130,12 @@ impl Tuning {
     }
 
     /// Period of the announce round for a cluster of `n` nodes: `announce_period` up to 100
-    /// nodes, then growing linearly, because each announce is answered with the whole member
-    /// list (so the anti-entropy traffic per node stays flat as the cluster grows).
+    /// nodes, then growing with √(n/100) (16 s at 1000 nodes), because each announce is
+    /// answered with the whole member list: anti-entropy traffic per node grows with √n
+    /// instead of n.
     pub fn announce_period_for(&self, n: u32) -> Duration {
         self.announce_period
-            .mul_f64((f64::from(n) / 100.0).max(1.0))
+            .mul_f64((f64::from(n) / 100.0).sqrt().max(1.0))
     }
 
     /// Number of transmissions of each update for a cluster of `n` nodes.
@@ -205,6 +206,10 @@ mod tests {
         assert!(t.suspicion(1000) > t.suspicion(10));
         assert_eq!(t.suspicion(10), t.suspicion(2), "flat below 10 nodes");
         assert!(t.transmissions(10).get() >= t.min_transmissions);
+        assert_eq!(t.announce_period_for(50), t.announce_period);
+        assert_eq!(t.announce_period_for(100), t.announce_period);
+        let big = t.announce_period_for(1000).as_secs_f64();
+        assert!((15.0..17.0).contains(&big), "{big}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The daemon: composition root, lifecycle and the control API's handlers.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -85,6 +86,8 @@ pub struct Node {
     pool: Pool,
     dialed_tx: tokio::sync::mpsc::UnboundedSender<(NodeId, quinn::Connection)>,
     gossip: std::sync::RwLock<Option<Gossip>>,
+    worker: std::sync::Mutex<Option<crate::worker::WorkerHandle>>,
+    drivers: Vec<String>,
     advertise: std::sync::RwLock<SocketAddr>,
     membership: RwLock<Option<Membership>>,
     raft_scale: f64,
@@ -166,6 +169,28 @@ fn manager_err(e: ManagerError) -> ApiError {
 const NOT_IN_CLUSTER: &str = "this node is not part of a cluster: run `shoal init` or `shoal join`";
 const NOT_A_MANAGER: &str = "this node is not a manager: run it on a manager or point -H at one";
 
+/// The task drivers this machine offers: `process` always, `docker` when an engine
+/// answers.
+async fn detect_drivers() -> Vec<String> {
+    let mut drivers = vec!["process".to_string()];
+    let probe = shoal_runtime::docker::DockerDriver::new(shoal_runtime::docker::DockerConfig::new(
+        shoal_runtime::Scope::new("probe", "probe"),
+    ));
+    match probe {
+        Ok(d) => match shoal_runtime::Driver::availability(&d).await {
+            shoal_runtime::Availability::Available { version } => {
+                info!(%version, "docker driver available");
+                drivers.insert(0, "docker".to_string());
+            }
+            shoal_runtime::Availability::Unavailable { reason } => {
+                warn!("docker driver unavailable: {reason}");
+            }
+        },
+        Err(e) => warn!("docker driver unavailable: {e}"),
+    }
+    drivers
+}
+
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(opts: DaemonOptions) -> Result<()> {
     // The lock comes first: nothing in the state dir is touched without it.
@@ -209,6 +234,8 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         pool,
         dialed_tx,
         gossip: std::sync::RwLock::new(None),
+        worker: std::sync::Mutex::new(None),
+        drivers: detect_drivers().await,
         key,
         node_id,
         hostname,
@@ -338,6 +365,99 @@ impl Node {
             }),
             None => false,
         }
+    }
+
+    /// This node's public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.public_key()
+    }
+
+    /// Starts this node's worker and its session to the leader.
+    fn start_worker(self: &Arc<Self>, cluster_id: &str) -> Result<(), String> {
+        use shoal_runtime::Driver as _;
+        let scope = shoal_runtime::Scope::new(cluster_id, self.node_id.clone());
+        let mut drivers: BTreeMap<String, Arc<dyn shoal_runtime::Driver>> = BTreeMap::new();
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find the shoal binary: {e}"))?;
+        let process =
+            shoal_runtime::process::ProcessDriver::new(shoal_runtime::process::ProcessConfig::new(
+                self.state_dir.root().join("tasks"),
+                scope.clone(),
+                shoal_runtime::process::ShimCommand::shoal_subcommand(exe),
+            ))
+            .map_err(|e| format!("cannot start the process driver: {e}"))?;
+        drivers.insert(process.kind().as_str().into(), Arc::new(process));
+        if self.drivers.iter().any(|d| d == "docker") {
+            match shoal_runtime::docker::DockerDriver::new(
+                shoal_runtime::docker::DockerConfig::new(scope),
+            ) {
+                Ok(d) => {
+                    drivers.insert("docker".into(), Arc::new(d));
+                }
+                Err(e) => warn!("docker driver unavailable: {e}"),
+            }
+        }
+        let config =
+            crate::worker::WorkerConfig::new(drivers, self.state_dir.root().join("worker"));
+        let (handle, reports) = crate::worker::Worker::start(config)
+            .map_err(|e| format!("cannot start the worker: {e}"))?;
+        *self
+            .worker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle.clone());
+        tokio::spawn(crate::dispatch::run_worker_session(
+            self.clone(),
+            handle,
+            reports,
+        ));
+        Ok(())
+    }
+
+    /// Stops the worker. With `stop_tasks`, its tasks are stopped first (leaving the
+    /// cluster); otherwise they keep running (a daemon restart adopts them).
+    async fn stop_worker(&self, stop_tasks: bool) {
+        let handle = self
+            .worker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            if stop_tasks {
+                let _ = h
+                    .apply(crate::worker::AssignmentSet {
+                        full: true,
+                        tasks: vec![],
+                        removed: vec![],
+                    })
+                    .await;
+                let _ = h.resync().await;
+            }
+            let _ = h.shutdown().await;
+        }
+    }
+
+    /// This node's worker, while it is in a cluster.
+    pub fn worker(&self) -> Option<crate::worker::WorkerHandle> {
+        self.worker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts the loops a manager runs (they act only while it leads).
+    fn start_manager_loops(&self, manager: &Arc<Manager>) {
+        let (_tx, rx) = watch::channel(false);
+        // The loop ends with Raft; the sender is kept alive by the loop's own clone.
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let _keep = _tx;
+            crate::manager::orchestrator::run(
+                manager,
+                crate::manager::orchestrator::OrchestratorConfig::default(),
+                rx,
+            )
+            .await;
+        });
     }
 
     /// A SWIM packet from the peer with `key`.
@@ -551,7 +671,7 @@ impl Node {
     }
 
     /// Restarts the node's part in the cluster after a daemon restart.
-    async fn resume(&self, saved: SavedCluster) -> Result<()> {
+    async fn resume(self: &Arc<Self>, saved: SavedCluster) -> Result<()> {
         let manager = if saved.role == Role::Manager {
             let started = Instant::now();
             let manager = self.open_manager(&saved.cluster_id).await?;
@@ -585,13 +705,17 @@ impl Node {
             .map_err(anyhow::Error::msg)?;
         if let Some(m) = &manager {
             self.watch_leader(m.clone());
+            self.start_manager_loops(m);
         }
+        self.start_worker(&saved.cluster_id)
+            .map_err(anyhow::Error::msg)?;
         info!(cluster_id = %saved.cluster_id, role = saved.role.as_str(), "rejoined cluster");
         *self.membership.write().await = Some(Membership { saved, manager });
         Ok(())
     }
 
     async fn stop(&self) {
+        self.stop_worker(false).await;
         let taken = self.membership.write().await.take();
         if let Some(manager) = taken.and_then(|m| m.manager) {
             manager.shutdown().await;
@@ -658,6 +782,17 @@ impl Node {
             (&Method::GET, ["v1", "nodes"]) => Reply::json(&self.node_list().await?),
             (&Method::GET, ["v1", "nodes", reference]) => {
                 Reply::json(&self.node_inspect(reference).await?)
+            }
+            (_, ["v1", "services", ..]) | (&Method::GET, ["v1", "nodes", _, "tasks"]) => {
+                let manager = self.manager().await?;
+                match crate::service_api::route(self, &manager, &req).await {
+                    Some(r) => r,
+                    None => Err(ApiError::not_found(format!(
+                        "unknown API call {} /{}",
+                        req.method,
+                        req.segments.join("/")
+                    ))),
+                }
             }
             (_, ["v1", ..]) => Err(ApiError::not_found(format!(
                 "unknown API call {} /{}",
@@ -775,6 +910,7 @@ impl Node {
                 shoal_membership::NodeRole::Manager,
             ));
         }
+        self.start_manager_loops(&manager);
         self.watch_leader(manager);
         info!("this node is now a manager");
         Ok(())
@@ -953,7 +1089,7 @@ impl Node {
             }
         };
         match first.1 {
-            ForwardedReply::Full { status, body } if status == 200 => Ok(Reply::Json(body.into())),
+            ForwardedReply::Full { status: 200, body } => Ok(Reply::Json(body.into())),
             ForwardedReply::Full { status, body } => {
                 let message = serde_json::from_slice::<crate::api::ErrorBody>(&body)
                     .map(|b| b.message)
@@ -1043,14 +1179,14 @@ impl Node {
             platform: platform(),
             memory_bytes: memory_bytes(),
             cpus: cpus(),
-            drivers: Vec::new(),
+            drivers: self.drivers.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             created_at: now,
             updated_at: now,
         }
     }
 
-    async fn init(&self, req: InitRequest) -> Result<InitResponse, ApiError> {
+    async fn init(self: &Arc<Self>, req: InitRequest) -> Result<InitResponse, ApiError> {
         let _guard = self.lifecycle.lock().await;
         if req.force_new_cluster {
             return Err(ApiError::bad_request(
@@ -1130,6 +1266,8 @@ impl Node {
             .map_err(ApiError::internal)?;
         let manager = Arc::new(manager);
         self.watch_leader(manager.clone());
+        self.start_manager_loops(&manager);
+        self.start_worker(&cluster_id).map_err(ApiError::internal)?;
         info!(%cluster_id, "cluster initialized");
         *self.membership.write().await = Some(Membership {
             saved,
@@ -1160,6 +1298,7 @@ impl Node {
         }
         *membership = None;
         drop(membership);
+        self.stop_worker(true).await;
         self.stop_gossip(true).await;
         self.endpoint.clear_server_config();
         let mut saved = SavedConfig::load(&self.state_dir.node_config()).map_err(ApiError::from)?;
@@ -1262,7 +1401,7 @@ impl Node {
             platform: platform(),
             memory_bytes: memory_bytes(),
             cpus: cpus(),
-            drivers: Vec::new(),
+            drivers: self.drivers.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             availability,
         };
@@ -1295,6 +1434,8 @@ impl Node {
         self.serve_quic(&saved).map_err(ApiError::from)?;
         let seeds = saved.seeds.iter().filter_map(|a| a.parse().ok()).collect();
         self.start_gossip(saved.role, seeds)
+            .map_err(ApiError::internal)?;
+        self.start_worker(&saved.cluster_id)
             .map_err(ApiError::internal)?;
         info!(cluster_id = %saved.cluster_id, %via, "joined the cluster");
         let resp = JoinApiResponse {

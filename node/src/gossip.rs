@@ -247,10 +247,10 @@ impl Driver {
                     newcomer |= matches!(event, Event::MemberUp(_));
                     match &event {
                         Event::MemberUp(m) => {
-                            info!(member = %m.id.short(), addr = %m.addr, "member up")
+                            info!(member = %m.id.short(), addr = %m.addr, "member up");
                         }
                         Event::MemberDown(m) => {
-                            warn!(member = %m.id.short(), addr = %m.addr, "member down")
+                            warn!(member = %m.id.short(), addr = %m.addr, "member down");
                         }
                         Event::MemberLeft(m) => info!(member = %m.id.short(), "member left"),
                         Event::MemberRenamed { old, new } => {
@@ -302,10 +302,8 @@ impl Driver {
                 FactBody::LeaderHint {
                     term,
                     leader: Some(l),
-                } => {
-                    if view.leader_hint.is_none_or(|(t, _)| term > t) {
-                        view.leader_hint = Some((term, l.0));
-                    }
+                } if view.leader_hint.is_none_or(|(t, _)| term > t) => {
+                    view.leader_hint = Some((term, l.0));
                 }
                 FactBody::Role(r) => {
                     view.roles.insert(fact.origin.0, r);

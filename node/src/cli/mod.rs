@@ -2,6 +2,7 @@
 
 mod node;
 mod output;
+mod service;
 mod system;
 
 use std::net::SocketAddr;
@@ -104,6 +105,9 @@ pub enum Cmd {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(service::ServiceCmd),
 }
 
 /// `shoal daemon` flags.
@@ -165,6 +169,17 @@ pub enum NodeCmd {
         /// Remove even a node that is still ready.
         #[arg(short, long)]
         force: bool,
+    },
+    /// List the tasks on a node (default: this one).
+    Ps {
+        /// ID, unique ID prefix or hostname.
+        node: Option<String>,
+        /// Only IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
     /// Show one node.
     Inspect {
@@ -233,6 +248,7 @@ async fn dispatch(client: &Client, command: Cmd) -> Result<()> {
             ttl,
         } => system::join_token(client, &role, quiet, rotate, ttl).await,
         Cmd::Node(cmd) => node::run(client, cmd).await,
+        Cmd::Service(cmd) => service::run(client, cmd).await,
         Cmd::Daemon(_) | Cmd::Version => unreachable!("handled before connecting"),
     }
 }

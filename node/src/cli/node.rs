@@ -53,6 +53,20 @@ pub(super) async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
         NodeCmd::Demote { nodes } => {
             set_role(client, &nodes, "demote", "demoted in the cluster").await
         }
+        NodeCmd::Ps {
+            node,
+            quiet,
+            format,
+        } => {
+            let n = match node {
+                Some(n) => n,
+                None => client.get::<Info>("/v1/info").await?.node_id,
+            };
+            let rows: Vec<crate::manager::services::TaskRow> = client
+                .get(&format!("/v1/nodes/{}/tasks", encode(&n)))
+                .await?;
+            super::service::print_tasks(&rows, quiet, format)
+        }
         NodeCmd::Rm { nodes, force } => {
             let mut failed = Vec::new();
             for n in nodes {

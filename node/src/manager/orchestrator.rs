@@ -67,7 +67,10 @@ pub fn reconcile_config(state: &ClusterState) -> ReconcileConfig {
 /// The scheduler's input for `state`, or `None` before `init`.
 pub fn view(state: &ClusterState) -> Option<(ClusterView, ReconcileConfig)> {
     state.cluster.as_ref()?;
-    Some((to_view(&state.services, &state.nodes), reconcile_config(state)))
+    Some((
+        to_view(&state.services, &state.nodes),
+        reconcile_config(state),
+    ))
 }
 
 /// One reconcile pass over `state` at `now_ms`: the decisions to commit (possibly none) and
@@ -205,10 +208,8 @@ pub async fn run(
                             planned_at_applied = None;
                         }
                         Err(ManagerError::NotLeader { .. }) => {}
-                        Err(e) => {
-                            warn!("orchestrator: cannot commit decisions: {e}");
-                            planned_at_applied = None;
-                        }
+                        // Retried at the next tick, or sooner when the state changes.
+                        Err(e) => warn!("orchestrator: cannot commit decisions: {e}"),
                     }
                 }
                 wait_until = if !past_grace {
@@ -286,11 +287,14 @@ mod tests {
         s.apply(&Command::UpsertNode(node("bb")));
         let mut spec = ServiceSpec::new("web", "img");
         spec.mode = crate::manager::services::ServiceMode::Replicated { replicas: 4 };
-        let create = Command::Services(ServiceCommand::Create(ServiceRecord::new("s1", spec, 1)));
+        let create = Command::Services(ServiceCommand::create(ServiceRecord::new("s1", spec, 1)));
         assert_eq!(s.apply(&create), CommandResult::Done);
         let (decisions, _) = plan(&s, 10).unwrap();
         assert_eq!(decisions.len(), 4);
-        assert_eq!(s.apply(&decisions_command(decisions, 10)), CommandResult::Done);
+        assert_eq!(
+            s.apply(&decisions_command(decisions, 10)),
+            CommandResult::Done
+        );
         assert_eq!(s.services.tasks.len(), 4);
         // Both nodes got two tasks.
         for n in ["a", "bb"] {
@@ -329,6 +333,73 @@ mod tests {
         assert!(wakeup.is_none());
         // Refused service commands surface as Refused.
         assert!(matches!(s.apply(&create), CommandResult::Refused(_)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_loop_places_tasks_on_a_single_manager_and_stops_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let raft_id = 7;
+        let manager = Manager::open(&dir.path().join("raft.redb"), raft_id, "c", 1.0)
+            .await
+            .unwrap();
+        manager.initialize().await.unwrap();
+        manager
+            .wait_for_leader(Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut n = node("a");
+        n.raft_id = raft_id;
+        manager
+            .write(Command::InitCluster {
+                cluster: ClusterRecord {
+                    id: "c".into(),
+                    created_at: 1,
+                    ca_cert_der: vec![],
+                    ca_key_der: vec![],
+                    worker_token_generation: 0,
+                    manager_token_generation: 0,
+                    task_history_limit: 5,
+                },
+                node: n,
+            })
+            .await
+            .unwrap();
+        let mut spec = ServiceSpec::new("web", "img");
+        spec.mode = crate::manager::services::ServiceMode::Replicated { replicas: 3 };
+        manager
+            .write(Command::Services(ServiceCommand::create(
+                ServiceRecord::new("s1", spec, 1),
+            )))
+            .await
+            .unwrap();
+        let manager = Arc::new(manager);
+        let (tx, rx) = watch::channel(false);
+        let config = OrchestratorConfig {
+            grace: Duration::from_millis(100),
+            ..OrchestratorConfig::default()
+        };
+        let task = tokio::spawn(run(manager.clone(), config, rx));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while manager.read_local(|s| s.services.tasks.len()) < 3 {
+            assert!(Instant::now() < deadline, "tasks were not placed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Nothing more to decide: the loop stays quiet.
+        let applied = manager.raft().metrics().borrow().last_applied;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(manager.raft().metrics().borrow().last_applied, applied);
+        assert!(manager.read_local(|s| {
+            s.services
+                .tasks
+                .values()
+                .all(|t| t.node_id.as_ref().is_some_and(|n| n.as_str() == "a"))
+        }));
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the loop stops on shutdown")
+            .unwrap();
+        manager.shutdown().await;
     }
 
     #[test]

@@ -713,14 +713,14 @@ pub struct ServicesState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServiceCommand {
     /// `service create`: unique ID and name; the spec must validate.
-    Create(ServiceRecord),
+    Create(Box<ServiceRecord>),
     /// `service update`: a new spec (same name and mode kind); bumps the version and keeps
     /// the old spec for rollback.
     Update {
         /// Service ID.
         id: String,
         /// The whole new spec.
-        spec: ServiceSpec,
+        spec: Box<ServiceSpec>,
         /// When.
         at: Millis,
     },
@@ -824,6 +824,22 @@ pub enum ServiceOutcome {
     },
 }
 
+impl ServiceCommand {
+    /// [`ServiceCommand::Create`] for `record`.
+    pub fn create(record: ServiceRecord) -> Self {
+        ServiceCommand::Create(Box::new(record))
+    }
+
+    /// [`ServiceCommand::Update`] of service `id` to `spec`.
+    pub fn update(id: impl Into<String>, spec: ServiceSpec, at: Millis) -> Self {
+        ServiceCommand::Update {
+            id: id.into(),
+            spec: Box::new(spec),
+            at,
+        }
+    }
+}
+
 fn no_such_service(id: &str) -> String {
     format!("no such service: {id}")
 }
@@ -849,7 +865,10 @@ impl ServicesState {
                 self.update(id, &prev, *at)
             }
             ServiceCommand::Scale { id, replicas, at } => {
-                let rec = self.services.get_mut(id).ok_or_else(|| no_such_service(id))?;
+                let rec = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| no_such_service(id))?;
                 if rec.spec.mode == ServiceMode::Global {
                     return Err(format!(
                         "service `{}` is global: only replicated services can be scaled",
@@ -871,7 +890,10 @@ impl ServicesState {
                 })
             }
             ServiceCommand::Remove { id, at } => {
-                let mut rec = self.services.remove(id).ok_or_else(|| no_such_service(id))?;
+                let mut rec = self
+                    .services
+                    .remove(id)
+                    .ok_or_else(|| no_such_service(id))?;
                 rec.updated_at = *at;
                 let tasks_left = self
                     .tasks
@@ -887,7 +909,10 @@ impl ServicesState {
                 })
             }
             ServiceCommand::SetUpdateStatus { id, status, at } => {
-                let rec = self.services.get_mut(id).ok_or_else(|| no_such_service(id))?;
+                let rec = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| no_such_service(id))?;
                 rec.update_status.clone_from(status);
                 rec.updated_at = *at;
                 Ok(ServiceOutcome::StatusSet)
@@ -922,7 +947,12 @@ impl ServicesState {
         })
     }
 
-    fn update(&mut self, id: &str, spec: &ServiceSpec, at: Millis) -> Result<ServiceOutcome, String> {
+    fn update(
+        &mut self,
+        id: &str,
+        spec: &ServiceSpec,
+        at: Millis,
+    ) -> Result<ServiceOutcome, String> {
         spec.validate()?;
         let rec = self.services.get(id).ok_or_else(|| no_such_service(id))?;
         if spec.name != rec.spec.name {
@@ -940,7 +970,10 @@ impl ServicesState {
             ));
         }
         self.check_ports(spec, id)?;
-        let rec = self.services.get_mut(id).ok_or_else(|| no_such_service(id))?;
+        let rec = self
+            .services
+            .get_mut(id)
+            .ok_or_else(|| no_such_service(id))?;
         let old = std::mem::replace(&mut rec.spec, spec.clone());
         rec.previous_spec = Some(old);
         rec.version = rec.version.saturating_add(1);
@@ -954,9 +987,11 @@ impl ServicesState {
     /// Refuses a published port that another live service already publishes.
     fn check_ports(&self, spec: &ServiceSpec, own_id: &str) -> Result<(), String> {
         for p in &spec.ports {
-            if let Some(other) = self.services.values().find(|s| {
-                s.id != own_id && s.spec.ports.iter().any(|q| q.published == p.published)
-            }) {
+            if let Some(other) = self
+                .services
+                .values()
+                .find(|s| s.id != own_id && s.spec.ports.iter().any(|q| q.published == p.published))
+            {
                 return Err(format!(
                     "port {} is already published by service `{}`",
                     p.published, other.spec.name
@@ -1024,7 +1059,9 @@ impl ServicesState {
                         true
                     }
                     // Assigned since the plan was made: its worker must stop it.
-                    Some(t) if !t.state.is_terminal() && t.desired_state != DesiredState::Shutdown => {
+                    Some(t)
+                        if !t.state.is_terminal() && t.desired_state != DesiredState::Shutdown =>
+                    {
                         t.desired_state = DesiredState::Shutdown;
                         true
                     }
@@ -1067,7 +1104,12 @@ impl ServicesState {
         ServiceOutcome::Decisions { applied, skipped }
     }
 
-    fn apply_reports(&mut self, node_id: &str, reports: &[TaskReport], at: Timestamp) -> ServiceOutcome {
+    fn apply_reports(
+        &mut self,
+        node_id: &str,
+        reports: &[TaskReport],
+        at: Timestamp,
+    ) -> ServiceOutcome {
         let (mut accepted, mut ignored) = (0, 0);
         for r in reports {
             let Some(t) = self.tasks.get_mut(&r.task_id) else {
@@ -1105,9 +1147,8 @@ impl ServicesState {
                 t.updated_at = at;
             }
             if let Some(code) = r.exit_code {
-                t.exit_code = Some(
-                    i32::try_from(code).unwrap_or(if code < 0 { i32::MIN } else { i32::MAX }),
-                );
+                t.exit_code =
+                    Some(i32::try_from(code).unwrap_or(if code < 0 { i32::MIN } else { i32::MAX }));
             }
             if let Some(e) = r.error.as_deref().filter(|e| !e.is_empty()) {
                 t.error = Some(truncate(e, MAX_TASK_ERROR_LEN));
@@ -1167,7 +1208,10 @@ impl ServicesState {
         }
         let mut matches = self
             .tasks
-            .range::<str, _>((std::ops::Bound::Included(reference), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(reference),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(id, _)| id.starts_with(reference))
             .map(|(_, t)| t);
         match (matches.next(), matches.next()) {
@@ -1456,7 +1500,10 @@ pub fn task_rows(
             .then_with(|| b.created_at.cmp(&a.created_at))
             .then_with(|| a.id.cmp(&b.id))
     });
-    tasks.into_iter().map(|t| task_row(state, nodes, t)).collect()
+    tasks
+        .into_iter()
+        .map(|t| task_row(state, nodes, t))
+        .collect()
 }
 
 /// `update_status` as JSON shows it.
@@ -1543,7 +1590,6 @@ pub fn service_rows(state: &ServicesState) -> Vec<ServiceRow> {
     recs.into_iter().map(|r| service_row(state, r)).collect()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1607,7 +1653,7 @@ mod tests {
     }
 
     fn create(s: &mut ClusterState, id: &str, spec: ServiceSpec) -> CommandResult {
-        svc(s, ServiceCommand::Create(ServiceRecord::new(id, spec, 100)))
+        svc(s, ServiceCommand::create(ServiceRecord::new(id, spec, 100)))
     }
 
     fn report(task: &str, state: TaskState) -> TaskReport {
@@ -1696,7 +1742,10 @@ mod tests {
     fn spec_validation() {
         assert_eq!(replicated("web", 3).validate(), Ok(()));
         let mut ok = replicated("a.b_c-1", 0);
-        ok.constraints = vec!["node.role==manager".into(), "node.labels.zone != attic".into()];
+        ok.constraints = vec![
+            "node.role==manager".into(),
+            "node.labels.zone != attic".into(),
+        ];
         ok.ports = vec![PortSpec {
             published: 8080,
             target: 80,
@@ -1726,14 +1775,20 @@ mod tests {
             &|s| s.mode = ServiceMode::Replicated { replicas: u64::MAX },
             "invalid replicas",
         );
-        bad(&|s| s.constraints = vec!["node.role=manager".into()], "invalid constraint");
-        bad(&|s| s.constraints = vec!["node.color==red".into()], "unknown field");
+        bad(
+            &|s| s.constraints = vec!["node.role=manager".into()],
+            "invalid constraint",
+        );
+        bad(
+            &|s| s.constraints = vec!["node.color==red".into()],
+            "unknown field",
+        );
         bad(
             &|s| {
                 s.ports = vec![PortSpec {
                     published: 0,
                     target: 80,
-                }]
+                }];
             },
             "invalid port mapping",
         );
@@ -1748,12 +1803,18 @@ mod tests {
                         published: 80,
                         target: 81,
                     },
-                ]
+                ];
             },
             "published twice",
         );
-        bad(&|s| drop(s.env.insert("A=B".into(), "x".into())), "environment variable");
-        bad(&|s| drop(s.labels.insert("shoal.task".into(), "x".into())), "reserved prefix");
+        bad(
+            &|s| drop(s.env.insert("A=B".into(), "x".into())),
+            "environment variable",
+        );
+        bad(
+            &|s| drop(s.labels.insert("shoal.task".into(), "x".into())),
+            "reserved prefix",
+        );
         bad(
             &|s| {
                 s.reservations.memory_bytes = 2;
@@ -1778,7 +1839,10 @@ mod tests {
     #[test]
     fn create_scale_update_remove() {
         let mut s = cluster();
-        assert_eq!(create(&mut s, "s1", replicated("web", 2)), CommandResult::Done);
+        assert_eq!(
+            create(&mut s, "s1", replicated("web", 2)),
+            CommandResult::Done
+        );
         let before = s.clone();
         // Duplicate ID and name, bad spec, bad ID: refused, nothing changed.
         for (id, spec) in [
@@ -1787,7 +1851,10 @@ mod tests {
             ("s2", replicated("-bad", 1)),
             ("bad id", replicated("fine", 1)),
         ] {
-            assert!(matches!(create(&mut s, id, spec), CommandResult::Refused(_)));
+            assert!(matches!(
+                create(&mut s, id, spec),
+                CommandResult::Refused(_)
+            ));
         }
         assert_eq!(s, before);
 
@@ -1800,7 +1867,9 @@ mod tests {
         let rec = &s.services.services["s1"];
         assert_eq!(rec.spec.mode, ServiceMode::Replicated { replicas: 5 });
         assert_eq!((rec.version, rec.updated_at), (1, 200));
-        assert!(matches!(svc(&mut s, scale("nope", 1)), CommandResult::Refused(r) if r.contains("no such service")));
+        assert!(
+            matches!(svc(&mut s, scale("nope", 1)), CommandResult::Refused(r) if r.contains("no such service"))
+        );
         assert!(matches!(
             svc(&mut s, scale("s1", MAX_REPLICAS + 1)),
             CommandResult::Refused(_)
@@ -1808,16 +1877,14 @@ mod tests {
         let mut global = replicated("g", 1);
         global.mode = ServiceMode::Global;
         assert_eq!(create(&mut s, "g1", global), CommandResult::Done);
-        assert!(matches!(svc(&mut s, scale("g1", 3)), CommandResult::Refused(r) if r.contains("global")));
+        assert!(
+            matches!(svc(&mut s, scale("g1", 3)), CommandResult::Refused(r) if r.contains("global"))
+        );
 
         // Update bumps the version and keeps the old spec; rollback swaps back.
         let mut v2 = s.services.services["s1"].spec.clone();
         v2.image = "img:v2".into();
-        let update = ServiceCommand::Update {
-            id: "s1".into(),
-            spec: v2.clone(),
-            at: 300,
-        };
+        let update = ServiceCommand::update("s1", v2.clone(), 300);
         assert_eq!(svc(&mut s, update), CommandResult::Done);
         let rec = &s.services.services["s1"];
         assert_eq!(rec.version, 2);
@@ -1826,13 +1893,9 @@ mod tests {
             rec.previous_spec.as_ref().map(|p| p.image.as_str()),
             Some("shoal-test/busybox:latest")
         );
-        let mut renamed = v2.clone();
+        let mut renamed = v2;
         renamed.name = "web2".into();
-        let update = ServiceCommand::Update {
-            id: "s1".into(),
-            spec: renamed,
-            at: 301,
-        };
+        let update = ServiceCommand::update("s1", renamed, 301);
         assert!(matches!(svc(&mut s, update), CommandResult::Refused(r) if r.contains("renamed")));
         let rollback = ServiceCommand::Rollback {
             id: "s1".into(),
@@ -1840,7 +1903,10 @@ mod tests {
         };
         assert_eq!(svc(&mut s, rollback), CommandResult::Done);
         let rec = &s.services.services["s1"];
-        assert_eq!((rec.version, rec.spec.image.as_str()), (3, "shoal-test/busybox:latest"));
+        assert_eq!(
+            (rec.version, rec.spec.image.as_str()),
+            (3, "shoal-test/busybox:latest")
+        );
 
         // Ports: one publisher per port.
         let mut p1 = replicated("p1", 1);
@@ -1850,14 +1916,31 @@ mod tests {
         }];
         assert_eq!(create(&mut s, "p1", p1.clone()), CommandResult::Done);
         p1.name = "p2".into();
-        assert!(matches!(create(&mut s, "p2", p1), CommandResult::Refused(r) if r.contains("already published")));
+        assert!(
+            matches!(create(&mut s, "p2", p1), CommandResult::Refused(r) if r.contains("already published"))
+        );
 
         // Resolve by ID, name, prefix.
         assert_eq!(s.services.resolve_service("s1").unwrap().id, "s1");
         assert_eq!(s.services.resolve_service("web").unwrap().id, "s1");
         assert_eq!(s.services.resolve_service("g").unwrap().id, "g1");
-        assert!(s.services.resolve_service("p").unwrap_err().contains("ambiguous"));
-        assert!(s.services.resolve_service("zz").unwrap_err().contains("no such service"));
+        assert_eq!(s.services.resolve_service("p").unwrap().id, "p1");
+        assert_eq!(
+            create(&mut s, "p3", replicated("other", 1)),
+            CommandResult::Done
+        );
+        assert!(
+            s.services
+                .resolve_service("p")
+                .unwrap_err()
+                .contains("ambiguous")
+        );
+        assert!(
+            s.services
+                .resolve_service("zz")
+                .unwrap_err()
+                .contains("no such service")
+        );
         assert!(s.services.resolve_service("").is_err());
 
         // Remove without tasks: gone entirely; the name is free again.
@@ -1869,19 +1952,28 @@ mod tests {
         assert!(!s.services.services.contains_key("s1"));
         assert!(s.services.removed.is_empty());
         assert!(matches!(svc(&mut s, remove), CommandResult::Refused(_)));
-        assert_eq!(create(&mut s, "s9", replicated("web", 1)), CommandResult::Done);
+        assert_eq!(
+            create(&mut s, "s9", replicated("web", 1)),
+            CommandResult::Done
+        );
     }
 
     #[test]
     fn decisions_place_on_ready_nodes_and_converge() {
         let mut s = cluster();
-        assert_eq!(create(&mut s, "s1", replicated("web", 6)), CommandResult::Done);
+        assert_eq!(
+            create(&mut s, "s1", replicated("web", 6)),
+            CommandResult::Done
+        );
         let now = converge(&mut s, 1_000);
         let per_node = active_on(&s, "s1");
         assert_eq!(per_node.values().sum::<usize>(), 6);
         assert!(per_node.values().all(|&n| n == 2), "{per_node:?}");
         let row = service_row(&s.services, &s.services.services["s1"]);
-        assert_eq!((row.running, row.replicas, row.desired_tasks), (6, Some(6), 6));
+        assert_eq!(
+            (row.running, row.replicas, row.desired_tasks),
+            (6, Some(6), 6)
+        );
 
         // Scale down then up.
         let scale = ServiceCommand::Scale {
@@ -1951,7 +2043,11 @@ mod tests {
         orchestrate(&mut s, now + 3);
         let stopping_after = assignments_for(&s.services, "n1");
         assert_eq!(stopping.len(), stopping_after.len());
-        assert!(stopping_after.iter().all(|a| a.desired == DesiredState::Shutdown));
+        assert!(
+            stopping_after
+                .iter()
+                .all(|a| a.desired == DesiredState::Shutdown)
+        );
         converge(&mut s, now + 10);
         assert!(s.services.tasks.is_empty(), "{:?}", s.services.tasks);
         assert!(s.services.removed.is_empty());
@@ -1996,8 +2092,18 @@ mod tests {
         assert_eq!(rows[1].error.as_deref(), Some("killed"));
         assert_eq!(rows[1].service, "web");
         assert_eq!(rows[1].slot, Some(1));
-        assert!(rows[1].node.as_deref().is_some_and(|h| h.starts_with("host-")));
-        assert!(rows[1].ended_at.as_deref().is_some_and(|e| e.ends_with('Z')));
+        assert!(
+            rows[1]
+                .node
+                .as_deref()
+                .is_some_and(|h| h.starts_with("host-"))
+        );
+        assert!(
+            rows[1]
+                .ended_at
+                .as_deref()
+                .is_some_and(|e| e.ends_with('Z'))
+        );
     }
 
     #[test]
@@ -2030,7 +2136,10 @@ mod tests {
         orchestrate(&mut s, 1_000);
         let t = s.services.tasks.values().next().unwrap().clone();
         let owner = t.node_id.clone().unwrap().0;
-        let other = ["n1", "n2", "n3"].into_iter().find(|n| *n != owner).unwrap();
+        let other = ["n1", "n2", "n3"]
+            .into_iter()
+            .find(|n| *n != owner)
+            .unwrap();
         let before = s.clone();
         let mut ss = s.services.clone();
         let out = ss.apply(
@@ -2064,7 +2173,10 @@ mod tests {
             },
             &s.nodes,
         );
-        assert!(matches!(out, Ok(ServiceOutcome::Reports { accepted: 0, .. })));
+        assert!(matches!(
+            out,
+            Ok(ServiceOutcome::Reports { accepted: 0, .. })
+        ));
         assert_eq!(ss, before.services);
     }
 
@@ -2075,7 +2187,7 @@ mod tests {
         orchestrate(&mut s, 1_000);
         let t = s.services.tasks.values().next().unwrap().clone();
         let owner = t.node_id.clone().unwrap().0;
-        let id = t.id.0.clone();
+        let id = t.id.0;
         let send = |s: &mut ClusterState, states: &[TaskState], at: u64| {
             let reports = states.iter().map(|&st| report(&id, st)).collect();
             let cmd = ServiceCommand::TaskReports {
@@ -2106,7 +2218,7 @@ mod tests {
         let (decisions, _) = plan(&s, 1_000).unwrap();
         let mut ss = s.services.clone();
         let cmd = ServiceCommand::ApplyDecisions {
-            decisions: decisions.clone(),
+            decisions,
             now: 1_000,
         };
         assert_eq!(
@@ -2222,20 +2334,16 @@ mod tests {
         assert_eq!(g.len(), 3);
         assert!(g.iter().all(|a| a.slot == 0 && a.driver == "process"));
         let row = service_row(&s.services, &s.services.services["g1"]);
-        assert_eq!((row.mode.as_str(), row.replicas, row.running), ("global", None, 3));
+        assert_eq!(
+            (row.mode.as_str(), row.replicas, row.running),
+            ("global", None, 3)
+        );
         assert_eq!(row.desired_tasks, 3);
 
         // Tasks keep the spec they were created from until replaced.
         let mut v2 = s.services.services["s1"].spec.clone();
         v2.image = "img:v2".into();
-        svc(
-            &mut s,
-            ServiceCommand::Update {
-                id: "s1".into(),
-                spec: v2,
-                at: 2_000,
-            },
-        );
+        svc(&mut s, ServiceCommand::update("s1", v2, 2_000));
         let a = assignments_for(&s.services, "n1")
             .into_iter()
             .find(|a| a.service_id == "s1")
@@ -2275,12 +2383,12 @@ mod tests {
 
     fn script() -> Vec<Command> {
         let mut cmds = vec![
-            Command::Services(ServiceCommand::Create(ServiceRecord::new(
+            Command::Services(ServiceCommand::create(ServiceRecord::new(
                 "s1",
                 replicated("web", 4),
                 10,
             ))),
-            Command::Services(ServiceCommand::Create(ServiceRecord::new(
+            Command::Services(ServiceCommand::create(ServiceRecord::new(
                 "s2",
                 replicated("web", 1),
                 11,
@@ -2328,13 +2436,36 @@ mod tests {
         let bytes = postcard::to_stdvec(&cmd).unwrap();
         assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), cmd);
         // And rows serialize to JSON with the documented field names.
-        let row = serde_json::to_value(service_row(&a.services, &a.services.services["s1"])).unwrap();
-        for key in ["id", "name", "mode", "replicas", "running", "image", "driver", "ports", "update_status"] {
+        let row =
+            serde_json::to_value(service_row(&a.services, &a.services.services["s1"])).unwrap();
+        for key in [
+            "id",
+            "name",
+            "mode",
+            "replicas",
+            "running",
+            "image",
+            "driver",
+            "ports",
+            "update_status",
+        ] {
             assert!(row.get(key).is_some(), "{key}");
         }
         assert_eq!(row["update_status"]["state"], "completed");
-        let task = serde_json::to_value(&task_rows(&a.services, &a.nodes, TaskFilter::All)[0]).unwrap();
-        for key in ["id", "service", "slot", "node_id", "node", "image", "desired_state", "state", "error", "exit_code"] {
+        let task =
+            serde_json::to_value(&task_rows(&a.services, &a.nodes, TaskFilter::All)[0]).unwrap();
+        for key in [
+            "id",
+            "service",
+            "slot",
+            "node_id",
+            "node",
+            "image",
+            "desired_state",
+            "state",
+            "error",
+            "exit_code",
+        ] {
             assert!(task.get(key).is_some(), "{key}");
         }
     }
@@ -2371,7 +2502,12 @@ mod tests {
         assert_eq!(sv.spec_version, 1);
         // No node has the label: pending with the reason, then placed when one gets it.
         orchestrate(&mut s, 1_000);
-        assert!(s.services.tasks.values().all(|t| t.state == TaskState::Pending));
+        assert!(
+            s.services
+                .tasks
+                .values()
+                .all(|t| t.state == TaskState::Pending)
+        );
         let mut add = BTreeMap::new();
         add.insert("zone".to_string(), "attic".to_string());
         s.apply(&Command::UpdateNode {

@@ -320,7 +320,12 @@ impl ClusterState {
             Command::SetRole { id, role, at } => {
                 if *role == Role::Worker
                     && self.nodes.get(id).is_some_and(|n| n.role == Role::Manager)
-                    && self.nodes.values().filter(|n| n.role == Role::Manager).count() <= 1
+                    && self
+                        .nodes
+                        .values()
+                        .filter(|n| n.role == Role::Manager)
+                        .count()
+                        <= 1
                 {
                     return CommandResult::Refused(
                         "cannot demote the last manager of the cluster: promote another node first"

@@ -16,7 +16,8 @@ pub use endpoint::{
     peer_node_id, peer_public_key, transport_config,
 };
 pub use frame::{
-    FRAME_VERSION, MAX_DATAGRAM, decode_body, read_frame, read_frame_raw, request, respond, send_datagram, write_frame,
+    FRAME_VERSION, MAX_DATAGRAM, decode_body, read_frame, read_frame_raw, request, respond,
+    send_datagram, write_frame,
 };
 pub use pool::Pool;
 

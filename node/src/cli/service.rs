@@ -1,0 +1,438 @@
+//! `service create | ls | ps | inspect | scale | rm`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use super::node::encode;
+use super::{Format, output};
+use crate::api::client::Client;
+use crate::manager::services::{
+    HealthCheckSpec, PortSpec, RestartCondition, ServiceMode, ServiceRow, ServiceSpec, TaskRow,
+};
+use crate::service_api::{ScaleRequest, ServiceRef};
+
+/// `shoal service ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ServiceCmd {
+    /// Create a service.
+    Create(Box<CreateArgs>),
+    /// List services.
+    Ls {
+        /// Only IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// List the tasks of a service.
+    Ps {
+        /// ID, unique ID prefix or name.
+        service: String,
+        /// Only IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show a service.
+    Inspect {
+        /// ID, unique ID prefix or name.
+        service: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Set the replica count of services: SERVICE=N...
+    Scale {
+        /// SERVICE=REPLICAS pairs.
+        #[arg(required = true)]
+        pairs: Vec<String>,
+        /// Return at once instead of waiting for the tasks.
+        #[arg(short, long)]
+        detach: bool,
+    },
+    /// Remove services.
+    #[command(alias = "remove")]
+    Rm {
+        /// IDs, unique ID prefixes or names.
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+}
+
+/// `service create` flags.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Service name.
+    #[arg(long)]
+    pub name: String,
+    /// Number of tasks (replicated mode).
+    #[arg(long)]
+    pub replicas: Option<u64>,
+    /// replicated or global.
+    #[arg(long, value_parser = ["replicated", "global"], default_value = "replicated")]
+    pub mode: String,
+    /// docker or process.
+    #[arg(long, value_parser = ["docker", "process"], default_value = "docker")]
+    pub driver: String,
+    /// Environment variables (K=V).
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Publish a port: PUBLISHED:TARGET.
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Placement constraint, e.g. node.labels.zone==attic (repeatable).
+    #[arg(long)]
+    pub constraint: Vec<String>,
+    /// At most this many tasks on one node.
+    #[arg(long)]
+    pub replicas_max_per_node: Option<u64>,
+    /// Memory reserved per task (e.g. 64m).
+    #[arg(long)]
+    pub reserve_memory: Option<String>,
+    /// CPUs reserved per task (e.g. 0.5).
+    #[arg(long)]
+    pub reserve_cpu: Option<String>,
+    /// Memory limit per task.
+    #[arg(long)]
+    pub limit_memory: Option<String>,
+    /// CPU limit per task.
+    #[arg(long)]
+    pub limit_cpu: Option<String>,
+    /// Restart condition.
+    #[arg(long, value_parser = ["any", "on-failure", "none"])]
+    pub restart_condition: Option<String>,
+    /// Delay before a restart (e.g. 5s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub restart_delay: Option<Duration>,
+    /// Restarts allowed within the window (0 = unlimited).
+    #[arg(long)]
+    pub restart_max_attempts: Option<u64>,
+    /// Window over which restarts are counted.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub restart_window: Option<Duration>,
+    /// Health check command (run with sh -c).
+    #[arg(long)]
+    pub health_cmd: Option<String>,
+    /// Time between the stop signal and SIGKILL.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub stop_grace_period: Option<Duration>,
+    /// Task labels (K=V).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Return at once instead of waiting for the tasks.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Image (docker) or program path (process).
+    pub image: String,
+    /// Arguments, taken verbatim.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+fn pairs(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let Some((k, v)) = item.split_once('=') else {
+            bail!("invalid {what} `{item}`: expected KEY=VALUE");
+        };
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn spec_of(a: &CreateArgs) -> Result<ServiceSpec> {
+    let mut spec = ServiceSpec::new(a.name.clone(), a.image.clone());
+    spec.args.clone_from(&a.args);
+    spec.driver.clone_from(&a.driver);
+    spec.env = pairs(&a.env, "environment variable")?;
+    spec.labels = pairs(&a.labels, "label")?;
+    spec.mode = match (a.mode.as_str(), a.replicas) {
+        ("global", Some(_)) => bail!("--replicas cannot be used with --mode global"),
+        ("global", None) => ServiceMode::Global,
+        (_, r) => ServiceMode::Replicated {
+            replicas: r.unwrap_or(1),
+        },
+    };
+    for p in &a.publish {
+        let (published, target) = p
+            .split_once(':')
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .ok_or_else(|| anyhow::anyhow!("invalid port `{p}`: expected PUBLISHED:TARGET"))?;
+        spec.ports.push(PortSpec { published, target });
+    }
+    spec.constraints.clone_from(&a.constraint);
+    spec.max_replicas_per_node = a.replicas_max_per_node.unwrap_or(0);
+    let mem = |s: &Option<String>| -> Result<u64> {
+        s.as_deref().map_or(Ok(0), |v| {
+            shoal_scheduler::parse_memory(v).map_err(|e| anyhow::anyhow!("{e}"))
+        })
+    };
+    let cpu = |s: &Option<String>| -> Result<u64> {
+        s.as_deref().map_or(Ok(0), |v| {
+            shoal_scheduler::parse_cpus(v).map_err(|e| anyhow::anyhow!("{e}"))
+        })
+    };
+    spec.reservations.memory_bytes = mem(&a.reserve_memory)?;
+    spec.reservations.nano_cpus = cpu(&a.reserve_cpu)?;
+    spec.limits.memory_bytes = mem(&a.limit_memory)?;
+    spec.limits.nano_cpus = cpu(&a.limit_cpu)?;
+    if let Some(c) = &a.restart_condition {
+        spec.restart_policy.condition = match c.as_str() {
+            "none" => RestartCondition::None,
+            "on-failure" => RestartCondition::OnFailure,
+            _ => RestartCondition::Any,
+        };
+    }
+    if let Some(d) = a.restart_delay {
+        spec.restart_policy.delay_ms = d.as_millis() as u64;
+    }
+    if let Some(n) = a.restart_max_attempts {
+        spec.restart_policy.max_attempts = n;
+    }
+    if let Some(w) = a.restart_window {
+        spec.restart_policy.window_ms = w.as_millis() as u64;
+    }
+    if let Some(cmd) = &a.health_cmd {
+        spec.health_check = Some(HealthCheckSpec::shell(cmd.clone()));
+    }
+    if let Some(g) = a.stop_grace_period {
+        spec.stop_grace_ms = g.as_millis() as u64;
+    }
+    Ok(spec)
+}
+
+pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
+    match cmd {
+        ServiceCmd::Create(args) => {
+            let spec = spec_of(&args)?;
+            let created: ServiceRef = client.post("/v1/services", &spec).await?;
+            println!("{}", created.id);
+            if !args.detach {
+                wait_converged(client, &created.id).await?;
+            }
+            Ok(())
+        }
+        ServiceCmd::Ls { quiet, format } => {
+            let rows: Vec<ServiceRow> = client.get("/v1/services").await?;
+            if quiet {
+                rows.iter().for_each(|r| println!("{}", r.id));
+                return Ok(());
+            }
+            if format == Format::Json {
+                return output::print_json(&rows);
+            }
+            let table: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.id.chars().take(12).collect(),
+                        r.name.clone(),
+                        r.mode.clone(),
+                        format!("{}/{}", r.running, r.desired_tasks),
+                        r.image.clone(),
+                        ports(&r.ports),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(
+                    &["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"],
+                    &table
+                )
+            );
+            Ok(())
+        }
+        ServiceCmd::Ps {
+            service,
+            quiet,
+            format,
+        } => {
+            let rows: Vec<TaskRow> = client
+                .get(&format!("/v1/services/{}/tasks", encode(&service)))
+                .await?;
+            print_tasks(&rows, quiet, format)
+        }
+        ServiceCmd::Inspect { service, format } => {
+            let v: serde_json::Value = client
+                .get(&format!("/v1/services/{}", encode(&service)))
+                .await?;
+            if format == Format::Json {
+                return output::print_json(&v);
+            }
+            println!("ID:        {}", v["id"].as_str().unwrap_or_default());
+            println!("Name:      {}", v["name"].as_str().unwrap_or_default());
+            println!("Mode:      {}", v["mode"].as_str().unwrap_or_default());
+            if let Some(r) = v["replicas"].as_u64() {
+                println!(" Replicas: {r}");
+            }
+            println!("Running:   {}", v["running"]);
+            println!("Image:     {}", v["image"].as_str().unwrap_or_default());
+            println!("Driver:    {}", v["driver"].as_str().unwrap_or_default());
+            println!("Version:   {}", v["version"]);
+            println!("Spec:\n{}", serde_json::to_string_pretty(&v["spec"])?);
+            Ok(())
+        }
+        ServiceCmd::Scale { pairs, detach } => {
+            let mut ids = Vec::new();
+            for p in &pairs {
+                let Some((name, n)) = p.split_once('=') else {
+                    bail!("invalid scale `{p}`: expected SERVICE=REPLICAS");
+                };
+                let replicas: u64 = n
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("invalid replica count in `{p}`"))?;
+                let r: ServiceRef = client
+                    .post(
+                        &format!("/v1/services/{}/scale", encode(name)),
+                        &ScaleRequest { replicas },
+                    )
+                    .await?;
+                println!("{} scaled to {replicas}", r.name);
+                ids.push(r.id);
+            }
+            if !detach {
+                for id in ids {
+                    wait_converged(client, &id).await?;
+                }
+            }
+            Ok(())
+        }
+        ServiceCmd::Rm { services } => {
+            let mut failed = Vec::new();
+            for s in services {
+                match client
+                    .delete::<ServiceRef>(&format!("/v1/services/{}", encode(&s)))
+                    .await
+                {
+                    Ok(_) => println!("{s}"),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                bail!("{}", failed.join("; "))
+            }
+        }
+    }
+}
+
+fn ports(p: &[PortSpec]) -> String {
+    p.iter()
+        .map(|p| format!("*:{}->{}/tcp", p.published, p.target))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Prints tasks as `service ps` / `node ps` do.
+pub(super) fn print_tasks(rows: &[TaskRow], quiet: bool, format: Format) -> Result<()> {
+    if quiet {
+        rows.iter().for_each(|r| println!("{}", r.id));
+        return Ok(());
+    }
+    if format == Format::Json {
+        return output::print_json(&rows);
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let name = match r.slot {
+                Some(s) => format!("{}.{s}", r.service),
+                None => format!("{}.{}", r.service, r.node_id.as_deref().unwrap_or("")),
+            };
+            let mut error = r.error.clone().unwrap_or_default();
+            if let Some(code) = r.exit_code.filter(|c| *c != 0 && !error.contains("code")) {
+                error = if error.is_empty() {
+                    format!("exit code {code}")
+                } else {
+                    format!("{error} (exit code {code})")
+                };
+            }
+            vec![
+                r.id.chars().take(12).collect(),
+                name,
+                r.image.clone(),
+                r.node.clone().unwrap_or_default(),
+                title(&r.desired_state),
+                title(&r.state),
+                error,
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(
+            &[
+                "ID",
+                "NAME",
+                "IMAGE",
+                "NODE",
+                "DESIRED STATE",
+                "CURRENT STATE",
+                "ERROR"
+            ],
+            &table
+        )
+    );
+    Ok(())
+}
+
+fn title(word: &str) -> String {
+    let mut c = word.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+/// Waits until every wanted task of the service runs, printing progress as Docker
+/// does: one line per slot and the overall count, then "verify: Service converged".
+async fn wait_converged(client: &Client, id: &str) -> Result<()> {
+    let mut last = String::new();
+    let mut converged_since: Option<Instant> = None;
+    loop {
+        let service: ServiceRow = client.get(&format!("/v1/services/{id}")).await?;
+        let tasks: Vec<TaskRow> = client.get(&format!("/v1/services/{id}/tasks")).await?;
+        let wanted: Vec<&TaskRow> = tasks
+            .iter()
+            .filter(|t| t.desired_state == "running")
+            .collect();
+        let mut lines = Vec::new();
+        let total = service.desired_tasks;
+        let running = wanted.iter().filter(|t| t.state == "running").count() as u64;
+        lines.push(format!("overall progress: {running} out of {total} tasks"));
+        for (i, t) in wanted.iter().enumerate() {
+            let label = match t.slot {
+                Some(s) => format!("{s}/{total}"),
+                None => format!("{}/{total}", i + 1),
+            };
+            let detail = match (&t.state[..], &t.error) {
+                ("pending", Some(e)) => format!("pending: {e}"),
+                (s, _) => s.to_string(),
+            };
+            lines.push(format!("{label}: {detail}"));
+        }
+        let block = lines.join("\n");
+        if block != last {
+            println!("{block}");
+            let _ = std::io::stdout().flush();
+            last = block;
+        }
+        if running == total && wanted.len() as u64 == total {
+            let since = *converged_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(2) {
+                println!("verify: Service converged");
+                return Ok(());
+            }
+        } else {
+            converged_since = None;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

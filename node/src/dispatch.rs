@@ -1,0 +1,287 @@
+//! The dispatcher (leader side) and the worker's session to it (DESIGN §5).
+//!
+//! Each node's worker keeps one long-lived bi-stream to the leader, found through any
+//! manager (its own Raft when it is a manager, the gossip leader hint otherwise). The
+//! leader sends the node's full assignment set, then changes as the state machine
+//! moves; the worker sends batched task reports, which the leader commits through
+//! Raft. When the leader changes or the connection breaks, the worker reconnects and
+//! the new leader starts again with a full set. With no leader reachable the worker
+//! simply keeps running what it has.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use crate::daemon::{Node, now_ms};
+use crate::manager::network::resolve_in;
+use crate::manager::services::{self, ServiceCommand};
+use crate::manager::state::Command;
+use crate::net::{self, NetError};
+use crate::pki::NodeId;
+use crate::worker::{self, AssignmentSet, DesiredState, TaskReport, WorkerHandle};
+
+/// Stream tag of a worker session.
+pub const TAG_DISPATCH: u8 = 8;
+/// Largest frame of a session (a full assignment set of a busy node).
+pub const MAX_SESSION_FRAME: usize = 16 << 20;
+
+/// The worker's first frame.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionHello {
+    /// The worker's node ID (also proven by its certificate).
+    pub node_id: String,
+}
+
+/// Leader to worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Assignments: the full set first, then changes.
+    Assignments(AssignmentSet),
+}
+
+/// Worker to leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToLeader {
+    /// Task state changes.
+    Reports(Vec<TaskReport>),
+}
+
+fn to_worker_assignment(a: services::Assignment) -> worker::Assignment {
+    worker::Assignment {
+        task_id: a.task_id,
+        service_id: a.service_id,
+        service_name: a.service_name,
+        slot: a.slot,
+        driver: a.driver,
+        spec: a.spec,
+        desired: match a.desired {
+            shoal_scheduler::DesiredState::Running => DesiredState::Running,
+            shoal_scheduler::DesiredState::Shutdown => DesiredState::Shutdown,
+        },
+    }
+}
+
+fn to_service_report(r: TaskReport) -> Option<services::TaskReport> {
+    let state: shoal_scheduler::TaskState = r.state.as_str().parse().ok()?;
+    let health = match r.health.as_deref() {
+        Some("starting") => services::TaskHealth::Starting,
+        Some("healthy") => services::TaskHealth::Healthy,
+        Some("unhealthy") => services::TaskHealth::Unhealthy,
+        _ => services::TaskHealth::None,
+    };
+    Some(services::TaskReport {
+        task_id: r.task_id,
+        state,
+        exit_code: r.exit_code,
+        error: r.error,
+        health,
+        at_ms: r.at_ms,
+    })
+}
+
+/// The leader's side of one worker session, until the worker goes or this node stops
+/// leading.
+pub async fn serve_session(
+    node: Arc<Node>,
+    peer: NodeId,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<(), NetError> {
+    let Some(manager) = node.manager_opt().await else {
+        let _ = send.reset(1u32.into());
+        return Ok(());
+    };
+    if !manager.is_leader() {
+        let _ = send.reset(1u32.into());
+        return Ok(());
+    }
+    let node_id = peer.to_string();
+    debug!(node = %node_id, "worker session opened");
+    // Reports arrive on their own task: a frame read must not be cut by the select.
+    let (reports_tx, mut reports_rx) = mpsc::channel::<Vec<TaskReport>>(64);
+    tokio::spawn(async move {
+        while let Ok((_, ToLeader::Reports(r))) =
+            net::read_frame::<ToLeader>(&mut recv, MAX_SESSION_FRAME).await
+        {
+            if reports_tx.send(r).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut metrics = manager.metrics();
+    let mut sent: Option<BTreeMap<String, worker::Assignment>> = None;
+    loop {
+        if !manager.is_leader() {
+            let _ = send.finish();
+            return Ok(());
+        }
+        let current: BTreeMap<String, worker::Assignment> = manager
+            .read_local(|s| services::assignments_for(&s.services, &node_id))
+            .into_iter()
+            .map(|a| (a.task_id.clone(), to_worker_assignment(a)))
+            .collect();
+        let set = match &sent {
+            None => Some(AssignmentSet {
+                full: true,
+                tasks: current.values().cloned().collect(),
+                removed: vec![],
+            }),
+            Some(prev) => {
+                let tasks: Vec<_> = current
+                    .iter()
+                    .filter(|(id, a)| prev.get(*id) != Some(*a))
+                    .map(|(_, a)| a.clone())
+                    .collect();
+                let removed: Vec<_> = prev
+                    .keys()
+                    .filter(|id| !current.contains_key(*id))
+                    .cloned()
+                    .collect();
+                (!tasks.is_empty() || !removed.is_empty()).then_some(AssignmentSet {
+                    full: false,
+                    tasks,
+                    removed,
+                })
+            }
+        };
+        if let Some(set) = set {
+            net::write_frame(&mut send, TAG_DISPATCH, &ToWorker::Assignments(set)).await?;
+            sent = Some(current);
+        }
+        tokio::select! {
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            batch = reports_rx.recv() => {
+                let Some(batch) = batch else {
+                    debug!(node = %node_id, "worker session closed");
+                    return Ok(());
+                };
+                let reports: Vec<_> = batch.into_iter().filter_map(to_service_report).collect();
+                if !reports.is_empty() {
+                    let cmd = Command::Services(ServiceCommand::TaskReports {
+                        node_id: node_id.clone(),
+                        reports,
+                        at: now_ms(),
+                    });
+                    if let Err(e) = node.propose(cmd).await {
+                        debug!(node = %node_id, "cannot record task reports: {e}");
+                    }
+                }
+            }
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Where the leader is, as this node knows it.
+async fn find_leader(node: &Node) -> Option<(NodeId, SocketAddr)> {
+    if let Some(manager) = node.manager_opt().await {
+        let leader = manager.leader()?;
+        return manager.read_local(|s| resolve_in(s, leader));
+    }
+    let view = node.gossip()?.view();
+    let (_, key) = view.leader_hint?;
+    if key == node.public_key() {
+        return None;
+    }
+    let (ident, _) = view.members.get(&key)?;
+    Some((NodeId::from_public_key(&key), ident.addr))
+}
+
+/// The worker's side: keeps a session to the leader for as long as `worker` runs.
+pub async fn run_worker_session(
+    node: Arc<Node>,
+    worker: WorkerHandle,
+    mut reports: mpsc::Receiver<Vec<TaskReport>>,
+) {
+    let mut announced = None;
+    loop {
+        let Some((leader, addr)) = find_leader(&node).await else {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        };
+        match session(&node, &worker, &mut reports, leader, addr).await {
+            Ok(()) => debug!(%leader, "session ended"),
+            Err(e) => debug!(%leader, "session failed: {e}"),
+        }
+        if worker.snapshot().await.is_err() {
+            return; // the worker stopped
+        }
+        if announced != Some(leader) {
+            announced = Some(leader);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn session(
+    node: &Node,
+    worker: &WorkerHandle,
+    reports: &mut mpsc::Receiver<Vec<TaskReport>>,
+    leader: NodeId,
+    addr: SocketAddr,
+) -> Result<(), String> {
+    let conn = node
+        .pool()
+        .get_or_dial(&leader, addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    net::write_frame(
+        &mut send,
+        TAG_DISPATCH,
+        &SessionHello {
+            node_id: node.node_id().to_string(),
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    // The new leader learns everything this worker knows.
+    let current = worker.current_reports().await.map_err(|e| e.to_string())?;
+    if !current.is_empty() {
+        net::write_frame(&mut send, TAG_DISPATCH, &ToLeader::Reports(current))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let (sets_tx, mut sets_rx) = mpsc::channel::<AssignmentSet>(16);
+    let reader = tokio::spawn(async move {
+        while let Ok((_, ToWorker::Assignments(set))) =
+            net::read_frame::<ToWorker>(&mut recv, MAX_SESSION_FRAME).await
+        {
+            if sets_tx.send(set).await.is_err() {
+                return;
+            }
+        }
+    });
+    info!(%leader, "worker session to the leader established");
+    let result = loop {
+        tokio::select! {
+            set = sets_rx.recv() => match set {
+                Some(set) => {
+                    if let Err(e) = worker.apply(set).await {
+                        break Err(e.to_string());
+                    }
+                }
+                None => break Ok(()),
+            },
+            batch = reports.recv() => match batch {
+                Some(batch) => {
+                    if let Err(e) = net::write_frame(&mut send, TAG_DISPATCH, &ToLeader::Reports(batch)).await {
+                        break Err(e.to_string());
+                    }
+                }
+                None => break Ok(()),
+            },
+        }
+    };
+    reader.abort();
+    result
+}
