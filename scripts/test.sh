@@ -44,8 +44,10 @@ else
     log "Docker is not reachable: tests that need it will skip (set SHOAL_REQUIRE_DOCKER=1 to fail instead)"
 fi
 
-log "building shoal"
-cargo build --bin shoal
+log "building shoal and the tests"
+# One build of every target, so the binary under test and the test binaries share
+# one feature resolution (and nextest below rebuilds nothing).
+cargo build --workspace --all-targets
 export SHOAL_BIN="$PWD/target/debug/shoal"
 
 log "running the test suite"

@@ -773,6 +773,10 @@ impl Node {
                 self.node_rm(reference, req.flag("force")).await?;
                 Reply::json(&serde_json::json!({}))
             }
+            (&Method::POST, ["v1", "nodes", reference, "update"]) => {
+                let body: crate::api::NodeUpdateRequest = req.json()?;
+                Reply::json(&self.node_update(reference, body).await?)
+            }
             (&Method::POST, ["v1", "nodes", reference, "promote"]) => {
                 Reply::json(&self.set_role(reference, Role::Manager).await?)
             }
@@ -1476,6 +1480,37 @@ impl Node {
             }
         }
         Ok(resp)
+    }
+
+    async fn node_update(
+        &self,
+        reference: &str,
+        req: crate::api::NodeUpdateRequest,
+    ) -> Result<serde_json::Value, ApiError> {
+        let manager = self.manager().await?;
+        let node = manager
+            .read_linearizable(|s| s.resolve_node(reference).cloned())
+            .await
+            .map_err(manager_err)?
+            .map_err(ApiError::not_found)?;
+        let availability = match req.availability.as_deref() {
+            Some(a) => Some(a.parse::<Availability>().map_err(ApiError::bad_request)?),
+            None => None,
+        };
+        for k in req.label_add.keys().chain(req.label_rm.iter()) {
+            if k.is_empty() || k.len() > 128 || k.chars().any(|c| c.is_whitespace() || c == '=') {
+                return Err(ApiError::bad_request(format!("invalid label key `{k}`")));
+            }
+        }
+        let cmd = Command::UpdateNode {
+            id: node.id.clone(),
+            availability,
+            label_add: req.label_add,
+            label_rm: req.label_rm,
+            at: now_ms(),
+        };
+        manager.write(cmd).await.map_err(manager_err)?;
+        Ok(serde_json::json!({ "id": node.id, "hostname": node.hostname }))
     }
 
     async fn set_role(&self, reference: &str, role: Role) -> Result<serde_json::Value, ApiError> {

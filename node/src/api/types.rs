@@ -152,3 +152,16 @@ pub struct JoinTokenResponse {
     /// This manager's advertise address, for the printed command.
     pub manager_addr: String,
 }
+
+/// `POST /v1/nodes/{ref}/update`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeUpdateRequest {
+    /// New availability.
+    pub availability: Option<String>,
+    /// Labels to add or replace.
+    #[serde(default)]
+    pub label_add: BTreeMap<String, String>,
+    /// Labels to remove.
+    #[serde(default)]
+    pub label_rm: Vec<String>,
+}

@@ -148,6 +148,20 @@ pub enum NodeCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Change a node's availability or labels.
+    Update {
+        /// active, pause or drain.
+        #[arg(long, value_parser = ["active", "pause", "drain"])]
+        availability: Option<String>,
+        /// Add or replace a label (KEY=VALUE), repeatable.
+        #[arg(long = "label-add")]
+        label_add: Vec<String>,
+        /// Remove a label (KEY), repeatable.
+        #[arg(long = "label-rm")]
+        label_rm: Vec<String>,
+        /// ID, unique ID prefix or hostname.
+        node: String,
+    },
     /// Make nodes managers (Raft voters).
     Promote {
         /// IDs, unique ID prefixes or hostnames.

@@ -47,6 +47,28 @@ pub(super) async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
             );
             Ok(())
         }
+        NodeCmd::Update {
+            availability,
+            label_add,
+            label_rm,
+            node,
+        } => {
+            let mut add = std::collections::BTreeMap::new();
+            for l in &label_add {
+                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                add.insert(k.to_string(), v.to_string());
+            }
+            let body = crate::api::NodeUpdateRequest {
+                availability,
+                label_add: add,
+                label_rm,
+            };
+            let v: serde_json::Value = client
+                .post(&format!("/v1/nodes/{}/update", encode(&node)), &body)
+                .await?;
+            println!("{}", v["id"].as_str().unwrap_or(&node));
+            Ok(())
+        }
         NodeCmd::Promote { nodes } => {
             set_role(client, &nodes, "promote", "promoted to a manager").await
         }

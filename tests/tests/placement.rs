@@ -1,0 +1,208 @@
+//! Issue 11: placement in the running cluster — labels and constraints, drain, global.
+//!
+//! Address block: 127.0.11.x.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use serde_json::Value;
+use shoal_tests::{Daemon, docker_required, wait_for};
+
+const IMAGE: &str = "shoal-test/busybox:latest";
+
+fn docker_ready() -> Result<bool> {
+    let ok = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok && docker_required() {
+        bail!(
+            "Docker or the image {IMAGE} is missing and SHOAL_REQUIRE_DOCKER=1: run scripts/test-image.sh"
+        );
+    }
+    if !ok {
+        eprintln!("skipping: Docker or {IMAGE} is not available");
+    }
+    Ok(ok)
+}
+
+struct Containers(String);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=shoal.cluster={}", self.0),
+            ])
+            .output();
+        if let Ok(out) = out {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+/// Running tasks per node hostname, and the pending reasons.
+fn placement(m: &Daemon, service: &str) -> Result<(BTreeMap<String, usize>, Vec<String>)> {
+    let tasks = m.json(&["service", "ps", service])?;
+    let mut on = BTreeMap::new();
+    let mut pending = Vec::new();
+    for t in tasks.as_array().into_iter().flatten() {
+        if t["desired_state"] != "running" {
+            continue;
+        }
+        if t["state"] == "running" {
+            *on.entry(t["node"].as_str().unwrap_or_default().to_string())
+                .or_insert(0) += 1;
+        } else if t["state"] == "pending" {
+            pending.push(t["error"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    Ok((on, pending))
+}
+
+fn node_field(m: &Daemon, host: &str, field: &str) -> Result<Value> {
+    let nodes = m.json(&["node", "ls"])?;
+    Ok(nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["hostname"] == host)
+        .map(|n| n[field].clone())
+        .unwrap_or(Value::Null))
+}
+
+#[test]
+fn issue_11_labels_constraints_drain_and_global() -> Result<()> {
+    if !docker_ready()? {
+        return Ok(());
+    }
+    let mut m = Daemon::new("pl-m", "127.0.11.1:4747")?;
+    let mut a = Daemon::new("pl-a", "127.0.11.2:4747")?;
+    let mut b = Daemon::new("pl-b", "127.0.11.3:4747")?;
+    m.start()?;
+    a.start()?;
+    b.start()?;
+    m.ok(&["init"])?;
+    let cluster = m.json(&["info"])?["cluster_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let _cleanup = Containers(cluster);
+    let t = m.ok(&["join-token", "-q", "worker"])?.trim().to_string();
+    a.ok(&["join", "--token", &t])?;
+    b.ok(&["join", "--token", &t])?;
+
+    // Labels: add, shown in node ls JSON.
+    m.ok(&["node", "update", "--label-add", "zone=attic", "pl-a"])?;
+    assert_eq!(node_field(&m, "pl-a", "labels")?["zone"], "attic");
+
+    // A label constraint is honoured.
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "attic",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.labels.zone==attic",
+        IMAGE,
+        "sleep",
+        "3600",
+    ])?;
+    let (on, _) = placement(&m, "attic")?;
+    assert_eq!(on.get("pl-a"), Some(&2), "{on:?}");
+
+    // A bad constraint is refused with the parser's reason; nothing is created.
+    let err = m.fails(&[
+        "service",
+        "create",
+        "--name",
+        "bad",
+        "--constraint",
+        "node.foo==x",
+        IMAGE,
+    ])?;
+    assert!(err.contains("node.foo"), "{err}");
+
+    // Removing the label: the tasks cannot stay; none fits, so they wait pending with why.
+    m.ok(&["node", "update", "--label-rm", "zone", "pl-a"])?;
+    wait_for(
+        "attic tasks pending with a reason",
+        Duration::from_secs(30),
+        || {
+            let (on, pending) = placement(&m, "attic")?;
+            Ok((on.is_empty()
+                && pending.len() == 2
+                && pending.iter().all(|p| p.contains("zone=attic")))
+            .then_some(()))
+        },
+    )?;
+    // Placed again as soon as a node qualifies.
+    m.ok(&["node", "update", "--label-add", "zone=attic", "pl-b"])?;
+    wait_for("attic tasks on pl-b", Duration::from_secs(30), || {
+        let (on, _) = placement(&m, "attic")?;
+        Ok((on.get("pl-b") == Some(&2)).then_some(()))
+    })?;
+
+    // Drain: tasks move off; back to active.
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "spread",
+        "--replicas",
+        "3",
+        IMAGE,
+        "sleep",
+        "3600",
+    ])?;
+    m.ok(&["node", "update", "--availability", "drain", "pl-b"])?;
+    assert_eq!(node_field(&m, "pl-b", "availability")?, "drain");
+    wait_for(
+        "nothing on the drained node",
+        Duration::from_secs(30),
+        || {
+            let (on, _) = placement(&m, "spread")?;
+            Ok((on.get("pl-b").is_none() && on.values().sum::<usize>() == 3).then_some(()))
+        },
+    )?;
+
+    // Global: one task per eligible node, none on the drained one; a node back to
+    // active gets one.
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "everywhere",
+        "--mode",
+        "global",
+        IMAGE,
+        "sleep",
+        "3600",
+    ])?;
+    let (on, _) = placement(&m, "everywhere")?;
+    assert_eq!(on.len(), 2, "{on:?}");
+    assert!(!on.contains_key("pl-b"), "{on:?}");
+    m.ok(&["node", "update", "--availability", "active", "pl-b"])?;
+    wait_for("a global task on pl-b", Duration::from_secs(30), || {
+        let (on, _) = placement(&m, "everywhere")?;
+        Ok((on.len() == 3).then_some(()))
+    })?;
+    Ok(())
+}
