@@ -1,36 +1,88 @@
 #!/usr/bin/env bash
-# Starts a local Shoal daemon in a temp dir, makes it a cluster of one, and shows it.
-# Ctrl-C stops the daemon and removes the temp dir.
+# A local Shoal cluster serving a real service:
+#   three daemons on 127.0.42.1-3 (one manager, two workers), a web service of three
+#   busybox httpd replicas on Docker spread across them (each answered over the shoal
+#   bridge network: the routing mesh for published ports is not built yet), then a node killed with
+#   kill -9 and its task running elsewhere within seconds.
+# Everything lives in a temp dir; Ctrl-C (or the end of the demo) stops the daemons,
+# removes their containers and the temp dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --quiet --bin shoal
 SHOAL="$PWD/target/debug/shoal"
 DIR=$(mktemp -d /tmp/shoal-demo.XXXXXX)
-SOCK="$DIR/shoal.sock"
-export SHOAL_HOST="unix://$SOCK"
+PIDS=()
 
 cleanup() {
-    [[ -n "${PID:-}" ]] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
+    for pid in "${PIDS[@]}"; do
+        { kill -9 "$pid" && wait "$pid"; } 2>/dev/null || true
+    done
+    if [[ -n "${CLUSTER:-}" ]] && command -v docker >/dev/null; then
+        ids=$(docker ps -aq --filter "label=shoal.cluster=$CLUSTER" 2>/dev/null || true)
+        [[ -n "$ids" ]] && docker rm -f $ids >/dev/null 2>&1 || true
+    fi
     rm -rf "$DIR"
 }
 trap cleanup EXIT
 trap 'exit 0' INT TERM
 
-"$SHOAL" daemon --state-dir "$DIR/state" --socket "$SOCK" \
-    --listen-addr 127.0.0.1:4747 --hostname demo-1 2>"$DIR/daemon.log" &
-PID=$!
-for _ in $(seq 100); do [[ -S "$SOCK" ]] && break; sleep 0.1; done
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+sh_() { step "shoal $*"; "$SHOAL" -H "unix://$DIR/n1.sock" "$@"; }
 
-echo "\$ shoal info"
-"$SHOAL" info
+for i in 1 2 3; do
+    "$SHOAL" daemon --state-dir "$DIR/n$i" --socket "$DIR/n$i.sock" \
+        --listen-addr "127.0.42.$i:4747" --hostname "node-$i" 2>"$DIR/n$i.log" &
+    PIDS+=($!)
+done
+for i in 1 2 3; do
+    for _ in $(seq 100); do [[ -S "$DIR/n$i.sock" ]] && break; sleep 0.1; done
+done
+
+sh_ init
+CLUSTER=$("$SHOAL" -H "unix://$DIR/n1.sock" info --format json | sed -n 's/.*"cluster_id": "\([^"]*\)".*/\1/p')
+TOKEN=$("$SHOAL" -H "unix://$DIR/n1.sock" join-token -q worker)
+for i in 2 3; do
+    step "shoal join --token <worker token>   (on node-$i)"
+    "$SHOAL" -H "unix://$DIR/n$i.sock" join --token "$TOKEN"
+done
+sh_ node ls
+
+if ! docker image inspect shoal-test/busybox:latest >/dev/null 2>&1; then
+    step "scripts/test-image.sh   (builds the local busybox image; no registry needed)"
+    scripts/test-image.sh
+fi
+
+sh_ service create --name web --replicas 3 shoal-test/busybox:latest \
+    sh -c 'mkdir -p /www && echo "hello from $(hostname)" > /www/index.html && httpd -f -p 8080 -h /www'
+sh_ service ls
+sh_ service ps web
+
+step "curl each replica on the shoal bridge network"
+for c in $(docker ps -q --filter "label=shoal.cluster=$CLUSTER" --filter label=shoal.service); do
+    ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$c")
+    printf '%s -> ' "$ip"
+    wget -qO- "http://$ip:8080/" 2>/dev/null || curl -s "http://$ip:8080/" || echo "(no answer)"
+done
+
+step "kill -9 node-3's daemon"
+{ kill -9 "${PIDS[2]}" && wait "${PIDS[2]}"; } 2>/dev/null || true
+start=$(date +%s%N)
+for _ in $(seq 200); do
+    if "$SHOAL" -H "unix://$DIR/n1.sock" service ps web --format json | tr -d ' \n' \
+        | grep -q '"state":"orphaned"' && \
+       [[ $("$SHOAL" -H "unix://$DIR/n1.sock" service ls --format json | sed -n 's/.*"running": \([0-9]*\).*/\1/p') == 3 ]]; then
+        break
+    fi
+    sleep 0.1
+done
+echo "its task runs elsewhere after $(( ($(date +%s%N) - start) / 1000000 )) ms"
+sh_ node ls
+sh_ service ps web
+
 echo
-echo "\$ shoal init"
-"$SHOAL" init
-echo
-echo "\$ shoal node ls"
-"$SHOAL" node ls
-echo
-echo "Daemon log: $DIR/daemon.log. Try: SHOAL_HOST=$SHOAL_HOST $SHOAL info"
-echo "Press Ctrl-C to stop."
-wait "$PID"
+if [[ "${SHOAL_DEMO_NO_WAIT:-0}" == 1 ]]; then
+    exit 0
+fi
+echo "Logs: $DIR/n*.log. Press Ctrl-C to stop the cluster and clean up."
+wait "${PIDS[0]}"

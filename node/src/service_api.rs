@@ -68,6 +68,11 @@ pub async fn route(
 async fn create(node: &Node, manager: &Manager, req: &ApiRequest) -> Result<Reply, ApiError> {
     let spec: ServiceSpec = req.json()?;
     spec.validate().map_err(ApiError::bad_request)?;
+    if !spec.ports.is_empty() {
+        return Err(ApiError::bad_request(
+            "publishing ports needs the routing mesh, which this version does not have yet: create the service without -p",
+        ));
+    }
     let id = services::new_service_id().map_err(ApiError::internal)?;
     let name = spec.name.clone();
     let record = ServiceRecord::new(id.clone(), spec, now_ms());
