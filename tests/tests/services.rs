@@ -295,3 +295,68 @@ fn issue_10_process_driver_service() -> Result<()> {
     m.ok(&["service", "rm", "loop"])?;
     Ok(())
 }
+
+/// A worker that loses its manager keeps its tasks running, and the same tasks are
+/// still the running ones when the manager comes back (edge autonomy).
+#[test]
+fn issue_10_worker_keeps_tasks_without_managers() -> Result<()> {
+    let mut m = Daemon::new("auto-m", "127.0.10.21:4747")?;
+    let mut w = Daemon::new("auto-w", "127.0.10.22:4747")?;
+    m.start()?;
+    w.start()?;
+    m.ok(&["init"])?;
+    let t = m.ok(&["join-token", "-q", "worker"])?.trim().to_string();
+    w.ok(&["join", "--token", &t])?;
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "edge",
+        "--driver",
+        "process",
+        "--constraint",
+        "node.role==worker",
+        "/bin/sleep",
+        "3611",
+    ])?;
+    let before: Vec<String> = tasks(&m, "edge")?
+        .iter()
+        .filter(|t| t["state"] == "running")
+        .map(|t| t["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(before.len(), 1);
+    let alive = || -> Result<bool> {
+        Ok(Command::new("pgrep")
+            .args(["-f", "sleep 3611"])
+            .output()?
+            .status
+            .success())
+    };
+    m.kill9();
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        assert!(alive()?, "the task died while no manager was reachable");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    m.start()?;
+    wait_for(
+        "the same task running after the manager returns",
+        Duration::from_secs(20),
+        || {
+            let now: Vec<String> = tasks(&m, "edge")?
+                .iter()
+                .filter(|t| t["state"] == "running" && t["desired_state"] == "running")
+                .map(|t| t["id"].as_str().unwrap_or_default().to_string())
+                .collect();
+            Ok((now == before).then_some(()))
+        },
+    )?;
+    assert!(alive()?);
+    m.ok(&["service", "rm", "edge"])?;
+    wait_for(
+        "the process stopped after rm",
+        Duration::from_secs(20),
+        || Ok((!alive()?).then_some(())),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! Issue 11: placement limits, reservations, restart policies, role constraints and the
+//! process driver in the cluster.
+//!
+//! Address block: 127.0.12.x.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::Value;
+use shoal_tests::{Daemon, wait_for};
+
+fn tasks(m: &Daemon, service: &str) -> Result<Vec<Value>> {
+    Ok(m.json(&["service", "ps", service])?
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+fn count(ts: &[Value], state: &str) -> usize {
+    ts.iter().filter(|t| t["state"] == state).count()
+}
+
+/// Checks `cond` keeps holding for `period` (polling), to show that nothing more happens.
+fn stays(what: &str, period: Duration, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+    let end = Instant::now() + period;
+    while Instant::now() < end {
+        anyhow::ensure!(cond()?, "{what} stopped holding");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+#[test]
+fn issue_11_limits_reservations_restart_policies_and_process_driver() -> Result<()> {
+    let mut m = Daemon::new("po-m", "127.0.12.1:4747")?;
+    let mut a = Daemon::new("po-a", "127.0.12.2:4747")?;
+    let mut b = Daemon::new("po-b", "127.0.12.3:4747")?;
+    m.start()?;
+    a.start()?;
+    b.start()?;
+    m.ok(&["init"])?;
+    let t = m.ok(&["join-token", "-q", "worker"])?.trim().to_string();
+    a.ok(&["join", "--token", &t])?;
+
+    // Max replicas per node: 3 replicas on 2 nodes → one pending with the reason,
+    // placed as soon as a third node joins.
+    m.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "one-each",
+        "--driver",
+        "process",
+        "--replicas",
+        "3",
+        "--replicas-max-per-node",
+        "1",
+        "/bin/sleep",
+        "3600",
+    ])?;
+    wait_for("2 running, 1 pending", Duration::from_secs(20), || {
+        let ts = tasks(&m, "one-each")?;
+        Ok((count(&ts, "running") == 2 && count(&ts, "pending") == 1).then_some(ts))
+    })
+    .map(|ts| {
+        let reason = ts
+            .iter()
+            .find(|t| t["state"] == "pending")
+            .map(|t| t["error"].clone());
+        eprintln!("pending reason: {reason:?}");
+        assert!(
+            reason
+                .and_then(|r| r.as_str().map(|s| s.contains("no suitable node")))
+                .unwrap_or(false)
+        );
+    })?;
+    b.ok(&["join", "--token", &t])?;
+    wait_for(
+        "3 running once a node joins",
+        Duration::from_secs(20),
+        || Ok((count(&tasks(&m, "one-each")?, "running") == 3).then_some(())),
+    )?;
+
+    // A reservation larger than any node: pending with the reason.
+    m.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "huge",
+        "--driver",
+        "process",
+        "--reserve-memory",
+        "100T",
+        "/bin/sleep",
+        "3600",
+    ])?;
+    wait_for("huge pending on memory", Duration::from_secs(20), || {
+        let ts = tasks(&m, "huge")?;
+        Ok(ts
+            .iter()
+            .any(|t| {
+                t["state"] == "pending" && t["error"].as_str().is_some_and(|e| e.contains("memory"))
+            })
+            .then_some(()))
+    })?;
+
+    // Role constraint: everything on the manager.
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "on-managers",
+        "--driver",
+        "process",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.role==manager",
+        "/bin/sleep",
+        "3600",
+    ])?;
+    let ts = tasks(&m, "on-managers")?;
+    assert!(
+        ts.iter()
+            .filter(|t| t["state"] == "running")
+            .all(|t| t["node"] == "po-m"),
+        "{ts:?}"
+    );
+
+    // Restart condition none: one failed attempt, never restarted.
+    m.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "once",
+        "--driver",
+        "process",
+        "--restart-condition",
+        "none",
+        "--restart-delay",
+        "100ms",
+        "/bin/sh",
+        "-c",
+        "exit 3",
+    ])?;
+    wait_for("the single attempt failed", Duration::from_secs(20), || {
+        let ts = tasks(&m, "once")?;
+        Ok((ts.len() == 1 && ts[0]["state"] == "failed" && ts[0]["exit_code"] == 3).then_some(()))
+    })?;
+    stays("a single attempt", Duration::from_secs(2), || {
+        Ok(tasks(&m, "once")?.len() == 1)
+    })?;
+
+    // on-failure with at most 2 restarts: three attempts, all failed, then nothing more.
+    m.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "twice",
+        "--driver",
+        "process",
+        "--restart-condition",
+        "on-failure",
+        "--restart-max-attempts",
+        "2",
+        "--restart-delay",
+        "100ms",
+        "/bin/sh",
+        "-c",
+        "exit 4",
+    ])?;
+    wait_for("three failed attempts", Duration::from_secs(30), || {
+        let ts = tasks(&m, "twice")?;
+        Ok((ts.len() == 3 && count(&ts, "failed") == 3).then_some(()))
+    })?;
+    stays("three attempts", Duration::from_secs(2), || {
+        Ok(tasks(&m, "twice")?.len() == 3)
+    })?;
+
+    // on-failure does not restart a task that completed.
+    m.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "done",
+        "--driver",
+        "process",
+        "--restart-condition",
+        "on-failure",
+        "--restart-delay",
+        "100ms",
+        "/bin/sh",
+        "-c",
+        "exit 0",
+    ])?;
+    wait_for("complete", Duration::from_secs(20), || {
+        let ts = tasks(&m, "done")?;
+        Ok((ts.len() == 1 && ts[0]["state"] == "complete").then_some(()))
+    })?;
+    stays("one complete task", Duration::from_secs(1), || {
+        Ok(tasks(&m, "done")?.len() == 1)
+    })?;
+
+    // Process driver self-heals: kill its process, a new task replaces it.
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "heal",
+        "--driver",
+        "process",
+        "--restart-delay",
+        "200ms",
+        "/bin/sleep",
+        "3607",
+    ])?;
+    let out = std::process::Command::new("pkill")
+        .args(["-9", "-f", "sleep 3607"])
+        .output()?;
+    assert!(out.status.success(), "no process to kill");
+    wait_for("a replacement running", Duration::from_secs(20), || {
+        let ts = tasks(&m, "heal")?;
+        Ok((count(&ts, "failed") == 1 && count(&ts, "running") == 1).then_some(()))
+    })?;
+    for s in [
+        "one-each",
+        "huge",
+        "on-managers",
+        "once",
+        "twice",
+        "done",
+        "heal",
+    ] {
+        m.ok(&["service", "rm", s])?;
+    }
+    Ok(())
+}
