@@ -179,7 +179,7 @@ fn issue_11_labels_constraints_drain_and_global() -> Result<()> {
         Duration::from_secs(30),
         || {
             let (on, _) = placement(&m, "spread")?;
-            Ok((on.get("pl-b").is_none() && on.values().sum::<usize>() == 3).then_some(()))
+            Ok((!on.contains_key("pl-b") && on.values().sum::<usize>() == 3).then_some(()))
         },
     )?;
 
