@@ -100,7 +100,7 @@ fn issue_7_stress_no_acknowledged_write_is_lost() -> Result<()> {
         let victim = (rng.next() % 3) as usize;
         ms[victim].kill9();
         // Sometimes let the others notice before it comes back.
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             let others: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
             wait_for("a leader among the others", Duration::from_secs(20), || {
                 let info = ms[others[0]].json(&["info"])?;
