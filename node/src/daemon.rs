@@ -88,6 +88,7 @@ pub struct Node {
     gossip: std::sync::RwLock<Option<Gossip>>,
     worker: std::sync::Mutex<Option<crate::worker::WorkerHandle>>,
     drivers: Vec<String>,
+    removed_notice: std::sync::Mutex<Option<String>>,
     advertise: std::sync::RwLock<SocketAddr>,
     membership: RwLock<Option<Membership>>,
     raft_scale: f64,
@@ -166,6 +167,9 @@ fn manager_err(e: ManagerError) -> ApiError {
     }
 }
 
+/// Why a peer closes the connection of a removed node (close code 2).
+pub const REMOVED_REASON: &str = "this node was removed from the cluster";
+
 const NOT_IN_CLUSTER: &str = "this node is not part of a cluster: run `shoal init` or `shoal join`";
 const NOT_A_MANAGER: &str = "this node is not a manager: run it on a manager or point -H at one";
 
@@ -236,6 +240,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         gossip: std::sync::RwLock::new(None),
         worker: std::sync::Mutex::new(None),
         drivers: detect_drivers().await,
+        removed_notice: std::sync::Mutex::new(None),
         key,
         node_id,
         hostname,
@@ -820,6 +825,11 @@ impl Node {
             leader: None,
             managers: None,
             nodes: None,
+            warning: self
+                .removed_notice
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
         };
         let membership = self.membership.read().await;
         if let Some(m) = membership.as_ref() {
@@ -1190,12 +1200,107 @@ impl Node {
         }
     }
 
+    /// `init --force-new-cluster`: this manager starts a new Raft group of one from its
+    /// own copy of the state. The other managers are dropped from it and their keys
+    /// refused until they leave and join again with a token; workers carry on.
+    async fn force_new_cluster(self: &Arc<Self>) -> Result<InitResponse, ApiError> {
+        let _guard = self.lifecycle.lock().await;
+        let (saved, old) = match self.membership.read().await.as_ref() {
+            None => {
+                return Err(ApiError::conflict(
+                    "this node has no cluster state to recover: run `shoal init` to create a cluster",
+                ));
+            }
+            Some(Membership { manager: None, .. }) => {
+                return Err(ApiError::conflict(
+                    "--force-new-cluster runs on a manager that kept the cluster state; this node is a worker",
+                ));
+            }
+            Some(Membership {
+                saved,
+                manager: Some(m),
+            }) => (saved.clone(), m.clone()),
+        };
+        let mut state = old.read_local(|s| s.clone());
+        let own = self.node_id.clone();
+        let others: Vec<(String, [u8; 32])> = state
+            .nodes
+            .values()
+            .filter(|n| n.role == Role::Manager && n.id != own)
+            .map(|n| (n.id.clone(), n.public_key))
+            .collect();
+        for (id, key) in &others {
+            if let Some(n) = state.nodes.remove(id) {
+                state.raft_ids.remove(&n.raft_id);
+            }
+            state.removed_keys.insert(*key);
+        }
+        if let Some(me) = state.nodes.get_mut(&own) {
+            me.status = NodeStatus::Ready;
+        }
+        old.shutdown().await;
+        let db = self.state_dir.raft_db();
+        let kept = db.with_extension(format!("redb.before-force-new-cluster-{}", now_ms()));
+        std::fs::rename(&db, &kept)
+            .map_err(|e| ApiError::internal(format!("cannot move {} aside: {e}", db.display())))?;
+        let manager = Arc::new(
+            self.open_manager(&saved.cluster_id)
+                .await
+                .map_err(manager_err)?,
+        );
+        manager.initialize().await.map_err(manager_err)?;
+        manager
+            .wait_for_leader(Duration::from_secs(10))
+            .await
+            .ok_or_else(|| ApiError::unavailable("raft did not elect this node within 10 s"))?;
+        manager
+            .write(Command::Restore(Box::new(state)))
+            .await
+            .map_err(manager_err)?;
+        for (id, _) in &others {
+            if let Ok(id) = id.parse::<NodeId>()
+                && let Some(conn) = self.pool.remove(&id)
+            {
+                conn.close(2u32.into(), REMOVED_REASON.as_bytes());
+            }
+        }
+        if let Some(m) = self.membership.write().await.as_mut() {
+            m.manager = Some(manager.clone());
+        }
+        self.watch_leader(manager.clone());
+        self.start_manager_loops(&manager);
+        warn!(
+            dropped = others.len(),
+            kept = %kept.display(),
+            "forced a new cluster of one manager from this node's state"
+        );
+        Ok(InitResponse {
+            node_id: own,
+            cluster_id: saved.cluster_id,
+        })
+    }
+
+    /// Remembers that a peer refused this node as removed, for `info` and the log.
+    pub fn note_removed(&self, reason: &str) {
+        let mut notice = self
+            .removed_notice
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if notice.is_none() {
+            tracing::error!(
+                "{reason}: this node is no longer part of the cluster; run `shoal leave --force`, then join again with a token"
+            );
+        }
+        *notice = Some(format!(
+            "{reason}: run `shoal leave --force`, then `shoal join` with a token from a manager"
+        ));
+    }
+
     async fn init(self: &Arc<Self>, req: InitRequest) -> Result<InitResponse, ApiError> {
         let _guard = self.lifecycle.lock().await;
         if req.force_new_cluster {
-            return Err(ApiError::bad_request(
-                "--force-new-cluster is not available yet: it needs a cluster of several managers",
-            ));
+            drop(_guard);
+            return self.force_new_cluster().await;
         }
         if self.membership.read().await.is_some() {
             return Err(ApiError::conflict(
@@ -1584,7 +1689,7 @@ impl Node {
         if let Ok(id) = node.id.parse::<NodeId>()
             && let Some(conn) = self.pool.remove(&id)
         {
-            conn.close(2u32.into(), b"this node was removed from the cluster");
+            conn.close(2u32.into(), REMOVED_REASON.as_bytes());
         }
         info!(node = %node.id, "node removed");
         Ok(())

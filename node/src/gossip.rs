@@ -293,16 +293,25 @@ impl Driver {
     }
 
     fn refresh_view(&self) {
+        let own = self.membership.identity().id.0;
         let mut view = GossipView::default();
         for (ident, state) in self.membership.membership_state() {
             view.members.insert(ident.id.0, (ident, state));
         }
         for fact in self.membership.facts() {
             match fact.body {
+                // Only live members' beliefs count: a dead or removed manager's last
+                // hint (perhaps of a higher term) must not outvote the living.
                 FactBody::LeaderHint {
                     term,
                     leader: Some(l),
-                } if view.leader_hint.is_none_or(|(t, _)| term > t) => {
+                } if view.leader_hint.is_none_or(|(t, _)| term > t)
+                    && (fact.origin.0 == own
+                        || view
+                            .members
+                            .get(&fact.origin.0)
+                            .is_some_and(|(_, st)| *st != MemberState::Down)) =>
+                {
                     view.leader_hint = Some((term, l.0));
                 }
                 FactBody::Role(r) => {

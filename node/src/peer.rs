@@ -46,7 +46,7 @@ pub async fn serve_connection(node: Arc<Node>, conn: Connection, peer: Option<No
         && node.is_removed(&id).await
     {
         debug!(peer = %id, "refusing a removed node");
-        conn.close(2u32.into(), b"this node was removed from the cluster");
+        conn.close(2u32.into(), crate::daemon::REMOVED_REASON.as_bytes());
         return;
     }
     tracing::trace!(peer = ?peer.map(|p| p.to_string()), key = net::peer_public_key(&conn).is_some(), "serving connection");
@@ -72,6 +72,12 @@ pub async fn serve_connection(node: Arc<Node>, conn: Connection, peer: Option<No
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
+            Err(quinn::ConnectionError::ApplicationClosed(close))
+                if close.error_code == quinn::VarInt::from_u32(2) =>
+            {
+                node.note_removed(&String::from_utf8_lossy(&close.reason));
+                return;
+            }
             Err(e) => {
                 debug!(peer = ?peer.map(|p| p.to_string()), "connection closed: {e}");
                 return;

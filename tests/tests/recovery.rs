@@ -132,3 +132,68 @@ fn issue_7_address_change_keeps_identity() -> Result<()> {
     )?;
     Ok(())
 }
+
+#[test]
+fn issue_7_force_new_cluster_recovers_from_lost_quorum() -> Result<()> {
+    let (mut ms, w) = three_managers_and_a_worker(9)?;
+    // Refused where it makes no sense: on a worker, on a node with no state.
+    let err = w.fails(&["init", "--force-new-cluster"])?;
+    assert!(err.contains("worker"), "{err}");
+    let mut fresh = Daemon::new("fresh", "127.0.9.20:4747")?;
+    fresh.start()?;
+    let err = fresh.fails(&["init", "--force-new-cluster"])?;
+    assert!(err.contains("no cluster state"), "{err}");
+
+    let rotated = ms[0]
+        .ok(&["join-token", "--rotate", "-q", "worker"])?
+        .trim()
+        .to_string();
+    // Quorum lost for good: two managers gone.
+    ms[1].kill9();
+    ms[2].kill9();
+    let err = ms[0].fails(&["join-token", "--rotate", "-q", "worker"])?;
+    assert!(err.contains("lost quorum"), "{err}");
+    let out = ms[0].ok(&["init", "--force-new-cluster"])?;
+    assert!(out.contains("is now the only manager"), "{out}");
+    // State kept: the token rotated before the loss is still the current one (a new node
+    // joins with it), the worker is still there, and writes work again.
+    fresh.ok(&["join", "--token", &rotated, "127.0.9.1:4747"])?;
+    wait_for(
+        "the worker ready and the old managers gone",
+        Duration::from_secs(20),
+        || {
+            let ns = nodes(&ms[0])?;
+            let managers = ns.iter().filter(|n| n["role"] == "manager").count();
+            let worker_ready = ns
+                .iter()
+                .any(|n| n["hostname"] == "w1" && n["status"] == "ready");
+            Ok((managers == 1 && worker_ready).then_some(()))
+        },
+    )?;
+    ms[0].ok(&["join-token", "--rotate", "-q", "worker"])?;
+    // An old manager coming back is refused and told what to do.
+    ms[1].start()?;
+    wait_for(
+        "the old manager told it was removed",
+        Duration::from_secs(20),
+        || {
+            let info = ms[1].json(&["info"])?;
+            Ok(info["warning"]
+                .as_str()
+                .filter(|w| w.contains("shoal leave --force"))
+                .map(|_| ()))
+        },
+    )?;
+    // It leaves, joins again with a manager token, and the quorum grows back.
+    ms[1].ok(&["leave", "--force"])?;
+    let mt = ms[0]
+        .ok(&["join-token", "-q", "manager"])?
+        .trim()
+        .to_string();
+    ms[1].ok(&["join", "--token", &mt, "127.0.9.1:4747"])?;
+    wait_for("two managers", Duration::from_secs(20), || {
+        let ns = nodes(&ms[0])?;
+        Ok((ns.iter().filter(|n| n["role"] == "manager").count() == 2).then_some(()))
+    })?;
+    Ok(())
+}

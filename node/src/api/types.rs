@@ -37,6 +37,9 @@ pub struct Info {
     pub managers: Option<u64>,
     /// Number of nodes when known.
     pub nodes: Option<u64>,
+    /// Something the user must act on (e.g. this node was removed from the cluster).
+    #[serde(default)]
+    pub warning: Option<String>,
 }
 
 /// `POST /v1/init`.

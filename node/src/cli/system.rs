@@ -54,6 +54,9 @@ pub(super) async fn info(client: &Client, format: Format) -> Result<()> {
         println!(" Nodes: {n}");
     }
     println!(" Version: {}", info.version);
+    if let Some(w) = &info.warning {
+        println!("WARNING: {w}");
+    }
     Ok(())
 }
 
@@ -69,10 +72,17 @@ pub(super) async fn init(
         force_new_cluster,
     };
     let resp: InitResponse = client.post("/v1/init", &req).await?;
-    println!(
-        "Cluster initialized: current node ({}) is now a manager.",
-        resp.node_id
-    );
+    if force_new_cluster {
+        println!(
+            "Cluster recovered: current node ({}) is now the only manager; the other managers must leave and join again.",
+            resp.node_id
+        );
+    } else {
+        println!(
+            "Cluster initialized: current node ({}) is now a manager.",
+            resp.node_id
+        );
+    }
     Ok(())
 }
 

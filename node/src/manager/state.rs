@@ -233,6 +233,9 @@ pub enum Command {
     },
     /// Services and tasks: see [`ServiceCommand`].
     Services(ServiceCommand),
+    /// `init --force-new-cluster`: a new Raft group starts from this whole state, taken
+    /// from the surviving manager (its other managers already dropped from it).
+    Restore(Box<ClusterState>),
 }
 
 /// The answer to a command once applied.
@@ -344,6 +347,10 @@ impl ClusterState {
             Command::AdmitNode(node) => {
                 self.removed_keys.remove(&node.public_key);
                 self.insert_node(node.clone());
+                CommandResult::Done
+            }
+            Command::Restore(state) => {
+                *self = (**state).clone();
                 CommandResult::Done
             }
             Command::Services(cmd) => match self.services.apply(cmd, &self.nodes) {
