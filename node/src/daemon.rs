@@ -52,6 +52,8 @@ pub struct DaemonOptions {
     pub hostname: Option<String>,
     /// Multiplies Raft timing (heartbeat, election) for slow links.
     pub raft_timing_scale: f64,
+    /// Drivers to offer (`None`: every driver that works here).
+    pub drivers: Option<Vec<String>>,
 }
 
 /// Where the Raft leader is.
@@ -138,7 +140,8 @@ fn platform() -> String {
     format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH)
 }
 
-fn memory_bytes() -> u64 {
+/// Memory of this machine in bytes.
+pub fn memory_bytes() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
@@ -153,7 +156,8 @@ fn memory_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn cpus() -> u32 {
+/// CPUs of this machine.
+pub fn cpus() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
@@ -174,9 +178,23 @@ const NOT_IN_CLUSTER: &str = "this node is not part of a cluster: run `shoal ini
 const NOT_A_MANAGER: &str = "this node is not a manager: run it on a manager or point -H at one";
 
 /// The task drivers this machine offers: `process` always, `docker` when an engine
-/// answers.
-async fn detect_drivers() -> Vec<String> {
-    let mut drivers = vec!["process".to_string()];
+/// answers; `only` restricts them (`--drivers`).
+async fn detect_drivers(only: Option<&[String]>) -> Result<Vec<String>> {
+    if let Some(only) = only {
+        for d in only {
+            if d != "docker" && d != "process" {
+                bail!("unknown driver `{d}` in --drivers: expected docker and/or process");
+            }
+        }
+    }
+    let wanted = |d: &str| only.is_none_or(|o| o.iter().any(|x| x == d));
+    let mut drivers = Vec::new();
+    if wanted("process") {
+        drivers.push("process".to_string());
+    }
+    if !wanted("docker") {
+        return Ok(drivers);
+    }
     let probe = shoal_runtime::docker::DockerDriver::new(shoal_runtime::docker::DockerConfig::new(
         shoal_runtime::Scope::new("probe", "probe"),
     ));
@@ -192,7 +210,7 @@ async fn detect_drivers() -> Vec<String> {
         },
         Err(e) => warn!("docker driver unavailable: {e}"),
     }
-    drivers
+    Ok(drivers)
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -239,7 +257,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         dialed_tx,
         gossip: std::sync::RwLock::new(None),
         worker: std::sync::Mutex::new(None),
-        drivers: detect_drivers().await,
+        drivers: detect_drivers(opts.drivers.as_deref()).await?,
         removed_notice: std::sync::Mutex::new(None),
         key,
         node_id,
@@ -372,6 +390,11 @@ impl Node {
         }
     }
 
+    /// The drivers this node offers.
+    pub fn drivers(&self) -> &[String] {
+        &self.drivers
+    }
+
     /// This node's public key.
     pub fn public_key(&self) -> [u8; 32] {
         self.key.public_key()
@@ -391,7 +414,9 @@ impl Node {
                 shoal_runtime::process::ShimCommand::shoal_subcommand(exe),
             ))
             .map_err(|e| format!("cannot start the process driver: {e}"))?;
-        drivers.insert(process.kind().as_str().into(), Arc::new(process));
+        if self.drivers.iter().any(|d| d == "process") {
+            drivers.insert(process.kind().as_str().into(), Arc::new(process));
+        }
         if self.drivers.iter().any(|d| d == "docker") {
             match shoal_runtime::docker::DockerDriver::new(
                 shoal_runtime::docker::DockerConfig::new(scope),

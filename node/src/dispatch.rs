@@ -35,6 +35,12 @@ pub const MAX_SESSION_FRAME: usize = 16 << 20;
 pub struct SessionHello {
     /// The worker's node ID (also proven by its certificate).
     pub node_id: String,
+    /// Memory in bytes the node offers now.
+    pub memory_bytes: u64,
+    /// CPUs the node offers now.
+    pub cpus: u32,
+    /// Drivers the node offers now.
+    pub drivers: Vec<String>,
 }
 
 /// Leader to worker.
@@ -89,6 +95,7 @@ fn to_service_report(r: TaskReport) -> Option<services::TaskReport> {
 pub async fn serve_session(
     node: Arc<Node>,
     peer: NodeId,
+    hello: SessionHello,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), NetError> {
@@ -102,6 +109,26 @@ pub async fn serve_session(
     }
     let node_id = peer.to_string();
     debug!(node = %node_id, "worker session opened");
+    // Capacity and drivers are reported on every session: record them when they changed.
+    let changed = manager.read_local(|s| {
+        s.nodes.get(&node_id).is_some_and(|n| {
+            n.memory_bytes != hello.memory_bytes
+                || n.cpus != hello.cpus
+                || n.drivers != hello.drivers
+        })
+    });
+    if changed {
+        let cmd = Command::SetNodeResources {
+            id: node_id.clone(),
+            memory_bytes: hello.memory_bytes,
+            cpus: hello.cpus,
+            drivers: hello.drivers.clone(),
+            at: now_ms(),
+        };
+        if let Err(e) = node.propose(cmd).await {
+            debug!(node = %node_id, "cannot record node resources: {e}");
+        }
+    }
     // Reports arrive on their own task: a frame read must not be cut by the select.
     let (reports_tx, mut reports_rx) = mpsc::channel::<Vec<TaskReport>>(64);
     tokio::spawn(async move {
@@ -235,15 +262,15 @@ async fn session(
         .await
         .map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    net::write_frame(
-        &mut send,
-        TAG_DISPATCH,
-        &SessionHello {
-            node_id: node.node_id().to_string(),
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let hello = SessionHello {
+        node_id: node.node_id().to_string(),
+        memory_bytes: crate::daemon::memory_bytes(),
+        cpus: crate::daemon::cpus(),
+        drivers: node.drivers().to_vec(),
+    };
+    net::write_frame(&mut send, TAG_DISPATCH, &hello)
+        .await
+        .map_err(|e| e.to_string())?;
     // The new leader learns everything this worker knows.
     let current = worker.current_reports().await.map_err(|e| e.to_string())?;
     if !current.is_empty() {

@@ -106,7 +106,8 @@ async fn serve_stream(
     let (tag, body) = net::read_frame_raw(&mut recv, limit).await?;
     match (tag, peer) {
         (crate::dispatch::TAG_DISPATCH, Some(peer)) => {
-            crate::dispatch::serve_session(node, peer, send, recv).await
+            let hello: crate::dispatch::SessionHello = net::decode_body(tag, &body)?;
+            crate::dispatch::serve_session(node, peer, hello, send, recv).await
         }
         (TAG_JOIN, _) => {
             let req: JoinRequest = net::decode_body(tag, &body)?;

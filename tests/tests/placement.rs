@@ -204,5 +204,46 @@ fn issue_11_labels_constraints_drain_and_global() -> Result<()> {
         let (on, _) = placement(&m, "everywhere")?;
         Ok((on.len() == 3).then_some(()))
     })?;
+
+    // Nodes joining later: one offering Docker gets a global task; one that offers only
+    // the process driver gets none (tasks go only where their driver is).
+    let mut c = Daemon::new("pl-c", "127.0.11.4:4747")?;
+    c.extra = vec!["--drivers".into(), "process".into()];
+    let mut d = Daemon::new("pl-d", "127.0.11.5:4747")?;
+    c.start()?;
+    d.start()?;
+    c.ok(&["join", "--token", &t])?;
+    d.ok(&["join", "--token", &t])?;
+    assert_eq!(
+        node_field(&m, "pl-c", "drivers")?,
+        serde_json::json!(["process"])
+    );
+    wait_for(
+        "a global task on the late node",
+        Duration::from_secs(30),
+        || {
+            let (on, _) = placement(&m, "everywhere")?;
+            Ok((on.contains_key("pl-d") && on.len() == 4).then_some(()))
+        },
+    )?;
+    let (on, _) = placement(&m, "everywhere")?;
+    assert!(!on.contains_key("pl-c"), "{on:?}");
+    // Its drivers change (restarted offering Docker too): the record follows and the
+    // global service covers it.
+    c.kill9();
+    c.extra.clear();
+    c.start()?;
+    wait_for(
+        "pl-c reports docker and gets a global task",
+        Duration::from_secs(30),
+        || {
+            let drivers = node_field(&m, "pl-c", "drivers")?;
+            let has_docker = drivers
+                .as_array()
+                .is_some_and(|a| a.iter().any(|d| d == "docker"));
+            let (on, _) = placement(&m, "everywhere")?;
+            Ok((has_docker && on.contains_key("pl-c")).then_some(()))
+        },
+    )?;
     Ok(())
 }

@@ -134,6 +134,10 @@ pub struct DaemonArgs {
     /// Multiply Raft heartbeat and election timing (e.g. 3 for slow Wi-Fi).
     #[arg(long, default_value_t = 1.0)]
     pub raft_timing_scale: f64,
+    /// Task drivers to offer, comma-separated (docker,process); default: every driver
+    /// that works here.
+    #[arg(long, value_delimiter = ',')]
+    pub drivers: Option<Vec<String>>,
 }
 
 /// `shoal node ...`.

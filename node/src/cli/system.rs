@@ -25,6 +25,7 @@ pub(super) fn daemon(runtime: &tokio::runtime::Runtime, args: DaemonArgs) -> Res
         socket: args.socket,
         hostname: args.hostname,
         raft_timing_scale: args.raft_timing_scale,
+        drivers: args.drivers,
     }))
 }
 

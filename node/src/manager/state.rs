@@ -236,6 +236,19 @@ pub enum Command {
     /// `init --force-new-cluster`: a new Raft group starts from this whole state, taken
     /// from the surviving manager (its other managers already dropped from it).
     Restore(Box<ClusterState>),
+    /// A node reported capacity or drivers different from its record.
+    SetNodeResources {
+        /// Node ID.
+        id: String,
+        /// Memory in bytes.
+        memory_bytes: u64,
+        /// CPUs.
+        cpus: u32,
+        /// Drivers offered.
+        drivers: Vec<String>,
+        /// When.
+        at: Millis,
+    },
 }
 
 /// The answer to a command once applied.
@@ -349,6 +362,22 @@ impl ClusterState {
                 self.insert_node(node.clone());
                 CommandResult::Done
             }
+            Command::SetNodeResources {
+                id,
+                memory_bytes,
+                cpus,
+                drivers,
+                at,
+            } => match self.nodes.get_mut(id) {
+                Some(n) => {
+                    n.memory_bytes = *memory_bytes;
+                    n.cpus = *cpus;
+                    n.drivers.clone_from(drivers);
+                    n.updated_at = *at;
+                    CommandResult::Done
+                }
+                None => unknown_node(id),
+            },
             Command::Restore(state) => {
                 *self = (**state).clone();
                 CommandResult::Done
