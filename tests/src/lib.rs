@@ -219,3 +219,53 @@ impl Drop for Daemon {
         self.kill9();
     }
 }
+
+/// The local test image (built by `scripts/test-image.sh`).
+pub const TEST_IMAGE: &str = "shoal-test/busybox:latest";
+
+/// Whether Docker and the test image are there. Without them a test skips (returns
+/// `Ok(false)` after a note), or fails under `SHOAL_REQUIRE_DOCKER=1`.
+pub fn docker_ready() -> Result<bool> {
+    let ok = Command::new("docker")
+        .args(["image", "inspect", TEST_IMAGE])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok && docker_required() {
+        bail!(
+            "Docker or the image {TEST_IMAGE} is missing and SHOAL_REQUIRE_DOCKER=1: run scripts/test-image.sh"
+        );
+    }
+    if !ok {
+        eprintln!("skipping: Docker or {TEST_IMAGE} is not available");
+    }
+    Ok(ok)
+}
+
+/// Removes every container of a cluster when dropped, even when the test fails.
+pub struct ClusterContainers(pub String);
+
+impl Drop for ClusterContainers {
+    fn drop(&mut self) {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=shoal.cluster={}", self.0),
+            ])
+            .output();
+        if let Ok(out) = out {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}

@@ -3,58 +3,13 @@
 //! Address block: 127.0.11.x.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde_json::Value;
-use shoal_tests::{Daemon, docker_required, wait_for};
+use shoal_tests::{ClusterContainers, Daemon, docker_ready, wait_for};
 
-const IMAGE: &str = "shoal-test/busybox:latest";
-
-fn docker_ready() -> Result<bool> {
-    let ok = Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok && docker_required() {
-        bail!(
-            "Docker or the image {IMAGE} is missing and SHOAL_REQUIRE_DOCKER=1: run scripts/test-image.sh"
-        );
-    }
-    if !ok {
-        eprintln!("skipping: Docker or {IMAGE} is not available");
-    }
-    Ok(ok)
-}
-
-struct Containers(String);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        let out = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=shoal.cluster={}", self.0),
-            ])
-            .output();
-        if let Ok(out) = out {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(String::from)
-                .collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .arg("rm")
-                    .arg("-f")
-                    .args(&ids)
-                    .output();
-            }
-        }
-    }
-}
+const IMAGE: &str = shoal_tests::TEST_IMAGE;
 
 /// Running tasks per node hostname, and the pending reasons.
 fn placement(m: &Daemon, service: &str) -> Result<(BTreeMap<String, usize>, Vec<String>)> {
@@ -102,7 +57,7 @@ fn issue_11_labels_constraints_drain_and_global() -> Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let _cleanup = Containers(cluster);
+    let _cleanup = ClusterContainers(cluster);
     let t = m.ok(&["join-token", "-q", "worker"])?.trim().to_string();
     a.ok(&["join", "--token", &t])?;
     b.ok(&["join", "--token", &t])?;

@@ -6,58 +6,11 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::Value;
-use shoal_tests::{Daemon, docker_required, wait_for};
+use shoal_tests::{ClusterContainers, Daemon, docker_ready, wait_for};
 
-const IMAGE: &str = "shoal-test/busybox:latest";
-
-/// Docker and the test image are there; otherwise skip, or fail under SHOAL_REQUIRE_DOCKER=1.
-fn docker_ready() -> Result<bool> {
-    let ok = Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok && docker_required() {
-        bail!(
-            "Docker or the image {IMAGE} is missing and SHOAL_REQUIRE_DOCKER=1: run scripts/test-image.sh"
-        );
-    }
-    if !ok {
-        eprintln!("skipping: Docker or {IMAGE} is not available");
-    }
-    Ok(ok)
-}
-
-/// Removes every container of a cluster when dropped, even when the test fails.
-struct Containers(String);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        let ids = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=shoal.cluster={}", self.0),
-            ])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .output();
-        }
-    }
-}
+const IMAGE: &str = shoal_tests::TEST_IMAGE;
 
 fn containers(cluster: &str, node: &str) -> Result<Vec<String>> {
     let out = Command::new("docker")
@@ -113,7 +66,7 @@ fn issue_10_services_create_scale_heal_and_node_death() -> Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let _cleanup = Containers(cluster.clone());
+    let _cleanup = ClusterContainers(cluster.clone());
     let t = m.ok(&["join-token", "-q", "worker"])?.trim().to_string();
     w1.ok(&["join", "--token", &t])?;
     w2.ok(&["join", "--token", &t])?;
