@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Idle footprint: a release build, a manager and a worker on loopback, 20 s after the
+# worker joined; prints each daemon's resident memory and the binary's size.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet --bin shoal
+B="$PWD/target/release/shoal"
+D=$(mktemp -d /tmp/shoal-footprint.XXXXXX)
+cleanup() { kill "${PM:-}" "${PW:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$D"; }
+trap cleanup EXIT
+"$B" daemon --state-dir "$D/m" --socket "$D/m.sock" --listen-addr 127.0.44.1:4747 --hostname fm 2>/dev/null & PM=$!
+"$B" daemon --state-dir "$D/w" --socket "$D/w.sock" --listen-addr 127.0.44.2:4747 --hostname fw 2>/dev/null & PW=$!
+for s in m w; do for _ in $(seq 100); do [[ -S "$D/$s.sock" ]] && break; sleep 0.1; done; done
+"$B" -H "unix://$D/m.sock" init >/dev/null
+"$B" -H "unix://$D/w.sock" join --token "$("$B" -H "unix://$D/m.sock" join-token -q worker)" >/dev/null
+sleep 20   # idle on purpose: this measures the idle footprint
+echo "binary: $(stat -c %s "$B") bytes"
+echo "manager: $(awk '/VmRSS/ {print $2, $3}' /proc/$PM/status) RSS"
+echo "worker:  $(awk '/VmRSS/ {print $2, $3}' /proc/$PW/status) RSS"
