@@ -23,7 +23,7 @@ use crate::manager::services::{self, ServiceCommand};
 use crate::manager::state::Command;
 use crate::net::{self, NetError};
 use crate::pki::NodeId;
-use crate::worker::{self, AssignmentSet, DesiredState, TaskReport, WorkerHandle};
+use crate::worker::{self, AssignmentSet, TaskReport, WorkerHandle};
 
 /// Stream tag of a worker session.
 pub const TAG_DISPATCH: u8 = 8;
@@ -55,21 +55,6 @@ pub enum ToWorker {
 pub enum ToLeader {
     /// Task state changes.
     Reports(Vec<TaskReport>),
-}
-
-fn to_worker_assignment(a: services::Assignment) -> worker::Assignment {
-    worker::Assignment {
-        task_id: a.task_id,
-        service_id: a.service_id,
-        service_name: a.service_name,
-        slot: a.slot,
-        driver: a.driver,
-        spec: a.spec,
-        desired: match a.desired {
-            shoal_scheduler::DesiredState::Running => DesiredState::Running,
-            shoal_scheduler::DesiredState::Shutdown => DesiredState::Shutdown,
-        },
-    }
 }
 
 fn to_service_report(r: TaskReport) -> Option<services::TaskReport> {
@@ -150,7 +135,7 @@ pub async fn serve_session(
         let current: BTreeMap<String, worker::Assignment> = manager
             .read_local(|s| services::assignments_for(&s.services, &node_id))
             .into_iter()
-            .map(|a| (a.task_id.clone(), to_worker_assignment(a)))
+            .map(|a| (a.task_id.clone(), a))
             .collect();
         let set = match &sent {
             None => Some(AssignmentSet {

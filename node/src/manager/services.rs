@@ -671,24 +671,8 @@ pub struct TaskReport {
     pub at_ms: Millis,
 }
 
-/// What a worker must run (desired `running`) or stop (desired `shutdown`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Assignment {
-    /// Task ID.
-    pub task_id: String,
-    /// Service ID.
-    pub service_id: String,
-    /// Service name.
-    pub service_name: String,
-    /// Slot number (0 for global services).
-    pub slot: u64,
-    /// `docker` or `process`.
-    pub driver: String,
-    /// What to run.
-    pub spec: TaskSpec,
-    /// Run it, or stop it.
-    pub desired: DesiredState,
-}
+/// What a worker must run or stop: the worker's own wire type.
+pub use crate::worker::Assignment;
 
 // ---------------------------------------------------------------------------------------------
 // State and commands
@@ -1359,10 +1343,10 @@ pub fn assignments_for(state: &ServicesState, node_id: &str) -> Vec<Assignment> 
                 slot,
                 driver: spec.driver.clone(),
                 spec: spec.task_spec(t.id.as_str(), &rec.id, slot),
-                desired: if live.is_some() {
-                    t.desired_state
+                desired: if live.is_some() && t.desired_state == DesiredState::Running {
+                    crate::worker::DesiredState::Running
                 } else {
-                    DesiredState::Shutdown
+                    crate::worker::DesiredState::Shutdown
                 },
             })
         })
@@ -1693,11 +1677,13 @@ mod tests {
                 .filter_map(|a| {
                     let cur = s.services.tasks[&a.task_id].state;
                     match a.desired {
-                        DesiredState::Running if cur != TaskState::Running => {
+                        crate::worker::DesiredState::Running if cur != TaskState::Running => {
                             Some(report(&a.task_id, TaskState::Running))
                         }
-                        DesiredState::Shutdown => Some(report(&a.task_id, TaskState::Shutdown)),
-                        DesiredState::Running => None,
+                        crate::worker::DesiredState::Shutdown => {
+                            Some(report(&a.task_id, TaskState::Shutdown))
+                        }
+                        crate::worker::DesiredState::Running => None,
                     }
                 })
                 .collect();
@@ -2046,7 +2032,7 @@ mod tests {
         assert!(
             stopping_after
                 .iter()
-                .all(|a| a.desired == DesiredState::Shutdown)
+                .all(|a| a.desired == crate::worker::DesiredState::Shutdown)
         );
         converge(&mut s, now + 10);
         assert!(s.services.tasks.is_empty(), "{:?}", s.services.tasks);
@@ -2314,7 +2300,7 @@ mod tests {
         assert_eq!(slots, vec![1, 2, 3]);
         let a = all.iter().find(|a| a.service_id == "s1").unwrap();
         assert_eq!(a.driver, "docker");
-        assert_eq!(a.desired, DesiredState::Running);
+        assert_eq!(a.desired, crate::worker::DesiredState::Running);
         assert_eq!(a.spec.task_id, a.task_id);
         assert_eq!(a.spec.service_id, "s1");
         assert_eq!(a.spec.service_name, "web");

@@ -46,29 +46,8 @@ pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut RecvStream,
     max_len: usize,
 ) -> Result<(u8, T), NetError> {
-    let mut header = [0u8; 5];
-    recv.read_exact(&mut header).await?;
-    let tag = header[0];
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
-    if len_usize > max_len {
-        let _ = recv.stop(quinn::VarInt::from_u32(STOP_FRAME_TOO_LARGE));
-        return Err(NetError::FrameTooLarge {
-            len: u64::from(len),
-            max: max_len,
-        });
-    }
-    if len == 0 {
-        return Err(NetError::Malformed("empty frame body".into()));
-    }
-    let mut body = vec![0u8; len_usize];
-    recv.read_exact(&mut body).await?;
-    if body[0] != FRAME_VERSION {
-        return Err(NetError::UnsupportedVersion(body[0]));
-    }
-    let msg = postcard::from_bytes(&body[1..])
-        .map_err(|e| NetError::Malformed(format!("cannot decode message (tag {tag}): {e}")))?;
-    Ok((tag, msg))
+    let (tag, body) = read_frame_raw(recv, max_len).await?;
+    Ok((tag, decode_body(tag, &body)?))
 }
 
 /// Reads one frame without decoding its message: the tag and the body (version byte
