@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests need first, so it works on a
-# fresh machine: Debian's busybox-static (for the local test image), iptables, the test
+# fresh machine: Debian's busybox-static (for the local test image), the test
 # image itself, and cargo-nextest when missing.
 #
 #   scripts/test.sh [extra nextest args]
@@ -28,7 +28,7 @@ apt_install() {
     fi
 }
 
-apt_install busybox-static iptables
+apt_install busybox-static
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
