@@ -5,8 +5,9 @@
 //! Prints, per phase, the on-CPU time of the benchmark thread (`/proc/thread-self/schedstat`,
 //! which does not count waiting for a core on a busy machine) and the wall time (median of 5
 //! runs for the big placement), and the process's peak resident memory (`VmHWM` from
-//! `/proc/self/status`). Allocations are not counted: a counting
-//! `GlobalAlloc` needs `unsafe`, which the workspace forbids.
+//! `/proc/self/status`). Allocations of the big placement are counted in a separate,
+//! untimed pass with dhat's heap profiler (which records a backtrace per allocation, so
+//! it must not run during the timed passes).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -16,6 +17,9 @@ use shoal_scheduler::{
     ReconcileConfig, Resources, RestartPolicy, Service, ServiceId, ServiceMode, TaskState,
     Timestamp, reconcile,
 };
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
 
 const NODES: usize = 1_000;
 const SERVICES: usize = 200;
@@ -156,6 +160,19 @@ fn main() {
         ms(runs[4].0),
         ms(runs[2].1),
     );
+    {
+        let profiler = dhat::Profiler::builder().testing().build();
+        let before = dhat::HeapStats::get();
+        let counted = reconcile(&view, now, &config);
+        let after = dhat::HeapStats::get();
+        drop(profiler);
+        println!(
+            "initial placement allocations: {} blocks, {} MiB in total ({} decisions; untimed pass)",
+            after.total_blocks - before.total_blocks,
+            (after.total_bytes - before.total_bytes) >> 20,
+            counted.decisions.len()
+        );
+    }
     if let Some(reason) = plan.decisions.iter().find_map(|d| match d {
         Decision::CreateTask(t) => t.pending_reason.as_ref(),
         _ => None,
