@@ -1,0 +1,292 @@
+//! Serving peers' requests by tag, and reaching the leader: forwarded API requests and
+//! Raft commands proposed by a follower.
+
+use super::*;
+
+impl Node {
+    /// A request on a stream from an authenticated peer, by tag.
+    pub async fn handle_peer_request(
+        self: &Arc<Self>,
+        peer: NodeId,
+        tag: u8,
+        body: &[u8],
+        mut send: quinn::SendStream,
+    ) -> Result<(), crate::net::NetError> {
+        use crate::net::{decode_body, respond};
+        if rpc::is_raft_tag(tag) {
+            // Any authenticated member may carry Raft traffic: a demoted leader still
+            // replicates its own removal, and a new manager does not know the leader
+            // until it has caught up. Removed keys never get this far (peer.rs).
+            let manager = self.manager_opt().await;
+            return match manager {
+                Some(m) => rpc::serve_raft_request(m.raft(), tag, body, send).await,
+                None => {
+                    let _ = send.reset(1u32.into());
+                    Ok(())
+                }
+            };
+        }
+        match tag {
+            TAG_FORWARD_API => {
+                let fwd: ForwardedApi = decode_body(tag, body)?;
+                self.serve_forwarded_api(fwd, send).await
+            }
+            TAG_FORWARD_WRITE => {
+                let fwd: ForwardedWrite = decode_body(tag, body)?;
+                let answer = match self.manager_opt().await {
+                    None => ForwardedWriteResult::Err {
+                        unknown: false,
+                        message: "this node is not a manager".into(),
+                    },
+                    Some(m) => match m.write(fwd.command).await {
+                        Ok(r) => ForwardedWriteResult::Ok(r),
+                        Err(ManagerError::Refused(message)) => ForwardedWriteResult::Err {
+                            unknown: false,
+                            message,
+                        },
+                        Err(e) => ForwardedWriteResult::Err {
+                            unknown: true,
+                            message: e.to_string(),
+                        },
+                    },
+                };
+                respond(&mut send, tag, &answer).await
+            }
+            TAG_BECOME_MANAGER => {
+                let req: BecomeManager = decode_body(tag, body)?;
+                let answer = match self.become_manager(&req.cluster_id).await {
+                    Ok(()) => BecomeManagerResult::Ok,
+                    Err(e) => BecomeManagerResult::Err(e),
+                };
+                respond(&mut send, tag, &answer).await
+            }
+            _ => {
+                tracing::debug!(tag, peer = %peer, "unknown peer request tag");
+                let _ = send.reset(1u32.into());
+                Ok(())
+            }
+        }
+    }
+
+    /// Proposes `cmd`: here when this node leads, else through the leader.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ManagerError> {
+        let manager = self
+            .manager_opt()
+            .await
+            .ok_or_else(|| ManagerError::Fatal("this node is not a manager".into()))?;
+        match manager.write(cmd.clone()).await {
+            Err(ManagerError::NotLeader { .. }) => {}
+            other => return other,
+        }
+        let leader = match self.find_leader(&manager).await? {
+            LeaderAt::Here => return manager.write(cmd).await,
+            LeaderAt::Remote(r) => r,
+        };
+        let fwd = ForwardedWrite { command: cmd };
+        let answer: Result<ForwardedWriteResult, _> = tokio::select! {
+            a = crate::net::request(
+                &leader.conn,
+                TAG_FORWARD_WRITE,
+                &fwd,
+                MAX_FORWARD_FRAME,
+                QUORUM_TIMEOUT + Duration::from_secs(2),
+            ) => a,
+            () = self.leader_lost(&manager, &leader) => {
+                return Err(match self.find_leader(&manager).await {
+                    Err(e) => e,
+                    Ok(_) => ManagerError::Fatal(
+                        "the leader changed while handling this request: the outcome of this request is unknown".into(),
+                    ),
+                });
+            }
+        };
+        match answer {
+            Ok(ForwardedWriteResult::Ok(r)) => Ok(r),
+            Ok(ForwardedWriteResult::Err {
+                unknown: false,
+                message,
+            }) => Err(ManagerError::Refused(message)),
+            Ok(ForwardedWriteResult::Err {
+                unknown: true,
+                message,
+            }) => Err(ManagerError::Fatal(message)),
+            Err(_) => Err(manager.quorum_error()),
+        }
+    }
+
+    /// The current leader: this node, or a connection to it. A leader that gossip sees
+    /// as suspect or down is not trusted: this waits (up to the quorum timeout) for Raft
+    /// to elect another rather than talk to a dead node.
+    pub(super) async fn find_leader(&self, manager: &Manager) -> Result<LeaderAt, ManagerError> {
+        let deadline = tokio::time::Instant::now() + QUORUM_TIMEOUT;
+        let mut metrics = manager.metrics();
+        loop {
+            if let Some(leader) = manager.leader() {
+                if leader == manager.raft_id() {
+                    return Ok(LeaderAt::Here);
+                }
+                let node = manager.read_local(|s| s.node_by_raft_id(leader).cloned());
+                let trusted = node.as_ref().is_some_and(|n| {
+                    self.gossip().is_none_or(|g| {
+                        g.view()
+                            .members
+                            .get(&n.public_key)
+                            .is_none_or(|(_, st)| *st == shoal_membership::MemberState::Alive)
+                    })
+                });
+                if trusted
+                    && let Some(n) = node
+                    && let Some(target) = manager.read_local(|s| resolve_in(s, leader))
+                    && let Ok(conn) = self.pool.get_or_dial(&target.0, target.1).await
+                {
+                    return Ok(LeaderAt::Remote(Remote {
+                        conn,
+                        raft_id: leader,
+                        key: n.public_key,
+                    }));
+                }
+            }
+            let wait = tokio::time::timeout_at(deadline, metrics.changed());
+            match tokio::time::timeout(Duration::from_millis(100), wait).await {
+                Ok(Err(_)) => return Err(manager.quorum_error()),
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(manager.quorum_error());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Resolves when `leader` stops being the leader this node knows, or gossip stops
+    /// seeing it alive: a request in flight to it will not be answered.
+    pub(super) async fn leader_lost(&self, manager: &Manager, leader: &Remote) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let alive = self.gossip().is_none_or(|g| {
+                g.view()
+                    .members
+                    .get(&leader.key)
+                    .is_none_or(|(_, st)| *st == shoal_membership::MemberState::Alive)
+            });
+            if manager.leader() != Some(leader.raft_id) || !alive {
+                return;
+            }
+        }
+    }
+
+    /// Runs an API request on the leader and relays its answer.
+    pub(super) async fn forward_api(
+        self: &Arc<Self>,
+        manager: &Manager,
+        req: ApiRequest,
+    ) -> Result<Reply, ApiError> {
+        let leader = match self.find_leader(manager).await.map_err(manager_err)? {
+            LeaderAt::Here => return self.route_local(req).await,
+            LeaderAt::Remote(r) => r,
+        };
+        let conn = leader.conn.clone();
+        let fwd = ForwardedApi {
+            method: req.method.to_string(),
+            segments: req.segments.clone(),
+            query: req.query.clone(),
+            body: req.body.to_vec(),
+        };
+        let lost = || manager_err(manager.quorum_error());
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|_| lost())?;
+        crate::net::write_frame(&mut send, TAG_FORWARD_API, &fwd)
+            .await
+            .map_err(|_| lost())?;
+        let _ = send.finish();
+        // A live leader answers within the quorum timeout (it fails a write it cannot
+        // commit by then); silence past that means it died meanwhile.
+        let first = tokio::select! {
+            r = tokio::time::timeout(
+                QUORUM_TIMEOUT + Duration::from_secs(2),
+                crate::net::read_frame::<ForwardedReply>(&mut recv, MAX_FORWARD_FRAME),
+            ) => r.map_err(|_| lost())?.map_err(|_| lost())?,
+            () = self.leader_lost(manager, &leader) => {
+                // Say "no quorum" when no new leader comes; else that the leader changed.
+                return Err(match self.find_leader(manager).await {
+                    Err(e) => manager_err(e),
+                    Ok(_) => ApiError::unavailable(
+                        "the leader changed while handling this request: the outcome of this request is unknown; retry it",
+                    ),
+                });
+            }
+        };
+        match first.1 {
+            ForwardedReply::Full { status: 200, body } => Ok(Reply::Json(body.into())),
+            ForwardedReply::Full { status, body } => {
+                let message = serde_json::from_slice::<crate::api::ErrorBody>(&body)
+                    .map(|b| b.message)
+                    .unwrap_or_else(|_| format!("the leader answered HTTP {status}"));
+                Err(ApiError {
+                    status: hyper::StatusCode::from_u16(status)
+                        .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR),
+                    message,
+                })
+            }
+            ForwardedReply::End => Err(ApiError::internal("the leader sent an empty answer")),
+            ForwardedReply::Item(first) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                tokio::spawn(async move {
+                    let mut next = Some(first);
+                    while let Some(item) = next.take() {
+                        let Ok(v) = serde_json::from_str(&item) else {
+                            return;
+                        };
+                        if tx.send(v).await.is_err() {
+                            return;
+                        }
+                        match crate::net::read_frame::<ForwardedReply>(&mut recv, MAX_FORWARD_FRAME)
+                            .await
+                        {
+                            Ok((_, ForwardedReply::Item(i))) => next = Some(i),
+                            _ => return,
+                        }
+                    }
+                });
+                Ok(Reply::Stream(rx))
+            }
+        }
+    }
+
+    /// The leader's side of a forwarded API request.
+    pub(super) async fn serve_forwarded_api(
+        self: &Arc<Self>,
+        fwd: ForwardedApi,
+        mut send: quinn::SendStream,
+    ) -> Result<(), crate::net::NetError> {
+        let req = ApiRequest {
+            method: fwd.method.parse().unwrap_or(Method::GET),
+            segments: fwd.segments,
+            query: fwd.query,
+            body: fwd.body.into(),
+        };
+        match self.route_local(req).await {
+            Ok(Reply::Json(bytes)) => {
+                let reply = ForwardedReply::Full {
+                    status: 200,
+                    body: bytes.to_vec(),
+                };
+                crate::net::respond(&mut send, TAG_FORWARD_API, &reply).await
+            }
+            Err(e) => {
+                let body = serde_json::to_vec(&crate::api::ErrorBody { message: e.message })
+                    .unwrap_or_default();
+                let reply = ForwardedReply::Full {
+                    status: e.status.as_u16(),
+                    body,
+                };
+                crate::net::respond(&mut send, TAG_FORWARD_API, &reply).await
+            }
+            Ok(Reply::Stream(mut rx)) => {
+                while let Some(v) = rx.recv().await {
+                    let item = ForwardedReply::Item(v.to_string());
+                    crate::net::write_frame(&mut send, TAG_FORWARD_API, &item).await?;
+                }
+                crate::net::respond(&mut send, TAG_FORWARD_API, &ForwardedReply::End).await
+            }
+        }
+    }
+}

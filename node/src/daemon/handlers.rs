@@ -1,0 +1,354 @@
+//! Control API routing and the node and cluster handlers (`info`, `node …`,
+//! `join-token`).
+
+use super::*;
+
+impl Node {
+    pub(super) async fn manager(&self) -> Result<Arc<Manager>, ApiError> {
+        match self.membership.read().await.as_ref() {
+            None => Err(ApiError::conflict(NOT_IN_CLUSTER)),
+            Some(Membership { manager: None, .. }) => Err(ApiError::conflict(NOT_A_MANAGER)),
+            Some(Membership {
+                manager: Some(m), ..
+            }) => Ok(m.clone()),
+        }
+    }
+
+    pub(super) async fn route(self: &Arc<Self>, req: ApiRequest) -> Result<Reply, ApiError> {
+        // Cluster-state requests go to the leader; node-local ones never leave.
+        let local = matches!(
+            req.route().as_slice(),
+            ["v1", "info"] | ["v1", "init"] | ["v1", "join"] | ["v1", "leave"]
+        );
+        if !local
+            && let Some(manager) = self.manager_opt().await
+            && !manager.is_leader()
+        {
+            return self.forward_api(&manager, req).await;
+        }
+        self.route_local(req).await
+    }
+
+    pub(super) async fn route_local(self: &Arc<Self>, req: ApiRequest) -> Result<Reply, ApiError> {
+        let route = req.route();
+        match (&req.method, route.as_slice()) {
+            (&Method::GET, ["v1", "info"]) => Reply::json(&self.info().await),
+            (&Method::POST, ["v1", "init"]) => {
+                let body: InitRequest = req.json()?;
+                Reply::json(&self.init(body).await?)
+            }
+            (&Method::POST, ["v1", "leave"]) => {
+                let body: LeaveRequest = req.json()?;
+                self.leave(body).await?;
+                Reply::json(&serde_json::json!({}))
+            }
+            (&Method::POST, ["v1", "join"]) => {
+                let body: JoinApiRequest = req.json()?;
+                Reply::json(&self.join(body).await?)
+            }
+            (&Method::POST, ["v1", "join-token", role]) => {
+                let body: JoinTokenRequest = req.json()?;
+                Reply::json(&self.join_token(role, body).await?)
+            }
+            (&Method::DELETE, ["v1", "nodes", reference]) => {
+                self.node_rm(reference, req.flag("force")).await?;
+                Reply::json(&serde_json::json!({}))
+            }
+            (&Method::POST, ["v1", "nodes", reference, "update"]) => {
+                let body: crate::api::NodeUpdateRequest = req.json()?;
+                Reply::json(&self.node_update(reference, body).await?)
+            }
+            (&Method::POST, ["v1", "nodes", reference, "promote"]) => {
+                Reply::json(&self.set_role(reference, Role::Manager).await?)
+            }
+            (&Method::POST, ["v1", "nodes", reference, "demote"]) => {
+                Reply::json(&self.set_role(reference, Role::Worker).await?)
+            }
+            (&Method::GET, ["v1", "nodes"]) => Reply::json(&self.node_list().await?),
+            (&Method::GET, ["v1", "nodes", reference]) => {
+                Reply::json(&self.node_inspect(reference).await?)
+            }
+            (_, ["v1", "services", ..]) | (&Method::GET, ["v1", "nodes", _, "tasks"]) => {
+                let manager = self.manager().await?;
+                match crate::service_api::route(self, &manager, &req).await {
+                    Some(r) => r,
+                    None => Err(ApiError::not_found(format!(
+                        "unknown API call {} /{}",
+                        req.method,
+                        req.segments.join("/")
+                    ))),
+                }
+            }
+            (_, ["v1", ..]) => Err(ApiError::not_found(format!(
+                "unknown API call {} /{}",
+                req.method,
+                req.segments.join("/")
+            ))),
+            _ => Err(ApiError::not_found("unknown API version: expected /v1/...")),
+        }
+    }
+
+    pub(super) async fn info(&self) -> Info {
+        let mut info = Info {
+            cluster: "inactive".into(),
+            node_id: self.node_id.clone(),
+            hostname: self.hostname.clone(),
+            listen_addr: self.listen_addr.to_string(),
+            advertise_addr: self.advertise().to_string(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            cluster_id: None,
+            role: None,
+            leader: None,
+            managers: None,
+            nodes: None,
+            warning: self
+                .removed_notice
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        };
+        let membership = self.membership.read().await;
+        if let Some(m) = membership.as_ref() {
+            info.cluster = "active".into();
+            info.cluster_id = Some(m.saved.cluster_id.clone());
+            info.role = Some(m.saved.role.as_str().into());
+            if m.manager.is_none()
+                && let Some(g) = self.gossip()
+            {
+                let view = g.view();
+                info.leader = view
+                    .leader_hint
+                    .map(|(_, k)| NodeId::from_public_key(&k).to_string());
+                let alive: Vec<&[u8; 32]> = view
+                    .members
+                    .iter()
+                    .filter(|(_, (_, st))| *st != shoal_membership::MemberState::Down)
+                    .map(|(k, _)| k)
+                    .collect();
+                info.nodes = Some(alive.len() as u64 + 1);
+                info.managers = Some(
+                    alive
+                        .iter()
+                        .filter(|k| {
+                            view.roles.get(**k) == Some(&shoal_membership::NodeRole::Manager)
+                        })
+                        .count() as u64,
+                );
+            }
+            if let Some(manager) = &m.manager {
+                let leader = manager.leader();
+                manager.read_local(|s| {
+                    info.leader = leader
+                        .and_then(|l| s.node_by_raft_id(l))
+                        .map(|n| n.id.clone());
+                    info.managers =
+                        Some(s.nodes.values().filter(|n| n.role == Role::Manager).count() as u64);
+                    info.nodes = Some(s.nodes.len() as u64);
+                });
+            }
+        }
+        info
+    }
+
+    pub(super) async fn join_token(
+        &self,
+        role: &str,
+        req: JoinTokenRequest,
+    ) -> Result<JoinTokenResponse, ApiError> {
+        let role = match role {
+            "worker" => Role::Worker,
+            "manager" => Role::Manager,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown role `{other}`: expected worker or manager"
+                )));
+            }
+        };
+        let manager = self.manager().await?;
+        if req.rotate {
+            manager
+                .write(Command::RotateToken { role })
+                .await
+                .map_err(manager_err)?;
+        }
+        let token = manager
+            .read_linearizable(|s| {
+                s.cluster.as_ref().map(|c| {
+                    let ttl = req.ttl_secs.map(Duration::from_secs);
+                    join::mint(c, s, role, ttl, now_ms() / 1000)
+                })
+            })
+            .await
+            .map_err(manager_err)?
+            .ok_or_else(|| ApiError::conflict(NOT_IN_CLUSTER))?
+            .map_err(ApiError::internal)?;
+        Ok(JoinTokenResponse {
+            role: role.as_str().into(),
+            token,
+            manager_addr: self.advertise().to_string(),
+        })
+    }
+
+    pub(super) async fn node_update(
+        &self,
+        reference: &str,
+        req: crate::api::NodeUpdateRequest,
+    ) -> Result<serde_json::Value, ApiError> {
+        let manager = self.manager().await?;
+        let node = manager
+            .read_linearizable(|s| s.resolve_node(reference).cloned())
+            .await
+            .map_err(manager_err)?
+            .map_err(ApiError::not_found)?;
+        let availability = match req.availability.as_deref() {
+            Some(a) => Some(a.parse::<Availability>().map_err(ApiError::bad_request)?),
+            None => None,
+        };
+        for k in req.label_add.keys().chain(req.label_rm.iter()) {
+            if k.is_empty() || k.len() > 128 || k.chars().any(|c| c.is_whitespace() || c == '=') {
+                return Err(ApiError::bad_request(format!("invalid label key `{k}`")));
+            }
+        }
+        let cmd = Command::UpdateNode {
+            id: node.id.clone(),
+            availability,
+            label_add: req.label_add,
+            label_rm: req.label_rm,
+            at: now_ms(),
+        };
+        manager.write(cmd).await.map_err(manager_err)?;
+        Ok(serde_json::json!({ "id": node.id, "hostname": node.hostname }))
+    }
+
+    pub(super) async fn set_role(
+        &self,
+        reference: &str,
+        role: Role,
+    ) -> Result<serde_json::Value, ApiError> {
+        let manager = self.manager().await?;
+        let node = manager
+            .read_linearizable(|s| s.resolve_node(reference).cloned())
+            .await
+            .map_err(manager_err)?
+            .map_err(ApiError::not_found)?;
+        let verb = if role == Role::Manager {
+            "promote"
+        } else {
+            "demote"
+        };
+        if node.role == role {
+            return Err(ApiError::conflict(format!(
+                "node {} is already a {}",
+                node.hostname,
+                role.as_str()
+            )));
+        }
+        if node.status != NodeStatus::Ready {
+            return Err(ApiError::conflict(format!(
+                "node {} is {}: only a ready node can be {verb}d",
+                node.hostname,
+                node.status.as_str()
+            )));
+        }
+        manager
+            .write(Command::SetRole {
+                id: node.id.clone(),
+                role,
+                at: now_ms(),
+            })
+            .await
+            .map_err(manager_err)?;
+        info!(node = %node.id, role = role.as_str(), "role changed");
+        Ok(serde_json::json!({ "id": node.id, "hostname": node.hostname, "role": role.as_str() }))
+    }
+
+    pub(super) async fn node_rm(&self, reference: &str, force: bool) -> Result<(), ApiError> {
+        let manager = self.manager().await?;
+        let node = manager
+            .read_linearizable(|s| s.resolve_node(reference).cloned())
+            .await
+            .map_err(manager_err)?
+            .map_err(ApiError::not_found)?;
+        if node.id == self.node_id {
+            return Err(ApiError::conflict(
+                "cannot remove the current node: run `shoal leave` on it instead",
+            ));
+        }
+        if node.role == Role::Manager {
+            return Err(ApiError::conflict(format!(
+                "node {} is a manager: demote it first with `shoal node demote {}`",
+                node.hostname, node.id
+            )));
+        }
+        if node.status == NodeStatus::Ready && !force {
+            return Err(ApiError::conflict(format!(
+                "node {} is ready: run `shoal leave` on it first, or use --force to remove it anyway",
+                node.hostname
+            )));
+        }
+        manager
+            .write(Command::RemoveNode {
+                id: node.id.clone(),
+            })
+            .await
+            .map_err(manager_err)?;
+        if let Ok(id) = node.id.parse::<NodeId>()
+            && let Some(conn) = self.pool.remove(&id)
+        {
+            conn.close(2u32.into(), REMOVED_REASON.as_bytes());
+        }
+        info!(node = %node.id, "node removed");
+        Ok(())
+    }
+
+    pub(super) fn view(&self, manager: &Manager, n: &NodeRecord) -> NodeView {
+        let leader = manager.leader();
+        let manager_status = (n.role == Role::Manager).then(|| {
+            if Some(n.raft_id) == leader {
+                "leader"
+            } else if n.status == NodeStatus::Ready {
+                "reachable"
+            } else {
+                "unreachable"
+            }
+            .to_string()
+        });
+        NodeView {
+            id: n.id.clone(),
+            hostname: n.hostname.clone(),
+            role: n.role.as_str().into(),
+            status: n.status.as_str().into(),
+            availability: n.availability.as_str().into(),
+            manager_status,
+            addr: n.addr.clone(),
+            labels: n.labels.clone(),
+            public_key: n.public_key.iter().map(|b| format!("{b:02x}")).collect(),
+            platform: n.platform.clone(),
+            memory_bytes: n.memory_bytes,
+            cpus: n.cpus,
+            drivers: n.drivers.clone(),
+            version: n.version.clone(),
+            created_at: rfc3339(n.created_at),
+            updated_at: rfc3339(n.updated_at),
+        }
+    }
+
+    pub(super) async fn node_list(&self) -> Result<Vec<NodeView>, ApiError> {
+        let manager = self.manager().await?;
+        let nodes = manager
+            .read_linearizable(|s| s.nodes.values().cloned().collect::<Vec<_>>())
+            .await
+            .map_err(manager_err)?;
+        Ok(nodes.iter().map(|n| self.view(&manager, n)).collect())
+    }
+
+    pub(super) async fn node_inspect(&self, reference: &str) -> Result<NodeView, ApiError> {
+        let manager = self.manager().await?;
+        let node = manager
+            .read_linearizable(|s| s.resolve_node(reference).cloned())
+            .await
+            .map_err(manager_err)?
+            .map_err(ApiError::not_found)?;
+        Ok(self.view(&manager, &node))
+    }
+}

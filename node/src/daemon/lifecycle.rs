@@ -1,0 +1,720 @@
+//! The node's membership lifecycle: `init` (and `--force-new-cluster`), `join` (both
+//! sides), `leave`, resuming after a restart, becoming a manager and stepping down, and the
+//! loops that run while the node is in a cluster (gossip, worker, manager loops).
+
+use super::*;
+
+impl Node {
+    /// Starts serving, and dialing peers, with the node certificate.
+    pub(super) fn serve_quic(&self, saved: &SavedCluster) -> Result<()> {
+        let server = pki::server_config(&saved.node_cert, &saved.ca_cert, &self.key)
+            .context("cannot build the TLS server configuration")?;
+        let client = pki::client_config(&saved.node_cert, &saved.ca_cert, &self.key)
+            .context("cannot build the TLS client configuration")?;
+        self.endpoint.set_server_config(server);
+        self.endpoint.set_client_config(client);
+        Ok(())
+    }
+
+    /// Starts this node's worker and its session to the leader.
+    pub(super) fn start_worker(self: &Arc<Self>, cluster_id: &str) -> Result<(), String> {
+        use shoal_runtime::Driver as _;
+        let scope = shoal_runtime::Scope::new(cluster_id, self.node_id.clone());
+        let mut drivers: BTreeMap<String, Arc<dyn shoal_runtime::Driver>> = BTreeMap::new();
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find the shoal binary: {e}"))?;
+        let process =
+            shoal_runtime::process::ProcessDriver::new(shoal_runtime::process::ProcessConfig::new(
+                self.state_dir.root().join("tasks"),
+                scope.clone(),
+                shoal_runtime::process::ShimCommand::shoal_subcommand(exe),
+            ))
+            .map_err(|e| format!("cannot start the process driver: {e}"))?;
+        if self.drivers.iter().any(|d| d == "process") {
+            drivers.insert(process.kind().as_str().into(), Arc::new(process));
+        }
+        if self.drivers.iter().any(|d| d == "docker") {
+            match shoal_runtime::docker::DockerDriver::new(
+                shoal_runtime::docker::DockerConfig::new(scope),
+            ) {
+                Ok(d) => {
+                    drivers.insert("docker".into(), Arc::new(d));
+                }
+                Err(e) => warn!("docker driver unavailable: {e}"),
+            }
+        }
+        let config =
+            crate::worker::WorkerConfig::new(drivers, self.state_dir.root().join("worker"));
+        let (handle, reports) = crate::worker::Worker::start(config)
+            .map_err(|e| format!("cannot start the worker: {e}"))?;
+        *self
+            .worker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle.clone());
+        tokio::spawn(crate::dispatch::run_worker_session(
+            self.clone(),
+            handle,
+            reports,
+        ));
+        Ok(())
+    }
+
+    /// Stops the worker. With `stop_tasks`, its tasks are stopped first (leaving the
+    /// cluster); otherwise they keep running (a daemon restart adopts them).
+    pub(super) async fn stop_worker(&self, stop_tasks: bool) {
+        let handle = self
+            .worker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            if stop_tasks {
+                let _ = h
+                    .apply(crate::worker::AssignmentSet {
+                        full: true,
+                        tasks: vec![],
+                        removed: vec![],
+                    })
+                    .await;
+                let _ = h.resync().await;
+            }
+            let _ = h.shutdown().await;
+        }
+    }
+
+    /// Starts the loops a manager runs (they act only while it leads).
+    pub(super) fn start_manager_loops(&self, manager: &Arc<Manager>) {
+        let (_tx, rx) = watch::channel(false);
+        // The loop ends with Raft; the sender is kept alive by the loop's own clone.
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let _keep = _tx;
+            crate::manager::orchestrator::run(
+                manager,
+                crate::manager::orchestrator::OrchestratorConfig::default(),
+                rx,
+            )
+            .await;
+        });
+    }
+
+    pub(super) fn start_gossip(&self, role: Role, seeds: Vec<SocketAddr>) -> Result<(), String> {
+        let role = match role {
+            Role::Manager => shoal_membership::NodeRole::Manager,
+            Role::Worker => shoal_membership::NodeRole::Worker,
+        };
+        let gossip = Gossip::start(
+            self.key.public_key(),
+            self.advertise(),
+            role,
+            self.pool.clone(),
+            self.dialed_tx.clone(),
+            1.0,
+        )?;
+        gossip.join(seeds);
+        *self
+            .gossip
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(gossip);
+        Ok(())
+    }
+
+    pub(super) async fn stop_gossip(&self, leave: bool) {
+        let g = self
+            .gossip
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let (Some(g), true) = (g, leave) {
+            g.leave(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Publishes the Raft leader to gossip whenever it changes, so workers know it.
+    pub(super) fn watch_leader(&self, manager: Arc<Manager>) {
+        let Some(gossip) = self.gossip() else { return };
+        tokio::spawn(async move {
+            let mut rx = manager.metrics();
+            let mut last = None;
+            loop {
+                let (term, leader) = {
+                    let m = rx.borrow();
+                    (m.current_term, m.current_leader)
+                };
+                if last != Some((term, leader)) {
+                    last = Some((term, leader));
+                    if let Some(key) = leader.and_then(|l| {
+                        manager.read_local(|s| s.node_by_raft_id(l).map(|n| n.public_key))
+                    }) {
+                        gossip.publish(shoal_membership::FactBody::LeaderHint {
+                            term,
+                            leader: Some(shoal_membership::NodeId(key)),
+                        });
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The manager's side of a join handshake.
+    pub async fn handle_join(&self, req: JoinRequest) -> JoinResponse {
+        match self.admit(req).await {
+            Ok(a) => JoinResponse::Accepted(a),
+            Err(reason) => {
+                info!(%reason, "join refused");
+                JoinResponse::Refused(reason)
+            }
+        }
+    }
+
+    pub(super) async fn admit(&self, req: JoinRequest) -> Result<JoinAccepted, String> {
+        let manager = self.manager().await.map_err(|_| {
+            "this node is not a manager of a cluster: join through a manager's address".to_string()
+        })?;
+        let cluster = manager
+            .read_local(|s| s.cluster.clone())
+            .ok_or_else(|| "the cluster is not initialized".to_string())?;
+        let role = join::check_token(&req.token, &cluster, now_ms() / 1000)?;
+        let record = join::record_for(&req, role, now_ms())?;
+        if record.id == self.node_id {
+            return Err("a node cannot join the cluster it manages".into());
+        }
+        if let Some(existing) = manager.read_local(|s| s.nodes.get(&record.id).cloned())
+            && existing.role == Role::Manager
+            && existing.status == NodeStatus::Ready
+        {
+            return Err(format!(
+                "node {} is already a manager of this cluster: run `shoal leave --force` on it first",
+                existing.hostname
+            ));
+        }
+        let id = record.id.clone();
+        self.propose(Command::AdmitNode(record))
+            .await
+            .map_err(|e| e.to_string())?;
+        let ca = ClusterCa::from_der(&cluster.ca_cert_der, &cluster.ca_key_der)
+            .map_err(|e| format!("cannot load the cluster CA: {e}"))?;
+        let node_cert = ca
+            .issue_node_cert(&req.public_key, &NodeId::from_public_key(&req.public_key))
+            .map_err(|e| format!("cannot issue a certificate: {e}"))?;
+        info!(node = %id, hostname = %req.hostname, role = role.as_str(), "node joined");
+        Ok(JoinAccepted {
+            cluster_id: cluster.id.clone(),
+            role,
+            node_cert,
+            ca_cert: cluster.ca_cert_der.clone(),
+            members: manager.read_local(join::member_hints),
+        })
+    }
+
+    /// Restarts the node's part in the cluster after a daemon restart.
+    pub(super) async fn resume(self: &Arc<Self>, saved: SavedCluster) -> Result<()> {
+        let manager = if saved.role == Role::Manager {
+            let started = Instant::now();
+            let manager = self.open_manager(&saved.cluster_id).await?;
+            let manager = Arc::new(manager);
+            let m = manager.clone();
+            tokio::spawn(async move {
+                if let Some(leader) = m.wait_for_leader(Duration::from_secs(30)).await {
+                    info!(
+                        leader,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "raft leader known"
+                    );
+                }
+            });
+            Some(manager)
+        } else {
+            None
+        };
+        self.serve_quic(&saved)?;
+        let mut seeds: Vec<SocketAddr> =
+            saved.seeds.iter().filter_map(|a| a.parse().ok()).collect();
+        if let Some(m) = &manager {
+            seeds.extend(m.read_local(|s| {
+                s.nodes
+                    .values()
+                    .filter_map(|n| n.addr.parse::<SocketAddr>().ok())
+                    .collect::<Vec<_>>()
+            }));
+        }
+        self.start_gossip(saved.role, seeds)
+            .map_err(anyhow::Error::msg)?;
+        if let Some(m) = &manager {
+            self.watch_leader(m.clone());
+            self.start_manager_loops(m);
+        }
+        self.start_worker(&saved.cluster_id)
+            .map_err(anyhow::Error::msg)?;
+        info!(cluster_id = %saved.cluster_id, role = saved.role.as_str(), "rejoined cluster");
+        *self.membership.write().await = Some(Membership { saved, manager });
+        Ok(())
+    }
+
+    pub(super) async fn stop(&self) {
+        self.stop_worker(false).await;
+        let taken = self.membership.write().await.take();
+        if let Some(manager) = taken.and_then(|m| m.manager) {
+            manager.shutdown().await;
+        }
+        self.endpoint.shutdown(Duration::from_millis(500)).await;
+    }
+
+    /// Opens this node's Raft, talking to the other managers over QUIC.
+    pub(super) async fn open_manager(&self, cluster_id: &str) -> Result<Manager, ManagerError> {
+        Manager::open_with_network(
+            &self.state_dir.raft_db(),
+            raft_id_for(&self.key.public_key()),
+            cluster_id,
+            self.raft_scale,
+            QuicNetworkFactory::node_table(self.pool.clone()),
+        )
+        .await
+    }
+
+    /// Starts Raft on this node as a new (empty) manager; the leader then adds it as a
+    /// learner and a voter. Idempotent.
+    pub async fn become_manager(self: &Arc<Self>, cluster_id: &str) -> Result<(), String> {
+        let _guard = self.lifecycle.lock().await;
+        let mut membership = self.membership.write().await;
+        let Some(m) = membership.as_mut() else {
+            return Err("this node is not part of a cluster".into());
+        };
+        if m.saved.cluster_id != cluster_id {
+            return Err("this node belongs to another cluster".into());
+        }
+        if m.manager.is_some() {
+            return Ok(());
+        }
+        let db = self.state_dir.raft_db();
+        if db.exists() {
+            // Left over from an earlier stint as a manager: the leader sends a snapshot.
+            std::fs::remove_file(&db)
+                .map_err(|e| format!("cannot remove {}: {e}", db.display()))?;
+        }
+        let manager = Arc::new(
+            self.open_manager(cluster_id)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        m.saved.role = Role::Manager;
+        let mut cfg =
+            SavedConfig::load(&self.state_dir.node_config()).map_err(|e| e.to_string())?;
+        cfg.cluster = Some(m.saved.clone());
+        cfg.save(&self.state_dir.node_config())
+            .map_err(|e| e.to_string())?;
+        m.manager = Some(manager.clone());
+        drop(membership);
+        if let Some(g) = self.gossip() {
+            g.publish(shoal_membership::FactBody::Role(
+                shoal_membership::NodeRole::Manager,
+            ));
+        }
+        self.start_manager_loops(&manager);
+        self.watch_leader(manager);
+        info!("this node is now a manager");
+        Ok(())
+    }
+
+    /// Stops Raft on this node after it was demoted; it stays in the cluster as a worker.
+    pub async fn step_down_to_worker(&self) {
+        let _guard = self.lifecycle.lock().await;
+        let mut membership = self.membership.write().await;
+        let Some(m) = membership.as_mut() else { return };
+        let Some(manager) = m.manager.take() else {
+            return;
+        };
+        manager.shutdown().await;
+        m.saved.role = Role::Worker;
+        if let Ok(mut cfg) = SavedConfig::load(&self.state_dir.node_config()) {
+            cfg.cluster = Some(m.saved.clone());
+            if let Err(e) = cfg.save(&self.state_dir.node_config()) {
+                warn!("cannot save the new role: {e:#}");
+            }
+        }
+        let _ = std::fs::remove_file(self.state_dir.raft_db());
+        drop(membership);
+        if let Some(g) = self.gossip() {
+            g.publish(shoal_membership::FactBody::Role(
+                shoal_membership::NodeRole::Worker,
+            ));
+        }
+        info!("this node was demoted: it is now a worker");
+    }
+
+    pub(super) fn record_for_self(&self, role: Role, availability: Availability) -> NodeRecord {
+        let now = now_ms();
+        NodeRecord {
+            id: self.node_id.clone(),
+            public_key: self.key.public_key(),
+            raft_id: raft_id_for(&self.key.public_key()),
+            hostname: self.hostname.clone(),
+            addr: self.advertise().to_string(),
+            role,
+            availability,
+            status: NodeStatus::Ready,
+            labels: Default::default(),
+            platform: platform(),
+            memory_bytes: memory_bytes(),
+            cpus: cpus(),
+            drivers: self.drivers.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// `init --force-new-cluster`: this manager starts a new Raft group of one from its
+    /// own copy of the state. The other managers are dropped from it and their keys
+    /// refused until they leave and join again with a token; workers carry on.
+    pub(super) async fn force_new_cluster(self: &Arc<Self>) -> Result<InitResponse, ApiError> {
+        let _guard = self.lifecycle.lock().await;
+        let (saved, old) = match self.membership.read().await.as_ref() {
+            None => {
+                return Err(ApiError::conflict(
+                    "this node has no cluster state to recover: run `shoal init` to create a cluster",
+                ));
+            }
+            Some(Membership { manager: None, .. }) => {
+                return Err(ApiError::conflict(
+                    "--force-new-cluster runs on a manager that kept the cluster state; this node is a worker",
+                ));
+            }
+            Some(Membership {
+                saved,
+                manager: Some(m),
+            }) => (saved.clone(), m.clone()),
+        };
+        let mut state = old.read_local(|s| s.clone());
+        let own = self.node_id.clone();
+        let others: Vec<(String, [u8; 32])> = state
+            .nodes
+            .values()
+            .filter(|n| n.role == Role::Manager && n.id != own)
+            .map(|n| (n.id.clone(), n.public_key))
+            .collect();
+        for (id, key) in &others {
+            if let Some(n) = state.nodes.remove(id) {
+                state.raft_ids.remove(&n.raft_id);
+            }
+            state.removed_keys.insert(*key);
+        }
+        if let Some(me) = state.nodes.get_mut(&own) {
+            me.status = NodeStatus::Ready;
+        }
+        old.shutdown().await;
+        let db = self.state_dir.raft_db();
+        let kept = db.with_extension(format!("redb.before-force-new-cluster-{}", now_ms()));
+        std::fs::rename(&db, &kept)
+            .map_err(|e| ApiError::internal(format!("cannot move {} aside: {e}", db.display())))?;
+        let manager = Arc::new(
+            self.open_manager(&saved.cluster_id)
+                .await
+                .map_err(manager_err)?,
+        );
+        manager.initialize().await.map_err(manager_err)?;
+        manager
+            .wait_for_leader(Duration::from_secs(10))
+            .await
+            .ok_or_else(|| ApiError::unavailable("raft did not elect this node within 10 s"))?;
+        manager
+            .write(Command::Restore(Box::new(state)))
+            .await
+            .map_err(manager_err)?;
+        for (id, _) in &others {
+            if let Ok(id) = id.parse::<NodeId>()
+                && let Some(conn) = self.pool.remove(&id)
+            {
+                conn.close(2u32.into(), REMOVED_REASON.as_bytes());
+            }
+        }
+        if let Some(m) = self.membership.write().await.as_mut() {
+            m.manager = Some(manager.clone());
+        }
+        self.watch_leader(manager.clone());
+        self.start_manager_loops(&manager);
+        warn!(
+            dropped = others.len(),
+            kept = %kept.display(),
+            "forced a new cluster of one manager from this node's state"
+        );
+        Ok(InitResponse {
+            node_id: own,
+            cluster_id: saved.cluster_id,
+        })
+    }
+
+    /// Remembers that a peer refused this node as removed, for `info` and the log.
+    pub fn note_removed(&self, reason: &str) {
+        let mut notice = self
+            .removed_notice
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if notice.is_none() {
+            tracing::error!(
+                "{reason}: this node is no longer part of the cluster; run `shoal leave --force`, then join again with a token"
+            );
+        }
+        *notice = Some(format!(
+            "{reason}: run `shoal leave --force`, then `shoal join` with a token from a manager"
+        ));
+    }
+
+    pub(super) async fn init(self: &Arc<Self>, req: InitRequest) -> Result<InitResponse, ApiError> {
+        let _guard = self.lifecycle.lock().await;
+        if req.force_new_cluster {
+            drop(_guard);
+            return self.force_new_cluster().await;
+        }
+        if self.membership.read().await.is_some() {
+            return Err(ApiError::conflict(
+                "this node is already part of a cluster: run `shoal leave --force` first to start a new one",
+            ));
+        }
+        let availability: Availability = match req.availability.as_deref() {
+            Some(a) => a.parse().map_err(ApiError::bad_request)?,
+            None => Availability::Active,
+        };
+        let mut saved_cfg =
+            SavedConfig::load(&self.state_dir.node_config()).map_err(ApiError::from)?;
+        if let Some(a) = &req.advertise_addr {
+            let addr = parse_advertise(a, self.listen_addr.port())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            self.set_advertise(addr);
+            saved_cfg.advertise_addr = Some(addr);
+        }
+        let cluster_id = random_id();
+        let ca = ClusterCa::generate(&cluster_id)
+            .map_err(|e| ApiError::internal(format!("cannot create the cluster CA: {e}")))?;
+        let node_cert = ca
+            .issue_node_cert(&self.key.public_key(), &self.key.node_id())
+            .map_err(|e| ApiError::internal(format!("cannot issue the node certificate: {e}")))?;
+        let db_path = self.state_dir.raft_db();
+        if db_path.exists() {
+            // Left by an `init` that died before it finished: it holds no cluster.
+            std::fs::remove_file(&db_path).map_err(|e| {
+                ApiError::internal(format!(
+                    "cannot remove unfinished {}: {e}",
+                    db_path.display()
+                ))
+            })?;
+        }
+        let manager = self.open_manager(&cluster_id).await.map_err(manager_err)?;
+        manager.initialize().await.map_err(manager_err)?;
+        manager
+            .wait_for_leader(Duration::from_secs(10))
+            .await
+            .ok_or_else(|| ApiError::unavailable("raft did not elect this node within 10 s"))?;
+        let record = ClusterRecord {
+            id: cluster_id.clone(),
+            created_at: now_ms(),
+            ca_cert_der: ca.cert_der().to_vec(),
+            ca_key_der: ca.key_pkcs8_der().to_vec(),
+            worker_token_generation: 0,
+            manager_token_generation: 0,
+            task_history_limit: 5,
+        };
+        let cmd = Command::InitCluster {
+            cluster: record,
+            node: self.record_for_self(Role::Manager, availability),
+        };
+        if let Err(e) = manager.write(cmd).await {
+            manager.shutdown().await;
+            let _ = std::fs::remove_file(&db_path);
+            return Err(manager_err(e));
+        }
+        let saved = SavedCluster {
+            cluster_id: cluster_id.clone(),
+            role: Role::Manager,
+            node_cert,
+            ca_cert: ca.cert_der().to_vec(),
+            seeds: Vec::new(),
+        };
+        saved_cfg.cluster = Some(saved.clone());
+        saved_cfg
+            .save(&self.state_dir.node_config())
+            .map_err(ApiError::from)?;
+        self.serve_quic(&saved).map_err(ApiError::from)?;
+        self.start_gossip(Role::Manager, Vec::new())
+            .map_err(ApiError::internal)?;
+        let manager = Arc::new(manager);
+        self.watch_leader(manager.clone());
+        self.start_manager_loops(&manager);
+        self.start_worker(&cluster_id).map_err(ApiError::internal)?;
+        info!(%cluster_id, "cluster initialized");
+        *self.membership.write().await = Some(Membership {
+            saved,
+            manager: Some(manager),
+        });
+        Ok(InitResponse {
+            node_id: self.node_id.clone(),
+            cluster_id,
+        })
+    }
+
+    pub(super) async fn leave(&self, req: LeaveRequest) -> Result<(), ApiError> {
+        let _guard = self.lifecycle.lock().await;
+        let mut membership = self.membership.write().await;
+        let Some(m) = membership.as_ref() else {
+            return Err(ApiError::conflict("this node is not part of a cluster"));
+        };
+        if let Some(manager) = &m.manager {
+            let voters = manager.voters();
+            if !req.force {
+                return Err(ApiError::conflict(if voters.len() <= 1 {
+                    "this node is the last manager: leaving wipes the cluster state; use `shoal leave --force` to do it anyway"
+                } else {
+                    "this node is a manager: demote it first (`shoal node demote`) or use `shoal leave --force`"
+                }));
+            }
+            manager.shutdown().await;
+        }
+        *membership = None;
+        drop(membership);
+        self.stop_worker(true).await;
+        self.stop_gossip(true).await;
+        self.endpoint.clear_server_config();
+        let mut saved = SavedConfig::load(&self.state_dir.node_config()).map_err(ApiError::from)?;
+        saved.cluster = None;
+        saved
+            .save(&self.state_dir.node_config())
+            .map_err(ApiError::from)?;
+        let db = self.state_dir.raft_db();
+        if db.exists() {
+            std::fs::remove_file(&db)
+                .map_err(|e| ApiError::internal(format!("cannot remove {}: {e}", db.display())))?;
+        }
+        warn!("left the cluster: cluster state wiped, node key kept");
+        Ok(())
+    }
+
+    pub(super) async fn join(
+        self: &Arc<Self>,
+        req: JoinApiRequest,
+    ) -> Result<JoinApiResponse, ApiError> {
+        let guard = self.lifecycle.lock().await;
+        if self.membership.read().await.is_some() {
+            return Err(ApiError::conflict(
+                "this node is already part of a cluster: run `shoal leave` first",
+            ));
+        }
+        let token = crate::pki::token::JoinToken::parse(&req.token)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let availability: Availability = match req.availability.as_deref() {
+            Some(a) => a.parse().map_err(ApiError::bad_request)?,
+            None => Availability::Active,
+        };
+        let given = if req.manager_addrs.is_empty() {
+            token.payload.manager_addrs.clone()
+        } else {
+            req.manager_addrs.clone()
+        };
+        let mut addrs = Vec::new();
+        for a in &given {
+            addrs.push(
+                parse_advertise(a, crate::cli::DEFAULT_PORT)
+                    .map_err(|e| ApiError::bad_request(format!("manager address: {e}")))?,
+            );
+        }
+        if addrs.is_empty() {
+            return Err(ApiError::bad_request(
+                "no manager address: give one (shoal join --token T ADDR) or use a token that carries them",
+            ));
+        }
+        let mut saved_cfg =
+            SavedConfig::load(&self.state_dir.node_config()).map_err(ApiError::from)?;
+        let previous_advertise = self.advertise();
+        if let Some(a) = &req.advertise_addr {
+            let addr = parse_advertise(a, self.listen_addr.port())
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            self.set_advertise(addr);
+            saved_cfg.advertise_addr = Some(addr);
+        }
+        let jr = JoinRequest {
+            token: req.token.clone(),
+            public_key: self.key.public_key(),
+            hostname: self.hostname.clone(),
+            advertise_addr: self.advertise().to_string(),
+            platform: platform(),
+            memory_bytes: memory_bytes(),
+            cpus: cpus(),
+            drivers: self.drivers.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            availability,
+        };
+        let (accepted, via) = match join::request_join(&self.endpoint, &jr, &addrs).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.set_advertise(previous_advertise);
+                return Err(ApiError::bad_request(e));
+            }
+        };
+        if pki::public_key_from_cert(&accepted.node_cert).ok() != Some(self.key.public_key())
+            || pki::sha256(&accepted.ca_cert) != token.payload.ca_digest
+        {
+            self.set_advertise(previous_advertise);
+            return Err(ApiError::internal(
+                "the manager answered with a certificate that does not match this node or the token",
+            ));
+        }
+        let saved = SavedCluster {
+            cluster_id: accepted.cluster_id.clone(),
+            role: accepted.role,
+            node_cert: accepted.node_cert,
+            ca_cert: accepted.ca_cert,
+            seeds: accepted.members.iter().map(|m| m.addr.clone()).collect(),
+        };
+        saved_cfg.cluster = Some(saved.clone());
+        saved_cfg
+            .save(&self.state_dir.node_config())
+            .map_err(ApiError::from)?;
+        self.serve_quic(&saved).map_err(ApiError::from)?;
+        let seeds = saved.seeds.iter().filter_map(|a| a.parse().ok()).collect();
+        self.start_gossip(saved.role, seeds)
+            .map_err(ApiError::internal)?;
+        self.start_worker(&saved.cluster_id)
+            .map_err(ApiError::internal)?;
+        info!(cluster_id = %saved.cluster_id, %via, "joined the cluster");
+        let resp = JoinApiResponse {
+            node_id: self.node_id.clone(),
+            cluster_id: saved.cluster_id.clone(),
+            role: saved.role.as_str().into(),
+            via: via.to_string(),
+        };
+        let role = saved.role;
+        let cluster_id = saved.cluster_id.clone();
+        *self.membership.write().await = Some(Membership {
+            saved,
+            manager: None,
+        });
+        drop(guard);
+        if role == Role::Manager {
+            // The leader adds this node as a learner, then as a voter, once Raft runs here.
+            self.become_manager(&cluster_id)
+                .await
+                .map_err(ApiError::internal)?;
+            // Answer once this node votes, as `docker swarm join` does for managers.
+            if let Some(manager) = self.manager_opt().await {
+                let own = manager.raft_id();
+                let mut metrics = manager.metrics();
+                let _ = tokio::time::timeout(Duration::from_secs(60), async {
+                    while !manager.voters().contains(&own) {
+                        if metrics.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                })
+                .await;
+                if !manager.voters().contains(&own) {
+                    return Err(ApiError::unavailable(
+                        "joined, but the leader has not made this node a voter within 60 s: check `shoal node ls` on a manager",
+                    ));
+                }
+            }
+        }
+        Ok(resp)
+    }
+}

@@ -1,0 +1,439 @@
+//! The daemon: composition root, the shared `Node`, and the pieces every part of it uses.
+//! Lifecycle (`lifecycle.rs`), API handlers (`handlers.rs`) and peer requests and
+//! forwarding (`forward.rs`) are its child modules.
+
+mod forward;
+mod handlers;
+mod lifecycle;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use hyper::Method;
+use tokio::sync::{RwLock, watch};
+use tracing::{info, warn};
+
+use crate::api::server::{ApiError, ApiRequest, Reply};
+use crate::api::{
+    Info, InitRequest, InitResponse, JoinApiRequest, JoinApiResponse, JoinTokenRequest,
+    JoinTokenResponse, LeaveRequest, NodeView,
+};
+use crate::config::{SavedCluster, SavedConfig, default_advertise, parse_advertise};
+use crate::forward::{
+    BecomeManager, BecomeManagerResult, ForwardedApi, ForwardedReply, ForwardedWrite,
+    ForwardedWriteResult, MAX_FORWARD_FRAME, TAG_BECOME_MANAGER, TAG_FORWARD_API,
+    TAG_FORWARD_WRITE,
+};
+use crate::gossip::Gossip;
+use crate::join::{self, JoinAccepted, JoinRequest, JoinResponse};
+use crate::manager::network::{QuicNetworkFactory, resolve_in};
+use crate::manager::state::CommandResult;
+use crate::manager::state::{Availability, ClusterRecord, Command, NodeRecord, NodeStatus, Role};
+use crate::manager::{Manager, ManagerError, QUORUM_TIMEOUT, raft_id_for, rpc};
+use crate::net::{Endpoint, Pool};
+use crate::pki::NodeId;
+use crate::pki::{self, ClusterCa, NodeKey};
+use crate::state_dir::StateDir;
+
+/// Longest Unix socket path the kernel accepts (`sun_path` is 108 bytes with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// `shoal daemon` settings.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// QUIC listen address.
+    pub listen_addr: SocketAddr,
+    /// Advertise address override (`IP` or `IP:PORT`).
+    pub advertise_addr: Option<String>,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// Reported hostname override.
+    pub hostname: Option<String>,
+    /// Multiplies Raft timing (heartbeat, election) for slow links.
+    pub raft_timing_scale: f64,
+    /// Drivers to offer (`None`: every driver that works here).
+    pub drivers: Option<Vec<String>>,
+}
+
+/// Where the Raft leader is.
+enum LeaderAt {
+    /// This node leads.
+    Here,
+    /// Another manager leads; a connection to it.
+    Remote(Remote),
+}
+
+/// The leader when another manager leads.
+struct Remote {
+    conn: quinn::Connection,
+    raft_id: u64,
+    key: [u8; 32],
+}
+
+/// The node's membership, when it has one.
+struct Membership {
+    saved: SavedCluster,
+    manager: Option<Arc<Manager>>,
+}
+
+/// Everything the daemon's handlers share.
+pub struct Node {
+    state_dir: StateDir,
+    key: NodeKey,
+    node_id: String,
+    hostname: String,
+    listen_addr: SocketAddr,
+    endpoint: Endpoint,
+    pool: Pool,
+    dialed_tx: tokio::sync::mpsc::UnboundedSender<(NodeId, quinn::Connection)>,
+    gossip: std::sync::RwLock<Option<Gossip>>,
+    worker: std::sync::Mutex<Option<crate::worker::WorkerHandle>>,
+    drivers: Vec<String>,
+    removed_notice: std::sync::Mutex<Option<String>>,
+    advertise: std::sync::RwLock<SocketAddr>,
+    membership: RwLock<Option<Membership>>,
+    raft_scale: f64,
+    /// Serializes `init`/`leave`/`join`, which replace the membership.
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// RFC 3339 rendering of a millisecond timestamp.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// A random 25-character lowercase alphanumeric ID (cluster IDs).
+pub fn random_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; 25];
+    getrandom::fill(&mut bytes).unwrap_or_else(|_| {
+        // Without OS randomness, fall back to the clock and pid: still unique enough
+        // for a cluster ID, which is not a secret.
+        let seed = now_ms() ^ u64::from(std::process::id()) << 32;
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (seed >> ((i % 8) * 8)) as u8 ^ i as u8;
+        }
+    });
+    bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+fn system_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn platform() -> String {
+    format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH)
+}
+
+/// Memory of this machine in bytes.
+pub fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// CPUs of this machine.
+pub fn cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+fn manager_err(e: ManagerError) -> ApiError {
+    match e {
+        ManagerError::Refused(m) => ApiError::conflict(m),
+        ManagerError::QuorumLost { .. } | ManagerError::NotLeader { .. } => {
+            ApiError::unavailable(e.to_string())
+        }
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+/// Why a peer closes the connection of a removed node (close code 2).
+pub const REMOVED_REASON: &str = "this node was removed from the cluster";
+
+const NOT_IN_CLUSTER: &str = "this node is not part of a cluster: run `shoal init` or `shoal join`";
+const NOT_A_MANAGER: &str = "this node is not a manager: run it on a manager or point -H at one";
+
+/// The task drivers this machine offers: `process` always, `docker` when an engine
+/// answers; `only` restricts them (`--drivers`).
+async fn detect_drivers(only: Option<&[String]>) -> Result<Vec<String>> {
+    if let Some(only) = only {
+        for d in only {
+            if d != "docker" && d != "process" {
+                bail!("unknown driver `{d}` in --drivers: expected docker and/or process");
+            }
+        }
+    }
+    let wanted = |d: &str| only.is_none_or(|o| o.iter().any(|x| x == d));
+    let mut drivers = Vec::new();
+    if wanted("process") {
+        drivers.push("process".to_string());
+    }
+    if !wanted("docker") {
+        return Ok(drivers);
+    }
+    let probe = shoal_runtime::docker::DockerDriver::new(shoal_runtime::docker::DockerConfig::new(
+        shoal_runtime::Scope::new("probe", "probe"),
+    ));
+    match probe {
+        Ok(d) => match shoal_runtime::Driver::availability(&d).await {
+            shoal_runtime::Availability::Available { version } => {
+                info!(%version, "docker driver available");
+                drivers.insert(0, "docker".to_string());
+            }
+            shoal_runtime::Availability::Unavailable { reason } => {
+                warn!("docker driver unavailable: {reason}");
+            }
+        },
+        Err(e) => warn!("docker driver unavailable: {e}"),
+    }
+    Ok(drivers)
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(opts: DaemonOptions) -> Result<()> {
+    // The lock comes first: nothing in the state dir is touched without it.
+    let state_dir = StateDir::open_locked(&opts.state_dir)?;
+    let socket_len = opts.socket.as_os_str().len();
+    if socket_len > MAX_SOCKET_PATH {
+        bail!(
+            "socket path {} is {socket_len} bytes, over the limit of {MAX_SOCKET_PATH}: choose a shorter --socket",
+            opts.socket.display()
+        );
+    }
+    let key = NodeKey::load_or_create(&state_dir.node_key())?;
+    let node_id = key.node_id().to_string();
+    let mut saved = SavedConfig::load(&state_dir.node_config())?;
+    let advertise = match &opts.advertise_addr {
+        Some(a) => {
+            let addr = parse_advertise(a, opts.listen_addr.port())?;
+            if saved.advertise_addr != Some(addr) {
+                saved.advertise_addr = Some(addr);
+                saved.save(&state_dir.node_config())?;
+            }
+            addr
+        }
+        None => saved
+            .advertise_addr
+            .unwrap_or_else(|| default_advertise(opts.listen_addr)),
+    };
+    let listener = bind_socket(&opts.socket).await?;
+    let (endpoint, accepted) = Endpoint::bind(opts.listen_addr, &key)
+        .with_context(|| format!("cannot bind the QUIC endpoint on {}", opts.listen_addr))?;
+    let hostname = opts.hostname.clone().unwrap_or_else(system_hostname);
+    info!(node_id = %node_id, %hostname, listen = %opts.listen_addr, %advertise, "shoal daemon starting");
+
+    let (dialed_tx, dialed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let pool = Pool::with_dial_listener(
+        endpoint.clone(),
+        crate::net::DEFAULT_DIAL_TIMEOUT,
+        dialed_tx.clone(),
+    );
+    let node = Arc::new(Node {
+        pool,
+        dialed_tx,
+        gossip: std::sync::RwLock::new(None),
+        worker: std::sync::Mutex::new(None),
+        drivers: detect_drivers(opts.drivers.as_deref()).await?,
+        removed_notice: std::sync::Mutex::new(None),
+        key,
+        node_id,
+        hostname,
+        listen_addr: opts.listen_addr,
+        endpoint,
+        advertise: std::sync::RwLock::new(advertise),
+        membership: RwLock::new(None),
+        raft_scale: opts.raft_timing_scale,
+        lifecycle: tokio::sync::Mutex::new(()),
+        state_dir,
+    });
+    if let Some(cluster) = saved.cluster.clone() {
+        node.resume(cluster).await?;
+    }
+    tokio::spawn(crate::peer::serve_accepted(node.clone(), accepted));
+    tokio::spawn(crate::liveness::run(node.clone()));
+    tokio::spawn(crate::quorum::run(node.clone()));
+    tokio::spawn(crate::peer::serve_dialed(node.clone(), dialed_rx));
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let server = {
+        let node = node.clone();
+        tokio::spawn(crate::api::server::serve(
+            listener,
+            shutdown_rx,
+            move |req| {
+                let node = node.clone();
+                async move { node.route(req).await }
+            },
+        ))
+    };
+    wait_for_signal().await;
+    info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    let _ = std::fs::remove_file(&opts.socket);
+    node.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Binds the control socket (mode 0660). A stale socket left by a dead daemon is
+/// removed; one that still answers is never touched.
+async fn bind_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create socket directory {}", parent.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "another daemon is serving on {}: stop it or pass a different --socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+impl Node {
+    fn advertise(&self) -> SocketAddr {
+        *self
+            .advertise
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_advertise(&self, addr: SocketAddr) {
+        *self
+            .advertise
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = addr;
+    }
+
+    /// The connection pool to other nodes.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Whether `id` was removed from the cluster (`node rm`), as far as this node knows.
+    pub async fn is_removed(&self, id: &NodeId) -> bool {
+        match self
+            .membership
+            .read()
+            .await
+            .as_ref()
+            .and_then(|m| m.manager.clone())
+        {
+            Some(m) => m.read_local(|s| {
+                s.removed_keys
+                    .iter()
+                    .any(|k| NodeId::from_public_key(k) == *id)
+            }),
+            None => false,
+        }
+    }
+
+    /// The drivers this node offers.
+    pub fn drivers(&self) -> &[String] {
+        &self.drivers
+    }
+
+    /// This node's public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.public_key()
+    }
+
+    /// This node's worker, while it is in a cluster.
+    pub fn worker(&self) -> Option<crate::worker::WorkerHandle> {
+        self.worker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A SWIM packet from the peer with `key`.
+    pub fn gossip_packet(&self, from: NodeId, key: [u8; 32], packet: bytes::Bytes) {
+        if let Some(g) = self.gossip() {
+            g.packet(&from, key, packet);
+        }
+    }
+
+    /// The gossip handle, while the node is in a cluster.
+    pub fn gossip(&self) -> Option<Gossip> {
+        self.gossip
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// This node's ID.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// This node's advertise address now.
+    pub fn advertise_addr(&self) -> SocketAddr {
+        self.advertise()
+    }
+
+    /// The manager, when this node is one (no error path: for background loops).
+    pub async fn manager_opt(&self) -> Option<Arc<Manager>> {
+        self.membership
+            .read()
+            .await
+            .as_ref()
+            .and_then(|m| m.manager.clone())
+    }
+}
