@@ -269,3 +269,49 @@ impl Drop for ClusterContainers {
         }
     }
 }
+
+/// Starts `managers` managers and `workers` workers named `{prefix}m{i}` and
+/// `{prefix}w{i}` on `127.0.{block}.x` (managers first), makes the first manager
+/// `init` the cluster and the others join it by its address. Joining as a manager
+/// answers once the node votes, so the quorum is complete on return.
+pub fn start_cluster(
+    prefix: &str,
+    block: u8,
+    managers: usize,
+    workers: usize,
+) -> Result<(Vec<Daemon>, Vec<Daemon>)> {
+    let mut ms: Vec<Daemon> = (1..=managers)
+        .map(|i| Daemon::new(&format!("{prefix}m{i}"), &format!("127.0.{block}.{i}:4747")))
+        .collect::<Result<_>>()?;
+    let mut ws: Vec<Daemon> = (1..=workers)
+        .map(|i| {
+            Daemon::new(
+                &format!("{prefix}w{i}"),
+                &format!("127.0.{block}.{}:4747", managers + i),
+            )
+        })
+        .collect::<Result<_>>()?;
+    for d in ms.iter_mut().chain(ws.iter_mut()) {
+        d.start()?;
+    }
+    ms[0].ok(&["init"])?;
+    let first = ms[0].addr.to_string();
+    let mt = ms[0]
+        .ok(&["join-token", "-q", "manager"])?
+        .trim()
+        .to_string();
+    let wt = ms[0]
+        .ok(&["join-token", "-q", "worker"])?
+        .trim()
+        .to_string();
+    for d in &ms[1..] {
+        let out = d.ok(&["join", "--token", &mt, &first])?;
+        if !out.contains("joined the cluster as a manager") {
+            bail!("{} did not join as a manager: {out}", d.name);
+        }
+    }
+    for d in &ws {
+        d.ok(&["join", "--token", &wt, &first])?;
+    }
+    Ok((ms, ws))
+}

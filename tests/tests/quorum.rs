@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use shoal_tests::{Daemon, wait_for};
+use shoal_tests::{Daemon, start_cluster, wait_for};
 
 fn manager_status(d: &Daemon) -> Result<Vec<(String, String, Option<String>)>> {
     let nodes = d.json(&["node", "ls"])?;
@@ -44,15 +44,8 @@ fn wait_for_write(d: &Daemon, timeout: Duration) -> Result<Duration> {
 
 #[test]
 fn issue_6_three_managers_failover_and_quorum_loss() -> Result<()> {
-    let mut ms: Vec<Daemon> = (1..=3)
-        .map(|i| Daemon::new(&format!("m{i}"), &format!("127.0.6.{i}:4747")))
-        .collect::<Result<_>>()?;
-    let mut w = Daemon::new("w1", "127.0.6.4:4747")?;
-    for d in ms.iter_mut() {
-        d.start()?;
-    }
-    w.start()?;
-    ms[0].ok(&["init"])?;
+    let (mut ms, workers) = start_cluster("", 6, 3, 1)?;
+    let w = &workers[0];
     let mt = ms[0]
         .ok(&["join-token", "-q", "manager"])?
         .trim()
@@ -61,11 +54,6 @@ fn issue_6_three_managers_failover_and_quorum_loss() -> Result<()> {
         .ok(&["join-token", "-q", "worker"])?
         .trim()
         .to_string();
-    for d in &ms[1..] {
-        let out = d.ok(&["join", "--token", &mt, "127.0.6.1:4747"])?;
-        assert!(out.contains("joined the cluster as a manager"), "{out}");
-    }
-    w.ok(&["join", "--token", &wt, "127.0.6.1:4747"])?;
     wait_for("three reachable managers", Duration::from_secs(20), || {
         let s = manager_status(&ms[0])?;
         let managers = s.iter().filter(|(_, r, _)| r == "manager").count();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde_json::Value;
-use shoal_tests::{Daemon, wait_for};
+use shoal_tests::{Daemon, start_cluster, wait_for};
 
 fn nodes(d: &Daemon) -> Result<Vec<Value>> {
     Ok(d.json(&["node", "ls"])?
@@ -23,27 +23,8 @@ fn all_ready_with_leader(d: &Daemon, n: usize) -> Result<Option<()>> {
 }
 
 fn three_managers_and_a_worker(block: u8) -> Result<(Vec<Daemon>, Daemon)> {
-    let mut ms: Vec<Daemon> = (1..=3)
-        .map(|i| Daemon::new(&format!("m{i}"), &format!("127.0.{block}.{i}:4747")))
-        .collect::<Result<_>>()?;
-    let mut w = Daemon::new("w1", &format!("127.0.{block}.4:4747"))?;
-    for d in ms.iter_mut() {
-        d.start()?;
-    }
-    w.start()?;
-    ms[0].ok(&["init"])?;
-    let mt = ms[0]
-        .ok(&["join-token", "-q", "manager"])?
-        .trim()
-        .to_string();
-    let wt = ms[0]
-        .ok(&["join-token", "-q", "worker"])?
-        .trim()
-        .to_string();
-    for d in &ms[1..] {
-        d.ok(&["join", "--token", &mt])?;
-    }
-    w.ok(&["join", "--token", &wt])?;
+    let (ms, mut ws) = start_cluster("", block, 3, 1)?;
+    let w = ws.remove(0);
     wait_for("a ready cluster", Duration::from_secs(20), || {
         all_ready_with_leader(&ms[0], 4)
     })?;

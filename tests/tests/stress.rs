@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use shoal_tests::{Daemon, wait_for};
+use shoal_tests::{start_cluster, wait_for};
 
 /// A tiny deterministic generator (xorshift64*), so a failing seed replays the same
 /// kill schedule.
@@ -36,20 +36,7 @@ fn issue_7_stress_no_acknowledged_write_is_lost() -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(50);
-    let mut ms: Vec<Daemon> = (1..=3)
-        .map(|i| Daemon::new(&format!("st-m{i}"), &format!("127.0.13.{i}:4747")))
-        .collect::<Result<_>>()?;
-    for d in ms.iter_mut() {
-        d.start()?;
-    }
-    ms[0].ok(&["init"])?;
-    let mt = ms[0]
-        .ok(&["join-token", "-q", "manager"])?
-        .trim()
-        .to_string();
-    for d in &ms[1..] {
-        d.ok(&["join", "--token", &mt])?;
-    }
+    let (mut ms, _) = start_cluster("st-", 13, 3, 0)?;
     // Sockets of the managers; the writer uses whichever answers.
     let sockets: Vec<std::path::PathBuf> = ms.iter().map(|d| d.socket.clone()).collect();
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
