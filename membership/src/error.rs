@@ -41,6 +41,9 @@ pub enum Error {
     /// The identity given is unusable (nil id, or joining ourselves).
     #[error("invalid identity: {0}")]
     InvalidIdentity(&'static str),
+    /// The fact signer given to [`crate::Membership::new`] does not hold the node id's key.
+    #[error("the fact signer does not hold the private key of node id {0}")]
+    SignerMismatch(NodeId),
     /// The tuning is invalid.
     #[error("invalid tuning: {0}")]
     InvalidTuning(&'static str),

@@ -8,14 +8,17 @@
 //!   it is (bump). Same key = same node: an address change or a restart renames the member.
 //! - [`Tuning::lan`] is the failure-detection profile, sized by cluster size.
 //! - Cluster [`Fact`]s (role, advertise address, leader hint, leave notice) ride SWIM custom
-//!   broadcasts; newest version wins.
+//!   broadcasts; newest version wins. Each is signed by its origin's ed25519 key (the
+//!   [`NodeId`]) through a [`FactSigner`]; a fact whose signature does not verify is dropped
+//!   (counted in [`Stats::forged_facts`]), so a member cannot speak for another one.
 //! - [`sim`] runs hundreds of nodes on a virtual network with loss, delay, partitions, kills
 //!   and restarts, deterministically from a seed.
 //!
 //! # Driving a node
 //!
 //! ```text
-//! let mut m = Membership::new(NodeIdentity::new(key, advertise, boot_nanos), Tuning::lan(), seed)?;
+//! let signer: Arc<dyn FactSigner> = Arc::new(signing_key);   // holds the private half of `key`
+//! let mut m = Membership::new(NodeIdentity::new(key, advertise, boot_nanos), Tuning::lan(), seed, signer)?;
 //! m.publish(FactBody::Role(NodeRole::Worker))?;
 //! m.join(seed_addr)?;                              // retried with backoff until answered
 //! loop {
@@ -54,8 +57,8 @@ mod wire;
 
 pub use error::Error;
 pub use facts::{
-    FACT_FORMAT, Fact, FactBody, FactError, FactKey, FactKind, FactVersion, MAX_APP_FACT_LEN,
-    MAX_FACT_LEN, NodeRole,
+    FACT_FORMAT, Fact, FactBody, FactError, FactKey, FactKind, FactSignature, FactSigner,
+    FactVersion, MAX_APP_FACT_LEN, MAX_FACT_LEN, NodeRole,
 };
 pub use identity::{NodeAddr, NodeId, NodeIdentity};
 pub use membership::{

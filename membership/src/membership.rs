@@ -16,7 +16,8 @@ use rand::rngs::Xoshiro256PlusPlus;
 
 use crate::error::Error;
 use crate::facts::{
-    Fact, FactBody, FactHandler, FactKind, FactStore, FactVersion, SharedFacts, lock,
+    Fact, FactBody, FactHandler, FactKind, FactSigner, FactStore, FactVersion, SharedFacts, lock,
+    signs_for,
 };
 use crate::identity::{NodeId, NodeIdentity};
 use crate::tuning::Tuning;
@@ -155,6 +156,10 @@ pub struct Stats {
     pub packets_sent: u64,
     /// Bytes emitted.
     pub bytes_sent: u64,
+    /// Facts received (relayed by a member or pushed) that were newer than what this node knew
+    /// but whose signature did not verify against their origin's key: dropped, changing
+    /// nothing. The packet that carried them is still accepted.
+    pub forged_facts: u64,
 }
 
 /// SWIM membership of one node, driven from outside: no sockets, no clock, no tasks.
@@ -168,6 +173,7 @@ pub struct Membership {
     swim: Swim,
     rt: AccumulatingRuntime<NodeIdentity>,
     facts: SharedFacts,
+    signer: Arc<dyn FactSigner>,
     tuning: Tuning,
     size_hint: u32,
     applied_size: u32,
@@ -197,13 +203,23 @@ impl std::fmt::Debug for Membership {
 impl Membership {
     /// A node with `identity` (non-nil id, fresh bump per boot), not yet joined. `seed` drives
     /// every random choice (use OS randomness in production, a fixed seed in simulations).
+    /// `signer` signs this node's facts: it must hold the private key of `identity.id`
+    /// ([`Error::SignerMismatch`] otherwise; checked by signing and verifying a probe message).
     ///
     /// The first output is the fact refresh timer.
-    pub fn new(identity: NodeIdentity, tuning: Tuning, seed: u64) -> Result<Self, Error> {
+    pub fn new(
+        identity: NodeIdentity,
+        tuning: Tuning,
+        seed: u64,
+        signer: Arc<dyn FactSigner>,
+    ) -> Result<Self, Error> {
         if identity.id.is_nil() {
             return Err(Error::InvalidIdentity("the node id must not be nil"));
         }
         tuning.validate().map_err(Error::InvalidTuning)?;
+        if !signs_for(signer.as_ref(), &identity.id) {
+            return Err(Error::SignerMismatch(identity.id));
+        }
         let facts: SharedFacts = Arc::new(Mutex::new(FactStore {
             own: identity.id,
             ..FactStore::default()
@@ -225,6 +241,7 @@ impl Membership {
             swim,
             rt: AccumulatingRuntime::new(),
             facts,
+            signer,
             tuning,
             size_hint: 1,
             applied_size: 1,
@@ -348,17 +365,14 @@ impl Membership {
         self.has_left
     }
 
-    /// Publishes a fact about this node; it replaces the previous fact of the same kind
-    /// everywhere. Returns the fact as published.
+    /// Publishes a fact about this node, signed with its key; it replaces the previous fact of
+    /// the same kind everywhere. Returns the fact as published.
     pub fn publish(&mut self, body: FactBody) -> Result<Fact, Error> {
-        let fact = Fact {
-            origin: self.identity().id,
-            version: FactVersion {
-                bump: self.identity().bump,
-                seq: self.next_seq,
-            },
-            body,
+        let version = FactVersion {
+            bump: self.identity().bump,
+            seq: self.next_seq,
         };
+        let fact = Fact::signed(self.identity().id, version, body, self.signer.as_ref())?;
         let bytes = fact.encode()?;
         self.swim.add_broadcast(&bytes)?;
         self.next_seq += 1;
@@ -440,9 +454,10 @@ impl Membership {
             FRAME_FACTS => {
                 let facts = crate::wire::decode_fact_push(body, from, &self.identity())?;
                 // Repair, not news: stored (and reported when newer) but not gossiped again.
+                // Only facts signed by their origin are kept, whoever pushes them.
                 let mut store = lock(&self.facts);
                 for fact in facts {
-                    store.offer(fact);
+                    store.accept(fact);
                 }
                 Ok(())
             }
@@ -518,7 +533,10 @@ impl Membership {
 
     /// Counters.
     pub fn stats(&self) -> Stats {
-        self.stats
+        Stats {
+            forged_facts: lock(&self.facts).forged,
+            ..self.stats
+        }
     }
 
     /// Cluster size the profile is currently sized for.
@@ -765,14 +783,18 @@ mod tests {
     use super::*;
     use crate::facts::{FACT_FORMAT, NodeRole};
 
+    fn key(b: u8) -> Arc<ed25519_dalek::SigningKey> {
+        Arc::new(ed25519_dalek::SigningKey::from_bytes(&[b; 32]))
+    }
+
     fn ident(b: u8, port: u16, bump: u64) -> NodeIdentity {
-        let mut k = [0x11u8; 32];
-        k[0] = b;
-        NodeIdentity::new(NodeId(k), SocketAddr::from(([10, 0, 0, b], port)), bump)
+        let id = NodeId(key(b).verifying_key().to_bytes());
+        NodeIdentity::new(id, SocketAddr::from(([10, 0, 0, b], port)), bump)
     }
 
     fn node(b: u8) -> Membership {
-        Membership::new(ident(b, 4747, 100), Tuning::lan(), u64::from(b)).expect("valid node")
+        Membership::new(ident(b, 4747, 100), Tuning::lan(), u64::from(b), key(b))
+            .expect("valid node")
     }
 
     /// Delivers packets between `nodes` (by address) until none is left; timers are ignored.
@@ -844,13 +866,15 @@ mod tests {
         (a, b)
     }
 
-    fn role_fact(origin: NodeId, seq: u64) -> Vec<u8> {
-        Fact {
-            origin,
-            version: FactVersion { bump: 100, seq },
-            body: FactBody::Role(NodeRole::Worker),
-        }
-        .encode()
+    /// A role fact of node `b` (the one of `ident(b, ..)`), signed with its key.
+    fn role_fact(b: u8, seq: u64) -> Vec<u8> {
+        Fact::signed(
+            ident(b, 4747, 100).id,
+            FactVersion { bump: 100, seq },
+            FactBody::Role(NodeRole::Worker),
+            key(b).as_ref(),
+        )
+        .and_then(|f| f.encode())
         .expect("encodes")
     }
 
@@ -858,14 +882,20 @@ mod tests {
     fn new_rejects_nil_ids_and_bad_tuning() {
         let nil = NodeIdentity::bootstrap(SocketAddr::from(([10, 0, 0, 1], 1)));
         assert!(matches!(
-            Membership::new(nil, Tuning::lan(), 1),
+            Membership::new(nil, Tuning::lan(), 1, key(1)),
             Err(Error::InvalidIdentity(_))
         ));
         let mut t = Tuning::lan();
         t.max_packet_size = 1500;
         assert!(matches!(
-            Membership::new(ident(1, 1, 1), t, 1),
+            Membership::new(ident(1, 1, 1), t, 1, key(1)),
             Err(Error::InvalidTuning(_))
+        ));
+        // The signer must hold the node id's key.
+        let me = ident(1, 1, 1);
+        assert!(matches!(
+            Membership::new(me, Tuning::lan(), 1, key(2)),
+            Err(Error::SignerMismatch(id)) if id == me.id
         ));
         let mut a = node(1);
         let own = a.identity().addr;
@@ -949,10 +979,10 @@ mod tests {
             dst: me,
             message,
         };
-        let good_fact = role_fact(bi.id, 1);
+        let good_fact = role_fact(2, 1);
         let mut bad_fact = good_fact.clone();
-        let last = bad_fact.len() - 1;
-        bad_fact[last] = 0xff; // role variant out of range
+        let role_at = bad_fact.len() - 65; // the last byte before the signature
+        bad_fact[role_at] = 0xff; // role variant out of range
         let nil_member = Member::alive(NodeIdentity::bootstrap(c.addr));
         let valid = swim_packet(
             &gossip(bi, Message::Gossip),
@@ -970,7 +1000,7 @@ mod tests {
         announce_trailing.extend([0, 0]);
         let mut truncated_push = vec![FRAME_FACTS];
         truncated_push.extend(postcard::to_stdvec(&bi).expect("encodes"));
-        let pushed = role_fact(c.id, 1);
+        let pushed = role_fact(3, 1);
         truncated_push.extend((pushed.len() as u16).to_be_bytes());
         truncated_push.extend(&pushed[..pushed.len() - 1]);
         let sync_frame = crate::wire::encode_member_sync(&bi, &[Member::alive(c)], 1100)
@@ -1080,7 +1110,7 @@ mod tests {
         assert_eq!(a.member(&c.id), Some(&c));
         let mut push = vec![FRAME_FACTS];
         push.extend(postcard::to_stdvec(&bi).expect("encodes"));
-        for f in [role_fact(c.id, 4), role_fact(me.id, 9)] {
+        for f in [role_fact(3, 4), role_fact(1, 9)] {
             push.extend((f.len() as u16).to_be_bytes());
             push.extend(f);
         }
@@ -1102,6 +1132,150 @@ mod tests {
         );
     }
 
+    /// A fact of node `origin` signed with the key of node `signer`.
+    fn fact_signed_by(origin: u8, signer: u8, seq: u64, body: FactBody) -> Fact {
+        Fact::signed(
+            ident(origin, 4747, 100).id,
+            FactVersion { bump: 100, seq },
+            body,
+            key(signer).as_ref(),
+        )
+        .expect("signs")
+    }
+
+    #[test]
+    fn issue_14_packet_speaking_as_another_member_is_refused() {
+        let (mut a, b) = joined_pair();
+        let me = a.identity();
+        let bi = b.identity();
+        let c = ident(3, 4747, 100);
+        a.drain_outputs();
+        // Member c (authenticated by its certificate) sends packets that claim to be b's.
+        let swim = swim_packet(
+            &Header {
+                src: bi,
+                src_incarnation: 0,
+                dst: me,
+                message: Message::Gossip,
+            },
+            &[Member::alive(c)],
+            &[role_fact(2, 1)],
+        );
+        let members = crate::wire::encode_member_sync(&bi, &[Member::alive(c)], 1100)
+            .pop()
+            .expect("one frame")
+            .to_vec();
+        let push = crate::wire::encode_fact_push(&bi, &[role_fact(2, 2)], 1100)
+            .pop()
+            .expect("one frame")
+            .to_vec();
+        for (name, data) in [
+            ("swim", &swim),
+            ("member sync", &members),
+            ("fact push", &push),
+        ] {
+            let before = snapshot(&a);
+            let result = a.handle_packet(Some(c.id), data);
+            assert!(
+                matches!(result, Err(Error::SpoofedSender { claimed, peer }) if claimed == bi.id && peer == c.id),
+                "{name}: {result:?}"
+            );
+            assert_eq!(snapshot(&a), before, "{name}: state changed");
+            assert!(a.drain_outputs().is_empty(), "{name}: produced outputs");
+        }
+        assert_eq!(a.stats().packets_rejected, 3);
+        // The same packets from b itself are accepted.
+        for data in [&swim, &members, &push] {
+            a.handle_packet(Some(bi.id), data).expect("b speaks for b");
+        }
+        assert_eq!(a.member(&c.id), Some(&c));
+        assert_eq!(
+            a.fact(&bi.id, FactKind::Role).map(|f| f.version.seq),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn issue_14_forged_facts_in_accepted_packets_are_dropped() {
+        let (mut a, b) = joined_pair();
+        let me = a.identity();
+        let bi = b.identity();
+        let c = ident(3, 4747, 100);
+        a.drain_outputs();
+        let genuine = fact_signed_by(3, 3, 1, FactBody::Role(NodeRole::Worker));
+        let hint = FactBody::LeaderHint {
+            term: 99,
+            leader: Some(bi.id),
+        };
+        let by_b = fact_signed_by(3, 2, 5, hint.clone());
+        let replayed = Fact {
+            version: FactVersion { bump: 100, seq: 6 },
+            body: hint.clone(),
+            ..genuine
+        };
+        let unsigned = Fact {
+            signature: crate::facts::FactSignature([0; 64]),
+            ..fact_signed_by(3, 3, 7, hint)
+        };
+        let forged = [&by_b, &replayed, &unsigned];
+        let items = |facts: &[&Fact]| -> Vec<Vec<u8>> {
+            facts.iter().map(|f| f.encode().expect("encodes")).collect()
+        };
+        // Relayed by b in a SWIM packet, next to a genuine fact: the packet is accepted, the
+        // genuine fact kept, the forged ones dropped.
+        let mut with_genuine = items(&forged);
+        with_genuine.insert(1, genuine.encode().expect("encodes"));
+        let gossip = |facts: &[Vec<u8>]| {
+            swim_packet(
+                &Header {
+                    src: bi,
+                    src_incarnation: 0,
+                    dst: me,
+                    message: Message::Gossip,
+                },
+                &[],
+                facts,
+            )
+        };
+        a.handle_packet(Some(bi.id), &gossip(&with_genuine))
+            .expect("accepted");
+        assert_eq!(a.stats().forged_facts, 3);
+        assert_eq!(a.facts(), vec![genuine.clone()]);
+        let events: Vec<Output> = a.drain_outputs();
+        assert!(
+            events.contains(&Output::Event(Event::Fact(genuine.clone()))),
+            "{events:?}"
+        );
+        assert_eq!(
+            events
+                .iter()
+                .filter(|o| matches!(o, Output::Event(Event::Fact(_))))
+                .count(),
+            1
+        );
+        // Pushed by b: same.
+        let push = crate::wire::encode_fact_push(&bi, &items(&forged), 1100)
+            .pop()
+            .expect("one frame");
+        a.handle_packet(Some(bi.id), &push).expect("accepted");
+        assert_eq!(a.stats().forged_facts, 6);
+        assert_eq!(a.facts(), vec![genuine.clone()]);
+        assert_eq!(a.fact(&c.id, FactKind::LeaderHint), None);
+        assert_eq!(a.stats().packets_rejected, 0);
+        // What a relays afterwards holds the genuine fact only.
+        let mut nodes = vec![a, b];
+        let a_id = nodes[0].identity();
+        nodes[1].join_member(a_id).expect("announce");
+        exchange(&mut nodes);
+        assert_eq!(nodes[1].fact(&c.id, FactKind::Role), Some(genuine));
+        assert_eq!(nodes[1].fact(&c.id, FactKind::LeaderHint), None);
+        assert_eq!(
+            nodes[1].stats().forged_facts,
+            0,
+            "nothing forged was relayed"
+        );
+    }
+
     const MAX_PACKET_FOR_TEST: usize = crate::tuning::MAX_DATAGRAM;
 
     #[test]
@@ -1117,11 +1291,7 @@ mod tests {
             message: Message::Gossip,
         };
         let updates: Vec<_> = (3..10).map(|i| Member::alive(ident(i, 4747, 5))).collect();
-        let valid = swim_packet(
-            &header,
-            &updates,
-            &[role_fact(bi.id, 1), role_fact(bi.id, 2)],
-        );
+        let valid = swim_packet(&header, &updates, &[role_fact(2, 1), role_fact(2, 2)]);
         let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(7);
         let (mut rejected, mut accepted) = (0u32, 0u32);
         for round in 0..4000 {

@@ -10,19 +10,27 @@
 //! the destination address, and is dropped when that node's key is not the one expected (the
 //! TLS check), when the node is not running, when the packet is lost, or across a partition.
 //! Every delivered packet carries its authenticated sender (`from`).
+//!
+//! Each node has a real ed25519 key, derived from its index ([`sim_node_key`]), and signs its
+//! facts with it. A test can play a hostile member with [`Sim::send_raw`] and the packet
+//! builders [`gossip_packet`] and [`fact_push_packet`]: the datagram is authenticated as the
+//! hostile node, whatever it claims inside.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use foca::{Header, Message};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 
 use crate::facts::{Fact, FactBody, FactKind, NodeRole};
 use crate::identity::{NodeId, NodeIdentity};
-use crate::membership::{Event, Membership, Output, TimerToken};
+use crate::membership::{Event, FRAME_SWIM, Membership, Output, TimerToken};
 use crate::tuning::Tuning;
 
 /// Index of a node in the simulation.
@@ -163,6 +171,7 @@ impl Ord for Queued {
 
 struct SimNode {
     id: NodeId,
+    key: Arc<SigningKey>,
     addr: SocketAddr,
     membership: Option<Membership>,
     epoch: u32,
@@ -200,15 +209,54 @@ fn splitmix(mut x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The deterministic node id of simulated node `ix` (never nil).
-pub fn sim_node_id(ix: NodeIx) -> NodeId {
-    let mut key = [0u8; 32];
-    for (i, chunk) in key.chunks_mut(8).enumerate() {
+/// The deterministic ed25519 key of simulated node `ix` (its secret seed derives from `ix`).
+pub fn sim_node_key(ix: NodeIx) -> SigningKey {
+    let mut seed = [0u8; 32];
+    for (i, chunk) in seed.chunks_mut(8).enumerate() {
         let v = splitmix((ix as u64).wrapping_mul(4).wrapping_add(i as u64) ^ 0x5348_4f41_4c00);
         chunk.copy_from_slice(&v.to_le_bytes());
     }
-    key[0] |= 1;
-    NodeId(key)
+    SigningKey::from_bytes(&seed)
+}
+
+/// The deterministic node id of simulated node `ix`: the public key of [`sim_node_key`] (never
+/// nil).
+pub fn sim_node_id(ix: NodeIx) -> NodeId {
+    NodeId(sim_node_key(ix).verifying_key().to_bytes())
+}
+
+/// A SWIM `Gossip` datagram (frame tag included) from `src` to `dst`, with no member update and
+/// `facts` (encoded facts, see [`Fact::encode`]) as custom broadcasts: what a member relaying
+/// those facts sends. `src_incarnation` is 0.
+pub fn gossip_packet(src: NodeIdentity, dst: NodeIdentity, facts: &[Vec<u8>]) -> Bytes {
+    let header = Header {
+        src,
+        src_incarnation: 0,
+        dst,
+        message: Message::Gossip,
+    };
+    let mut out = vec![FRAME_SWIM];
+    // Encoding our own types into a Vec cannot fail.
+    out.extend(postcard::to_stdvec(&header).unwrap_or_default());
+    if !facts.is_empty() {
+        out.extend(0u16.to_be_bytes());
+    }
+    for f in facts {
+        let len = u16::try_from(f.len()).unwrap_or(u16::MAX);
+        out.extend(len.to_be_bytes());
+        out.extend(f);
+    }
+    Bytes::from(out)
+}
+
+/// A fact-push datagram (frame tag included) from `src` carrying `facts` (encoded facts), as a
+/// member sends to a newcomer or in answer to an announce. Facts that do not fit in one
+/// [`crate::MAX_DATAGRAM`] are left out.
+pub fn fact_push_packet(src: NodeIdentity, facts: &[Vec<u8>]) -> Bytes {
+    crate::wire::encode_fact_push(&src, facts, crate::tuning::MAX_DATAGRAM)
+        .into_iter()
+        .next()
+        .unwrap_or_default()
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -267,7 +315,8 @@ impl Sim {
     /// Adds a running node that has not joined anything yet.
     pub fn add_node(&mut self) -> NodeIx {
         let ix = self.nodes.len();
-        let id = sim_node_id(ix);
+        let key = Arc::new(sim_node_key(ix));
+        let id = NodeId(key.verifying_key().to_bytes());
         let addr = self.fresh_addr(0x0a00_0000);
         for node in &mut self.nodes {
             node.view.push(PeerView {
@@ -277,6 +326,7 @@ impl Sim {
         }
         self.nodes.push(SimNode {
             id,
+            key,
             addr,
             membership: None,
             epoch: 0,
@@ -306,7 +356,8 @@ impl Sim {
         let bump = node.boots * 1_000_000;
         let identity = NodeIdentity::new(node.id, node.addr, bump);
         let seed = splitmix(self.cfg.seed ^ splitmix(((ix as u64) << 20) ^ u64::from(node.epoch)));
-        match Membership::new(identity, self.cfg.tuning.clone(), seed) {
+        let signer = Arc::clone(&node.key);
+        match Membership::new(identity, self.cfg.tuning.clone(), seed, signer) {
             Ok(m) => node.membership = Some(m),
             Err(e) => self.errors.push(format!("boot of node {ix}: {e}")),
         }
@@ -410,6 +461,25 @@ impl Sim {
         let fact = self.with_node(ix, |m| m.publish(body));
         self.flush(ix);
         fact
+    }
+
+    /// Sends `data` as one datagram from node `from` to the current identity of node `to`,
+    /// bypassing `from`'s membership: what a hostile (or buggy) member can put on the wire. The
+    /// network treats it like any datagram (loss, delay, partitions), and `to` receives it
+    /// authenticated as `from`. Does nothing if `to` is not running.
+    pub fn send_raw(&mut self, from: NodeIx, to: NodeIx, data: Bytes) {
+        if let Some(dst) = self.identity(to) {
+            self.send(from, dst, data);
+        }
+    }
+
+    /// Sum of [`crate::Stats::forged_facts`] over the running nodes.
+    pub fn forged_facts(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.membership.as_ref())
+            .map(|m| m.stats().forged_facts)
+            .sum()
     }
 
     /// Splits the network: nodes in different groups cannot talk; nodes not listed form one

@@ -2,8 +2,12 @@
 
 use std::time::Duration;
 
-use shoal_membership::sim::{NodeIx, PeerState, Sim, SimConfig};
-use shoal_membership::{FactBody, FactKind, MAX_DATAGRAM, NodeRole};
+use shoal_membership::sim::{
+    NodeIx, PeerState, Sim, SimConfig, fact_push_packet, gossip_packet, sim_node_id, sim_node_key,
+};
+use shoal_membership::{
+    Fact, FactBody, FactKind, FactSignature, FactVersion, MAX_DATAGRAM, NodeRole,
+};
 
 const POLL: Duration = Duration::from_millis(20);
 
@@ -265,4 +269,282 @@ fn same_seed_same_trace() {
     assert_eq!(a, b, "two runs with one seed differ");
     let c = scenario_hash(100);
     assert_ne!(a.0, c.0, "another seed gives another trace");
+}
+
+// Issue 14: gossip claims are bound to their sender. Node `HOSTILE` plays a member that puts
+// whatever it likes on the wire (`Sim::send_raw`); its datagrams are authenticated as itself.
+
+/// A converged cluster of `n` nodes (0..3 managers) where every node knows every role.
+fn cluster_with_roles(seed: u64, n: usize) -> Sim {
+    let mut cfg = SimConfig::lan(seed);
+    cfg.publish_roles = true;
+    let (mut sim, _) = converged_cluster(cfg, n, secs(30.0));
+    sim.run_until_cond(secs(20.0), Duration::from_millis(100), |s| {
+        (0..n).all(|o| (0..n).all(|t| o == t || s.fact_at(o, t, FactKind::Role).is_some()))
+    })
+    .expect("roles reach everyone");
+    sim
+}
+
+/// `hostile` sends `facts` to every other member, both as SWIM broadcasts (the epidemic path)
+/// and as a fact push (the anti-entropy path).
+fn spray(sim: &mut Sim, hostile: NodeIx, facts: &[Fact]) {
+    let items: Vec<Vec<u8>> = facts.iter().map(|f| f.encode().expect("encodes")).collect();
+    let me = sim.identity(hostile).expect("running");
+    for to in sim.members() {
+        if to == hostile {
+            continue;
+        }
+        let dst = sim.identity(to).expect("running");
+        sim.send_raw(hostile, to, gossip_packet(me, dst, &items));
+        sim.send_raw(hostile, to, fact_push_packet(me, &items));
+    }
+}
+
+fn version(bump: u64, seq: u64) -> FactVersion {
+    FactVersion { bump, seq }
+}
+
+const HOSTILE: NodeIx = 10;
+
+#[test]
+fn issue_14_forged_fact_origin_is_dropped() {
+    let n = 20;
+    let mut sim = cluster_with_roles(140, n);
+    let victim: NodeIx = 2; // a manager
+    let victim_id = sim_node_id(victim);
+    let genuine = sim.fact_at(0, victim, FactKind::Role).expect("known role");
+    assert_eq!(genuine.body, FactBody::Role(NodeRole::Manager));
+    let newer = version(genuine.version.bump, genuine.version.seq + 100);
+    let demoted = FactBody::Role(NodeRole::Worker);
+    let app = FactBody::App {
+        tag: 7,
+        data: b"victim says so".to_vec(),
+    };
+    let forged = [
+        // No signature.
+        Fact {
+            version: newer,
+            body: demoted.clone(),
+            signature: FactSignature([0; 64]),
+            ..genuine.clone()
+        },
+        // Signed, but by the hostile node's own key.
+        Fact::signed(victim_id, newer, demoted.clone(), &sim_node_key(HOSTILE)).expect("signs"),
+        // The victim's genuine signature, replayed on another body (same version, then newer).
+        Fact {
+            body: demoted.clone(),
+            ..genuine.clone()
+        },
+        Fact {
+            version: newer,
+            body: demoted,
+            ..genuine
+        },
+        // A kind the victim never published.
+        Fact::signed(victim_id, newer, app, &sim_node_key(HOSTILE)).expect("signs"),
+    ];
+    spray(&mut sim, HOSTILE, &forged);
+    sim.run_for(secs(5.0));
+    for o in sim.members() {
+        if o == victim {
+            continue;
+        }
+        assert_eq!(
+            sim.fact_at(o, victim, FactKind::Role).as_ref(),
+            Some(&genuine),
+            "node {o}: the victim's real role stands"
+        );
+        assert_eq!(sim.fact_at(o, victim, FactKind::App(7)), None, "node {o}");
+        let m = sim.membership(o).expect("running");
+        assert!(
+            m.facts()
+                .iter()
+                .all(|f| f.verify().is_ok() && !forged.contains(f)),
+            "node {o} holds a forged fact"
+        );
+    }
+    // Every receiver but the victim (which ignores claims about itself) dropped the four
+    // forgeries newer than what it knew, once per path; nobody relayed them.
+    assert_eq!(sim.forged_facts(), 8 * (n as u64 - 2));
+    // The packets themselves were well-formed and accepted.
+    assert_clean(&sim);
+    assert!(sim.converged());
+}
+
+#[test]
+fn issue_14_forged_leader_hint_is_not_believed() {
+    let n = 20;
+    let mut sim = cluster_with_roles(141, n);
+    let leader_id = sim_node_id(0);
+    let real = sim
+        .publish(
+            0,
+            FactBody::LeaderHint {
+                term: 3,
+                leader: Some(leader_id),
+            },
+        )
+        .expect("published");
+    sim.run_until_cond(secs(10.0), POLL, |s| s.count_knowing(&real) == n - 1)
+        .expect("the real hint reaches everyone");
+    assert_eq!(
+        sim.fact_at(HOSTILE, HOSTILE, FactKind::Role)
+            .map(|f| f.body),
+        Some(FactBody::Role(NodeRole::Worker))
+    );
+    // The worker claims that manager 1 saw it elected at term 100, and that manager 0 moved on.
+    let coup = FactBody::LeaderHint {
+        term: 100,
+        leader: Some(sim_node_id(HOSTILE)),
+    };
+    let m1 = sim.identity(1).expect("running");
+    let forged = [
+        Fact {
+            origin: m1.id,
+            version: version(m1.bump, 50),
+            body: coup.clone(),
+            signature: FactSignature([0; 64]),
+        },
+        Fact::signed(
+            m1.id,
+            version(m1.bump, 51),
+            coup.clone(),
+            &sim_node_key(HOSTILE),
+        )
+        .expect("signs"),
+        // Manager 0's real signature moved to manager 1, and onto the new term.
+        Fact {
+            origin: m1.id,
+            ..real.clone()
+        },
+        Fact {
+            version: version(real.version.bump, real.version.seq + 1),
+            body: coup,
+            ..real.clone()
+        },
+    ];
+    spray(&mut sim, HOSTILE, &forged);
+    sim.run_for(secs(5.0));
+    for o in sim.members() {
+        let m = sim.membership(o).expect("running");
+        // What a node would believe: the highest-term hint among the facts it holds.
+        let believed = m
+            .facts()
+            .into_iter()
+            .filter_map(|f| match f.body {
+                FactBody::LeaderHint { term, leader } => Some((term, leader)),
+                _ => None,
+            })
+            .max();
+        assert_eq!(believed, Some((3, Some(leader_id))), "node {o}");
+        if o != 1 {
+            assert_eq!(sim.fact_at(o, 1, FactKind::LeaderHint), None, "node {o}");
+        }
+        if o != 0 {
+            assert_eq!(sim.fact_at(o, 0, FactKind::LeaderHint), Some(real.clone()));
+        }
+    }
+    // Per receiver and path: the four forgeries (three about manager 1, one about manager 0),
+    // less those about the receiver itself, which it ignores uncounted.
+    assert_eq!(sim.forged_facts(), 8 * (n as u64 - 2));
+    assert_clean(&sim);
+}
+
+#[test]
+fn issue_14_relayed_genuine_fact_still_reaches_everyone() {
+    let n = 30;
+    let (mut sim, _) = converged_cluster(SimConfig::lan(142), n, secs(30.0));
+    let origin: NodeIx = 4;
+    let first_hop: NodeIx = 20;
+    let o_ident = sim.identity(origin).expect("running");
+    // A fact the origin signed but never sent itself: whoever has it, has it through relays.
+    let genuine = Fact::signed(
+        o_ident.id,
+        version(o_ident.bump, 1000),
+        FactBody::App {
+            tag: 9,
+            data: vec![42; 100],
+        },
+        &sim_node_key(origin),
+    )
+    .expect("signs");
+    let tampered = Fact {
+        body: FactBody::App {
+            tag: 9,
+            data: vec![43; 100],
+        },
+        version: version(o_ident.bump, 1001),
+        ..genuine.clone()
+    };
+    // HOSTILE hands both to one member only, in one packet.
+    let items = vec![
+        tampered.encode().expect("encodes"),
+        genuine.encode().expect("encodes"),
+    ];
+    let src = sim.identity(HOSTILE).expect("running");
+    let dst = sim.identity(first_hop).expect("running");
+    sim.send_raw(HOSTILE, first_hop, gossip_packet(src, dst, &items));
+    let took = sim
+        .run_until_cond(secs(10.0), POLL, |s| s.count_knowing(&genuine) == n - 1)
+        .expect("the relayed fact reaches everyone");
+    eprintln!(
+        "fact relayed from one member to {} nodes in {took:?}",
+        n - 1
+    );
+    for o in sim.members() {
+        if o != origin {
+            assert_eq!(
+                sim.fact_at(o, origin, FactKind::App(9)).as_ref(),
+                Some(&genuine),
+                "node {o} holds the fact with its signature intact"
+            );
+        }
+    }
+    assert_eq!(
+        sim.forged_facts(),
+        1,
+        "the tampered copy died at the first hop"
+    );
+    assert_clean(&sim);
+}
+
+#[test]
+fn issue_14_packet_claiming_another_sender_is_refused() {
+    let n = 10;
+    let mut sim = cluster_with_roles(143, n);
+    let hostile: NodeIx = 5;
+    let victim: NodeIx = 1;
+    let v_ident = sim.identity(victim).expect("running");
+    // A fact genuinely signed by the victim (the hostile node holds its key in this test), sent
+    // in packets whose header claims the victim as sender: the transport says otherwise.
+    let fact = Fact::signed(
+        v_ident.id,
+        version(v_ident.bump, 500),
+        FactBody::Leaving { bump: v_ident.bump },
+        &sim_node_key(victim),
+    )
+    .expect("signs");
+    let items = vec![fact.encode().expect("encodes")];
+    for to in sim.members() {
+        if to == hostile || to == victim {
+            continue;
+        }
+        let dst = sim.identity(to).expect("running");
+        sim.send_raw(hostile, to, gossip_packet(v_ident, dst, &items));
+        sim.send_raw(hostile, to, fact_push_packet(v_ident, &items));
+    }
+    sim.run_for(secs(3.0));
+    let st = sim.stats();
+    assert_eq!(st.packet_errors, 2 * (n as u64 - 2));
+    assert!(
+        sim.errors()
+            .iter()
+            .all(|e| e.contains("claims to come from")),
+        "{:?}",
+        sim.errors()
+    );
+    assert_eq!(sim.count_knowing(&fact), 0);
+    assert_eq!(st.downs, 0);
+    assert!(sim.converged());
 }

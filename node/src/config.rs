@@ -34,6 +34,14 @@ pub struct SavedCluster {
     /// Addresses of members last known, to gossip with after a restart.
     #[serde(default)]
     pub seeds: Vec<String>,
+    /// Public keys of the managers, as the leader last told this node (a worker believes
+    /// leader hints and become-manager requests only from them).
+    #[serde(default)]
+    pub managers: Vec<[u8; 32]>,
+    /// Public keys removed from the cluster, as the leader last told this node: refused on
+    /// every stream, even after a restart.
+    #[serde(default)]
+    pub removed: Vec<[u8; 32]>,
 }
 
 mod b64 {
@@ -66,14 +74,23 @@ impl SavedConfig {
         }
     }
 
-    /// Writes `path` atomically (temp file, fsync, rename).
+    /// Writes `path` atomically (temp file, fsync, rename), mode 0600 whatever the umask.
     pub fn save(&self, path: &Path) -> Result<()> {
         let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(self)?;
         {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)
+            use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
                 .with_context(|| format!("cannot write {}", tmp.display()))?;
+            // A left-over temporary file keeps its old mode; the umask may take bits away.
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
             f.write_all(&bytes)?;
             f.sync_all()?;
         }
@@ -152,9 +169,16 @@ mod tests {
                 node_cert: vec![1, 2, 3],
                 ca_cert: vec![4],
                 seeds: vec![],
+                managers: vec![[7; 32]],
+                removed: vec![[9; 32]],
             }),
         };
         cfg.save(&path).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o600);
+        }
         let back = SavedConfig::load(&path).unwrap();
         assert_eq!(back.cluster.unwrap().node_cert, vec![1, 2, 3]);
         std::fs::write(&path, b"{nope").unwrap();

@@ -48,6 +48,18 @@ pub struct SessionHello {
 pub enum ToWorker {
     /// Assignments: the full set first, then changes.
     Assignments(AssignmentSet),
+    /// Who the managers are and which keys were removed: sent first, then on change. The
+    /// worker believes leader hints and become-manager requests only from these managers
+    /// and refuses removed keys on every stream.
+    Trust {
+        /// Managers' public keys.
+        managers: Vec<[u8; 32]>,
+        /// Removed public keys.
+        removed: Vec<[u8; 32]>,
+    },
+    /// A renewed certificate for the worker (DER), issued when a third of its lifetime is
+    /// left.
+    Cert(Vec<u8>),
 }
 
 /// Worker to leader.
@@ -56,6 +68,9 @@ pub enum ToLeader {
     /// Task state changes.
     Reports(Vec<TaskReport>),
 }
+
+/// Longest task error kept from a worker's report, in characters.
+pub const MAX_REPORT_ERROR: usize = 1024;
 
 fn to_service_report(r: TaskReport) -> Option<services::TaskReport> {
     let state: shoal_scheduler::TaskState = r.state.as_str().parse().ok()?;
@@ -69,7 +84,10 @@ fn to_service_report(r: TaskReport) -> Option<services::TaskReport> {
         task_id: r.task_id,
         state,
         exit_code: r.exit_code,
-        error: r.error,
+        // From the worker: stripped and bounded before it is committed and shown.
+        error: r
+            .error
+            .map(|e| crate::text::clean_text(&e, MAX_REPORT_ERROR)),
         health,
         at_ms: r.at_ms,
     })
@@ -77,22 +95,29 @@ fn to_service_report(r: TaskReport) -> Option<services::TaskReport> {
 
 /// The leader's side of one worker session, until the worker goes or this node stops
 /// leading.
+///
+/// The worker is the owner of `peer_key` (its certificate); `hello.node_id` is not
+/// trusted. `cert_not_after` is when the certificate it connected with expires: the leader
+/// sends a renewed one when a third of the lifetime is left.
 pub async fn serve_session(
     node: Arc<Node>,
-    peer: NodeId,
+    peer_key: [u8; 32],
+    cert_not_after: Option<i64>,
     hello: SessionHello,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), NetError> {
     let Some(manager) = node.manager_opt().await else {
-        let _ = send.reset(1u32.into());
+        let _ = send.reset(crate::trust::REFUSED.into());
         return Ok(());
     };
-    if !manager.is_leader() {
-        let _ = send.reset(1u32.into());
+    let node_id = NodeId::from_public_key(&peer_key).to_string();
+    let known = manager.read_local(|s| s.nodes.contains_key(&node_id));
+    if !manager.is_leader() || !known {
+        let _ = send.reset(crate::trust::REFUSED.into());
         return Ok(());
     }
-    let node_id = peer.to_string();
+    let _ = &hello.node_id;
     debug!(node = %node_id, "worker session opened");
     // Capacity and drivers are reported on every session: record them when they changed.
     let changed = manager.read_local(|s| {
@@ -127,10 +152,35 @@ pub async fn serve_session(
     });
     let mut metrics = manager.metrics();
     let mut sent: Option<BTreeMap<String, worker::Assignment>> = None;
+    let mut sent_trust = None;
+    let mut renewed = false;
     loop {
         if !manager.is_leader() {
             let _ = send.finish();
             return Ok(());
+        }
+        let trust = manager.read_local(crate::daemon::trust_from_state);
+        if trust.removed.contains(&peer_key) {
+            let _ = send.reset(crate::trust::REFUSED.into());
+            return Ok(());
+        }
+        if sent_trust.as_ref() != Some(&trust) {
+            let msg = ToWorker::Trust {
+                managers: trust.managers.iter().copied().collect(),
+                removed: trust.removed.iter().copied().collect(),
+            };
+            net::write_frame(&mut send, TAG_DISPATCH, &msg).await?;
+            sent_trust = Some(trust);
+        }
+        if !renewed && cert_not_after.is_some_and(|t| node.renewal_due(t)) {
+            renewed = true;
+            match node.issue_cert_for(&manager, &peer_key) {
+                Ok(cert) => {
+                    net::write_frame(&mut send, TAG_DISPATCH, &ToWorker::Cert(cert)).await?;
+                    info!(node = %node_id, "sent a renewed certificate");
+                }
+                Err(e) => debug!(node = %node_id, "cannot renew the certificate: {e}"),
+            }
         }
         let current: BTreeMap<String, worker::Assignment> = manager
             .read_local(|s| services::assignments_for(&s.services, &node_id))
@@ -193,17 +243,18 @@ pub async fn serve_session(
     }
 }
 
-/// Where the leader is, as this node knows it.
+/// Where the leader is, as this node knows it (on a worker: from the leader hints of the
+/// managers it knows, never from another worker's claim).
 async fn find_leader(node: &Node) -> Option<(NodeId, SocketAddr)> {
     if let Some(manager) = node.manager_opt().await {
         let leader = manager.leader()?;
         return manager.read_local(|s| resolve_in(s, leader));
     }
-    let view = node.gossip()?.view();
-    let (_, key) = view.leader_hint?;
+    let key = node.leader_key().await?;
     if key == node.public_key() {
         return None;
     }
+    let view = node.gossip()?.view();
     let (ident, _) = view.members.get(&key)?;
     Some((NodeId::from_public_key(&key), ident.addr))
 }
@@ -263,12 +314,10 @@ async fn session(
             .await
             .map_err(|e| e.to_string())?;
     }
-    let (sets_tx, mut sets_rx) = mpsc::channel::<AssignmentSet>(16);
+    let (sets_tx, mut sets_rx) = mpsc::channel::<ToWorker>(16);
     let reader = tokio::spawn(async move {
-        while let Ok((_, ToWorker::Assignments(set))) =
-            net::read_frame::<ToWorker>(&mut recv, MAX_SESSION_FRAME).await
-        {
-            if sets_tx.send(set).await.is_err() {
+        while let Ok((_, msg)) = net::read_frame::<ToWorker>(&mut recv, MAX_SESSION_FRAME).await {
+            if sets_tx.send(msg).await.is_err() {
                 return;
             }
         }
@@ -276,10 +325,22 @@ async fn session(
     info!(%leader, "worker session to the leader established");
     let result = loop {
         tokio::select! {
-            set = sets_rx.recv() => match set {
-                Some(set) => {
+            msg = sets_rx.recv() => match msg {
+                Some(ToWorker::Assignments(set)) => {
                     if let Err(e) = worker.apply(set).await {
                         break Err(e.to_string());
+                    }
+                }
+                Some(ToWorker::Trust { managers, removed }) => {
+                    node.update_trust(crate::trust::TrustView {
+                        managers: managers.into_iter().collect(),
+                        removed: removed.into_iter().collect(),
+                    })
+                    .await;
+                }
+                Some(ToWorker::Cert(cert)) => {
+                    if let Err(e) = node.install_cert(cert).await {
+                        tracing::warn!("{e}");
                     }
                 }
                 None => break Ok(()),
@@ -296,4 +357,26 @@ async fn session(
     };
     reader.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_error_from_a_worker_is_bounded_and_stripped() {
+        let report = TaskReport {
+            task_id: "t1".into(),
+            state: worker::TaskState::Failed,
+            exit_code: Some(1),
+            error: Some(format!("bad\x1b[2J\r\nthing{}", "e".repeat(5000))),
+            health: None,
+            at_ms: 1,
+        };
+        let r = to_service_report(report).unwrap();
+        let error = r.error.unwrap();
+        assert!(error.starts_with("bad[2Jthingeee"), "{error}");
+        assert_eq!(error.chars().count(), MAX_REPORT_ERROR);
+        assert!(!error.chars().any(char::is_control));
+    }
 }

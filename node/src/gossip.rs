@@ -37,10 +37,27 @@ enum Input {
 pub struct GossipView {
     /// Members other than this node, by public key: their identity and state.
     pub members: BTreeMap<[u8; 32], (NodeIdentity, MemberState)>,
-    /// Who the managers say leads Raft: (term, leader key) of the highest term heard.
-    pub leader_hint: Option<(u64, [u8; 32])>,
+    /// Who each live member says leads Raft: origin key → (term, leader key). Facts are
+    /// signed by their origin, but anyone may claim anything about the leader: only the
+    /// hints of nodes known as managers count ([`GossipView::leader_among`]).
+    pub leader_hints: BTreeMap<[u8; 32], (u64, [u8; 32])>,
     /// Roles members announced.
     pub roles: BTreeMap<[u8; 32], NodeRole>,
+}
+
+impl GossipView {
+    /// The leader named by the highest-term hint among `managers`' hints (a worker's or a
+    /// stranger's claim about the leader never counts).
+    pub fn leader_among(
+        &self,
+        managers: &std::collections::BTreeSet<[u8; 32]>,
+    ) -> Option<(u64, [u8; 32])> {
+        self.leader_hints
+            .iter()
+            .filter(|(origin, _)| managers.contains(*origin))
+            .map(|(_, hint)| *hint)
+            .max_by_key(|(term, _)| *term)
+    }
 }
 
 /// Handle to the gossip task.
@@ -67,10 +84,12 @@ fn boot_bump() -> u64 {
 
 impl Gossip {
     /// Starts gossiping as `public_key` at `advertise`, sending through `pool`.
-    /// `dialed` receives connections opened by address (bootstrap), so the caller
-    /// serves them like any other.
+    /// `secret` is the node's ed25519 secret key (the private half of `public_key`): it
+    /// signs this node's gossip facts. `dialed` receives connections opened by address
+    /// (bootstrap), so the caller serves them like any other.
     pub fn start(
         public_key: [u8; 32],
+        secret: [u8; 32],
         advertise: SocketAddr,
         role: NodeRole,
         pool: Pool,
@@ -84,7 +103,8 @@ impl Gossip {
         }
         let mut seed = [0u8; 8];
         let _ = getrandom::fill(&mut seed);
-        let mut membership = Membership::new(identity, tuning, u64::from_le_bytes(seed))
+        let signer = Arc::new(ed25519_dalek::SigningKey::from_bytes(&secret));
+        let mut membership = Membership::new(identity, tuning, u64::from_le_bytes(seed), signer)
             .map_err(|e| format!("cannot start gossip: {e}"))?;
         let _ = membership.publish(FactBody::Role(role));
         let (tx, rx) = mpsc::unbounded_channel();
@@ -305,14 +325,13 @@ impl Driver {
                 FactBody::LeaderHint {
                     term,
                     leader: Some(l),
-                } if view.leader_hint.is_none_or(|(t, _)| term > t)
-                    && (fact.origin.0 == own
-                        || view
-                            .members
-                            .get(&fact.origin.0)
-                            .is_some_and(|(_, st)| *st != MemberState::Down)) =>
+                } if fact.origin.0 == own
+                    || view
+                        .members
+                        .get(&fact.origin.0)
+                        .is_some_and(|(_, st)| *st != MemberState::Down) =>
                 {
-                    view.leader_hint = Some((term, l.0));
+                    view.leader_hints.insert(fact.origin.0, (term, l.0));
                 }
                 FactBody::Role(r) => {
                     view.roles.insert(fact.origin.0, r);

@@ -10,6 +10,7 @@ use crate::manager::state::{ClusterRecord, ClusterState, NodeRecord, Role};
 use crate::net::{self, Endpoint};
 use crate::pki::token::{JoinToken, TokenPayload, TokenRole};
 use crate::pki::{self, ClusterCa, NodeId};
+use crate::text::clean_text;
 
 /// Stream tag of the join request: the only request served to a peer without a
 /// client certificate.
@@ -18,6 +19,16 @@ pub const TAG_JOIN: u8 = 1;
 pub const MAX_JOIN_FRAME: usize = 1 << 20;
 /// How far a manager's clock may be behind the one that minted an expiring token.
 pub const EXPIRY_SLACK_SECS: u64 = 60;
+/// Longest hostname kept from a joiner, in characters.
+pub const MAX_HOSTNAME: usize = 253;
+/// Longest platform (`os/arch`) kept from a joiner.
+pub const MAX_PLATFORM: usize = 64;
+/// Longest version kept from a joiner.
+pub const MAX_VERSION: usize = 32;
+/// Most drivers kept from a joiner.
+pub const MAX_DRIVERS: usize = 16;
+/// Longest driver name kept from a joiner.
+pub const MAX_DRIVER_NAME: usize = 32;
 
 /// What a joiner sends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,6 +53,46 @@ pub struct JoinRequest {
     pub version: String,
     /// Requested availability.
     pub availability: crate::manager::state::Availability,
+    /// Proof that the joiner holds the private key of `public_key`: its ed25519 signature
+    /// over [`proof_message`], which binds the TLS connection the request travels on (a
+    /// proof cannot be replayed on another connection).
+    pub proof: Vec<u8>,
+}
+
+/// Label of the TLS keying-material exporter that binds a join proof to its connection.
+pub const PROOF_EXPORTER_LABEL: &[u8] = b"EXPORTER-shoal-join-proof-v1";
+
+/// What a joiner signs: a domain label, the connection's exported keying material, its
+/// public key and the token.
+pub fn proof_message(exported: &[u8; 32], public_key: &[u8; 32], token: &str) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(64 + 32 + token.len());
+    msg.extend_from_slice(b"shoal/join-proof/v1\0");
+    msg.extend_from_slice(exported);
+    msg.extend_from_slice(public_key);
+    msg.extend_from_slice(token.as_bytes());
+    msg
+}
+
+/// The keying material both ends of `conn` derive for a join proof.
+pub fn proof_binding(conn: &quinn::Connection) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, PROOF_EXPORTER_LABEL, b"")
+        .map_err(|_| "cannot derive the join proof binding from the TLS session".to_string())?;
+    Ok(out)
+}
+
+/// The manager's check of a join proof on the connection `conn` it arrived on.
+pub fn check_proof(req: &JoinRequest, conn: &quinn::Connection) -> Result<(), String> {
+    let refused = || {
+        "the joiner did not prove it holds the key it presents: upgrade shoal on the joining node"
+            .to_string()
+    };
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&req.public_key)
+        .map_err(|_| "the joiner's public key is invalid".to_string())?;
+    let sig = ed25519_dalek::Signature::from_slice(&req.proof).map_err(|_| refused())?;
+    let binding = proof_binding(conn)?;
+    key.verify_strict(&proof_message(&binding, &req.public_key, &req.token), &sig)
+        .map_err(|_| refused())
 }
 
 /// A member the joiner can gossip with.
@@ -104,7 +155,10 @@ pub fn mint(
         Some(ttl) => {
             let mut n = [0u8; 8];
             getrandom::fill(&mut n).map_err(|e| format!("no randomness: {e}"))?;
-            (Some(now_secs + ttl.as_secs()), Some(u64::from_le_bytes(n)))
+            (
+                Some(now_secs.saturating_add(ttl.as_secs())),
+                Some(u64::from_le_bytes(n)),
+            )
         }
         None => (None, None),
     };
@@ -143,7 +197,7 @@ pub fn check_token(token: &str, cluster: &ClusterRecord, now_secs: u64) -> Resul
         ));
     }
     if let Some(exp) = p.expires_at
-        && now_secs > exp + EXPIRY_SLACK_SECS
+        && now_secs > exp.saturating_add(EXPIRY_SLACK_SECS)
     {
         return Err(format!(
             "this join token expired at {}: get a new one with `shoal join-token {}`",
@@ -165,12 +219,9 @@ pub fn record_for(req: &JoinRequest, role: Role, now_ms: u64) -> Result<NodeReco
     if addr.ip().is_unspecified() {
         return Err("the joiner's advertise address is unspecified".into());
     }
-    let hostname: String = req
-        .hostname
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(253)
-        .collect();
+    // Strings from the joiner are stripped of control characters and bounded here,
+    // before they are committed and shown by `node ls`/`inspect`.
+    let hostname = clean_text(&req.hostname, MAX_HOSTNAME);
     Ok(NodeRecord {
         id: NodeId::from_public_key(&req.public_key).to_string(),
         public_key: req.public_key,
@@ -181,19 +232,46 @@ pub fn record_for(req: &JoinRequest, role: Role, now_ms: u64) -> Result<NodeReco
         availability: req.availability,
         status: crate::manager::state::NodeStatus::Ready,
         labels: Default::default(),
-        platform: req.platform.chars().take(64).collect(),
+        platform: clean_text(&req.platform, MAX_PLATFORM),
         memory_bytes: req.memory_bytes,
         cpus: req.cpus,
         drivers: req
             .drivers
             .iter()
-            .take(16)
-            .map(|d| d.chars().take(32).collect())
+            .take(MAX_DRIVERS)
+            .map(|d| clean_text(d, MAX_DRIVER_NAME))
             .collect(),
-        version: req.version.chars().take(32).collect(),
+        version: clean_text(&req.version, MAX_VERSION),
         created_at: now_ms,
         updated_at: now_ms,
     })
+}
+
+/// The joiner's check of an accepted join against the token it used.
+pub fn check_answer(a: &JoinAccepted, token: &JoinToken, own_key: &[u8; 32]) -> Result<(), String> {
+    let p = &token.payload;
+    if pki::sha256(&a.ca_cert) != p.ca_digest {
+        return Err("a CA certificate that does not match the token".into());
+    }
+    if a.cluster_id != p.cluster_id {
+        return Err(format!("cluster {} instead of the token's", a.cluster_id));
+    }
+    let expected = match p.role {
+        TokenRole::Worker => Role::Worker,
+        TokenRole::Manager => Role::Manager,
+    };
+    if a.role != expected {
+        return Err(format!(
+            "the role {} instead of the token's {}",
+            a.role.as_str(),
+            expected.as_str()
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    pki::verify_node_cert(&a.node_cert, &a.ca_cert, own_key, now)
+        .map_err(|e| format!("a certificate this node cannot use: {e}"))
 }
 
 /// Members a joiner should gossip with.
@@ -211,8 +289,13 @@ pub fn member_hints(state: &ClusterState) -> Vec<MemberHint> {
 
 /// The joiner's side: tries each manager address in turn until one answers.
 /// Returns the answer and the address that gave it.
+///
+/// `key` signs the proof of possession on each connection. The answer is checked: the
+/// certificate must carry this node's key, be signed by the CA pinned in the token and
+/// valid now, and the cluster and role must be the token's.
 pub async fn request_join(
     endpoint: &Endpoint,
+    key: &pki::NodeKey,
     req: &JoinRequest,
     addrs: &[SocketAddr],
 ) -> Result<(JoinAccepted, SocketAddr), String> {
@@ -235,17 +318,33 @@ pub async fn request_join(
                 continue;
             }
         };
+        let mut signed = req.clone();
+        let binding = match proof_binding(&conn) {
+            Ok(b) => b,
+            Err(e) => {
+                failures.push(format!("{addr}: {e}"));
+                continue;
+            }
+        };
+        signed.proof = key
+            .sign(&proof_message(&binding, &req.public_key, &req.token))
+            .to_bytes()
+            .to_vec();
         let answer: Result<JoinResponse, _> = net::request(
             &conn,
             TAG_JOIN,
-            req,
+            &signed,
             MAX_JOIN_FRAME,
             Duration::from_secs(15),
         )
         .await;
         conn.close(0u32.into(), b"joined");
         match answer {
-            Ok(JoinResponse::Accepted(a)) => return Ok((a, *addr)),
+            Ok(JoinResponse::Accepted(a)) => {
+                check_answer(&a, &token, &req.public_key)
+                    .map_err(|e| format!("{addr} answered with {e}"))?;
+                return Ok((a, *addr));
+            }
             Ok(JoinResponse::Refused(reason)) => return Err(format!("{addr} refused: {reason}")),
             Err(e) => failures.push(format!("{addr}: {e}")),
         }
@@ -299,6 +398,89 @@ mod tests {
                 .unwrap_err()
                 .contains("expired")
         );
+    }
+
+    #[test]
+    fn huge_ttl_mints_without_overflow() {
+        let (c, s) = cluster();
+        let t = mint(
+            &c,
+            &s,
+            Role::Worker,
+            Some(Duration::from_secs(u64::MAX)),
+            1_700_000_000,
+        )
+        .unwrap();
+        let parsed = JoinToken::parse(&t).unwrap();
+        assert_eq!(parsed.payload.expires_at, Some(u64::MAX));
+        assert_eq!(check_token(&t, &c, u64::MAX).unwrap(), Role::Worker);
+    }
+
+    #[test]
+    fn token_expiring_at_u64_max_is_not_expired() {
+        let (c, _) = cluster();
+        let ca = ClusterCa::from_der(&c.ca_cert_der, &c.ca_key_der).unwrap();
+        let payload = TokenPayload {
+            version: 1,
+            cluster_id: c.id.clone(),
+            role: TokenRole::Manager,
+            generation: 0,
+            ca_digest: ca.digest(),
+            expires_at: Some(u64::MAX),
+            manager_addrs: vec![],
+            nonce: Some(7),
+        };
+        let t = JoinToken::mint(&ca, &payload).unwrap();
+        assert_eq!(check_token(&t, &c, 0).unwrap(), Role::Manager);
+        assert_eq!(check_token(&t, &c, u64::MAX).unwrap(), Role::Manager);
+    }
+
+    fn join_request() -> JoinRequest {
+        let key = crate::pki::NodeKey::generate().unwrap();
+        JoinRequest {
+            token: String::new(),
+            public_key: key.public_key(),
+            hostname: "h".into(),
+            advertise_addr: "10.0.0.1:4747".into(),
+            platform: "linux/x86_64".into(),
+            memory_bytes: 1,
+            cpus: 1,
+            drivers: vec!["process".into()],
+            version: "0.1.0".into(),
+            availability: crate::manager::state::Availability::Active,
+            proof: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn joiner_strings_are_bounded_and_stripped() {
+        let mut req = join_request();
+        req.hostname = format!("evil\x1b]0;pwned\x07{}", "h".repeat(1000));
+        req.platform = format!("linux\n{}", "p".repeat(1000));
+        req.version = format!("1.0\r\n{}", "v".repeat(1000));
+        req.drivers = (0..100)
+            .map(|i| format!("d{i}\x1b{}", "x".repeat(100)))
+            .collect();
+        let r = record_for(&req, Role::Worker, 5).unwrap();
+        assert!(r.hostname.starts_with("evil]0;pwned"));
+        assert_eq!(r.hostname.chars().count(), MAX_HOSTNAME);
+        assert!(r.platform.starts_with("linuxppp"));
+        assert_eq!(r.platform.chars().count(), MAX_PLATFORM);
+        assert!(r.version.starts_with("1.0vvv"));
+        assert_eq!(r.version.chars().count(), MAX_VERSION);
+        assert_eq!(r.drivers.len(), MAX_DRIVERS);
+        assert!(
+            r.drivers
+                .iter()
+                .all(|d| d.chars().count() == MAX_DRIVER_NAME)
+        );
+        assert!(r.drivers[0].starts_with("d0xx"));
+        let all = [&r.hostname, &r.platform, &r.version]
+            .into_iter()
+            .chain(r.drivers.iter());
+        for s in all {
+            assert!(!s.chars().any(char::is_control), "{s:?}");
+        }
     }
 
     #[test]

@@ -14,7 +14,10 @@ use shoal_membership::MemberState;
 use tracing::{debug, info};
 
 use crate::daemon::{Node, now_ms};
-use crate::manager::state::{Command, NodeStatus};
+use crate::manager::state::{Command, NodeRecord, NodeStatus};
+use crate::net;
+use crate::pki::NodeId;
+use crate::trust::TAG_PING;
 
 /// How long a new leader waits before it declares nodes down.
 pub const GRACE: Duration = Duration::from_secs(3);
@@ -25,6 +28,7 @@ const TICK: Duration = Duration::from_millis(250);
 pub async fn run(node: Arc<Node>) {
     let mut leader_since: Option<Instant> = None;
     let mut events = None;
+    let early = EarlyProbes::default();
     loop {
         // Wake on a tick or on the next membership event.
         match &mut events {
@@ -53,8 +57,13 @@ pub async fn run(node: Arc<Node>) {
         let view = gossip.view();
         let nodes = manager.read_local(|s| s.nodes.values().cloned().collect::<Vec<_>>());
         let own_addr = node.advertise_addr().to_string();
+        let mut commands = Vec::new();
+        // Gossip is what the members say; before writing a member's word about another
+        // node into Raft, the leader checks for itself (issue 14): a node gossip calls down
+        // must not answer the leader's ping, and a new address must be one where the
+        // node's own key answers.
+        let mut checks = Vec::new();
         for n in nodes {
-            let mut commands = Vec::new();
             if n.id == node.node_id() {
                 if n.status != NodeStatus::Ready {
                     commands.push(Command::SetNodeStatus {
@@ -70,39 +79,43 @@ pub async fn run(node: Arc<Node>) {
                         at: now_ms(),
                     });
                 }
-            } else {
-                match view.members.get(&n.public_key) {
-                    Some((ident, MemberState::Alive | MemberState::Suspect)) => {
-                        if n.status != NodeStatus::Ready {
-                            info!(node = %n.id, hostname = %n.hostname, "node is ready");
-                            commands.push(Command::SetNodeStatus {
-                                id: n.id.clone(),
-                                status: NodeStatus::Ready,
-                                at: now_ms(),
-                            });
-                        }
-                        let addr: SocketAddr = ident.addr;
-                        if n.addr != addr.to_string() {
-                            info!(node = %n.id, old = %n.addr, new = %addr, "node address changed");
-                            commands.push(Command::SetNodeAddr {
-                                id: n.id.clone(),
-                                addr: addr.to_string(),
-                                at: now_ms(),
-                            });
-                        }
+                continue;
+            }
+            let Ok(id) = n.id.parse::<NodeId>() else {
+                continue;
+            };
+            match view.members.get(&n.public_key) {
+                Some((ident, state @ (MemberState::Alive | MemberState::Suspect))) => {
+                    if *state == MemberState::Suspect && n.status == NodeStatus::Ready {
+                        // Probe early, so the verdict is ready if gossip declares it down.
+                        early.start(&node, id, n.addr.parse().ok());
                     }
-                    _ => {
-                        if past_grace && n.status == NodeStatus::Ready {
-                            info!(node = %n.id, hostname = %n.hostname, "node is down");
-                            commands.push(Command::SetNodeStatus {
-                                id: n.id.clone(),
-                                status: NodeStatus::Down,
-                                at: now_ms(),
-                            });
-                        }
+                    if n.status != NodeStatus::Ready {
+                        info!(node = %n.id, hostname = %n.hostname, "node is ready");
+                        commands.push(Command::SetNodeStatus {
+                            id: n.id.clone(),
+                            status: NodeStatus::Ready,
+                            at: now_ms(),
+                        });
+                    }
+                    let addr: SocketAddr = ident.addr;
+                    if n.addr != addr.to_string() {
+                        checks.push(Check::Addr(n, id, addr));
+                    }
+                }
+                _ => {
+                    if past_grace && n.status == NodeStatus::Ready {
+                        let addr = n.addr.parse::<SocketAddr>().ok();
+                        let prior = early.failed_recently(&id);
+                        checks.push(Check::Down(n, id, addr, prior));
                     }
                 }
             }
+        }
+        let verdicts =
+            futures_util::future::join_all(checks.into_iter().map(|c| verify(&node, c))).await;
+        commands.extend(verdicts.into_iter().flatten());
+        {
             for cmd in commands {
                 if let Err(e) = manager.write(cmd).await {
                     debug!("cannot record node status: {e}");
@@ -110,4 +123,163 @@ pub async fn run(node: Arc<Node>) {
             }
         }
     }
+}
+
+/// A claim of gossip the leader checks before acting on it.
+enum Check {
+    /// Gossip says this node is down (and whether an early probe already went unanswered).
+    Down(NodeRecord, NodeId, Option<SocketAddr>, bool),
+    /// Gossip says this node moved to this address.
+    Addr(NodeRecord, NodeId, SocketAddr),
+}
+
+/// The command a check leads to, if any.
+async fn verify(node: &Node, check: Check) -> Option<Command> {
+    match check {
+        Check::Down(n, id, addr, failed_early) => {
+            if !failed_early && answers(node, id, addr).await {
+                warn_once(
+                    node,
+                    &n,
+                    "gossip reports this node down, but it answers the leader",
+                );
+                return None;
+            }
+            info!(node = %n.id, hostname = %n.hostname, "node is down");
+            Some(Command::SetNodeStatus {
+                id: n.id,
+                status: NodeStatus::Down,
+                at: now_ms(),
+            })
+        }
+        Check::Addr(n, id, addr) => {
+            if !key_answers_at(node, id, addr).await {
+                warn_once(
+                    node,
+                    &n,
+                    "gossip reports a new address for this node, but its key does not answer there",
+                );
+                return None;
+            }
+            info!(node = %n.id, old = %n.addr, new = %addr, "node address changed");
+            Some(Command::SetNodeAddr {
+                id: n.id,
+                addr: addr.to_string(),
+                at: now_ms(),
+            })
+        }
+    }
+}
+
+/// Probes started while gossip suspects a node, so that a "down" verdict does not wait
+/// for a probe of its own.
+#[derive(Default, Clone)]
+struct EarlyProbes {
+    results: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, (Instant, Option<bool>)>>>,
+}
+
+impl EarlyProbes {
+    /// How long an unanswered early probe stands for the node being down.
+    const FRESH: Duration = Duration::from_secs(3);
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<NodeId, (Instant, Option<bool>)>> {
+        self.results
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts a probe of `id` unless one is in flight or fresh.
+    fn start(&self, node: &Arc<Node>, id: NodeId, addr: Option<SocketAddr>) {
+        {
+            let mut results = self.lock();
+            results.retain(|_, (at, _)| at.elapsed() < Self::FRESH * 4);
+            if let Some((at, r)) = results.get(&id)
+                && (r.is_none() || at.elapsed() < PROBE_TIMEOUT * 2)
+            {
+                return;
+            }
+            results.insert(id, (Instant::now(), None));
+        }
+        let this = self.clone();
+        let node = node.clone();
+        tokio::spawn(async move {
+            let answered = answers(&node, id, addr).await;
+            this.lock().insert(id, (Instant::now(), Some(answered)));
+        });
+    }
+
+    /// Whether a probe of `id` went unanswered in the last [`Self::FRESH`].
+    fn failed_recently(&self, id: &NodeId) -> bool {
+        self.lock()
+            .get(id)
+            .is_some_and(|(at, r)| *r == Some(false) && at.elapsed() < Self::FRESH)
+    }
+}
+
+/// How long the leader's own probe of a node may take.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// Whether node `id` answers a ping from this node: on the open connection to it (a dead
+/// peer's stays open until the idle timeout, so the ping is what tells), else on a fresh
+/// connection to its recorded address.
+async fn answers(node: &Node, id: NodeId, addr: Option<SocketAddr>) -> bool {
+    if let Some(conn) = node.pool().get(&id) {
+        return ping(&conn).await;
+    }
+    let Some(addr) = addr else { return false };
+    match dial_checked(node, id, addr).await {
+        Some(conn) => {
+            let ok = ping(&conn).await;
+            conn.close(0u32.into(), b"probe");
+            ok
+        }
+        None => false,
+    }
+}
+
+/// Whether node `id`'s key answers at `addr`: the open connection to it comes from there,
+/// or a fresh connection to `addr` finds that key.
+async fn key_answers_at(node: &Node, id: NodeId, addr: SocketAddr) -> bool {
+    if node
+        .pool()
+        .get(&id)
+        .is_some_and(|c| c.remote_address() == addr)
+    {
+        return true;
+    }
+    match dial_checked(node, id, addr).await {
+        Some(conn) => {
+            conn.close(0u32.into(), b"probe");
+            true
+        }
+        None => false,
+    }
+}
+
+async fn dial_checked(node: &Node, id: NodeId, addr: SocketAddr) -> Option<quinn::Connection> {
+    let conn = node
+        .pool()
+        .endpoint()
+        .connect(addr, crate::pki::CLUSTER_SAN, None, Duration::from_secs(1))
+        .await
+        .ok()?;
+    if net::peer_node_id(&conn) == Some(id) {
+        Some(conn)
+    } else {
+        conn.close(0u32.into(), b"unexpected peer");
+        None
+    }
+}
+
+async fn ping(conn: &quinn::Connection) -> bool {
+    net::request::<(), ()>(conn, TAG_PING, &(), 64, PROBE_TIMEOUT)
+        .await
+        .is_ok()
+}
+
+/// Logs a disagreement between gossip and the leader's own probe once per node per minute.
+fn warn_once(node: &Node, n: &NodeRecord, what: &str) {
+    node.liveness_warning(&n.id, what);
 }

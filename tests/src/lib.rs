@@ -15,6 +15,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+pub mod rogue;
+
 /// The `shoal` binary under test: `SHOAL_BIN` (set by scripts/test.sh), else the
 /// workspace's debug build.
 pub fn shoal_bin() -> PathBuf {

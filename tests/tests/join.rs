@@ -132,7 +132,13 @@ fn issue_5_join_tokens_status_leave_and_rm() -> Result<()> {
     );
     let err = m.fails(&["node", "rm", "nosuch"])?;
     assert!(err.contains("no such node"), "{err}");
-    // After leave it can join again with a fresh token.
+    // A removed key is refused for good, even with a valid token (issue 14); the machine
+    // joins again as a new node.
+    let err = w1.fails(&["join", "--token", &t2, "127.0.5.1:4747"])?;
+    assert!(err.contains("removed"), "{err}");
+    w1.stop()?;
+    std::fs::remove_file(w1.state_dir.join("node.key"))?;
+    w1.start()?;
     w1.ok(&["join", "--token", &t2, "127.0.5.1:4747"])?;
     wait_for("w1 back", Duration::from_secs(10), || {
         Ok((node_status(&m, "w1")?.as_deref() == Some("ready")).then_some(()))

@@ -165,12 +165,18 @@ fn issue_7_force_new_cluster_recovers_from_lost_quorum() -> Result<()> {
                 .map(|_| ()))
         },
     )?;
-    // It leaves, joins again with a manager token, and the quorum grows back.
+    // It leaves; its old key stays refused (a join never clears a removal, issue 14)...
     ms[1].ok(&["leave", "--force"])?;
     let mt = ms[0]
         .ok(&["join-token", "-q", "manager"])?
         .trim()
         .to_string();
+    let err = ms[1].fails(&["join", "--token", &mt, "127.0.9.1:4747"])?;
+    assert!(err.contains("removed"), "{err}");
+    // ...so it joins again as a new node, and the quorum grows back.
+    ms[1].stop()?;
+    std::fs::remove_file(ms[1].state_dir.join("node.key"))?;
+    ms[1].start()?;
     ms[1].ok(&["join", "--token", &mt, "127.0.9.1:4747"])?;
     wait_for("two managers", Duration::from_secs(20), || {
         let ns = nodes(&ms[0])?;

@@ -85,6 +85,13 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// 403: the sender may not make this request.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            message: message.into(),
+        }
+    }
     /// 409: the request conflicts with the node's current state.
     pub fn conflict(message: impl Into<String>) -> Self {
         Self {

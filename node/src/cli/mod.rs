@@ -125,6 +125,10 @@ pub struct DaemonArgs {
     /// Control socket.
     #[arg(long, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Group to give the control socket (like dockerd's -G); its members can run
+    /// anything as root on every node. Default: root's group.
+    #[arg(long, value_name = "NAME")]
+    pub socket_group: Option<String>,
     /// Hostname to report instead of the machine's.
     #[arg(long)]
     pub hostname: Option<String>,
@@ -138,6 +142,10 @@ pub struct DaemonArgs {
     /// that works here.
     #[arg(long, value_delimiter = ',')]
     pub drivers: Option<Vec<String>>,
+    /// Lifetime of the node certificates this node issues while it is a manager (Swarm's
+    /// --cert-expiry); nodes renew theirs when a third of it is left.
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+    pub cert_expiry: std::time::Duration,
 }
 
 /// `shoal node ...`.

@@ -23,9 +23,11 @@ pub(super) fn daemon(runtime: &tokio::runtime::Runtime, args: DaemonArgs) -> Res
         listen_addr: args.listen_addr,
         advertise_addr: args.advertise_addr,
         socket: args.socket,
+        socket_group: args.socket_group,
         hostname: args.hostname,
         raft_timing_scale: args.raft_timing_scale,
         drivers: args.drivers,
+        cert_expiry: args.cert_expiry,
     }))
 }
 

@@ -4,24 +4,22 @@
 use super::*;
 
 impl Node {
-    /// A request on a stream from an authenticated peer, by tag.
+    /// A request on a stream from an authenticated peer, by tag, once `crate::trust` has
+    /// authorized the peer for the tag (peer.rs).
     pub async fn handle_peer_request(
         self: &Arc<Self>,
-        peer: NodeId,
+        peer: [u8; 32],
         tag: u8,
         body: &[u8],
         mut send: quinn::SendStream,
     ) -> Result<(), crate::net::NetError> {
         use crate::net::{decode_body, respond};
+        let peer_id = NodeId::from_public_key(&peer);
         if rpc::is_raft_tag(tag) {
-            // Any authenticated member may carry Raft traffic: a demoted leader still
-            // replicates its own removal, and a new manager does not know the leader
-            // until it has caught up. Removed keys never get this far (peer.rs).
-            let manager = self.manager_opt().await;
-            return match manager {
+            return match self.manager_opt().await {
                 Some(m) => rpc::serve_raft_request(m.raft(), tag, body, send).await,
                 None => {
-                    let _ = send.reset(1u32.into());
+                    let _ = send.reset(crate::trust::REFUSED.into());
                     Ok(())
                 }
             };
@@ -29,16 +27,30 @@ impl Node {
         match tag {
             TAG_FORWARD_API => {
                 let fwd: ForwardedApi = decode_body(tag, body)?;
-                self.serve_forwarded_api(fwd, send).await
+                self.serve_forwarded_api(peer_id, fwd, send).await
             }
             TAG_FORWARD_WRITE => {
                 let fwd: ForwardedWrite = decode_body(tag, body)?;
-                let answer = match self.manager_opt().await {
-                    None => ForwardedWriteResult::Err {
+                let answer = match (self.manager_opt().await, forwardable(&fwd.command)) {
+                    (_, Err(message)) => {
+                        self.refusals.refused(
+                            peer_id.as_str(),
+                            tag,
+                            &crate::trust::Refusal::NotAllowed {
+                                name: "this forwarded Raft command",
+                                sender: crate::trust::Sender::Leader,
+                            },
+                        );
+                        ForwardedWriteResult::Err {
+                            unknown: false,
+                            message,
+                        }
+                    }
+                    (None, _) => ForwardedWriteResult::Err {
                         unknown: false,
                         message: "this node is not a manager".into(),
                     },
-                    Some(m) => match m.write(fwd.command).await {
+                    (Some(m), Ok(())) => match m.write(fwd.command).await {
                         Ok(r) => ForwardedWriteResult::Ok(r),
                         Err(ManagerError::Refused(message)) => ForwardedWriteResult::Err {
                             unknown: false,
@@ -61,8 +73,8 @@ impl Node {
                 respond(&mut send, tag, &answer).await
             }
             _ => {
-                tracing::debug!(tag, peer = %peer, "unknown peer request tag");
-                let _ = send.reset(1u32.into());
+                tracing::debug!(tag, peer = %peer_id, "unknown peer request tag");
+                let _ = send.reset(crate::trust::REFUSED.into());
                 Ok(())
             }
         }
@@ -251,19 +263,34 @@ impl Node {
         }
     }
 
-    /// The leader's side of a forwarded API request.
+    /// The leader's side of a forwarded API request (the sender is a manager: trust.rs).
+    /// Only cluster-state routes are served forwarded; node-local ones (`info`, `init`,
+    /// `join`, `leave`) act on the node they are sent to and are never forwarded.
     pub(super) async fn serve_forwarded_api(
         self: &Arc<Self>,
+        from: NodeId,
         fwd: ForwardedApi,
         mut send: quinn::SendStream,
     ) -> Result<(), crate::net::NetError> {
+        let Ok(method) = fwd.method.parse::<Method>() else {
+            let _ = send.reset(crate::trust::REFUSED.into());
+            return Ok(());
+        };
         let req = ApiRequest {
-            method: fwd.method.parse().unwrap_or(Method::GET),
+            method,
             segments: fwd.segments,
             query: fwd.query,
             body: fwd.body.into(),
         };
-        match self.route_local(req).await {
+        let answer = if is_node_local(&req) {
+            tracing::warn!(peer = %from, route = %req.segments.join("/"), "refused a forwarded request for a node-local route");
+            Err(ApiError::forbidden(
+                "this request acts on the node it is sent to and is never forwarded",
+            ))
+        } else {
+            self.route_local(req).await
+        };
+        match answer {
             Ok(Reply::Json(bytes)) => {
                 let reply = ForwardedReply::Full {
                     status: 200,
@@ -288,5 +315,27 @@ impl Node {
                 crate::net::respond(&mut send, TAG_FORWARD_API, &ForwardedReply::End).await
             }
         }
+    }
+}
+
+/// Whether a request acts on the node that receives it (never forwarded, never served
+/// when forwarded).
+pub(super) fn is_node_local(req: &ApiRequest) -> bool {
+    matches!(
+        req.route().as_slice(),
+        ["v1", "info"] | ["v1", "init"] | ["v1", "join"] | ["v1", "leave"]
+    )
+}
+
+/// Which Raft commands a follower may forward to the leader: those a follower proposes on
+/// behalf of a request it serves (a join it admits, service changes, worker reports and
+/// resources). `InitCluster` and `Restore` replace cluster-wide state and are only ever
+/// proposed locally, by `init` on the node itself.
+pub(super) fn forwardable(cmd: &Command) -> Result<(), String> {
+    match cmd {
+        Command::InitCluster { .. } | Command::Restore(_) => {
+            Err("this command is never accepted from another node".into())
+        }
+        _ => Ok(()),
     }
 }

@@ -16,10 +16,7 @@ impl Node {
 
     pub(super) async fn route(self: &Arc<Self>, req: ApiRequest) -> Result<Reply, ApiError> {
         // Cluster-state requests go to the leader; node-local ones never leave.
-        let local = matches!(
-            req.route().as_slice(),
-            ["v1", "info"] | ["v1", "init"] | ["v1", "join"] | ["v1", "leave"]
-        );
+        let local = forward::is_node_local(&req);
         if !local
             && let Some(manager) = self.manager_opt().await
             && !manager.is_leader()
@@ -117,7 +114,7 @@ impl Node {
             {
                 let view = g.view();
                 info.leader = view
-                    .leader_hint
+                    .leader_among(&self.trust_view().managers)
                     .map(|(_, k)| NodeId::from_public_key(&k).to_string());
                 let alive: Vec<&[u8; 32]> = view
                     .members

@@ -105,6 +105,7 @@ impl Node {
         };
         let gossip = Gossip::start(
             self.key.public_key(),
+            self.key.secret_bytes(),
             self.advertise(),
             role,
             self.pool.clone(),
@@ -160,8 +161,12 @@ impl Node {
     }
 
     /// The manager's side of a join handshake.
-    pub async fn handle_join(&self, req: JoinRequest) -> JoinResponse {
-        match self.admit(req).await {
+    pub async fn handle_join(&self, req: JoinRequest, conn: &quinn::Connection) -> JoinResponse {
+        let admitted = match join::check_proof(&req, conn) {
+            Ok(()) => self.admit(req).await,
+            Err(e) => Err(e),
+        };
+        match admitted {
             Ok(a) => JoinResponse::Accepted(a),
             Err(reason) => {
                 info!(%reason, "join refused");
@@ -182,24 +187,16 @@ impl Node {
         if record.id == self.node_id {
             return Err("a node cannot join the cluster it manages".into());
         }
-        if let Some(existing) = manager.read_local(|s| s.nodes.get(&record.id).cloned())
-            && existing.role == Role::Manager
-            && existing.status == NodeStatus::Ready
-        {
-            return Err(format!(
-                "node {} is already a manager of this cluster: run `shoal leave --force` on it first",
-                existing.hostname
-            ));
-        }
+        // The state machine has the last word (AdmitNode refuses removed keys and live
+        // records); checking here first gives the joiner the reason without a Raft write.
+        manager.read_local(|s| crate::manager::state::admission(s, &record))?;
         let id = record.id.clone();
         self.propose(Command::AdmitNode(record))
             .await
             .map_err(|e| e.to_string())?;
         let ca = ClusterCa::from_der(&cluster.ca_cert_der, &cluster.ca_key_der)
             .map_err(|e| format!("cannot load the cluster CA: {e}"))?;
-        let node_cert = ca
-            .issue_node_cert(&req.public_key, &NodeId::from_public_key(&req.public_key))
-            .map_err(|e| format!("cannot issue a certificate: {e}"))?;
+        let node_cert = self.issue_cert(&ca, &req.public_key)?;
         info!(node = %id, hostname = %req.hostname, role = role.as_str(), "node joined");
         Ok(JoinAccepted {
             cluster_id: cluster.id.clone(),
@@ -230,6 +227,7 @@ impl Node {
         } else {
             None
         };
+        self.check_own_cert_expiry(&saved);
         self.serve_quic(&saved)?;
         let mut seeds: Vec<SocketAddr> =
             saved.seeds.iter().filter_map(|a| a.parse().ok()).collect();
@@ -407,9 +405,22 @@ impl Node {
         }
         old.shutdown().await;
         let db = self.state_dir.raft_db();
-        let kept = db.with_extension(format!("redb.before-force-new-cluster-{}", now_ms()));
+        // Kept (0600: it holds the CA key) until a later start prunes all but the newest.
+        let kept = db.with_file_name(format!(
+            "{}{}",
+            crate::state_dir::FORCE_NEW_CLUSTER_COPY_PREFIX,
+            now_ms()
+        ));
         std::fs::rename(&db, &kept)
             .map_err(|e| ApiError::internal(format!("cannot move {} aside: {e}", db.display())))?;
+        if let Err(e) = crate::state_dir::enforce_mode(&kept, 0o600, "file") {
+            warn!("cannot set the mode of {} to 0600: {e}", kept.display());
+        }
+        info!(
+            "moved {} aside to {} (safe to delete once the new cluster runs)",
+            db.display(),
+            kept.display()
+        );
         let manager = Arc::new(
             self.open_manager(&saved.cluster_id)
                 .await
@@ -489,9 +500,9 @@ impl Node {
         let cluster_id = random_id();
         let ca = ClusterCa::generate(&cluster_id)
             .map_err(|e| ApiError::internal(format!("cannot create the cluster CA: {e}")))?;
-        let node_cert = ca
-            .issue_node_cert(&self.key.public_key(), &self.key.node_id())
-            .map_err(|e| ApiError::internal(format!("cannot issue the node certificate: {e}")))?;
+        let node_cert = self
+            .issue_cert(&ca, &self.key.public_key())
+            .map_err(ApiError::internal)?;
         let db_path = self.state_dir.raft_db();
         if db_path.exists() {
             // Left by an `init` that died before it finished: it holds no cluster.
@@ -532,6 +543,8 @@ impl Node {
             node_cert,
             ca_cert: ca.cert_der().to_vec(),
             seeds: Vec::new(),
+            managers: vec![self.key.public_key()],
+            removed: Vec::new(),
         };
         saved_cfg.cluster = Some(saved.clone());
         saved_cfg
@@ -577,6 +590,12 @@ impl Node {
         self.stop_worker(true).await;
         self.stop_gossip(true).await;
         self.endpoint.clear_server_config();
+        for (id, conn) in self.pool.connections() {
+            self.pool.remove(&id);
+            conn.close(0u32.into(), b"left the cluster");
+        }
+        self.trust
+            .send_replace(Arc::new(crate::trust::TrustView::default()));
         let mut saved = SavedConfig::load(&self.state_dir.node_config()).map_err(ApiError::from)?;
         saved.cluster = None;
         saved
@@ -644,29 +663,30 @@ impl Node {
             drivers: self.drivers.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             availability,
+            proof: Vec::new(),
         };
-        let (accepted, via) = match join::request_join(&self.endpoint, &jr, &addrs).await {
+        let (accepted, via) = match join::request_join(&self.endpoint, &self.key, &jr, &addrs).await
+        {
             Ok(v) => v,
             Err(e) => {
                 self.set_advertise(previous_advertise);
                 return Err(ApiError::bad_request(e));
             }
         };
-        if pki::public_key_from_cert(&accepted.node_cert).ok() != Some(self.key.public_key())
-            || pki::sha256(&accepted.ca_cert) != token.payload.ca_digest
-        {
-            self.set_advertise(previous_advertise);
-            return Err(ApiError::internal(
-                "the manager answered with a certificate that does not match this node or the token",
-            ));
-        }
+        let managers = Self::managers_of(&accepted.members);
         let saved = SavedCluster {
             cluster_id: accepted.cluster_id.clone(),
             role: accepted.role,
             node_cert: accepted.node_cert,
             ca_cert: accepted.ca_cert,
             seeds: accepted.members.iter().map(|m| m.addr.clone()).collect(),
+            managers: managers.iter().copied().collect(),
+            removed: Vec::new(),
         };
+        self.trust.send_replace(Arc::new(crate::trust::TrustView {
+            managers,
+            removed: Default::default(),
+        }));
         saved_cfg.cluster = Some(saved.clone());
         saved_cfg
             .save(&self.state_dir.node_config())

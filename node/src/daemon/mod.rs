@@ -2,9 +2,12 @@
 //! Lifecycle (`lifecycle.rs`), API handlers (`handlers.rs`) and peer requests and
 //! forwarding (`forward.rs`) are its child modules.
 
+mod authz;
 mod forward;
 mod handlers;
 mod lifecycle;
+
+pub use authz::{now_secs, trust_from_state};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -54,12 +57,16 @@ pub struct DaemonOptions {
     pub advertise_addr: Option<String>,
     /// Control socket.
     pub socket: PathBuf,
+    /// Group given the control socket (`--socket-group`); `None`: root's.
+    pub socket_group: Option<String>,
     /// Reported hostname override.
     pub hostname: Option<String>,
     /// Multiplies Raft timing (heartbeat, election) for slow links.
     pub raft_timing_scale: f64,
     /// Drivers to offer (`None`: every driver that works here).
     pub drivers: Option<Vec<String>>,
+    /// Lifetime of the node certificates this node issues as a manager (`--cert-expiry`).
+    pub cert_expiry: Duration,
 }
 
 /// Where the Raft leader is.
@@ -102,6 +109,12 @@ pub struct Node {
     raft_scale: f64,
     /// Serializes `init`/`leave`/`join`, which replace the membership.
     lifecycle: tokio::sync::Mutex<()>,
+    /// Managers and removed keys (see `authz.rs`); every connection watches it.
+    trust: crate::trust::TrustWatch,
+    /// Refusals of peer requests, logged once per peer and tag.
+    refusals: crate::trust::RefusalLog,
+    /// Lifetime of the node certificates this node issues (as a manager).
+    cert_expiry: Duration,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -230,6 +243,11 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
             opts.socket.display()
         );
     }
+    let socket_gid = opts
+        .socket_group
+        .as_deref()
+        .map(resolve_socket_group)
+        .transpose()?;
     let key = NodeKey::load_or_create(&state_dir.node_key())?;
     let node_id = key.node_id().to_string();
     let mut saved = SavedConfig::load(&state_dir.node_config())?;
@@ -246,7 +264,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
             .advertise_addr
             .unwrap_or_else(|| default_advertise(opts.listen_addr)),
     };
-    let listener = bind_socket(&opts.socket).await?;
+    let listener = bind_socket(&opts.socket, socket_gid).await?;
     let (endpoint, accepted) = Endpoint::bind(opts.listen_addr, &key)
         .with_context(|| format!("cannot bind the QUIC endpoint on {}", opts.listen_addr))?;
     let hostname = opts.hostname.clone().unwrap_or_else(system_hostname);
@@ -274,6 +292,16 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         membership: RwLock::new(None),
         raft_scale: opts.raft_timing_scale,
         lifecycle: tokio::sync::Mutex::new(()),
+        trust: watch::channel(Arc::new(saved.cluster.as_ref().map_or_else(
+            crate::trust::TrustView::default,
+            |c| crate::trust::TrustView {
+                managers: c.managers.iter().copied().collect(),
+                removed: c.removed.iter().copied().collect(),
+            },
+        )))
+        .0,
+        refusals: crate::trust::RefusalLog::default(),
+        cert_expiry: opts.cert_expiry,
         state_dir,
     });
     if let Some(cluster) = saved.cluster.clone() {
@@ -283,6 +311,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     tokio::spawn(crate::liveness::run(node.clone()));
     tokio::spawn(crate::quorum::run(node.clone()));
     tokio::spawn(crate::peer::serve_dialed(node.clone(), dialed_rx));
+    tokio::spawn(node.clone().trust_loop());
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let server = {
@@ -323,9 +352,24 @@ async fn wait_for_signal() {
     }
 }
 
-/// Binds the control socket (mode 0660). A stale socket left by a dead daemon is
-/// removed; one that still answers is never touched.
-async fn bind_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+/// The group named by `--socket-group`.
+fn resolve_socket_group(name: &str) -> Result<nix::unistd::Gid> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid),
+        Ok(None) => {
+            bail!("unknown group `{name}` in --socket-group: create it or pick another")
+        }
+        Err(e) => bail!("cannot look up group `{name}` in --socket-group: {e}"),
+    }
+}
+
+/// Binds the control socket (mode 0660, group `gid` when given). A stale socket left by
+/// a dead daemon is removed; one that still answers is never touched. The socket is
+/// created under umask 077, so no one but root can reach it before its mode is set.
+async fn bind_socket(
+    path: &std::path::Path,
+    gid: Option<nix::unistd::Gid>,
+) -> Result<tokio::net::UnixListener> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create socket directory {}", parent.display()))?;
@@ -340,8 +384,19 @@ async fn bind_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener>
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    // The umask is the process's (tasks inherit it): restored right after the bind.
+    let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let bound = tokio::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old_umask);
+    let listener = bound.with_context(|| format!("cannot listen on {}", path.display()))?;
+    if let Some(gid) = gid {
+        nix::unistd::chown(path, None, Some(gid)).with_context(|| {
+            format!(
+                "cannot give {} to group {gid} (--socket-group)",
+                path.display()
+            )
+        })?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;
     Ok(listener)
@@ -365,24 +420,6 @@ impl Node {
     /// The connection pool to other nodes.
     pub fn pool(&self) -> &Pool {
         &self.pool
-    }
-
-    /// Whether `id` was removed from the cluster (`node rm`), as far as this node knows.
-    pub async fn is_removed(&self, id: &NodeId) -> bool {
-        match self
-            .membership
-            .read()
-            .await
-            .as_ref()
-            .and_then(|m| m.manager.clone())
-        {
-            Some(m) => m.read_local(|s| {
-                s.removed_keys
-                    .iter()
-                    .any(|k| NodeId::from_public_key(k) == *id)
-            }),
-            None => false,
-        }
     }
 
     /// The drivers this node offers.
@@ -435,5 +472,45 @@ impl Node {
             .await
             .as_ref()
             .and_then(|m| m.manager.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_socket_group_is_a_one_line_error() {
+        let err = resolve_socket_group("shoal-no-such-group-x9")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "unknown group `shoal-no-such-group-x9` in --socket-group: create it or pick another"
+        );
+        let own = nix::unistd::getgid();
+        let name = nix::unistd::Group::from_gid(own)
+            .unwrap()
+            .expect("own group has a name")
+            .name;
+        assert_eq!(resolve_socket_group(&name).unwrap(), own);
+    }
+
+    #[tokio::test]
+    async fn socket_is_0660_with_the_group_whatever_the_umask() {
+        use nix::sys::stat::{Mode, umask};
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let own = nix::unistd::getgid();
+        let old = umask(Mode::empty());
+        let listener = bind_socket(&path, Some(own)).await;
+        let after = umask(old);
+        let _listener = listener.unwrap();
+        // The umask in force around the bind is restored.
+        assert_eq!(after, Mode::empty());
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+        assert_eq!(meta.gid(), own.as_raw());
     }
 }

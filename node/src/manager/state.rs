@@ -219,8 +219,10 @@ pub enum Command {
         /// Node ID.
         id: String,
     },
-    /// A node admitted with a valid join token: added, or replaced when its key is
-    /// already known. A removed key that presents a fresh token is admitted again.
+    /// A node admitted with a valid join token (and proof it holds its key): added, or,
+    /// when its key is already known and the node is down, its record refreshed (labels and
+    /// availability kept). Refused for a removed key, a ready node, and a manager joining
+    /// with a worker token (see [`admission`]).
     AdmitNode(NodeRecord),
     /// `node promote` / `node demote`: the leader then changes Raft's voters to match.
     SetRole {
@@ -249,6 +251,33 @@ pub enum Command {
         /// When.
         at: Millis,
     },
+}
+
+/// Whether a joiner's `record` may be admitted: never for a removed key (a join does not
+/// clear a removal), never over a ready node's record, and never to turn a manager into a
+/// worker.
+pub fn admission(state: &ClusterState, record: &NodeRecord) -> Result<(), String> {
+    if state.removed_keys.contains(&record.public_key) {
+        return Err(format!(
+            "node {} was removed from this cluster and cannot join again with the same key: on that machine stop the daemon, delete node.key in its state dir, start it and join again as a new node",
+            record.id
+        ));
+    }
+    if let Some(old) = state.nodes.get(&record.id) {
+        if old.status == NodeStatus::Ready {
+            return Err(format!(
+                "node {} ({}) is already a ready member of this cluster: run `shoal leave` on it first",
+                old.hostname, old.id
+            ));
+        }
+        if old.role == Role::Manager && record.role != Role::Manager {
+            return Err(format!(
+                "node {} is a manager of this cluster: join it with a manager token, or demote it first",
+                old.hostname
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The answer to a command once applied.
@@ -358,8 +387,18 @@ impl ClusterState {
                 }
             }
             Command::AdmitNode(node) => {
-                self.removed_keys.remove(&node.public_key);
-                self.insert_node(node.clone());
+                if let Err(reason) = admission(self, node) {
+                    return CommandResult::Refused(reason);
+                }
+                let mut node = node.clone();
+                if let Some(old) = self.nodes.get(&node.id) {
+                    // The same node joining again (it proved it holds the key): what the
+                    // operator set on it stays.
+                    node.labels.clone_from(&old.labels);
+                    node.availability = old.availability;
+                    node.created_at = old.created_at;
+                }
+                self.insert_node(node);
                 CommandResult::Done
             }
             Command::SetNodeResources {
@@ -525,6 +564,56 @@ mod tests {
     }
 
     #[test]
+    fn issue_14_a_join_never_replaces_a_live_record_nor_demotes_a_manager() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::InitCluster {
+            cluster: cluster(),
+            node: node("a", "m1", 1),
+        });
+        let mut w = node("b", "w", 2);
+        w.role = Role::Worker;
+        assert_eq!(s.apply(&Command::AdmitNode(w.clone())), CommandResult::Done);
+        s.apply(&Command::UpdateNode {
+            id: "b".into(),
+            availability: Some(Availability::Drain),
+            label_add: [("zone".to_string(), "attic".to_string())].into(),
+            label_rm: vec![],
+            at: 2,
+        });
+        // Ready: a second join with the same key is refused, the record is untouched.
+        let mut again = w;
+        again.hostname = "renamed".into();
+        assert!(matches!(
+            s.apply(&Command::AdmitNode(again.clone())),
+            CommandResult::Refused(_)
+        ));
+        assert_eq!(s.nodes["b"].hostname, "w");
+        // Down (it left): it may join again, keeping its labels and availability.
+        s.apply(&Command::SetNodeStatus {
+            id: "b".into(),
+            status: NodeStatus::Down,
+            at: 3,
+        });
+        assert_eq!(s.apply(&Command::AdmitNode(again)), CommandResult::Done);
+        assert_eq!(s.nodes["b"].hostname, "renamed");
+        assert_eq!(s.nodes["b"].labels["zone"], "attic");
+        assert_eq!(s.nodes["b"].availability, Availability::Drain);
+        // A down manager cannot be turned into a worker by a worker token.
+        s.apply(&Command::SetNodeStatus {
+            id: "a".into(),
+            status: NodeStatus::Down,
+            at: 4,
+        });
+        let mut as_worker = node("a", "m1", 1);
+        as_worker.role = Role::Worker;
+        assert!(matches!(
+            s.apply(&Command::AdmitNode(as_worker)),
+            CommandResult::Refused(_)
+        ));
+        assert_eq!(s.nodes["a"].role, Role::Manager);
+    }
+
+    #[test]
     fn resolve_by_id_prefix_and_hostname() {
         let mut s = ClusterState::default();
         s.apply(&Command::InitCluster {
@@ -559,13 +648,13 @@ mod tests {
             s.apply(&Command::UpsertNode(node("b", "w", 2))),
             CommandResult::Refused(_)
         ));
-        // A fresh join token admits it again.
-        assert_eq!(
+        // A join never clears a removal by itself (issue 14).
+        assert!(matches!(
             s.apply(&Command::AdmitNode(node("b", "w", 2))),
-            CommandResult::Done
-        );
-        assert!(s.removed_keys.is_empty());
-        assert_eq!(s.node_by_raft_id(2).map(|n| n.id.as_str()), Some("b"));
+            CommandResult::Refused(_)
+        ));
+        assert!(s.removed_keys.contains(&[2u8; 32]));
+        assert!(s.node_by_raft_id(2).is_none());
         assert_eq!(
             s.apply(&Command::RotateToken { role: Role::Worker }),
             CommandResult::Generation(1)

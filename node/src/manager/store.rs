@@ -51,6 +51,20 @@ pub fn open_db(path: &Path) -> Result<Arc<Database>, OpenError> {
         path: path.display().to_string(),
         reason: e.to_string(),
     };
+    // raft.redb holds the cluster CA's private key: 0600 whatever the umask, set before
+    // redb writes anything (redb initializes an empty file), and again at every open.
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path);
+        if let Err(e) = crate::state_dir::enforce_mode(path, 0o600, "file") {
+            tracing::warn!("cannot set the mode of {} to 0600: {e}", path.display());
+        }
+    }
     let db = Database::create(path).map_err(|e| corrupt(&e))?;
     let mut tx = db.begin_write().map_err(|e| corrupt(&e))?;
     tx.set_durability(Durability::Immediate)
@@ -470,5 +484,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn raft_db_is_0600_whatever_the_umask_and_at_every_open() {
+        use nix::sys::stat::{Mode, umask};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let old = umask(Mode::empty());
+        let db = open_db(&path);
+        umask(old);
+        drop(db.unwrap());
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(open_db(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
     }
 }

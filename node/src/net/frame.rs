@@ -38,29 +38,129 @@ pub async fn write_frame<T: Serialize + ?Sized>(
     Ok(())
 }
 
+/// Bound on reading one request frame with [`read_frame_raw`]: a peer that opens a stream
+/// and sends nothing, or announces a body and trickles it, is cut off after this long. A
+/// request of the largest size Shoal sends on a LAN arrives in milliseconds; callers that
+/// expect big frames over slow links pass their own bound to [`read_frame_raw_within`] or
+/// [`read_header`]/[`read_body`].
+pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Length of a frame header: `tag: u8 | len: u32 big-endian`.
+pub const FRAME_HEADER_LEN: usize = 5;
+
+/// Application code sent with STOP_SENDING when a peer's frame did not arrive in time.
+const STOP_READ_TIMEOUT: u32 = 2;
+
+/// The body buffer starts at most this large and grows as bytes actually arrive, so a peer
+/// announcing a large body and sending little costs little memory.
+const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
+
 /// Reads one frame written by [`write_frame`], returning its tag and message. A body longer
 /// than `max_len` bytes is refused before anything is allocated; an unknown version or an
 /// undecodable body is an error. Trailing bytes after the message are ignored (so messages can
 /// grow by appending fields).
+///
+/// No deadline: this waits as long as the peer is silent, which is what a long-lived session
+/// stream (several frames, far apart) needs. Bound it with a timeout, or use
+/// [`read_frame_within`], when reading a request from a peer that could stall on purpose.
 pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut RecvStream,
     max_len: usize,
 ) -> Result<(u8, T), NetError> {
-    let (tag, body) = read_frame_raw(recv, max_len).await?;
+    let (tag, len) = read_header_untimed(recv).await?;
+    let body = read_body_untimed(recv, len, max_len).await?;
+    Ok((tag, decode_body(tag, &body)?))
+}
+
+/// [`read_frame`] bounded by `timeout` for the whole frame (header and body); on expiry the
+/// stream is stopped and [`NetError::ReadTimeout`] returned.
+pub async fn read_frame_within<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max_len: usize,
+    timeout: Duration,
+) -> Result<(u8, T), NetError> {
+    let (tag, body) = read_frame_raw_within(recv, max_len, timeout).await?;
     Ok((tag, decode_body(tag, &body)?))
 }
 
 /// Reads one frame without decoding its message: the tag and the body (version byte
 /// included), for servers that choose the message type by tag. Same limits as
-/// [`read_frame`].
+/// [`read_frame`], and the whole frame must arrive within [`FRAME_READ_TIMEOUT`] (see
+/// [`read_frame_raw_within`]).
 pub async fn read_frame_raw(
     recv: &mut RecvStream,
     max_len: usize,
 ) -> Result<(u8, Vec<u8>), NetError> {
-    let mut header = [0u8; 5];
+    read_frame_raw_within(recv, max_len, FRAME_READ_TIMEOUT).await
+}
+
+/// [`read_frame_raw`] with an explicit deadline for the whole frame (header and body). A
+/// peer that sends nothing, or trickles, is cut off when `timeout` expires: the stream is
+/// stopped and [`NetError::ReadTimeout`] returned.
+pub async fn read_frame_raw_within(
+    recv: &mut RecvStream,
+    max_len: usize,
+    timeout: Duration,
+) -> Result<(u8, Vec<u8>), NetError> {
+    let read = async {
+        let (tag, len) = read_header_untimed(recv).await?;
+        let body = read_body_untimed(recv, len, max_len).await?;
+        Ok((tag, body))
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(res) => res,
+        Err(_) => Err(timed_out(recv, timeout)),
+    }
+}
+
+/// Reads a frame header only: the tag and the announced body length, within `timeout`. Lets
+/// a server authorize the tag, and pick that tag's size limit and deadline, before reading
+/// the body with [`read_body`]. On expiry the stream is stopped and
+/// [`NetError::ReadTimeout`] returned.
+pub async fn read_header(recv: &mut RecvStream, timeout: Duration) -> Result<(u8, u32), NetError> {
+    match tokio::time::timeout(timeout, read_header_untimed(recv)).await {
+        Ok(res) => res,
+        Err(_) => Err(timed_out(recv, timeout)),
+    }
+}
+
+/// Reads the body of a frame whose header [`read_header`] returned (`tag` is only used in
+/// error messages), within `timeout`. A `len` over `max_len` is refused (and the stream
+/// stopped) before anything is allocated; an empty body is malformed. Memory grows with the
+/// bytes that actually arrive, never beyond `len`. Returns the body, version byte included,
+/// for [`decode_body`].
+pub async fn read_body(
+    recv: &mut RecvStream,
+    tag: u8,
+    len: u32,
+    max_len: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, NetError> {
+    match tokio::time::timeout(timeout, read_body_untimed(recv, len, max_len)).await {
+        Ok(Err(NetError::Malformed(m))) => Err(NetError::Malformed(format!("{m} (tag {tag})"))),
+        Ok(res) => res,
+        Err(_) => Err(timed_out(recv, timeout)),
+    }
+}
+
+/// Stops the stream after a read deadline expired and returns the error to report.
+fn timed_out(recv: &mut RecvStream, after: Duration) -> NetError {
+    let _ = recv.stop(quinn::VarInt::from_u32(STOP_READ_TIMEOUT));
+    NetError::ReadTimeout(after)
+}
+
+async fn read_header_untimed(recv: &mut RecvStream) -> Result<(u8, u32), NetError> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
     recv.read_exact(&mut header).await?;
-    let tag = header[0];
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    Ok((header[0], len))
+}
+
+async fn read_body_untimed(
+    recv: &mut RecvStream,
+    len: u32,
+    max_len: usize,
+) -> Result<Vec<u8>, NetError> {
     let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
     if len_usize > max_len {
         let _ = recv.stop(quinn::VarInt::from_u32(STOP_FRAME_TOO_LARGE));
@@ -72,9 +172,26 @@ pub async fn read_frame_raw(
     if len == 0 {
         return Err(NetError::Malformed("empty frame body".into()));
     }
-    let mut body = vec![0u8; len_usize];
-    recv.read_exact(&mut body).await?;
-    Ok((tag, body))
+    let mut body: Vec<u8> = Vec::with_capacity(len_usize.min(INITIAL_BODY_CAPACITY));
+    while body.len() < len_usize {
+        let want = len_usize - body.len();
+        let chunk = match recv.read_chunk(want, true).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Err(quinn::ReadExactError::FinishedEarly(body.len()).into()),
+            Err(e) => return Err(quinn::ReadExactError::ReadError(e).into()),
+        };
+        if body.capacity() - body.len() < chunk.bytes.len() {
+            // Double, but never beyond the announced length.
+            let target = body
+                .capacity()
+                .saturating_mul(2)
+                .max(body.len() + chunk.bytes.len())
+                .min(len_usize);
+            body.reserve_exact(target - body.len());
+        }
+        body.extend_from_slice(&chunk.bytes);
+    }
+    Ok(body)
 }
 
 /// Decodes a body returned by [`read_frame_raw`].

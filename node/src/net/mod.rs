@@ -5,19 +5,31 @@
 //! Stream frame format (every request/response on a bi-stream):
 //! `tag: u8 | len: u32 big-endian | body[len]`, where `body = version: u8 (=`[`FRAME_VERSION`]`)
 //! ++ postcard(message)`. Frames larger than the reader's `max_len` are rejected before any
-//! allocation.
+//! allocation, and a body's buffer grows with the bytes that arrive, not with the announced
+//! length. A request is read under a deadline ([`FRAME_READ_TIMEOUT`], or the caller's with
+//! [`read_header`]/[`read_body`]), so a silent or trickling peer is cut off.
+//!
+//! Bounds on what a peer can make this node hold (streams, windows, connections per address,
+//! connections without a certificate) are in [`endpoint`](ConnectionLimits) and
+//! [`transport_config`].
 
 mod endpoint;
 mod frame;
 mod pool;
 
 pub use endpoint::{
-    Accepted, AcceptedRx, Endpoint, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL,
-    peer_node_id, peer_public_key, transport_config,
+    Accepted, AcceptedRx, CLOSE_TOO_MANY_CONNECTIONS, CLOSE_UNAUTHENTICATED_EXPIRED,
+    ConnectionLimits, DATAGRAM_RECEIVE_BUFFER, DATAGRAM_SEND_BUFFER, Endpoint, HANDSHAKE_TIMEOUT,
+    IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL, MAX_BIDI_STREAMS, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP,
+    MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_IP, RECEIVE_WINDOW, REFUSAL_LOG_INTERVAL,
+    SEND_WINDOW, STREAM_RECEIVE_WINDOW, UNAUTHENTICATED_BIDI_STREAMS, UNAUTHENTICATED_LIFETIME,
+    UNAUTHENTICATED_RECEIVE_WINDOW, authenticated_budget, peer_node_id, peer_public_key,
+    transport_config,
 };
 pub use frame::{
-    FRAME_VERSION, MAX_DATAGRAM, decode_body, read_frame, read_frame_raw, request, respond,
-    send_datagram, write_frame,
+    FRAME_HEADER_LEN, FRAME_READ_TIMEOUT, FRAME_VERSION, MAX_DATAGRAM, decode_body, read_body,
+    read_frame, read_frame_raw, read_frame_raw_within, read_frame_within, read_header, request,
+    respond, send_datagram, write_frame,
 };
 pub use pool::Pool;
 
@@ -117,6 +129,10 @@ pub enum NetError {
     /// A request did not complete in time.
     #[error("request timed out after {} ms", .0.as_millis())]
     RequestTimeout(Duration),
+    /// The peer did not send a whole frame within the reader's deadline (it sent nothing, or
+    /// trickled); the stream was stopped.
+    #[error("the peer sent no complete frame within {} ms", .0.as_millis())]
+    ReadTimeout(Duration),
     /// A datagram is larger than the connection currently allows.
     #[error("datagram of {len} bytes exceeds the limit of {max} bytes")]
     DatagramTooLarge {

@@ -655,3 +655,420 @@ async fn client_only_endpoint_starts_serving_later() {
         conn.close_reason().is_some() || { tokio::time::timeout(T, conn.closed()).await.is_ok() }
     );
 }
+
+// ---- Resource bounds (issue 14 item 5) ----
+
+/// A server with a certificate from `ca` and the given connection caps.
+fn node_with_limits(ca: &ClusterCa, limits: ConnectionLimits) -> TestNode {
+    let key = NodeKey::generate().unwrap();
+    let cert = ca
+        .issue_node_cert(&key.public_key(), &key.node_id())
+        .unwrap();
+    let (endpoint, accepted) =
+        Endpoint::bind_with_limits("127.0.0.1:0".parse().unwrap(), &key, limits).unwrap();
+    endpoint.set_server_config(pki::server_config(&cert, ca.cert_der(), &key).unwrap());
+    endpoint.set_client_config(pki::client_config(&cert, ca.cert_der(), &key).unwrap());
+    let addr = endpoint.local_addr().unwrap();
+    TestNode {
+        key,
+        endpoint,
+        accepted,
+        addr,
+    }
+}
+
+/// A client with a certificate from `ca`, bound on `ip`.
+fn client_at(ca: &ClusterCa, ip: &str) -> Endpoint {
+    let key = NodeKey::generate().unwrap();
+    let cert = ca
+        .issue_node_cert(&key.public_key(), &key.node_id())
+        .unwrap();
+    let (endpoint, _rx) = Endpoint::bind(format!("{ip}:0").parse().unwrap(), &key).unwrap();
+    endpoint.set_client_config(pki::client_config(&cert, ca.cert_der(), &key).unwrap());
+    endpoint
+}
+
+/// Dials `addr` until it is accepted (the server frees a slot when it sees the close).
+async fn connect_eventually(ep: &Endpoint, addr: SocketAddr) -> quinn::Connection {
+    let started = Instant::now();
+    loop {
+        match ep.connect(addr, pki::CLUSTER_SAN, None, T).await {
+            Ok(c) => return c,
+            Err(e) if started.elapsed() < T => {
+                assert!(matches!(e, NetError::Refused { .. }), "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("still refused after {T:?}: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_33rd_connection_from_one_ip_is_refused_until_one_closes() {
+    let ca = ClusterCa::generate("c1").unwrap();
+    let mut a = node(&ca);
+    let b = client_at(&ca, "127.0.0.1");
+    let mut conns = Vec::new();
+    for i in 0..MAX_CONNECTIONS_PER_IP {
+        let c = b
+            .connect(a.addr, pki::CLUSTER_SAN, None, T)
+            .await
+            .unwrap_or_else(|e| panic!("connection {i} refused: {e}"));
+        next_accepted(&mut a.accepted).await;
+        conns.push(c);
+    }
+    let err = b
+        .connect(a.addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::Refused { .. }), "{err}");
+    // Another address is not affected.
+    let other = client_at(&ca, "127.0.0.2");
+    let c = other
+        .connect(a.addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap();
+    next_accepted(&mut a.accepted).await;
+    // Closing one frees its slot.
+    conns.pop().unwrap().close(0u32.into(), b"done");
+    let again = connect_eventually(&b, a.addr).await;
+    next_accepted(&mut a.accepted).await;
+    assert!(again.close_reason().is_none());
+    assert!(c.close_reason().is_none());
+}
+
+#[tokio::test]
+async fn small_caps_per_ip_and_in_total() {
+    let ca = ClusterCa::generate("c1").unwrap();
+    let limits = ConnectionLimits {
+        per_ip: 2,
+        total: 3,
+        ..ConnectionLimits::default()
+    };
+    let mut a = node_with_limits(&ca, limits);
+    let one = client_at(&ca, "127.0.0.1");
+    let two = client_at(&ca, "127.0.0.2");
+    let c1 = one
+        .connect(a.addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap();
+    let _c2 = one
+        .connect(a.addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap();
+    // Per address.
+    let err = one
+        .connect(a.addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::Refused { .. }), "{err}");
+    let _c3 = two
+        .connect(a.addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap();
+    // In total (127.0.0.2 holds one of its two).
+    let err = two
+        .connect(a.addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::Refused { .. }), "{err}");
+    for _ in 0..3 {
+        next_accepted(&mut a.accepted).await;
+    }
+    c1.close(0u32.into(), b"done");
+    let _c4 = connect_eventually(&two, a.addr).await;
+    next_accepted(&mut a.accepted).await;
+}
+
+/// Dials `addr` without a client certificate.
+async fn join_dial(ep: &Endpoint, ca: &ClusterCa, addr: SocketAddr) -> quinn::Connection {
+    let cfg = pki::join_client_config(ca.digest()).unwrap();
+    ep.connect(addr, pki::CLUSTER_SAN, Some(cfg), T)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn connections_without_a_certificate_have_a_tighter_budget() {
+    let ca = ClusterCa::generate("c1").unwrap();
+    let mut a = node(&ca);
+    let (joiner, _rx) = bare();
+    let mut conns = Vec::new();
+    for _ in 0..MAX_UNAUTHENTICATED_PER_IP {
+        conns.push(join_dial(&joiner, &ca, a.addr).await);
+        let acc = next_accepted(&mut a.accepted).await;
+        assert_eq!(acc.peer_key, None);
+    }
+    // The next one completes its handshake (the server cannot know before) and is closed.
+    let extra = join_dial(&joiner, &ca, a.addr).await;
+    match tokio::time::timeout(T, extra.closed()).await.unwrap() {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, CLOSE_TOO_MANY_CONNECTIONS.into());
+        }
+        other => panic!("unexpected close: {other}"),
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), a.accepted.recv())
+            .await
+            .is_err(),
+        "the connection over the budget reached the application"
+    );
+    // A member from the same address still gets in.
+    let member = client_at(&ca, "127.0.0.1");
+    member
+        .connect(a.addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap();
+    assert!(next_accepted(&mut a.accepted).await.peer_key.is_some());
+    // Closing one frees its slot.
+    conns.pop().unwrap().close(0u32.into(), b"done");
+    let started = Instant::now();
+    loop {
+        let c = join_dial(&joiner, &ca, a.addr).await;
+        if tokio::time::timeout(Duration::from_millis(300), c.closed())
+            .await
+            .is_err()
+        {
+            break;
+        }
+        assert!(started.elapsed() < T, "no slot freed");
+    }
+    assert_eq!(next_accepted(&mut a.accepted).await.peer_key, None);
+}
+
+#[tokio::test]
+async fn connections_without_a_certificate_are_closed_after_their_lifetime() {
+    let ca = ClusterCa::generate("c1").unwrap();
+    let limits = ConnectionLimits {
+        unauthenticated_lifetime: Duration::from_millis(300),
+        ..ConnectionLimits::default()
+    };
+    let mut a = node_with_limits(&ca, limits);
+    let (joiner, _rx) = bare();
+    let unauth = join_dial(&joiner, &ca, a.addr).await;
+    next_accepted(&mut a.accepted).await;
+    let member = client_at(&ca, "127.0.0.1");
+    let auth = member
+        .connect(a.addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap();
+    next_accepted(&mut a.accepted).await;
+    let started = Instant::now();
+    match tokio::time::timeout(T, unauth.closed()).await.unwrap() {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, CLOSE_UNAUTHENTICATED_EXPIRED.into());
+        }
+        other => panic!("unexpected close: {other}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        auth.close_reason().is_none(),
+        "a member's connection was closed"
+    );
+}
+
+#[tokio::test]
+async fn stream_budgets_no_uni_streams_and_more_for_members() {
+    let ca = ClusterCa::generate("c1").unwrap();
+    let mut a = node(&ca);
+    let (joiner, _rx) = bare();
+    let unauth = join_dial(&joiner, &ca, a.addr).await;
+    let _keep = next_accepted(&mut a.accepted).await;
+    let short = Duration::from_millis(300);
+    // No uni-directional stream, ever.
+    assert!(
+        tokio::time::timeout(short, unauth.open_uni())
+            .await
+            .is_err()
+    );
+    let mut streams = Vec::new();
+    for _ in 0..UNAUTHENTICATED_BIDI_STREAMS {
+        streams.push(
+            tokio::time::timeout(short, unauth.open_bi())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert!(tokio::time::timeout(short, unauth.open_bi()).await.is_err());
+
+    let member = client_at(&ca, "127.0.0.1");
+    let auth = member
+        .connect(a.addr, pki::CLUSTER_SAN, None, T)
+        .await
+        .unwrap();
+    let _keep2 = next_accepted(&mut a.accepted).await;
+    assert!(tokio::time::timeout(short, auth.open_uni()).await.is_err());
+    for i in 0..MAX_BIDI_STREAMS {
+        let s = tokio::time::timeout(T, auth.open_bi())
+            .await
+            .unwrap_or_else(|_| panic!("member stream {i} not granted"))
+            .unwrap();
+        streams.push(s);
+    }
+    assert!(tokio::time::timeout(short, auth.open_bi()).await.is_err());
+}
+
+/// Opens a stream from `client`, writes `raw` (not finishing), and returns both ends.
+async fn raw_stream(
+    client: &quinn::Connection,
+    server: &quinn::Connection,
+    raw: &[u8],
+) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, _recv) = client.open_bi().await.unwrap();
+    send.write_all(raw).await.unwrap();
+    let (_s, recv) = tokio::time::timeout(T, server.accept_bi())
+        .await
+        .unwrap()
+        .unwrap();
+    (send, recv)
+}
+
+#[tokio::test]
+async fn a_silent_or_trickling_peer_is_cut_off_at_the_deadline() {
+    let (client, server, _a, _b) = pair().await;
+    let deadline = Duration::from_millis(300);
+
+    // The header never completes.
+    let (send, mut recv) = raw_stream(&client, &server, &[3, 0]).await;
+    let started = Instant::now();
+    let err = read_header(&mut recv, deadline).await.unwrap_err();
+    assert!(
+        matches!(err, NetError::ReadTimeout(d) if d == deadline),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The peer is told to stop sending.
+    let stopped = tokio::time::timeout(T, send.stopped())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stopped, Some(2u32.into()));
+
+    // A header announcing 1 MiB, then a byte every 50 ms.
+    let (mut send, mut recv) = raw_stream(&client, &server, &[3, 0, 0x10, 0, 0, 1]).await;
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if send.write_all(&[0]).await.is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    let started = Instant::now();
+    let err = read_frame_raw_within(&mut recv, 1 << 20, deadline)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::ReadTimeout(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        tokio::time::timeout(T, trickle).await.unwrap().unwrap(),
+        "the trickling writer was not stopped"
+    );
+
+    // The same with read_header + read_body: the body's own deadline.
+    let (_send, mut recv) = raw_stream(&client, &server, &[3, 0, 0x10, 0, 0, 1, 7]).await;
+    let (tag, len) = read_header(&mut recv, deadline).await.unwrap();
+    assert_eq!((tag, len), (3, 1 << 20));
+    let started = Instant::now();
+    let err = read_body(&mut recv, tag, len, 1 << 20, deadline)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::ReadTimeout(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn read_header_and_read_body() {
+    let (client, server, _a, _b) = pair().await;
+    let ping = Ping {
+        v: 1,
+        text: "y".repeat(3000),
+    };
+    let mut good = vec![9u8, 0, 0, 0, 0, FRAME_VERSION];
+    good.extend(postcard::to_allocvec(&ping).unwrap());
+    let body_len = (good.len() - FRAME_HEADER_LEN) as u32;
+    good[1..5].copy_from_slice(&body_len.to_be_bytes());
+
+    // A whole frame.
+    let (mut send, mut recv) = raw_stream(&client, &server, &good).await;
+    send.finish().unwrap();
+    let (tag, len) = read_header(&mut recv, T).await.unwrap();
+    assert_eq!((tag, len), (9, body_len));
+    let body = read_body(&mut recv, tag, len, 4096, T).await.unwrap();
+    assert_eq!(body.len(), body_len as usize);
+    assert!(body.capacity() <= body_len as usize);
+    assert_eq!(decode_body::<Ping>(tag, &body).unwrap(), ping);
+
+    // Over the limit: refused before reading (or allocating) the body; the peer is stopped.
+    let (send, mut recv) = raw_stream(&client, &server, &good).await;
+    let (tag, len) = read_header(&mut recv, T).await.unwrap();
+    assert!(matches!(
+        read_body(&mut recv, tag, len, 100, T).await,
+        Err(NetError::FrameTooLarge { max: 100, .. })
+    ));
+    let stopped = tokio::time::timeout(T, send.stopped())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stopped, Some(1u32.into()));
+
+    // A 4 GiB announcement costs nothing.
+    let (_send, mut recv) = raw_stream(&client, &server, &[9, 0xff, 0xff, 0xff, 0xff]).await;
+    let (tag, len) = read_header(&mut recv, T).await.unwrap();
+    assert_eq!(len, u32::MAX);
+    assert!(matches!(
+        read_body(&mut recv, tag, len, 1 << 20, T).await,
+        Err(NetError::FrameTooLarge { .. })
+    ));
+
+    // Empty body.
+    let (_send, mut recv) = raw_stream(&client, &server, &[9, 0, 0, 0, 0]).await;
+    let (tag, len) = read_header(&mut recv, T).await.unwrap();
+    assert!(matches!(
+        read_body(&mut recv, tag, len, 1024, T).await,
+        Err(NetError::Malformed(_))
+    ));
+
+    // The stream ends mid-body.
+    let (mut send, mut recv) = raw_stream(&client, &server, &good[..100]).await;
+    send.finish().unwrap();
+    let (tag, len) = read_header(&mut recv, T).await.unwrap();
+    assert!(matches!(
+        read_body(&mut recv, tag, len, 4096, T).await,
+        Err(NetError::Read(quinn::ReadExactError::FinishedEarly(95)))
+    ));
+}
+
+#[tokio::test]
+async fn read_frame_reads_consecutive_frames_of_a_session() {
+    // Several frames on one stream (a worker session): each read stops at its frame's end.
+    let (client, server, _a, _b) = pair().await;
+    let (mut send, _r) = client.open_bi().await.unwrap();
+    let big = Ping {
+        v: 1,
+        text: "z".repeat(200_000),
+    };
+    write_frame(&mut send, 8, &big).await.unwrap();
+    write_frame(
+        &mut send,
+        8,
+        &Ping {
+            v: 2,
+            text: "b".into(),
+        },
+    )
+    .await
+    .unwrap();
+    send.finish().unwrap();
+    let (_s, mut recv) = tokio::time::timeout(T, server.accept_bi())
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, first): (u8, Ping) = read_frame(&mut recv, 1 << 20).await.unwrap();
+    assert_eq!(first, big);
+    let (_, second): (u8, Ping) = read_frame_within(&mut recv, 1024, T).await.unwrap();
+    assert_eq!(second.v, 2);
+}

@@ -15,7 +15,12 @@ use super::{CLUSTER_SAN, NodeId, PkiError, node_san, sha256};
 /// `not_before` of every certificate Shoal makes: far in the past, because a Raspberry Pi has
 /// no RTC and may boot with a wrong clock (DESIGN §3, trap T11).
 const NOT_BEFORE: (i32, u8, u8) = (2000, 1, 1);
-/// `not_after` of every certificate Shoal makes (rcgen's own default).
+/// How long a node certificate is valid by default (Swarm's default `--cert-expiry`). Nodes
+/// renew theirs well before (see `daemon/authz.rs`).
+pub const DEFAULT_CERT_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(90 * 24 * 3600);
+
+/// `not_after` of the CA certificate (rcgen's own default).
 const NOT_AFTER: (i32, u8, u8) = (4096, 1, 1);
 
 /// DER prefix of an ed25519 SubjectPublicKeyInfo; the 32-byte key follows.
@@ -137,13 +142,29 @@ impl ClusterCa {
             .map_err(|_| PkiError::Tls("unexpected CA signature length".into()))
     }
 
-    /// Issues a node certificate (DER) on the node's own ed25519 public key: EKU ServerAuth +
-    /// ClientAuth, DNS SANs `<node_id>.node.shoal` and [`CLUSTER_SAN`], CN = node ID, no IP
-    /// SANs, valid from 2000-01-01. `node_id` must be the ID of `node_public_key`.
+    /// Issues a node certificate valid for [`DEFAULT_CERT_LIFETIME`] from now (see
+    /// [`ClusterCa::issue_node_cert_until`]).
     pub fn issue_node_cert(
         &self,
         node_public_key: &[u8; 32],
         node_id: &NodeId,
+    ) -> Result<Vec<u8>, PkiError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2));
+        let lifetime = i64::try_from(DEFAULT_CERT_LIFETIME.as_secs()).unwrap_or(0);
+        self.issue_node_cert_until(node_public_key, node_id, now.saturating_add(lifetime))
+    }
+
+    /// Issues a node certificate (DER) on the node's own ed25519 public key: EKU ServerAuth +
+    /// ClientAuth, DNS SANs `<node_id>.node.shoal` and [`CLUSTER_SAN`], CN = node ID, no IP
+    /// SANs, valid from 2000-01-01 (a Pi without an RTC) until `not_after` (Unix seconds,
+    /// clamped to the years 2000–9999). `node_id` must be the ID of `node_public_key`.
+    pub fn issue_node_cert_until(
+        &self,
+        node_public_key: &[u8; 32],
+        node_id: &NodeId,
+        not_after: i64,
     ) -> Result<Vec<u8>, PkiError> {
         ed25519_dalek::VerifyingKey::from_bytes(node_public_key)
             .map_err(|_| PkiError::BadCertificate("not a valid ed25519 public key".into()))?;
@@ -165,7 +186,10 @@ impl ClusterCa {
         ];
         params.use_authority_key_identifier_extension = true;
         params.not_before = date_time_ymd(NOT_BEFORE.0, NOT_BEFORE.1, NOT_BEFORE.2);
-        params.not_after = date_time_ymd(NOT_AFTER.0, NOT_AFTER.1, NOT_AFTER.2);
+        // 2000-01-01 … 9999-12-31 in Unix seconds.
+        let secs = not_after.clamp(946_684_800, 253_402_300_799);
+        params.not_after = date_time_ymd(1970, 1, 1)
+            + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0));
         params.serial_number = Some(random_serial()?);
         let cert = params.signed_by(&RawEd25519(*node_public_key), &self.issuer)?;
         Ok(cert.der().to_vec())

@@ -16,9 +16,13 @@ mod key;
 mod tls;
 pub mod token;
 
-pub use ca::{CertInfo, ClusterCa, node_id_from_cert, parse_cert, public_key_from_cert};
+pub use ca::{
+    CertInfo, ClusterCa, DEFAULT_CERT_LIFETIME, node_id_from_cert, parse_cert, public_key_from_cert,
+};
 pub use key::{NodeId, NodeKey};
-pub use tls::{client_config, crypto_provider, join_client_config, server_config};
+pub use tls::{
+    client_config, crypto_provider, join_client_config, server_config, verify_node_cert,
+};
 
 use std::path::PathBuf;
 

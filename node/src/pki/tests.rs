@@ -133,8 +133,21 @@ fn ca_reloads_from_der_and_issues_node_certs() {
         assert!(info.dns_names.contains(&node_san(&node.node_id())));
         assert!(info.dns_names.contains(&CLUSTER_SAN.to_owned()));
         assert!(info.not_before < now_unix() - 10 * 365 * 86_400);
-        assert!(info.not_after > now_unix() + 50 * 365 * 86_400);
+        // Finite lifetime (issue 14): 90 days by default.
+        let lifetime = DEFAULT_CERT_LIFETIME.as_secs() as i64;
+        assert!((info.not_after - (now_unix() + lifetime)).abs() < 60);
     }
+    // An explicit expiry is kept to the second; a certificate is checked under its CA.
+    let until = now_unix() + 30;
+    let short = ca
+        .issue_node_cert_until(&node.public_key(), &node.node_id(), until)
+        .unwrap();
+    assert_eq!(parse_cert(&short).unwrap().not_after, until);
+    verify_node_cert(&short, ca.cert_der(), &node.public_key(), now_unix()).unwrap();
+    assert!(verify_node_cert(&short, ca.cert_der(), &node.public_key(), until + 1).is_err());
+    let other = ClusterCa::generate("other").unwrap();
+    assert!(verify_node_cert(&short, other.cert_der(), &node.public_key(), now_unix()).is_err());
+    assert!(verify_node_cert(&short, ca.cert_der(), &[7; 32], now_unix()).is_err());
 
     // CA signatures verify with its public key.
     let sig = ca.sign(b"token").unwrap();

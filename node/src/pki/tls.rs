@@ -191,3 +191,35 @@ impl ServerCertVerifier for PinnedCaVerifier {
             .supported_schemes()
     }
 }
+
+/// Checks a node certificate as a peer would: signed by the CA `ca_cert_der`, valid at `now`
+/// (Unix seconds) for [`super::CLUSTER_SAN`], and carrying `expected_key`. A joiner checks the
+/// certificate a manager issued it this way; a worker checks a renewed one.
+pub fn verify_node_cert(
+    node_cert_der: &[u8],
+    ca_cert_der: &[u8],
+    expected_key: &[u8; 32],
+    now: i64,
+) -> Result<(), PkiError> {
+    if public_key_from_cert(node_cert_der)? != *expected_key {
+        return Err(PkiError::NodeCertKeyMismatch);
+    }
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(roots_for(ca_cert_der)?, crypto_provider())
+            .build()
+            .map_err(tls_err)?;
+    let name = ServerName::try_from(super::CLUSTER_SAN).map_err(tls_err)?;
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(now).unwrap_or(0),
+    ));
+    verifier
+        .verify_server_cert(
+            &CertificateDer::from(node_cert_der.to_vec()),
+            &[],
+            &name,
+            &[],
+            at,
+        )
+        .map_err(tls_err)?;
+    Ok(())
+}

@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -38,12 +39,25 @@ pub(crate) struct Cache {
 }
 
 impl Cache {
-    /// Creates the directory if needed.
+    /// Creates the directory if needed. It holds the tasks' specs (environment included):
+    /// the directory is set to 0700 and its files to 0600 at every open, whatever the umask.
     pub(crate) fn open(dir: &Path) -> Result<Self, WorkerError> {
-        fs::create_dir_all(dir).map_err(|source| WorkerError::Cache {
-            path: dir.to_owned(),
-            source,
-        })?;
+        let err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| WorkerError::Cache { path, source }
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err(dir))?;
+        crate::state_dir::enforce_mode(dir, 0o700, "worker cache dir").map_err(err(dir))?;
+        for name in [CACHE_FILE.to_string(), format!("{CACHE_FILE}.corrupt")] {
+            let file = dir.join(name);
+            if file.exists() {
+                crate::state_dir::enforce_mode(&file, 0o600, "file").map_err(err(&file))?;
+            }
+        }
         Ok(Self {
             dir: dir.to_owned(),
         })
@@ -96,7 +110,16 @@ impl Cache {
         .map_err(|e| err(io::Error::other(e)))?;
         let tmp = self.dir.join(format!(".{CACHE_FILE}.tmp"));
         {
-            let mut file = fs::File::create(&tmp).map_err(err)?;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(err)?;
+            // A left-over temporary file keeps its mode, and the umask may take bits away.
+            file.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(err)?;
             file.write_all(&data).map_err(err)?;
             file.sync_all().map_err(err)?;
         }
@@ -145,5 +168,36 @@ mod tests {
                 .join("assignments.json.corrupt")
                 .exists()
         );
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).expect("metadata").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn cache_files_are_private_whatever_the_umask() {
+        use nix::sys::stat::{Mode, umask};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let worker = dir.path().join("worker");
+        // A cache left loose by an older version is tightened at open.
+        fs::create_dir(&worker).expect("mkdir");
+        fs::set_permissions(&worker, fs::Permissions::from_mode(0o755)).expect("chmod");
+        fs::write(worker.join(CACHE_FILE), b"{}").expect("write");
+        fs::set_permissions(worker.join(CACHE_FILE), fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        // Under umask 0, a new file would be 0666 without the explicit mode.
+        let open_and_store = |dir: &Path| {
+            let old = umask(Mode::empty());
+            let result = Cache::open(dir).and_then(|c| c.store(Vec::new()));
+            umask(old);
+            result.expect("open and store");
+        };
+        open_and_store(&worker);
+        assert_eq!(mode(&worker), 0o700);
+        assert_eq!(mode(&worker.join(CACHE_FILE)), 0o600);
+        let fresh = dir.path().join("fresh");
+        open_and_store(&fresh);
+        assert_eq!(mode(&fresh), 0o700);
+        assert_eq!(mode(&fresh.join(CACHE_FILE)), 0o600);
     }
 }
