@@ -15,8 +15,11 @@ use crate::text::clean_text;
 /// Stream tag of the join request: the only request served to a peer without a
 /// client certificate.
 pub const TAG_JOIN: u8 = 1;
-/// Largest join request or answer.
+/// Largest join answer (certificates and the member list of a large cluster).
 pub const MAX_JOIN_FRAME: usize = 1 << 20;
+/// Largest join request: a token, a key, a proof and a few short strings. This bounds what a
+/// peer without a certificate can make a manager buffer per stream.
+pub const MAX_JOIN_REQUEST: usize = 64 * 1024;
 /// How far a manager's clock may be behind the one that minted an expiring token.
 pub const EXPIRY_SLACK_SECS: u64 = 60;
 /// Longest hostname kept from a joiner, in characters.
@@ -371,6 +374,65 @@ mod tests {
             task_history_limit: 5,
         };
         (record, ClusterState::default())
+    }
+
+    #[test]
+    fn issue_14_joiner_checks_the_answer_against_its_token() {
+        let (c, s) = cluster();
+        let ca = ClusterCa::from_der(&c.ca_cert_der, &c.ca_key_der).unwrap();
+        let me = crate::pki::NodeKey::generate().unwrap();
+        let token = JoinToken::parse(&mint(&c, &s, Role::Worker, None, 0).unwrap()).unwrap();
+        let good = JoinAccepted {
+            cluster_id: c.id.clone(),
+            role: Role::Worker,
+            node_cert: ca.issue_node_cert(&me.public_key(), &me.node_id()).unwrap(),
+            ca_cert: c.ca_cert_der.clone(),
+            members: vec![],
+        };
+        check_answer(&good, &token, &me.public_key()).unwrap();
+        // A manager role the token did not grant.
+        let promoted = JoinAccepted {
+            role: Role::Manager,
+            ..good.clone()
+        };
+        assert!(check_answer(&promoted, &token, &me.public_key()).is_err());
+        // Another cluster.
+        let other_cluster = JoinAccepted {
+            cluster_id: "c2".into(),
+            ..good.clone()
+        };
+        assert!(check_answer(&other_cluster, &token, &me.public_key()).is_err());
+        // A certificate not signed by the pinned CA, even with the pinned CA sent along.
+        let rogue = ClusterCa::generate("c1").unwrap();
+        let forged = JoinAccepted {
+            node_cert: rogue
+                .issue_node_cert(&me.public_key(), &me.node_id())
+                .unwrap(),
+            ..good.clone()
+        };
+        assert!(check_answer(&forged, &token, &me.public_key()).is_err());
+        // A certificate for another key.
+        let stranger = crate::pki::NodeKey::generate().unwrap();
+        assert!(check_answer(&good, &token, &stranger.public_key()).is_err());
+    }
+
+    #[test]
+    fn issue_14_join_proof_is_bound_to_key_token_and_connection() {
+        let me = crate::pki::NodeKey::generate().unwrap();
+        let other = crate::pki::NodeKey::generate().unwrap();
+        let binding = [5u8; 32];
+        let msg = proof_message(&binding, &me.public_key(), "T");
+        let sig = me.sign(&msg);
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&me.public_key()).unwrap();
+        assert!(vk.verify_strict(&msg, &sig).is_ok());
+        // Another connection, another token, another key: the same signature proves nothing.
+        for m in [
+            proof_message(&[6u8; 32], &me.public_key(), "T"),
+            proof_message(&binding, &me.public_key(), "U"),
+            proof_message(&binding, &other.public_key(), "T"),
+        ] {
+            assert!(vk.verify_strict(&m, &sig).is_err());
+        }
     }
 
     #[test]

@@ -135,37 +135,49 @@ enum Check {
 
 /// The command a check leads to, if any.
 async fn verify(node: &Node, check: Check) -> Option<Command> {
+    let confirmed = match &check {
+        Check::Down(_, id, addr, failed_early) => *failed_early || !answers(node, *id, *addr).await,
+        Check::Addr(_, id, addr) => key_answers_at(node, *id, *addr).await,
+    };
+    let (n, what) = match &check {
+        Check::Down(n, ..) => (
+            n,
+            "gossip reports this node down, but it answers the leader",
+        ),
+        Check::Addr(n, ..) => (
+            n,
+            "gossip reports a new address for this node, but its key does not answer there",
+        ),
+    };
+    if !confirmed {
+        warn_once(node, n, what);
+    }
+    verdict(check, confirmed, now_ms())
+}
+
+/// What the leader writes for a claim of gossip, given whether its own probe confirmed it
+/// (a down node does not answer; a moved node's key answers at the new address). An
+/// unconfirmed claim writes nothing: a member's word about another member never reaches
+/// Raft by itself.
+fn verdict(check: Check, confirmed: bool, at: u64) -> Option<Command> {
+    if !confirmed {
+        return None;
+    }
     match check {
-        Check::Down(n, id, addr, failed_early) => {
-            if !failed_early && answers(node, id, addr).await {
-                warn_once(
-                    node,
-                    &n,
-                    "gossip reports this node down, but it answers the leader",
-                );
-                return None;
-            }
+        Check::Down(n, ..) => {
             info!(node = %n.id, hostname = %n.hostname, "node is down");
             Some(Command::SetNodeStatus {
                 id: n.id,
                 status: NodeStatus::Down,
-                at: now_ms(),
+                at,
             })
         }
-        Check::Addr(n, id, addr) => {
-            if !key_answers_at(node, id, addr).await {
-                warn_once(
-                    node,
-                    &n,
-                    "gossip reports a new address for this node, but its key does not answer there",
-                );
-                return None;
-            }
+        Check::Addr(n, _, addr) => {
             info!(node = %n.id, old = %n.addr, new = %addr, "node address changed");
             Some(Command::SetNodeAddr {
                 id: n.id,
                 addr: addr.to_string(),
-                at: now_ms(),
+                at,
             })
         }
     }
@@ -282,4 +294,45 @@ async fn ping(conn: &quinn::Connection) -> bool {
 /// Logs a disagreement between gossip and the leader's own probe once per node per minute.
 fn warn_once(node: &Node, n: &NodeRecord, what: &str) {
     node.liveness_warning(&n.id, what);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> (NodeRecord, NodeId) {
+        let key = crate::pki::NodeKey::generate().unwrap();
+        let mut n = crate::manager::state::tests::node(key.node_id().as_str(), "w1", 9);
+        n.public_key = key.public_key();
+        (n, key.node_id())
+    }
+
+    #[test]
+    fn issue_14_gossip_claims_reach_raft_only_when_the_leaders_probe_agrees() {
+        let (n, id) = record();
+        let moved: SocketAddr = "10.9.9.9:4747".parse().unwrap();
+        // A member says the node is down, but it answers the leader: nothing is written.
+        assert_eq!(
+            verdict(Check::Down(n.clone(), id, None, false), false, 5),
+            None
+        );
+        // A member says it moved, but its key does not answer there: nothing is written.
+        assert_eq!(verdict(Check::Addr(n.clone(), id, moved), false, 5), None);
+        // Confirmed by the leader's own probe: written.
+        assert!(matches!(
+            verdict(Check::Down(n.clone(), id, None, false), true, 5),
+            Some(Command::SetNodeStatus {
+                status: NodeStatus::Down,
+                ..
+            })
+        ));
+        assert_eq!(
+            verdict(Check::Addr(n.clone(), id, moved), true, 5),
+            Some(Command::SetNodeAddr {
+                id: n.id,
+                addr: moved.to_string(),
+                at: 5
+            })
+        );
+    }
 }

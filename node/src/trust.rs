@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::dispatch::TAG_DISPATCH;
 use crate::forward::{TAG_BECOME_MANAGER, TAG_FORWARD_API, TAG_FORWARD_WRITE};
-use crate::join::{MAX_JOIN_FRAME, TAG_JOIN};
+use crate::join::{MAX_JOIN_REQUEST, TAG_JOIN};
 use crate::manager::rpc::{
     MAX_APPEND_FRAME, MAX_SNAPSHOT_FRAME, MAX_VOTE_FRAME, TAG_RAFT_APPEND, TAG_RAFT_SNAPSHOT,
     TAG_RAFT_VOTE,
@@ -89,7 +89,7 @@ pub fn stream_rule(tag: u8) -> Option<Rule> {
         managers_only,
     };
     Some(match tag {
-        TAG_JOIN => rule("join", Sender::Anyone, MAX_JOIN_FRAME, true),
+        TAG_JOIN => rule("join", Sender::Anyone, MAX_JOIN_REQUEST, true),
         TAG_RAFT_APPEND => rule("raft append", Sender::RaftPeer, MAX_APPEND_FRAME, true),
         TAG_RAFT_VOTE => rule("raft vote", Sender::RaftPeer, MAX_VOTE_FRAME, true),
         TAG_RAFT_SNAPSHOT => rule("raft snapshot", Sender::RaftPeer, MAX_SNAPSHOT_FRAME, true),

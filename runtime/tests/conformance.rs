@@ -377,14 +377,20 @@ async fn wait_ready(driver: &dyn Driver, task: &str) {
 // The conformance suite (generic over the driver)
 // ---------------------------------------------------------------------------------------------
 
-/// A task that exits on SIGTERM stops well within its grace period with its own exit code; one
-/// that ignores it is killed after the grace period (137); a custom stop signal is used.
+/// A task that exits on SIGTERM stops within its grace period with its own exit code (had it
+/// been killed at the end of the grace period, it would be 137); one that ignores it gets
+/// SIGTERM first (it logs it), keeps running, and is killed after the grace period (137); a
+/// custom stop signal is used. Each stop must end within the test's deadline; how long it
+/// took is printed, never asserted.
 async fn stop_honours_grace_and_signal(fx: &Fixture) {
     let d = fx.driver("node-a");
     let mut polite = fx.shell("polite", &format!("trap 'exit 0' TERM; {LOOP_FOREVER}"));
     polite.stop_grace = Duration::from_secs(10);
-    let mut stubborn = fx.shell("stubborn", &format!("trap '' TERM; {LOOP_FOREVER}"));
-    stubborn.stop_grace = Duration::from_secs(1);
+    let mut stubborn = fx.shell(
+        "stubborn",
+        &format!("trap 'echo ignored-term' TERM; {LOOP_FOREVER}"),
+    );
+    stubborn.stop_grace = Duration::from_secs(3);
     let mut custom = fx.shell("custom", &format!("trap 'exit 5' INT; {LOOP_FOREVER}"));
     custom.stop_signal = Some("SIGINT".into());
     for spec in [&polite, &stubborn, &custom] {
@@ -399,28 +405,34 @@ async fn stop_honours_grace_and_signal(fx: &Fixture) {
     }
 
     let t = Instant::now();
-    d.stop("polite", None).await.expect("stop polite");
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "polite task took {:?}",
-        t.elapsed()
-    );
+    tokio::time::timeout(DEADLINE, d.stop("polite", None))
+        .await
+        .expect("stopping polite hung past the deadline")
+        .expect("stop polite");
+    eprintln!("{:?}: polite task stopped in {:?}", fx.kind, t.elapsed());
     let s = d.inspect("polite").await.expect("inspect");
     assert_eq!((s.state, s.exit_code), (RunState::Exited, Some(0)));
     assert!(s.finished_at.is_some());
 
     let t = Instant::now();
-    d.stop("stubborn", None).await.expect("stop stubborn");
-    let took = t.elapsed();
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(8),
-        "stubborn took {took:?}"
+    tokio::time::timeout(DEADLINE, d.stop("stubborn", None))
+        .await
+        .expect("stopping stubborn hung past the deadline")
+        .expect("stop stubborn");
+    eprintln!(
+        "{:?}: stubborn task (3 s grace) killed after {:?}",
+        fx.kind,
+        t.elapsed()
     );
     let s = d.inspect("stubborn").await.expect("inspect");
     assert_eq!((s.state, s.exit_code), (RunState::Exited, Some(137)));
+    // It got SIGTERM first and outlived it (its trap ran and printed), before the kill.
+    let (out, _) = collect_logs(d.logs("stubborn", LogOptions::default())).await;
+    assert!(out.contains("ignored-term"), "{out:?}");
 
-    d.stop("custom", Some(Duration::from_secs(10)))
+    tokio::time::timeout(DEADLINE, d.stop("custom", Some(Duration::from_secs(10))))
         .await
+        .expect("stopping custom hung past the deadline")
         .expect("stop custom");
     let s = d.inspect("custom").await.expect("inspect");
     assert_eq!((s.state, s.exit_code), (RunState::Exited, Some(5)));

@@ -143,8 +143,25 @@ fn issue_5_join_tokens_status_leave_and_rm() -> Result<()> {
     wait_for("w1 back", Duration::from_secs(10), || {
         Ok((node_status(&m, "w1")?.as_deref() == Some("ready")).then_some(()))
     })?;
-    // A removed-then-forced node: --force removes a ready one.
+    // --force removes a ready (running) node: it is disconnected and told so, and it does
+    // not come back into the table.
+    assert_eq!(node_status(&m, "w2")?.as_deref(), Some("ready"));
     m.ok(&["node", "rm", "--force", "w2"])?;
     assert!(node_status(&m, "w2")?.is_none());
+    wait_for("w2 told it was removed", Duration::from_secs(30), || {
+        let info = w2.json(&["info"])?;
+        Ok(info["warning"]
+            .as_str()
+            .filter(|w| w.contains("removed"))
+            .map(|_| ()))
+    })?;
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        assert!(
+            node_status(&m, "w2")?.is_none(),
+            "the removed w2 is back in node ls"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     Ok(())
 }

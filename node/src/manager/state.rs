@@ -510,7 +510,7 @@ fn unknown_node(id: &str) -> CommandResult {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn node(id: &str, host: &str, raft_id: u64) -> NodeRecord {

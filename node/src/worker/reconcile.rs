@@ -297,6 +297,7 @@ impl Actor {
                 e.seen = Seen::Absent;
             }
             e.assignment = Some(a);
+            tracing::debug!(task_id = %e.task_id, state = %e.state, "worker cache entry");
             self.entries.insert(e.task_id.clone(), e);
         }
     }
@@ -475,6 +476,13 @@ impl Actor {
     // -----------------------------------------------------------------------------------------
 
     fn apply(&mut self, set: AssignmentSet) {
+        tracing::debug!(
+            full = set.full,
+            tasks = ?set.tasks.iter().map(|a| (a.task_id.as_str(), a.desired)).collect::<Vec<_>>(),
+            removed = ?set.removed,
+            known = ?self.entries.keys().collect::<Vec<_>>(),
+            "worker assignment set"
+        );
         if set.full {
             self.full_seen = true;
             let ids: HashSet<String> = set.tasks.iter().map(|a| a.task_id.clone()).collect();
@@ -673,6 +681,7 @@ impl Actor {
                 {
                     return;
                 }
+                tracing::debug!(task_id = %id, driver, state = ?status.state, confirmed = self.full_seen, "worker found an unknown task");
                 let mut e = Entry::new(id.clone(), driver.to_owned());
                 let (state, code, error) = state_of_status(&status);
                 e.set_state(state, code, error);
@@ -876,6 +885,17 @@ impl Actor {
     }
 
     fn act(&mut self, id: &str, action: Action) {
+        tracing::debug!(
+            task_id = id,
+            action = match &action {
+                Action::Start(..) => "start",
+                Action::Stop(_) => "stop",
+                Action::StopRemove(_) => "stop+remove",
+                Action::Remove(_) => "remove",
+                Action::Drop => "drop",
+            },
+            "worker action"
+        );
         if let Action::Drop = action {
             self.entries.remove(id);
             let epoch = self.bump();
@@ -912,6 +932,18 @@ impl Actor {
     fn op_done(&mut self, id: &str, outcome: Outcome) {
         let now = self.now();
         let epoch = self.bump();
+        tracing::debug!(
+            task_id = id,
+            outcome = match &outcome {
+                Outcome::Started(s) => format!("started {:?}", s.state),
+                Outcome::StartFailed { error, .. } => format!("start failed: {error}"),
+                Outcome::Stopped(_) => "stopped".into(),
+                Outcome::StopRemoved => "stopped+removed".into(),
+                Outcome::Removed => "removed".into(),
+                Outcome::Failed(e) => format!("failed: {e}"),
+            },
+            "worker op done"
+        );
         let Some(e) = self.entries.get_mut(id) else {
             return;
         };
