@@ -50,5 +50,9 @@ log "building shoal and the tests"
 cargo build --workspace --all-targets
 export SHOAL_BIN="$PWD/target/debug/shoal"
 
+# nextest does not run doctests: run them first (so the suite's summary closes the run).
+log "running the doctests"
+cargo test --workspace --doc
+
 log "running the test suite"
 cargo nextest run --workspace --no-fail-fast "$@"

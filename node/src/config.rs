@@ -14,6 +14,10 @@ use crate::manager::state::Role;
 pub struct SavedConfig {
     /// Advertise address given to `init`/`join`, or to a restarted daemon.
     pub advertise_addr: Option<SocketAddr>,
+    /// The `daemon --advertise-addr` value last started with: the same value again (an
+    /// unchanged unit file) does not override an address `init`/`join` chose since.
+    #[serde(default)]
+    pub daemon_advertise_addr: Option<SocketAddr>,
     /// Present while the node belongs to a cluster.
     pub cluster: Option<SavedCluster>,
 }
@@ -163,6 +167,7 @@ mod tests {
         assert!(SavedConfig::load(&path).unwrap().cluster.is_none());
         let cfg = SavedConfig {
             advertise_addr: Some("127.0.0.9:4747".parse().unwrap()),
+            daemon_advertise_addr: None,
             cluster: Some(SavedCluster {
                 cluster_id: "c".into(),
                 role: Role::Manager,

@@ -121,7 +121,7 @@ fn issue_6_three_managers_failover_and_quorum_loss() -> Result<()> {
     // writes, and that rotation survived (nothing rotates the worker token again before
     // this is checked: the writes below are labels).
     let rotated = ms[1]
-        .ok(&["join-token", "-q", "--ttl", "1h", "worker"])? // MUTATION: no rotation
+        .ok(&["join-token", "--rotate", "-q", "worker"])?
         .trim()
         .to_string();
     assert_ne!(rotated, wt, "the rotation did not change the worker token");

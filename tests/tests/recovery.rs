@@ -120,10 +120,14 @@ fn issue_7_power_cut_everything_comes_back() -> Result<()> {
             }
         },
     )?;
-    let ready: Vec<&Value> = ns.iter().filter(|n| n["status"] == "ready").collect();
+    let statuses: Vec<String> = ns
+        .iter()
+        .map(|n| format!("{} {}", n["hostname"], n["status"]))
+        .collect();
+    let ready = ns.iter().filter(|n| n["status"] == "ready").count();
     assert!(
-        ns.len() == 4 && ready.len() == 4,
-        "past the leader's grace period not all 4 nodes are ready: {ns:?}"
+        ns.len() == 4 && ready == 4,
+        "past the leader's grace period not all 4 nodes are ready: {statuses:?}"
     );
     eprintln!(
         "power cut -> all 4 nodes still ready past the new leader's grace period after {} ms",

@@ -40,6 +40,9 @@ pub struct Info {
     /// Something the user must act on (e.g. this node was removed from the cluster).
     #[serde(default)]
     pub warning: Option<String>,
+    /// Task drivers this node offers (`docker`, `process`).
+    #[serde(default)]
+    pub drivers: Vec<String>,
 }
 
 /// `POST /v1/init`.

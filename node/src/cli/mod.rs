@@ -81,7 +81,9 @@ pub enum Cmd {
         #[arg(long, value_parser = ["active", "pause", "drain"])]
         availability: Option<String>,
     },
-    /// Show or rotate the token that joins nodes as workers or managers.
+    /// Show or rotate the token that joins nodes as workers or managers. A token is valid
+    /// until rotated (or its --ttl ends); its text carries the current managers' addresses,
+    /// so it changes when managers are added or move, and earlier texts stay valid.
     JoinToken {
         /// worker or manager.
         #[arg(value_parser = ["worker", "manager"])]

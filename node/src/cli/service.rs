@@ -77,9 +77,9 @@ pub struct CreateArgs {
     /// replicated or global.
     #[arg(long, value_parser = ["replicated", "global"], default_value = "replicated")]
     pub mode: String,
-    /// docker or process.
-    #[arg(long, value_parser = ["docker", "process"], default_value = "docker")]
-    pub driver: String,
+    /// docker or process (default: docker, or process when this node has no Docker engine).
+    #[arg(long, value_parser = ["docker", "process"])]
+    pub driver: Option<String>,
     /// Environment variables (K=V).
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
@@ -149,7 +149,7 @@ fn pairs(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
 fn spec_of(a: &CreateArgs) -> Result<ServiceSpec> {
     let mut spec = ServiceSpec::new(a.name.clone(), a.image.clone());
     spec.args.clone_from(&a.args);
-    spec.driver.clone_from(&a.driver);
+    spec.driver = a.driver.clone().unwrap_or_else(|| "docker".into());
     spec.env = pairs(&a.env, "environment variable")?;
     spec.labels = pairs(&a.labels, "label")?;
     spec.mode = match (a.mode.as_str(), a.replicas) {
@@ -210,7 +210,17 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpec> {
 pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
     match cmd {
         ServiceCmd::Create(args) => {
-            let spec = spec_of(&args)?;
+            let mut spec = spec_of(&args)?;
+            if args.driver.is_none() {
+                // DESIGN §6: the process driver is the default where no Docker engine runs.
+                let info: crate::api::Info = client.get("/v1/info").await?;
+                if !info.drivers.is_empty() && !info.drivers.iter().any(|d| d == "docker") {
+                    eprintln!(
+                        "no Docker engine on this node: using the process driver (pass --driver docker to choose Docker)"
+                    );
+                    spec.driver = "process".into();
+                }
+            }
             let created: ServiceRef = client.post("/v1/services", &spec).await?;
             println!("{}", created.id);
             if !args.detach {

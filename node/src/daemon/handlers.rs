@@ -98,6 +98,7 @@ impl Node {
             leader: None,
             managers: None,
             nodes: None,
+            drivers: self.drivers.clone(),
             warning: self
                 .removed_notice
                 .lock()

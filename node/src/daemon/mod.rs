@@ -232,6 +232,31 @@ async fn detect_drivers(only: Option<&[String]>) -> Result<Vec<String>> {
     Ok(drivers)
 }
 
+/// The advertise address at start (DESIGN §2): `daemon --advertise-addr` wins when it is
+/// new — an operator changed it, e.g. after an IP change — but the same flag given again
+/// by an unchanged unit file does not overwrite an address chosen later by
+/// `init`/`join --advertise-addr`. Returns the address and whether `saved` changed.
+pub fn choose_advertise(
+    saved: &mut SavedConfig,
+    flag: Option<SocketAddr>,
+    listen: SocketAddr,
+) -> (SocketAddr, bool) {
+    match flag {
+        Some(addr) if saved.daemon_advertise_addr != Some(addr) => {
+            saved.daemon_advertise_addr = Some(addr);
+            saved.advertise_addr = Some(addr);
+            (addr, true)
+        }
+        Some(addr) => (saved.advertise_addr.unwrap_or(addr), false),
+        None => (
+            saved
+                .advertise_addr
+                .unwrap_or_else(|| default_advertise(listen)),
+            false,
+        ),
+    }
+}
+
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(opts: DaemonOptions) -> Result<()> {
     // The lock comes first: nothing in the state dir is touched without it.
@@ -251,19 +276,15 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     let key = NodeKey::load_or_create(&state_dir.node_key())?;
     let node_id = key.node_id().to_string();
     let mut saved = SavedConfig::load(&state_dir.node_config())?;
-    let advertise = match &opts.advertise_addr {
-        Some(a) => {
-            let addr = parse_advertise(a, opts.listen_addr.port())?;
-            if saved.advertise_addr != Some(addr) {
-                saved.advertise_addr = Some(addr);
-                saved.save(&state_dir.node_config())?;
-            }
-            addr
-        }
-        None => saved
-            .advertise_addr
-            .unwrap_or_else(|| default_advertise(opts.listen_addr)),
-    };
+    let flag = opts
+        .advertise_addr
+        .as_deref()
+        .map(|a| parse_advertise(a, opts.listen_addr.port()))
+        .transpose()?;
+    let (advertise, changed) = choose_advertise(&mut saved, flag, opts.listen_addr);
+    if changed {
+        saved.save(&state_dir.node_config())?;
+    }
     let listener = bind_socket(&opts.socket, socket_gid).await?;
     let (endpoint, accepted) = Endpoint::bind(opts.listen_addr, &key)
         .with_context(|| format!("cannot bind the QUIC endpoint on {}", opts.listen_addr))?;
@@ -478,6 +499,35 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issue_15_unit_file_advertise_addr_does_not_override_init_or_join() {
+        let listen: SocketAddr = "0.0.0.0:4747".parse().unwrap();
+        let unit: SocketAddr = "10.0.0.1:4747".parse().unwrap();
+        let chosen: SocketAddr = "10.0.0.2:4747".parse().unwrap();
+        let mut saved = SavedConfig::default();
+        // First start with the unit file's flag.
+        assert_eq!(
+            choose_advertise(&mut saved, Some(unit), listen),
+            (unit, true)
+        );
+        // `join --advertise-addr` chose another address since.
+        saved.advertise_addr = Some(chosen);
+        // Restarted by the same unit file: the chosen address stands.
+        assert_eq!(
+            choose_advertise(&mut saved, Some(unit), listen),
+            (chosen, false)
+        );
+        // The operator edits the unit file (the machine's IP changed): the new flag wins.
+        let moved: SocketAddr = "10.0.0.3:4747".parse().unwrap();
+        assert_eq!(
+            choose_advertise(&mut saved, Some(moved), listen),
+            (moved, true)
+        );
+        assert_eq!(saved.advertise_addr, Some(moved));
+        // No flag: the saved address.
+        assert_eq!(choose_advertise(&mut saved, None, listen), (moved, false));
+    }
 
     #[test]
     fn unknown_socket_group_is_a_one_line_error() {
