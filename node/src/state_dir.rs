@@ -136,6 +136,27 @@ impl StateDir {
         Ok(())
     }
 
+    /// Deletes every copy kept by `init --force-new-cluster` (called once the new cluster
+    /// has made a snapshot and applied entries beyond it: its state no longer depends on
+    /// the old database). Returns what it deleted.
+    pub fn remove_force_new_cluster_copies(&self) -> Result<Vec<PathBuf>> {
+        let entries = std::fs::read_dir(&self.root)
+            .with_context(|| format!("cannot read state dir {}", self.root.display()))?;
+        let mut removed = Vec::new();
+        for e in entries.filter_map(|e| e.ok()) {
+            let is_copy = e
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(FORCE_NEW_CLUSTER_COPY_PREFIX));
+            if is_copy {
+                std::fs::remove_file(e.path())
+                    .with_context(|| format!("cannot delete {}", e.path().display()))?;
+                removed.push(e.path());
+            }
+        }
+        Ok(removed)
+    }
+
     /// The directory itself.
     pub fn root(&self) -> &Path {
         &self.root

@@ -428,7 +428,10 @@ async fn stop_honours_grace_and_signal(fx: &Fixture) {
     assert_eq!((s.state, s.exit_code), (RunState::Exited, Some(137)));
     // It got SIGTERM first and outlived it (its trap ran and printed), before the kill.
     let (out, _) = collect_logs(d.logs("stubborn", LogOptions::default())).await;
-    assert!(out.contains("ignored-term"), "{out:?}");
+    assert!(
+        out.contains("ignored-term"),
+        "the stubborn task got no SIGTERM before the kill; its output: {out:?}"
+    );
 
     tokio::time::timeout(DEADLINE, d.stop("custom", Some(Duration::from_secs(10))))
         .await

@@ -283,17 +283,6 @@ fn issue_10_services_create_scale_heal_and_node_death() -> Result<()> {
         });
         Ok(ready.then_some(()))
     })?;
-    // MUTATION: a duplicate appears on w1 a few seconds after it reconciled.
-    {
-        let (cluster, w1_id) = (cluster.clone(), w1_id.clone());
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(4));
-            let out = Command::new("docker")
-                .args(["run", "-d", "--label", &format!("shoal.cluster={cluster}"), "--label", &format!("shoal.node={w1_id}"), "--label", "shoal.task=dup", IMAGE, "sleep", "300"])
-                .output();
-            eprintln!("MUTATION: started a duplicate: {out:?}");
-        });
-    }
     stays(
         "w1 running exactly its containers from before the restart",
         ADOPTION_WATCH,

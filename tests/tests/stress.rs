@@ -100,9 +100,9 @@ fn issue_7_stress_no_acknowledged_write_is_lost() -> Result<()> {
     for cycle in 0..cycles {
         let acked_before = acked.lock().unwrap_or_else(|e| e.into_inner()).len();
         // Two cycles in three kill the leader (as the managers themselves name it).
-        let kill_leader = rng.next() % 3 != 0;
+        let kill_leader = !rng.next().is_multiple_of(3);
         let victim = if kill_leader {
-            let leader = wait_for(
+            wait_for(
                 &format!("cycle {cycle}: the managers agreeing on a leader"),
                 Duration::from_secs(30),
                 || {
@@ -115,8 +115,7 @@ fn issue_7_stress_no_acknowledged_write_is_lost() -> Result<()> {
                         _ => None,
                     })
                 },
-            )?;
-            leader
+            )?
         } else {
             (rng.next() % 3) as usize
         };

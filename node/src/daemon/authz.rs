@@ -189,6 +189,34 @@ impl Node {
             if let Err(e) = self.renew_own_cert_from_ca(&manager).await {
                 warn!("cannot renew this node's certificate: {e}");
             }
+            self.drop_force_new_cluster_copies(&manager);
+        }
+    }
+
+    /// Once the Raft of this manager has a snapshot and has applied entries beyond it, the
+    /// copies `init --force-new-cluster` kept of an older database are no longer needed.
+    fn drop_force_new_cluster_copies(&self, manager: &Manager) {
+        let (snapshot, applied) = {
+            let m = manager.metrics();
+            let m = m.borrow();
+            (m.snapshot.map(|s| s.index), m.last_applied.map(|a| a.index))
+        };
+        let (Some(snapshot), Some(applied)) = (snapshot, applied) else {
+            return;
+        };
+        if applied <= snapshot {
+            return;
+        }
+        match self.state_dir.remove_force_new_cluster_copies() {
+            Ok(removed) => {
+                for path in removed {
+                    info!(
+                        "deleted {}: the new cluster has a snapshot and entries beyond it",
+                        path.display()
+                    );
+                }
+            }
+            Err(e) => warn!("{e:#}"),
         }
     }
 
