@@ -386,7 +386,7 @@ mod tests {
             cluster_id: c.id.clone(),
             role: Role::Worker,
             node_cert: ca.issue_node_cert(&me.public_key(), &me.node_id()).unwrap(),
-            ca_cert: c.ca_cert_der.clone(),
+            ca_cert: c.ca_cert_der,
             members: vec![],
         };
         check_answer(&good, &token, &me.public_key()).unwrap();

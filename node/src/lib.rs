@@ -17,6 +17,6 @@ pub mod pki;
 pub mod quorum;
 pub mod service_api;
 pub mod state_dir;
-pub mod trust;
 pub mod text;
+pub mod trust;
 pub mod worker;

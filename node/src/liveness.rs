@@ -187,8 +187,11 @@ fn verdict(check: Check, confirmed: bool, at: u64) -> Option<Command> {
 /// for a probe of its own.
 #[derive(Default, Clone)]
 struct EarlyProbes {
-    results: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, (Instant, Option<bool>)>>>,
+    results: Arc<std::sync::Mutex<ProbeResults>>,
 }
+
+/// When each probe started or ended, and its answer (`None` while in flight).
+type ProbeResults = std::collections::HashMap<NodeId, (Instant, Option<bool>)>;
 
 impl EarlyProbes {
     /// How long an unanswered early probe stands for the node being down.

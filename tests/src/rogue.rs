@@ -55,13 +55,23 @@ impl Outcome {
         &self,
         success: impl FnOnce(&T) -> bool,
     ) -> Verdict {
+        self.judge_with(success, |answer: &T| format!("{answer:?}"))
+    }
+
+    /// [`Outcome::judge`], with the answer described by `describe`.
+    pub fn judge_with<T: DeserializeOwned>(
+        &self,
+        success: impl FnOnce(&T) -> bool,
+        describe: impl FnOnce(&T) -> String,
+    ) -> Verdict {
         match self {
             Outcome::NoConnection(e) => Verdict::Refused(format!("no connection: {e}")),
             Outcome::NoAnswer(e) => Verdict::Refused(format!("no answer: {e}")),
             Outcome::Answered { tag, body } => match shoal::net::decode_body::<T>(*tag, body) {
                 Ok(answer) => {
-                    let text = short(&format!("{answer:?}"));
-                    if success(&answer) {
+                    let served = success(&answer);
+                    let text = short(&describe(&answer));
+                    if served {
                         Verdict::Served(format!("answered {text}"))
                     } else {
                         Verdict::Refused(format!("explicit refusal: {text}"))
@@ -100,7 +110,7 @@ impl fmt::Display for Verdict {
 }
 
 fn short(s: &str) -> String {
-    const MAX: usize = 400;
+    const MAX: usize = 300;
     if s.chars().count() <= MAX {
         s.to_string()
     } else {
@@ -634,7 +644,7 @@ impl<'a> Attacks<'a> {
             return Ok(());
         }
         bail!(
-            "issue 14: {} attack(s) got through in {}:\n{}",
+            "issue 14: {} attack(s) got through in {} (in order: a later one may follow from an earlier one):\n{}",
             self.breaches.len(),
             self.test,
             self.breaches

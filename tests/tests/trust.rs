@@ -203,7 +203,16 @@ fn rogue_addr(block: u8) -> String {
 type RaftAnswer<T> = Result<T, RaftError<u64>>;
 
 fn judge_join(o: &Outcome) -> Verdict {
-    o.judge::<JoinResponse>(|r| matches!(r, JoinResponse::Accepted(_)))
+    o.judge_with::<JoinResponse>(
+        |r| matches!(r, JoinResponse::Accepted(_)),
+        |r| match r {
+            JoinResponse::Accepted(a) => format!(
+                "Accepted: admitted as a {} and given a certificate for the presented key",
+                a.role.as_str()
+            ),
+            JoinResponse::Refused(reason) => format!("Refused({reason:?})"),
+        },
+    )
 }
 
 fn judge_raft<T: serde::de::DeserializeOwned + std::fmt::Debug>(o: &Outcome) -> Verdict {
@@ -218,12 +227,21 @@ fn judge_snapshot(o: &Outcome) -> Verdict {
 }
 
 fn judge_api(o: &Outcome) -> Verdict {
-    o.judge::<ForwardedReply>(|r| {
-        matches!(
-            r,
-            ForwardedReply::Full { status: 200, .. } | ForwardedReply::Item(_)
-        )
-    })
+    o.judge_with::<ForwardedReply>(
+        |r| {
+            matches!(
+                r,
+                ForwardedReply::Full { status: 200, .. } | ForwardedReply::Item(_)
+            )
+        },
+        |r| match r {
+            ForwardedReply::Full { status, body } => {
+                format!("HTTP {status}: {}", String::from_utf8_lossy(body))
+            }
+            ForwardedReply::Item(item) => format!("a streamed item: {item}"),
+            ForwardedReply::End => "an empty stream".into(),
+        },
+    )
 }
 
 fn judge_write(o: &Outcome) -> Verdict {
@@ -301,6 +319,48 @@ fn report(task_id: &str, state: shoal::worker::TaskState, exit: i64) -> shoal::w
         error: Some("rogue report".into()),
         health: None,
         at_ms: now_ms(),
+    }
+}
+
+/// A session hello for node `id` (claiming `claimed_id`) with the capacity and drivers
+/// the node table holds for it, so that recording them changes nothing.
+fn hello_as(m: &Daemon, id: &str, claimed_id: &str) -> Result<SessionHello> {
+    let row = node_row(m, id)?;
+    let memory_bytes = row["memory_bytes"]
+        .as_u64()
+        .context("node ls shows no memory_bytes")?;
+    let cpus = row["cpus"]
+        .as_u64()
+        .and_then(|c| u32::try_from(c).ok())
+        .context("node ls shows no cpus")?;
+    let drivers: Vec<String> = row["drivers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str().map(str::to_string))
+        .collect();
+    if drivers.is_empty() {
+        bail!("node ls shows no drivers for {id}: {row}");
+    }
+    Ok(hello(claimed_id, memory_bytes, cpus, drivers))
+}
+
+/// The control: the rogue holding a live worker's certificate can open that worker's own
+/// session on the leader (it gets a frame). Without this, refusals would prove nothing
+/// (a rogue that cannot connect at all is refused everything).
+fn rogue_reaches_leader(rogue: &Rogue, leader: &Daemon, worker_id: &str) -> Result<()> {
+    let o = rogue.try_tag(
+        leader.addr,
+        TAG_DISPATCH,
+        &hello_as(leader, worker_id, worker_id)?,
+    );
+    match o.decode::<ToWorker>() {
+        Some(_) => Ok(()),
+        None => bail!(
+            "control failed: {} cannot open its own worker session on the leader {} ({o:?}); the refusals would prove nothing",
+            rogue.label,
+            leader.name
+        ),
     }
 }
 
@@ -438,6 +498,7 @@ fn issue_14_worker_certificate_cannot_speak_raft() -> Result<()> {
     let follower = c.follower()?;
     let leader_id = node_id(leader)?;
     let w1_id = node_id(w1)?;
+    rogue_reaches_leader(&rogue, leader, &w1_id)?;
     let mut attacks = Attacks::new(TEST, leader, c.all())?;
 
     for target in [leader, follower] {
@@ -646,6 +707,7 @@ fn issue_14_worker_certificate_cannot_use_the_forwarded_api() -> Result<()> {
         c.ms.iter()
             .find(|m| m.name != leader.name && m.name != follower.name)
             .unwrap_or(leader);
+    rogue_reaches_leader(&rogue, leader, &w1_id)?;
     let mut attacks = Attacks::new(TEST, observer, c.all())?;
     for (what, target, req) in attempts {
         if let Some(why) = attacks.broken() {
@@ -743,7 +805,7 @@ fn issue_14_worker_certificate_cannot_forward_raft_commands() -> Result<()> {
         (
             "SetRole w1 -> manager",
             Command::SetRole {
-                id: w1_id,
+                id: w1_id.clone(),
                 role: Role::Manager,
                 at: now_ms(),
             },
@@ -786,6 +848,7 @@ fn issue_14_worker_certificate_cannot_forward_raft_commands() -> Result<()> {
             Command::Restore(Box::new(state.clone())),
         ),
     ];
+    rogue_reaches_leader(&rogue, leader, &w1_id)?;
     let mut attacks = Attacks::new(TEST, follower, c.all())?;
     for (what, command) in commands {
         if let Some(why) = attacks.broken() {
@@ -833,6 +896,7 @@ fn issue_14_worker_certificate_cannot_make_a_node_a_manager() -> Result<()> {
     let req = BecomeManager {
         cluster_id: cluster_id(leader)?,
     };
+    rogue_reaches_leader(&rogue, leader, &node_id(w1)?)?;
     let mut attacks = Attacks::new(TEST, leader, c.all())?;
     for target in [leader, w2, w1] {
         if attacks.broken().is_some() {
@@ -867,24 +931,8 @@ fn issue_14_worker_session_is_its_own() -> Result<()> {
     let w2_task = base_task_of(leader, &w2_id)?;
     let m_task = base_task_of(leader, &m_id)?;
     // The hello carries w1's real capacity and drivers, so recording them changes nothing.
-    let w1_node = node_row(leader, &w1_id)?;
-    let drivers: Vec<String> = w1_node["drivers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|d| d.as_str().map(str::to_string))
-        .collect();
-    let memory_bytes = w1_node["memory_bytes"]
-        .as_u64()
-        .context("node ls shows no memory_bytes")?;
-    let cpus = w1_node["cpus"]
-        .as_u64()
-        .and_then(|c| u32::try_from(c).ok())
-        .context("node ls shows no cpus")?;
-    if drivers.is_empty() {
-        bail!("node ls shows no drivers for w1: {w1_node}");
-    }
-    let spoofed = hello(&w2_id, memory_bytes, cpus, drivers);
+    let spoofed = hello_as(leader, &w1_id, &w2_id)?;
+    rogue_reaches_leader(&rogue, leader, &w1_id)?;
     let mut attacks = Attacks::new(TEST, leader, c.all())?;
 
     let attack = format!(
@@ -963,8 +1011,10 @@ fn issue_14_worker_session_is_its_own() -> Result<()> {
 
 /// Tag 1: a join presenting another node's public key (a manager's, a labelled worker's,
 /// the leader's) with a valid worker token is refused, through the leader and through a
-/// follower; the victims keep their roles and labels. The rogue cannot prove it holds
-/// those keys (it signs the proof with its own).
+/// follower; the victims keep their roles and labels. First the rogue cannot prove it
+/// holds those keys (it signs the proof with its own); then it holds them (stolen from the
+/// state dirs) and proves it: a live worker's record is still not replaced, a manager
+/// still not turned into a worker.
 #[test]
 fn issue_14_join_presenting_another_nodes_key_is_refused() -> Result<()> {
     const TEST: &str = "issue_14_join_presenting_another_nodes_key_is_refused";
@@ -977,36 +1027,66 @@ fn issue_14_join_presenting_another_nodes_key_is_refused() -> Result<()> {
     let ca = Credentials::from_state_dir(&leader.state_dir)?.ca_cert;
     let rogue = Rogue::without_certificate("no certificate", &ca, Some(NodeKey::generate()?))?;
     let token = worker_token(leader)?;
-    let signer = rogue.key.clone().context("the rogue has a key")?;
-    let victims: Vec<(String, [u8; 32], &Daemon)> = vec![
+    let own = rogue.key.clone().context("the rogue has a key")?;
+    // The keys of the victims, stolen from their state dirs: with them the rogue can also
+    // make a valid proof, and the manager's own rules must still refuse (a ready node's
+    // record is never replaced; a manager is never turned into a worker).
+    let stolen_w1 = Credentials::from_state_dir(&w1.state_dir)?.key;
+    let stolen_follower = Credentials::from_state_dir(&follower.state_dir)?.key;
+    let w1_key = stolen_w1.public_key();
+    let follower_key = stolen_follower.public_key();
+    let leader_key = public_key_of(leader)?;
+    let victims: Vec<(String, [u8; 32], &NodeKey, &Daemon)> = vec![
         (
             format!("manager {}'s key", follower.name),
-            public_key_of(follower)?,
+            follower_key,
+            &own,
             leader,
         ),
         (
             format!("labelled worker {}'s key", w1.name),
-            public_key_of(w1)?,
+            w1_key,
+            &own,
             leader,
         ),
         (
             format!("labelled worker {}'s key", w1.name),
-            public_key_of(w1)?,
+            w1_key,
+            &own,
             follower,
         ),
         (
             format!("the leader {}'s key", leader.name),
-            public_key_of(leader)?,
+            leader_key,
+            &own,
             follower,
+        ),
+        (
+            format!(
+                "labelled worker {}'s key with a valid proof (its stolen key)",
+                w1.name
+            ),
+            w1_key,
+            &stolen_w1,
+            leader,
+        ),
+        (
+            format!(
+                "manager {}'s key with a valid proof (its stolen key)",
+                follower.name
+            ),
+            follower_key,
+            &stolen_follower,
+            leader,
         ),
     ];
     let mut attacks = Attacks::new(TEST, leader, c.all())?;
-    for (whose, key, target) in victims {
+    for (whose, key, signer, target) in victims {
         if attacks.broken().is_some() {
             break;
         }
         let o = rogue.try_tag_with(target.addr, TAG_JOIN, |conn| {
-            join_request(conn, &token, key, &signer, "rogue", &rogue_addr(block))
+            join_request(conn, &token, key, signer, "rogue", &rogue_addr(block))
         });
         attacks.record(
             &format!(
