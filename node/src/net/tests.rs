@@ -16,6 +16,16 @@ struct TestNode {
     addr: SocketAddr,
 }
 
+/// Awaits `fut`, failing the test if it does not end within `deadline`: the bound under
+/// test must hold, but the deadline is generous (a loaded CI machine), and nothing asserts
+/// on how fast it was.
+async fn within<T>(deadline: Duration, what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not end within {deadline:?}"),
+    }
+}
+
 /// A node with a certificate from `ca`, serving, with its client config installed.
 fn node(ca: &ClusterCa) -> TestNode {
     let key = NodeKey::generate().unwrap();
@@ -290,13 +300,14 @@ async fn dial_errors_are_typed_and_bounded() {
     // Nobody answers on this port.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap();
-    let started = Instant::now();
-    let err = client
-        .connect(addr, pki::CLUSTER_SAN, None, Duration::from_millis(300))
-        .await
-        .unwrap_err();
+    let err = within(
+        Duration::from_secs(10),
+        "a dial bounded to 300 ms",
+        client.connect(addr, pki::CLUSTER_SAN, None, Duration::from_millis(300)),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, NetError::Timeout { .. }), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(2));
     assert!(err.to_string().contains(&addr.to_string()));
     // A client-only endpoint (no server config) does not answer handshakes.
     let (not_serving, _rx2) = bare();
@@ -434,21 +445,23 @@ async fn bad_frames_are_rejected() {
 async fn request_times_out_and_checks_the_tag() {
     let (client, server, _a, _b) = pair().await;
     // Nobody answers: bounded by the timeout.
-    let started = Instant::now();
-    let err = request::<Ping, Pong>(
-        &client,
-        1,
-        &Ping {
-            v: 1,
-            text: String::new(),
-        },
-        1024,
-        Duration::from_millis(200),
+    let err = within(
+        Duration::from_secs(10),
+        "a request bounded to 200 ms",
+        request::<Ping, Pong>(
+            &client,
+            1,
+            &Ping {
+                v: 1,
+                text: String::new(),
+            },
+            1024,
+            Duration::from_millis(200),
+        ),
     )
     .await
     .unwrap_err();
     assert!(matches!(err, NetError::RequestTimeout(_)), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(2));
     // Drain that stream, then answer the next one with another tag.
     let (_s, _r) = server.accept_bi().await.unwrap();
     let srv = server.clone();
@@ -544,13 +557,14 @@ async fn pool_reuses_replaces_and_checks_identity() {
     // A dead address is bounded by the dial timeout.
     let short = Pool::new(b.endpoint.clone(), Duration::from_millis(300));
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let started = Instant::now();
-    let err = short
-        .get_or_dial(&a_id, silent.local_addr().unwrap())
-        .await
-        .unwrap_err();
+    let err = within(
+        Duration::from_secs(10),
+        "a pooled dial bounded to 300 ms",
+        short.get_or_dial(&a_id, silent.local_addr().unwrap()),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, NetError::Timeout { .. }), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(1));
 }
 
 #[tokio::test]
@@ -605,13 +619,12 @@ async fn restarted_peer_resets_stale_connections_quickly() {
 
     let (restarted, _rx) = Endpoint::bind(addr, &key).unwrap();
     restarted.set_server_config(server_cfg());
-    let started = Instant::now();
     let _ = send_datagram(&conn, Bytes::from_static(b"ping"));
+    // Well before the idle timeout (10 s): the reset, not the timeout, closed it.
     let err = tokio::time::timeout(Duration::from_secs(8), conn.closed())
         .await
         .expect("stale connection not reset");
     assert!(matches!(err, quinn::ConnectionError::Reset), "{err}");
-    assert!(started.elapsed() < IDLE_TIMEOUT);
     // And the node is reachable again at once.
     let fresh = b
         .endpoint
@@ -648,9 +661,12 @@ async fn client_only_endpoint_starts_serving_later() {
     assert_eq!(peer_node_id(&conn), Some(key.node_id()));
     let acc = next_accepted(&mut accepted).await;
     assert_eq!(acc.peer_node_id, Some(b.key.node_id()));
-    let t0 = Instant::now();
-    ep.shutdown(Duration::from_millis(500)).await;
-    assert!(t0.elapsed() < Duration::from_secs(2));
+    within(
+        Duration::from_secs(10),
+        "a shutdown with 500 ms of grace",
+        ep.shutdown(Duration::from_millis(500)),
+    )
+    .await;
     assert!(
         conn.close_reason().is_some() || { tokio::time::timeout(T, conn.closed()).await.is_ok() }
     );
@@ -853,14 +869,18 @@ async fn connections_without_a_certificate_are_closed_after_their_lifetime() {
         .await
         .unwrap();
     next_accepted(&mut a.accepted).await;
-    let started = Instant::now();
-    match tokio::time::timeout(T, unauth.closed()).await.unwrap() {
+    match within(
+        T,
+        "the certificate-less connection's lifetime",
+        unauth.closed(),
+    )
+    .await
+    {
         quinn::ConnectionError::ApplicationClosed(c) => {
             assert_eq!(c.error_code, CLOSE_UNAUTHENTICATED_EXPIRED.into());
         }
         other => panic!("unexpected close: {other}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(2));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         auth.close_reason().is_none(),
@@ -932,13 +952,17 @@ async fn a_silent_or_trickling_peer_is_cut_off_at_the_deadline() {
 
     // The header never completes.
     let (send, mut recv) = raw_stream(&client, &server, &[3, 0]).await;
-    let started = Instant::now();
-    let err = read_header(&mut recv, deadline).await.unwrap_err();
+    let err = within(
+        T,
+        "a header read with a 300 ms deadline",
+        read_header(&mut recv, deadline),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, NetError::ReadTimeout(d) if d == deadline),
         "{err}"
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
     // The peer is told to stop sending.
     let stopped = tokio::time::timeout(T, send.stopped())
         .await
@@ -957,12 +981,15 @@ async fn a_silent_or_trickling_peer_is_cut_off_at_the_deadline() {
         }
         false
     });
-    let started = Instant::now();
-    let err = read_frame_raw_within(&mut recv, 1 << 20, deadline)
-        .await
-        .unwrap_err();
+    // The trickle lasts 5 s; a deadline per chunk instead of per frame would outlast 4 s.
+    let err = within(
+        Duration::from_secs(4),
+        "a frame read with a 300 ms deadline against a trickle",
+        read_frame_raw_within(&mut recv, 1 << 20, deadline),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, NetError::ReadTimeout(_)), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(2));
     assert!(
         tokio::time::timeout(T, trickle).await.unwrap().unwrap(),
         "the trickling writer was not stopped"
@@ -972,12 +999,14 @@ async fn a_silent_or_trickling_peer_is_cut_off_at_the_deadline() {
     let (_send, mut recv) = raw_stream(&client, &server, &[3, 0, 0x10, 0, 0, 1, 7]).await;
     let (tag, len) = read_header(&mut recv, deadline).await.unwrap();
     assert_eq!((tag, len), (3, 1 << 20));
-    let started = Instant::now();
-    let err = read_body(&mut recv, tag, len, 1 << 20, deadline)
-        .await
-        .unwrap_err();
+    let err = within(
+        T,
+        "a body read with a 300 ms deadline",
+        read_body(&mut recv, tag, len, 1 << 20, deadline),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, NetError::ReadTimeout(_)), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(2));
 }
 
 #[tokio::test]
