@@ -2,16 +2,34 @@
 //! loopback addresses, drive them with the real CLI, and always clean up.
 //!
 //! Each test owns a block of loopback addresses (`127.0.N.x`) so tests never collide.
-//! Daemons run in their own process group and are `kill -9`ed on drop, even when the
-//! test fails.
+//!
+//! Cleaning up. Daemons, the process driver's shims and their tasks each lead a process
+//! group of their own (tasks outlive their daemon by design: a restarted daemon adopts
+//! them), so killing one never reaches the others. Hence:
+//! - dropping a [`Daemon`] (also while a failing test unwinds) `kill -9`s its daemon,
+//!   then every shim and task of its state dir (with their process groups), then the
+//!   Docker containers labelled with its node ID;
+//! - every test process has a watchdog (`reaper`): a small `sh` in a process group of
+//!   its own that does the same for every daemon still registered when the test process
+//!   disappears (nextest's timeout SIGTERM/SIGKILL, a SIGKILL, an abort);
+//! - every command the helpers run has a deadline ([`output_within`]): a hung call is
+//!   killed and fails the test with its command line.
+//!
+//! Under `scripts/test.sh` (`SHOAL_TEST_LEDGER` set), each daemon's state dir and node ID
+//! are appended to that file, so the script can check afterwards that nothing the suite
+//! started remains.
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
 
@@ -52,7 +70,328 @@ pub fn wait_for<T>(
     }
 }
 
+/// How long one CLI call ([`Daemon::cli`]) may take before it is killed and fails.
+pub const CLI_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long [`DaemonProcess::wait_with_output`] waits for a daemon to exit by itself.
+pub const DAEMON_EXIT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Deadline of each `docker` call the helpers make.
+const DOCKER_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The command line of `cmd`, for messages.
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Reads `r` to its end on a thread of its own.
+fn read_to_end_in_thread(mut r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+/// [`Command::output`] with a deadline: runs `cmd` with stdout and stderr captured (stdin
+/// as the caller set it); one that has not ended within `deadline` is killed (SIGKILL)
+/// and fails with its command line.
+pub fn output_within(cmd: &mut Command, deadline: Duration) -> Result<Output> {
+    let what = describe(cmd);
+    let end = Instant::now() + deadline;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run `{what}`"))?;
+    let stdout = child.stdout.take().map(read_to_end_in_thread);
+    let stderr = child.stderr.take().map(read_to_end_in_thread);
+    // The child stays ours (unreaped) until `try_wait` sees it exit, so killing it on
+    // time-out can never hit a reused pid.
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("`{what}` did not finish within {deadline:?}: killed it");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    };
+    // A grandchild may hold the pipes open: do not wait for them past the deadline.
+    let collect = |rx: Option<mpsc::Receiver<Vec<u8>>>| -> Result<Vec<u8>> {
+        let Some(rx) = rx else {
+            return Ok(Vec::new());
+        };
+        let left = end
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        rx.recv_timeout(left).map_err(|_| {
+            anyhow::anyhow!(
+                "`{what}` exited ({status}) but its output stayed open past the deadline"
+            )
+        })
+    };
+    let stdout = collect(stdout)?;
+    let stderr = collect(stderr)?;
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// Appends `line` to the file named by `SHOAL_TEST_LEDGER` (set by `scripts/test.sh`),
+/// which lists the state dirs (`dir PATH`) and node IDs (`node ID`) the suite used.
+fn ledger(line: &str) {
+    let Some(path) = std::env::var_os("SHOAL_TEST_LEDGER") else {
+        return;
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path);
+    if let Ok(mut file) = file {
+        // One short write per line: appends from concurrent tests do not interleave.
+        let _ = file.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
+/// The watchdog of this test process (see [`reaper`]). It reads `dir ID PATH`,
+/// `node ID NODE_ID` and `done ID` lines; at end of input, i.e. once the test process is
+/// gone however it ended, it `kill -9`s every process that names a registered state dir
+/// (daemons: `--state-dir DIR`; shims: `--task-dir DIR/tasks/…`; tasks and their
+/// children: `HOME=DIR/tasks/…`) with its process group, and removes the registered
+/// nodes' containers. Patterns go to `grep` on its stdin, so no `grep` matches itself.
+const REAPER_SCRIPT: &str = r#"
+dirs=
+nodes=
+while read -r op id arg; do
+    case $op in
+    dir) dirs="$dirs
+$id $arg" ;;
+    node) nodes="$nodes
+$id $arg" ;;
+    done)
+        dirs=$(printf '%s\n' "$dirs" | grep -v "^$id ")
+        nodes=$(printf '%s\n' "$nodes" | grep -v "^$id ") ;;
+    esac
+done
+ds=$(printf '%s\n' "$dirs" | awk 'NF == 2 { print $2 }' | sort -u)
+ns=$(printf '%s\n' "$nodes" | awk 'NF == 2 { print $2 }' | sort -u)
+[ -n "$ds$ns" ] || exit 0
+n=0
+while [ -n "$ds" ] && [ "$n" -lt 25 ]; do
+    found=
+    for f in $(printf '%s\n' $ds | grep -laF -f - /proc/[0-9]*/cmdline /proc/[0-9]*/environ 2>/dev/null); do
+        p=${f#/proc/}
+        p=${p%%/*}
+        [ "$p" = "$$" ] && continue
+        kill -9 -"$p" "$p" 2>/dev/null
+        found=1
+    done
+    [ -n "$found" ] || break
+    n=$((n + 1))
+    sleep 0.2
+done
+for node in $ns; do
+    ids=$(timeout 30 docker ps -aq --filter "label=shoal.node=$node" 2>/dev/null)
+    [ -z "$ids" ] || timeout 60 docker rm -f $ids >/dev/null 2>&1
+done
+"#;
+
+/// Sends `line` to this test process's watchdog, starting it on first use: an `sh` in a
+/// process group of its own (so nextest's signals to the test's group do not reach it)
+/// whose stdin is a pipe only this process holds (close-on-exec, so no child inherits
+/// it). When the test process dies, even by SIGKILL, the pipe closes and the watchdog
+/// kills what is still registered.
+fn reaper(line: &str) {
+    static REAPER: OnceLock<Option<Mutex<ChildStdin>>> = OnceLock::new();
+    let stdin = REAPER.get_or_init(|| {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(REAPER_SCRIPT)
+            .arg("shoal-test-reaper")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        match cmd.spawn() {
+            // The child is never waited for: it outlives this process by design.
+            Ok(mut child) => child.stdin.take().map(Mutex::new),
+            Err(e) => {
+                eprintln!("warning: cannot start the test reaper: {e}");
+                None
+            }
+        }
+    });
+    if let Some(stdin) = stdin {
+        let mut stdin = stdin.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = stdin.write_all(format!("{line}\n").as_bytes());
+        let _ = stdin.flush();
+    }
+}
+
+/// `/proc/PID/<file>` split at NUL bytes.
+fn proc_strings(pid: i32, file: &str) -> Vec<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// Whether `text` names `dir` or a path under it.
+fn mentions(text: &[u8], dir: &[u8]) -> bool {
+    !dir.is_empty()
+        && text
+            .windows(dir.len())
+            .enumerate()
+            .any(|(i, w)| w == dir && matches!(text.get(i + dir.len()), None | Some(b'/')))
+}
+
+/// The process group of `pid`, from `/proc/PID/stat`.
+fn pgid_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the parenthesised command name (which may hold spaces): state, ppid, pgrp.
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+/// Processes that belong to `state_dir`: `(daemons, others)`. A daemon runs with
+/// `--state-dir DIR`; the others are the process driver's shims (`--task-dir
+/// DIR/tasks/…`), their tasks and the tasks' children and health checks (`HOME` or the
+/// working directory under `DIR/tasks/`).
+fn processes_of(state_dir: &Path) -> (Vec<i32>, Vec<i32>) {
+    let dir = state_dir.as_os_str().as_bytes();
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
+    let (mut daemons, mut others) = (Vec::new(), Vec::new());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return (daemons, others);
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let args = proc_strings(pid, "cmdline");
+        if args.iter().any(|a| a == b"daemon") && args.iter().any(|a| a == dir) {
+            daemons.push(pid);
+            continue;
+        }
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        if args.iter().any(|a| mentions(a, dir))
+            || mentions(cwd.as_os_str().as_bytes(), dir)
+            || proc_strings(pid, "environ")
+                .iter()
+                .any(|e| e.starts_with(b"HOME=") && mentions(e, dir))
+        {
+            others.push(pid);
+        }
+    }
+    (daemons, others)
+}
+
+/// `kill -9` `pid`, and its process group when it leads one (never this process's own).
+fn kill_with_group(pid: i32) {
+    let own_group = nix::unistd::getpgrp().as_raw();
+    if pgid_of(pid) == Some(pid) && pid != own_group {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+/// The node ID of the key in `state_dir`, once a daemon created it.
+fn node_id_of(state_dir: &Path) -> Option<String> {
+    let key = state_dir.join("node.key");
+    key.exists()
+        .then(|| shoal::pki::NodeKey::load(&key).ok())
+        .flatten()
+        .map(|k| k.node_id().to_string())
+}
+
+/// `docker rm -f` every container (running or not) that matches `filter`, e.g.
+/// `label=shoal.node=ID`. Best effort, each call with a deadline; quiet without Docker.
+fn remove_containers(filter: &str) {
+    let mut ps = Command::new("docker");
+    ps.args(["ps", "-aq", "--filter", filter])
+        .stdin(Stdio::null());
+    let Ok(out) = output_within(&mut ps, DOCKER_DEADLINE) else {
+        return;
+    };
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let mut rm = Command::new("docker");
+    rm.args(["rm", "-f"]).args(&ids).stdin(Stdio::null());
+    match output_within(&mut rm, DOCKER_DEADLINE) {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => eprintln!(
+            "warning: cannot remove containers {filter}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => eprintln!("warning: cannot remove containers {filter}: {e:#}"),
+    }
+}
+
+/// Stops everything that `state_dir`'s daemons left behind, unless a daemon still runs
+/// on it (then its owner's drop does this): every shim and task with its process group,
+/// then the containers labelled with the state dir's node ID.
+fn clean_up_state_dir(state_dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (daemons, others) = processes_of(state_dir);
+        if !daemons.is_empty() {
+            return;
+        }
+        if others.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "warning: processes of {} survived SIGKILL for 5 s: {others:?}",
+                state_dir.display()
+            );
+            break;
+        }
+        for pid in others {
+            kill_with_group(pid);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(node) = node_id_of(state_dir) {
+        ledger(&format!("node {node}"));
+        remove_containers(&format!("label=shoal.node={node}"));
+    }
+}
+
 /// A `shoal daemon` process with its own state dir, socket and address.
+///
+/// Dropping it (also while a failing test unwinds) kills the daemon, then every
+/// process-driver shim and task of its state dir and its node's Docker containers.
 pub struct Daemon {
     /// Name (also the hostname it reports).
     pub name: String,
@@ -64,14 +403,90 @@ pub struct Daemon {
     pub socket: PathBuf,
     /// Extra daemon flags.
     pub extra: Vec<String>,
-    child: Option<Child>,
+    child: Option<DaemonProcess>,
     log: PathBuf,
+    /// This value's registration with the test process's watchdog.
+    watch_id: u64,
     _dir: tempfile::TempDir,
+}
+
+/// A `shoal daemon` started by [`Daemon::spawn`]: dropping it `kill -9`s its process
+/// group and reaps it.
+pub struct DaemonProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl DaemonProcess {
+    /// The daemon's pid (also its process group).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, if the daemon has exited.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= end {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for a daemon that must exit by itself (a refused start, say), up to
+    /// [`DAEMON_EXIT_DEADLINE`]: one still running then is killed and the call fails with
+    /// its log. Its output is in its log, so `stdout` and `stderr` are empty.
+    pub fn wait_with_output(mut self) -> Result<Output> {
+        match self.wait_timeout(DAEMON_EXIT_DEADLINE)? {
+            Some(status) => Ok(Output {
+                status,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            }),
+            None => {
+                let log = log_tail(&self.log);
+                drop(self);
+                bail!(
+                    "the daemon did not exit within {DAEMON_EXIT_DEADLINE:?}: killed it\n--- daemon log ---\n{log}"
+                )
+            }
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        // Only while not reaped: a reaped pid may belong to someone else by now.
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            if let Ok(pid) = i32::try_from(self.child.id()) {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The last 30 lines of the log at `path`.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 impl Daemon {
     /// Prepares (does not start) a daemon called `name` on `addr`.
     pub fn new(name: &str, addr: &str) -> Result<Daemon> {
+        static NEXT_WATCH_ID: AtomicU64 = AtomicU64::new(1);
         let dir = tempfile::Builder::new()
             .prefix("shoal-t-")
             .tempdir_in("/tmp")?;
@@ -83,6 +498,7 @@ impl Daemon {
             extra: Vec::new(),
             child: None,
             log: dir.path().join("daemon.log"),
+            watch_id: NEXT_WATCH_ID.fetch_add(1, Ordering::Relaxed),
             _dir: dir,
         })
     }
@@ -102,11 +518,23 @@ impl Daemon {
             }
             Ok(std::os::unix::net::UnixStream::connect(&socket).ok())
         })?;
+        if let Some(node) = node_id_of(&self.state_dir) {
+            reaper(&format!("node {} {node}", self.watch_id));
+            ledger(&format!("node {node}"));
+        }
         Ok(())
     }
 
-    /// Spawns the daemon process without waiting; the caller owns the child.
-    pub fn spawn(&self) -> Result<Child> {
+    /// Spawns the daemon process without waiting; the caller owns it (dropping it kills
+    /// the daemon). This value's drop still cleans up after it (shims, tasks,
+    /// containers), and the test process's watchdog kills it if the test process dies.
+    pub fn spawn(&self) -> Result<DaemonProcess> {
+        reaper(&format!(
+            "dir {} {}",
+            self.watch_id,
+            self.state_dir.display()
+        ));
+        ledger(&format!("dir {}", self.state_dir.display()));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -130,16 +558,19 @@ impl Daemon {
             .stdout(log.try_clone()?)
             .stderr(log);
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        cmd.spawn()
-            .with_context(|| format!("cannot start {}", shoal_bin().display()))
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", shoal_bin().display()))?;
+        Ok(DaemonProcess {
+            child,
+            log: self.log.clone(),
+        })
     }
 
-    /// `kill -9` the daemon's process group and reap it.
+    /// `kill -9` the daemon's process group and reap it. Its process-driver tasks keep
+    /// running, as after a real crash (a restart adopts them).
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-            let _ = child.wait();
-        }
+        drop(self.child.take());
     }
 
     /// SIGTERM and wait for a clean exit (up to 10 s, then SIGKILL).
@@ -147,36 +578,39 @@ impl Daemon {
         let Some(mut child) = self.child.take() else {
             bail!("daemon not running")
         };
-        let _ = nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-                bail!("daemon did not stop within 10 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        match child.wait_timeout(Duration::from_secs(10))? {
+            Some(status) => Ok(status),
+            // Dropping the child kills its process group.
+            None => bail!("daemon did not stop within 10 s of SIGTERM"),
         }
     }
 
     /// The last lines of the daemon's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        log_tail(&self.log)
     }
 
-    /// Runs `shoal -H unix://SOCKET args...`.
+    /// Runs `shoal -H unix://SOCKET args...`; a call that has not ended within
+    /// [`CLI_DEADLINE`] is killed and fails.
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
-        let out = Command::new(shoal_bin())
-            .arg("-H")
+        self.cli_within(args, CLI_DEADLINE)
+    }
+
+    /// [`Daemon::cli`] with another deadline.
+    pub fn cli_within(&self, args: &[&str], deadline: Duration) -> Result<Output> {
+        let mut cmd = Command::new(shoal_bin());
+        cmd.arg("-H")
             .arg(format!("unix://{}", self.socket.display()))
             .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        Ok(out)
+            .stdin(Stdio::null());
+        output_within(&mut cmd, deadline)
+            .with_context(|| format!("--- daemon log of {} ---\n{}", self.name, self.log_tail()))
     }
 
     /// Runs a command that must succeed; returns its stdout.
@@ -219,6 +653,8 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        clean_up_state_dir(&self.state_dir);
+        reaper(&format!("done {}", self.watch_id));
     }
 }
 
@@ -228,10 +664,10 @@ pub const TEST_IMAGE: &str = "shoal-test/busybox:latest";
 /// Whether Docker and the test image are there. Without them a test skips (returns
 /// `Ok(false)` after a note), or fails under `SHOAL_REQUIRE_DOCKER=1`.
 pub fn docker_ready() -> Result<bool> {
-    let ok = Command::new("docker")
-        .args(["image", "inspect", TEST_IMAGE])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let mut cmd = Command::new("docker");
+    cmd.args(["image", "inspect", TEST_IMAGE])
+        .stdin(Stdio::null());
+    let ok = output_within(&mut cmd, DOCKER_DEADLINE).is_ok_and(|o| o.status.success());
     if !ok && docker_required() {
         bail!(
             "Docker or the image {TEST_IMAGE} is missing and SHOAL_REQUIRE_DOCKER=1: run scripts/test-image.sh"
@@ -248,27 +684,7 @@ pub struct ClusterContainers(pub String);
 
 impl Drop for ClusterContainers {
     fn drop(&mut self) {
-        let out = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=shoal.cluster={}", self.0),
-            ])
-            .output();
-        if let Ok(out) = out {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(String::from)
-                .collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .arg("rm")
-                    .arg("-f")
-                    .args(&ids)
-                    .output();
-            }
-        }
+        remove_containers(&format!("label=shoal.cluster={}", self.0));
     }
 }
 
@@ -316,4 +732,39 @@ pub fn start_cluster(
         d.ok(&["join", "--token", &wt, &first])?;
     }
     Ok((ms, ws))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_within_kills_a_command_past_its_deadline() {
+        let start = Instant::now();
+        let err = output_within(Command::new("sleep").arg("30"), Duration::from_millis(300))
+            .expect_err("sleep 30 must be killed");
+        assert!(err.to_string().contains("did not finish within"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+
+        let out = output_within(
+            Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(20),
+        )
+        .expect("sh runs");
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
+    }
+
+    #[test]
+    fn mentions_only_the_dir_or_paths_under_it() {
+        let dir = b"/tmp/shoal-t-ab/state";
+        assert!(mentions(b"/tmp/shoal-t-ab/state", dir));
+        assert!(mentions(
+            b"HOME=/tmp/shoal-t-ab/state/tasks/c/n/t/work",
+            dir
+        ));
+        assert!(!mentions(b"/tmp/shoal-t-ab/state2/tasks", dir));
+        assert!(!mentions(b"/tmp/shoal-t-ab/s.sock", dir));
+    }
 }
