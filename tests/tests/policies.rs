@@ -16,6 +16,24 @@ fn tasks(m: &Daemon, service: &str) -> Result<Vec<Value>> {
         .unwrap_or_default())
 }
 
+/// Pids of `/bin/sleep ARG` processes whose working directory is under one of `dirs`.
+fn task_pids(arg: &str, dirs: &[&std::path::PathBuf]) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_sleep = args.first().is_some_and(|a| a.ends_with(b"sleep"))
+                && args.get(1).is_some_and(|a| *a == arg.as_bytes());
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            is_sleep && dirs.iter().any(|d| cwd.starts_with(d))
+        })
+        .collect()
+}
+
 fn count(ts: &[Value], state: &str) -> usize {
     ts.iter().filter(|t| t["state"] == state).count()
 }
@@ -216,10 +234,18 @@ fn issue_11_limits_reservations_restart_policies_and_process_driver() -> Result<
         "/bin/sleep",
         "3607",
     ])?;
-    let out = std::process::Command::new("pkill")
-        .args(["-9", "-f", "sleep 3607"])
-        .output()?;
-    assert!(out.status.success(), "no process to kill");
+    wait_for("the heal task running", Duration::from_secs(20), || {
+        Ok((count(&tasks(&m, "heal")?, "running") == 1).then_some(()))
+    })?;
+    // Only this test's task: `/bin/sleep 3607` running under one of its daemons' state dirs
+    // (a machine-wide pkill would hit other runs).
+    let dirs = [&m.state_dir, &a.state_dir, &b.state_dir];
+    let victims = task_pids("3607", &dirs);
+    assert_eq!(victims.len(), 1, "the heal task's process: {victims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
     wait_for("a replacement running", Duration::from_secs(20), || {
         let ts = tasks(&m, "heal")?;
         Ok((count(&ts, "failed") == 1 && count(&ts, "running") == 1).then_some(()))
