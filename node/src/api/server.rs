@@ -34,6 +34,10 @@ pub struct ApiRequest {
     pub query: BTreeMap<String, String>,
     /// Raw body.
     pub body: Bytes,
+    /// The node whose control socket received the request, when another manager forwarded
+    /// it here (`None`: this node's own socket). Requests about "the current node" mean
+    /// that one.
+    pub origin: Option<String>,
 }
 
 impl ApiRequest {
@@ -207,6 +211,7 @@ async fn to_request(req: Request<Incoming>) -> Result<ApiRequest, ApiError> {
         .map(percent_decode)
         .collect();
     Ok(ApiRequest {
+        origin: None,
         method: parts.method,
         segments,
         query: parse_query(parts.uri.query()),

@@ -277,6 +277,7 @@ impl Node {
             return Ok(());
         };
         let req = ApiRequest {
+            origin: Some(from.to_string()),
             method,
             segments: fwd.segments,
             query: fwd.query,

@@ -48,7 +48,8 @@ impl Node {
                 Reply::json(&self.join_token(role, body).await?)
             }
             (&Method::DELETE, ["v1", "nodes", reference]) => {
-                self.node_rm(reference, req.flag("force")).await?;
+                let current = req.origin.as_deref().unwrap_or(&self.node_id);
+                self.node_rm(reference, current, req.flag("force")).await?;
                 Reply::json(&serde_json::json!({}))
             }
             (&Method::POST, ["v1", "nodes", reference, "update"]) => {
@@ -260,14 +261,21 @@ impl Node {
         Ok(serde_json::json!({ "id": node.id, "hostname": node.hostname, "role": role.as_str() }))
     }
 
-    pub(super) async fn node_rm(&self, reference: &str, force: bool) -> Result<(), ApiError> {
+    /// `node rm`: `current` is the node the user ran it on (which may have forwarded it
+    /// here), the one that cannot remove itself.
+    pub(super) async fn node_rm(
+        &self,
+        reference: &str,
+        current: &str,
+        force: bool,
+    ) -> Result<(), ApiError> {
         let manager = self.manager().await?;
         let node = manager
             .read_linearizable(|s| s.resolve_node(reference).cloned())
             .await
             .map_err(manager_err)?
             .map_err(ApiError::not_found)?;
-        if node.id == self.node_id {
+        if node.id == current {
             return Err(ApiError::conflict(
                 "cannot remove the current node: run `shoal leave` on it instead",
             ));
