@@ -33,7 +33,12 @@ impl Node {
         if self.drivers.iter().any(|d| d == "process") {
             drivers.insert(process.kind().as_str().into(), Arc::new(process));
         }
-        if self.drivers.iter().any(|d| d == "docker") {
+        // The worker gets the Docker driver even when Docker did not answer at start (it
+        // connects lazily and retries): a node restarted while the engine is busy must
+        // still be able to list and stop its containers once the engine answers (issue 15:
+        // an orphaned copy outlived its full assignment set). What the node *offers* for
+        // placement still follows the start-up check; `--drivers` without docker excludes it.
+        if self.docker_allowed {
             match shoal_runtime::docker::DockerDriver::new(
                 shoal_runtime::docker::DockerConfig::new(scope),
             ) {

@@ -115,6 +115,9 @@ pub struct Node {
     refusals: crate::trust::RefusalLog,
     /// Lifetime of the node certificates this node issues (as a manager).
     cert_expiry: Duration,
+    /// Whether the worker may use Docker (not excluded by `--drivers`), whether or not the
+    /// engine answered at start.
+    docker_allowed: bool,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -323,6 +326,10 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         .0,
         refusals: crate::trust::RefusalLog::default(),
         cert_expiry: opts.cert_expiry,
+        docker_allowed: opts
+            .drivers
+            .as_ref()
+            .is_none_or(|d| d.iter().any(|x| x == "docker")),
         state_dir,
     });
     if let Some(cluster) = saved.cluster.clone() {

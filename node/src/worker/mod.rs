@@ -10,7 +10,11 @@
 //! - Stops what is assigned with desired `Shutdown` (reports `shutdown`).
 //! - Once a *full* set has been received since this worker started, stops and removes every
 //!   runtime task of this node that is not assigned (reports `shutdown` for those that ran).
-//!   Until then (after a daemon restart, before any manager answered) it stops nothing.
+//!   Until then (after a daemon restart, before any manager answered) it stops nothing. Each
+//!   full set is diffed at once against every driver's listing (all states), not against the
+//!   cache: a copy the cache does not know (a start in flight when the daemon was killed) is
+//!   stopped too. A task whose driver is missing cannot be stopped and is never reported
+//!   stopped.
 //! - Never restarts a task in place: an exit is reported `complete` (code 0) or `failed` (code,
 //!   error), and the orchestrator makes a new task.
 //! - Learns about exits, OOM kills and health changes from the drivers' event streams, plus a

@@ -59,6 +59,8 @@ struct Entry {
     removed: bool,
     last_reported: Option<ReportKey>,
     retry_at: Option<Instant>,
+    /// Said once that the task cannot be stopped because its driver is missing.
+    driver_missing_warned: bool,
 }
 
 impl Entry {
@@ -79,6 +81,7 @@ impl Entry {
             removed: false,
             last_reported: None,
             retry_at: None,
+            driver_missing_warned: false,
         }
     }
 
@@ -141,9 +144,15 @@ enum Internal {
 
 enum Outcome {
     Started(Box<TaskStatus>),
-    StartFailed { rejected: bool, error: String },
+    StartFailed {
+        rejected: bool,
+        error: String,
+    },
     Stopped(Seen),
-    StopRemoved,
+    /// Stopped (if it ran) and removed; `found`: the runtime had the task.
+    StopRemoved {
+        found: bool,
+    },
     Removed,
     Failed(String),
 }
@@ -292,10 +301,9 @@ impl Actor {
             e.exit_code = cached.exit_code;
             e.error = cached.error;
             e.ended_at_ms = cached.ended_at_ms;
+            // `seen` stays unknown whatever the cache says (even `removed`): only the runtime
+            // says what it has.
             e.removed = cached.removed;
-            if cached.removed {
-                e.seen = Seen::Absent;
-            }
             e.assignment = Some(a);
             tracing::debug!(task_id = %e.task_id, state = %e.state, "worker cache entry");
             self.entries.insert(e.task_id.clone(), e);
@@ -480,9 +488,9 @@ impl Actor {
             full = set.full,
             tasks = ?set.tasks.iter().map(|a| (a.task_id.as_str(), a.desired)).collect::<Vec<_>>(),
             removed = ?set.removed,
-            known = ?self.entries.keys().collect::<Vec<_>>(),
             "worker assignment set"
         );
+        let full = set.full;
         if set.full {
             self.full_seen = true;
             let ids: HashSet<String> = set.tasks.iter().map(|a| a.task_id.clone()).collect();
@@ -508,6 +516,14 @@ impl Actor {
         }
         self.persist();
         self.settle_all();
+        if full {
+            // The set is the whole truth: diff it against what every driver actually has (all
+            // states), not against the cache. A task of this node the cache does not know (its
+            // start was in flight when the daemon was killed, after the last report and cache
+            // write) or that appeared after the listing at start is found here and stopped,
+            // instead of running until the next periodic resync.
+            self.spawn_resync(None);
+        }
     }
 
     fn upsert(&mut self, a: Assignment) {
@@ -816,12 +832,28 @@ impl Actor {
                         Seen::Present(s) => {
                             matches!(s.state, RunState::Running | RunState::Created)
                         }
-                        Seen::Unknown => !e.state.is_unstarted(),
+                        // Whatever the cache says: a start in flight when the daemon was
+                        // killed leaves the task `assigned` in the cache while the runtime has
+                        // it. The driver is asked (a task it never had is stopped at once).
+                        Seen::Unknown => true,
                         Seen::Absent => false,
                     };
                     match (needs_stop, driver) {
                         (true, Some(d)) if !retry_wait => Some(Action::Stop(d)),
                         (true, Some(_)) => None,
+                        // Its driver is not available here: it cannot be stopped, and is never
+                        // reported stopped while it may still run.
+                        (true, None) if !e.state.is_unstarted() => {
+                            if !e.driver_missing_warned {
+                                e.driver_missing_warned = true;
+                                tracing::warn!(
+                                    task_id = %e.task_id,
+                                    driver = %e.driver,
+                                    "cannot stop a task: its driver is not available on this node"
+                                );
+                            }
+                            None
+                        }
                         _ => {
                             e.set_ended(TaskState::Shutdown, None, None, now);
                             None
@@ -834,10 +866,25 @@ impl Actor {
                     None
                 } else {
                     match (&e.seen, driver) {
-                        (Seen::Absent, _) | (_, None) => {
+                        (Seen::Absent, _) => {
                             if !e.state.is_terminal() && !e.state.is_unstarted() {
                                 e.set_ended(TaskState::Shutdown, None, None, now);
                                 force_report = true;
+                            }
+                            Some(Action::Drop)
+                        }
+                        // Its driver is not available here: it cannot be stopped, and is never
+                        // reported stopped (the manager keeps what it knew, e.g. `orphaned`).
+                        (_, None) => {
+                            let may_run = !e.state.is_terminal()
+                                || matches!(&e.seen, Seen::Present(s) if rank(s.state) < 2);
+                            if may_run {
+                                tracing::warn!(
+                                    task_id = %e.task_id,
+                                    driver = %e.driver,
+                                    "cannot stop a task no longer assigned to this node: its \
+                                     driver is not available here"
+                                );
                             }
                             Some(Action::Drop)
                         }
@@ -938,7 +985,7 @@ impl Actor {
                 Outcome::Started(s) => format!("started {:?}", s.state),
                 Outcome::StartFailed { error, .. } => format!("start failed: {error}"),
                 Outcome::Stopped(_) => "stopped".into(),
-                Outcome::StopRemoved => "stopped+removed".into(),
+                Outcome::StopRemoved { found } => format!("stopped+removed (found: {found})"),
                 Outcome::Removed => "removed".into(),
                 Outcome::Failed(e) => format!("failed: {e}"),
             },
@@ -980,9 +1027,12 @@ impl Actor {
                     force_report = true;
                 }
             }
-            Outcome::StopRemoved => {
+            Outcome::StopRemoved { found } => {
                 e.seen = Seen::Absent;
-                if !e.state.is_terminal() && !e.state.is_unstarted() {
+                // A copy the runtime had was stopped, whatever the cache said of it (a start
+                // in flight when the daemon was killed leaves it `assigned` in the cache): the
+                // manager learns it is gone (an orphaned task becomes `shutdown`).
+                if !e.state.is_terminal() && (found || !e.state.is_unstarted()) {
                     e.set_ended(TaskState::Shutdown, None, None, now);
                     force_report = true;
                 }
@@ -1098,12 +1148,12 @@ async fn op_stop(driver: &dyn Driver, task_id: &str) -> Outcome {
 async fn op_stop_remove(driver: &dyn Driver, task_id: &str) -> Outcome {
     match driver.stop(task_id, None).await {
         Ok(()) => {}
-        Err(e) if e.is_not_found() => return Outcome::StopRemoved,
+        Err(e) if e.is_not_found() => return Outcome::StopRemoved { found: false },
         Err(e) => return Outcome::Failed(e.to_string()),
     }
     match driver.remove(task_id).await {
-        Ok(()) => Outcome::StopRemoved,
-        Err(e) if e.is_not_found() => Outcome::StopRemoved,
+        Ok(()) => Outcome::StopRemoved { found: true },
+        Err(e) if e.is_not_found() => Outcome::StopRemoved { found: true },
         Err(e) => Outcome::Failed(e.to_string()),
     }
 }

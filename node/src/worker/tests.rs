@@ -899,3 +899,550 @@ async fn docker_restart_adopts_then_stops_unassigned() {
     .await;
     handle.shutdown().await.expect("shutdown");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 15, item 7: a duplicate found by a kill/restart run. An in-memory engine that outlives
+// the daemon (as Docker does) and can hold a start before or after it creates the task, so the
+// interleavings of a `kill -9` replay exactly. Current-thread runtimes: deterministic order.
+// ---------------------------------------------------------------------------------------------
+
+/// Where a held start waits.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum HoldAt {
+    /// The request reached the engine, which has not created anything yet.
+    BeforeCreate,
+    /// The task exists (created, not running) and the start has not returned.
+    AfterCreate,
+}
+
+struct Hold {
+    at: HoldAt,
+    reached: tokio::sync::watch::Sender<bool>,
+    release: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The test's side of a hold.
+struct HoldHandle {
+    reached: tokio::sync::watch::Receiver<bool>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl HoldHandle {
+    async fn reached(&mut self) {
+        tokio::time::timeout(DEADLINE, self.reached.wait_for(|r| *r))
+            .await
+            .expect("the start never reached the hold")
+            .expect("hold dropped");
+    }
+
+    fn release(&self) {
+        let _ = self.release.send(true);
+    }
+}
+
+struct FakeTask {
+    spec: TaskSpec,
+    state: RunState,
+    runtime_id: String,
+    exit_code: Option<i64>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    tasks: BTreeMap<String, FakeTask>,
+    holds: BTreeMap<String, Hold>,
+    next_id: u64,
+}
+
+/// One "engine" shared by the drivers of successive daemons on one node.
+#[derive(Default)]
+struct FakeEngine {
+    state: std::sync::Mutex<FakeState>,
+}
+
+impl FakeEngine {
+    fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The next start of `task_id` waits at `at` until released.
+    fn hold(&self, task_id: &str, at: HoldAt) -> HoldHandle {
+        let (reached_tx, reached_rx) = tokio::sync::watch::channel(false);
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        self.lock().holds.insert(
+            task_id.to_owned(),
+            Hold {
+                at,
+                reached: reached_tx,
+                release: release_rx,
+            },
+        );
+        HoldHandle {
+            reached: reached_rx,
+            release: release_tx,
+        }
+    }
+
+    fn state_of(&self, task_id: &str) -> Option<RunState> {
+        self.lock().tasks.get(task_id).map(|t| t.state)
+    }
+
+    /// A new driver on this engine (as a restarted daemon makes).
+    fn driver(self: &Arc<Self>) -> Arc<dyn Driver> {
+        Arc::new(FakeDriver(self.clone()))
+    }
+}
+
+fn fake_status(t: &FakeTask) -> shoal_runtime::TaskStatus {
+    shoal_runtime::TaskStatus {
+        task_id: t.spec.task_id.clone(),
+        service_id: t.spec.service_id.clone(),
+        service_name: t.spec.service_name.clone(),
+        slot: t.spec.slot,
+        runtime_id: t.runtime_id.clone(),
+        image: t.spec.image.clone(),
+        state: t.state,
+        exit_code: t.exit_code,
+        oom_killed: false,
+        health: shoal_runtime::Health::None,
+        error: None,
+        started_at: None,
+        finished_at: None,
+        ports: Vec::new(),
+        labels: BTreeMap::new(),
+    }
+}
+
+fn not_found(task_id: &str) -> shoal_runtime::RuntimeError {
+    shoal_runtime::RuntimeError::NotFound {
+        task_id: task_id.to_owned(),
+    }
+}
+
+/// A Docker-like driver on a [`FakeEngine`]: idempotent start (a created task is started, a
+/// running one returned), stop of a created task is a no-op, remove kills. Its event stream is
+/// the listing at subscription and nothing after (as a process driver that did not launch a
+/// task hears nothing of it), so only listings reveal what others started.
+struct FakeDriver(Arc<FakeEngine>);
+
+impl Driver for FakeDriver {
+    fn kind(&self) -> shoal_runtime::DriverKind {
+        shoal_runtime::DriverKind::Docker
+    }
+
+    fn availability(&self) -> shoal_runtime::BoxFuture<'_, shoal_runtime::Availability> {
+        Box::pin(async {
+            shoal_runtime::Availability::Available {
+                version: "fake".into(),
+            }
+        })
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        _spec: &'a TaskSpec,
+    ) -> shoal_runtime::BoxFuture<'a, Result<(), shoal_runtime::RuntimeError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn start<'a>(
+        &'a self,
+        spec: &'a TaskSpec,
+    ) -> shoal_runtime::BoxFuture<'a, Result<shoal_runtime::TaskStatus, shoal_runtime::RuntimeError>>
+    {
+        Box::pin(async move {
+            let id = spec.task_id.clone();
+            let hold = self.0.lock().holds.remove(&id);
+            let wait = |hold: &Hold| {
+                let _ = hold.reached.send(true);
+                let mut release = hold.release.clone();
+                async move {
+                    let _ = release.wait_for(|r| *r).await;
+                }
+            };
+            if let Some(h) = hold.as_ref().filter(|h| h.at == HoldAt::BeforeCreate) {
+                wait(h).await;
+            }
+            {
+                let mut st = self.0.lock();
+                if let Some(t) = st.tasks.get_mut(&id) {
+                    if t.state == RunState::Created {
+                        t.state = RunState::Running;
+                    }
+                    return Ok(fake_status(t));
+                }
+                st.next_id += 1;
+                let runtime_id = format!("fake-{}", st.next_id);
+                st.tasks.insert(
+                    id.clone(),
+                    FakeTask {
+                        spec: spec.clone(),
+                        state: RunState::Created,
+                        runtime_id,
+                        exit_code: None,
+                    },
+                );
+            }
+            if let Some(h) = hold.as_ref().filter(|h| h.at == HoldAt::AfterCreate) {
+                wait(h).await;
+            }
+            let mut st = self.0.lock();
+            match st.tasks.get_mut(&id) {
+                Some(t) => {
+                    if t.state == RunState::Created {
+                        t.state = RunState::Running;
+                    }
+                    Ok(fake_status(t))
+                }
+                None => Err(shoal_runtime::RuntimeError::StartFailed {
+                    task_id: id,
+                    reason: "removed while starting".into(),
+                }),
+            }
+        })
+    }
+
+    fn stop<'a>(
+        &'a self,
+        task_id: &'a str,
+        _grace: Option<Duration>,
+    ) -> shoal_runtime::BoxFuture<'a, Result<(), shoal_runtime::RuntimeError>> {
+        Box::pin(async move {
+            let mut st = self.0.lock();
+            let t = st
+                .tasks
+                .get_mut(task_id)
+                .ok_or_else(|| not_found(task_id))?;
+            if t.state == RunState::Running {
+                t.state = RunState::Exited;
+                t.exit_code = Some(143);
+            }
+            Ok(())
+        })
+    }
+
+    fn remove<'a>(
+        &'a self,
+        task_id: &'a str,
+    ) -> shoal_runtime::BoxFuture<'a, Result<(), shoal_runtime::RuntimeError>> {
+        Box::pin(async move {
+            self.0
+                .lock()
+                .tasks
+                .remove(task_id)
+                .map(|_| ())
+                .ok_or_else(|| not_found(task_id))
+        })
+    }
+
+    fn inspect<'a>(
+        &'a self,
+        task_id: &'a str,
+    ) -> shoal_runtime::BoxFuture<'a, Result<shoal_runtime::TaskStatus, shoal_runtime::RuntimeError>>
+    {
+        Box::pin(async move {
+            self.0
+                .lock()
+                .tasks
+                .get(task_id)
+                .map(fake_status)
+                .ok_or_else(|| not_found(task_id))
+        })
+    }
+
+    fn list(
+        &self,
+    ) -> shoal_runtime::BoxFuture<
+        '_,
+        Result<Vec<shoal_runtime::TaskStatus>, shoal_runtime::RuntimeError>,
+    > {
+        Box::pin(async move { Ok(self.0.lock().tasks.values().map(fake_status).collect()) })
+    }
+
+    fn events(&self) -> shoal_runtime::BoxStream<'static, shoal_runtime::Event> {
+        use futures_util::StreamExt as _;
+        let first =
+            shoal_runtime::Event::Resynced(self.0.lock().tasks.values().map(fake_status).collect());
+        futures_util::stream::iter([first])
+            .chain(futures_util::stream::pending())
+            .boxed()
+    }
+
+    fn logs(
+        &self,
+        _task_id: &str,
+        _options: shoal_runtime::LogOptions,
+    ) -> shoal_runtime::BoxStream<
+        'static,
+        Result<shoal_runtime::LogChunk, shoal_runtime::RuntimeError>,
+    > {
+        use futures_util::StreamExt as _;
+        futures_util::stream::empty().boxed()
+    }
+}
+
+/// A worker on fake drivers named `drivers` (all on `engine`), with no periodic resync to
+/// speak of: only what the worker does on its own may find a task.
+fn fake_worker(
+    engine: &Arc<FakeEngine>,
+    drivers: &[&str],
+    cache_dir: &Path,
+) -> (WorkerHandle, Reports) {
+    let map: BTreeMap<String, Arc<dyn Driver>> = drivers
+        .iter()
+        .map(|n| ((*n).to_owned(), engine.driver()))
+        .collect();
+    let mut config = WorkerConfig::new(map, cache_dir);
+    config.resync_interval = Duration::from_secs(3600);
+    let (handle, rx) = Worker::start(config).expect("worker");
+    (handle, Reports::new(rx))
+}
+
+fn fake_assignment(task_id: &str, slot: u64) -> Assignment {
+    Assignment {
+        task_id: task_id.into(),
+        service_id: "svc1".into(),
+        service_name: "web".into(),
+        slot,
+        driver: "docker".into(),
+        spec: TaskSpec::new(task_id, "svc1", "web", slot, "fake/image:1"),
+        desired: DesiredState::Running,
+    }
+}
+
+/// What the killed daemon's cache says: `task` assigned and in `state`.
+fn write_cache(cache_dir: &Path, a: Assignment, state: TaskState) {
+    cache::Cache::open(cache_dir)
+        .and_then(|c| {
+            c.store(vec![cache::CachedTask {
+                assignment: a,
+                state,
+                exit_code: None,
+                error: None,
+                ended_at_ms: None,
+                removed: false,
+            }])
+        })
+        .expect("write the cache");
+}
+
+/// Reports queued by now (after a flush), without waiting.
+async fn settled_reports(handle: &WorkerHandle, reports: &mut Reports) {
+    handle.resync().await.expect("resync");
+    handle.flush().await.expect("flush");
+    reports.drain();
+}
+
+#[tokio::test]
+async fn issue_15_a_task_unknown_to_the_cache_is_stopped_after_the_full_set() {
+    let engine = FakeEngine::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The killed daemon's start of `old` had reached the engine (which has created nothing
+    // yet) after the daemon's last report and cache write: the engine finishes it alone.
+    let mut hold = engine.hold("old", HoldAt::BeforeCreate);
+    let previous = engine.driver();
+    let spec = fake_assignment("old", 1).spec;
+    let in_flight = tokio::spawn(async move { previous.start(&spec).await });
+    hold.reached().await;
+
+    // The restarted daemon's worker lists the runtime at start: nothing yet.
+    let (handle, mut reports) = fake_worker(&engine, &["docker"], dir.path());
+    handle.resync().await.expect("resync");
+    handle.resync().await.expect("resync");
+    assert!(view(&handle, "old").await.is_none());
+    // Then the engine completes the old start: a running task of this node nobody knows, and
+    // no event about it.
+    hold.release();
+    in_flight.await.expect("join").expect("the old start");
+    assert_eq!(engine.state_of("old"), Some(RunState::Running));
+
+    // The manager's full set does not have it: stopped and removed, whatever the cache says.
+    handle
+        .apply(full(vec![fake_assignment("keep", 2)]))
+        .await
+        .expect("apply");
+    wait_for("the unknown task stopped and removed", || async {
+        engine.state_of("old").is_none().then_some(())
+    })
+    .await;
+    reports.wait("old", TaskState::Shutdown).await;
+    reports.wait("keep", TaskState::Running).await;
+    assert_eq!(engine.state_of("keep"), Some(RunState::Running));
+    handle.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn issue_15_a_start_in_flight_when_its_assignment_is_withdrawn_is_stopped() {
+    let engine = FakeEngine::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (handle, mut reports) = fake_worker(&engine, &["docker"], dir.path());
+    // The start of t1 creates it and is held there (between create and report)...
+    let mut hold = engine.hold("t1", HoldAt::AfterCreate);
+    handle
+        .apply(full(vec![fake_assignment("t1", 1)]))
+        .await
+        .expect("apply");
+    hold.reached().await;
+    assert_eq!(engine.state_of("t1"), Some(RunState::Created));
+    // ...when a full set without it arrives (the node was marked down, t1 orphaned).
+    handle.apply(full(vec![])).await.expect("apply");
+    hold.release();
+    wait_for("t1 stopped and removed", || async {
+        engine.state_of("t1").is_none().then_some(())
+    })
+    .await;
+    reports.wait("t1", TaskState::Shutdown).await;
+    handle.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn issue_15_a_killed_daemons_start_is_stopped_and_reported_after_the_restart() {
+    let engine = FakeEngine::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache_dir = dir.path().join("worker");
+    // The killed daemon: t1 assigned (and cached), its start held after the create...
+    let mut hold = engine.hold("t1", HoldAt::AfterCreate);
+    let (old, _old_reports) = fake_worker(&engine, &["docker"], &cache_dir);
+    old.apply(full(vec![fake_assignment("t1", 1)]))
+        .await
+        .expect("apply");
+    hold.reached().await;
+    // ...and its cache written before the start's progress reached it (flushed every 150 ms).
+    old.shutdown().await.expect("shutdown");
+    write_cache(&cache_dir, fake_assignment("t1", 1), TaskState::Assigned);
+    // The engine completes the start the dead daemon sent.
+    hold.release();
+    wait_for("t1 running", || async {
+        (engine.state_of("t1") == Some(RunState::Running)).then_some(())
+    })
+    .await;
+
+    // The restarted daemon: t1 was orphaned meanwhile; the full set does not have it.
+    let (handle, mut reports) = fake_worker(&engine, &["docker"], &cache_dir);
+    handle.apply(full(vec![])).await.expect("apply");
+    wait_for("t1 stopped and removed", || async {
+        engine.state_of("t1").is_none().then_some(())
+    })
+    .await;
+    // The cache said `assigned`, but the runtime had it: the manager hears it stopped (an
+    // orphaned task becomes `shutdown` instead of staying orphaned forever).
+    reports.wait("t1", TaskState::Shutdown).await;
+    handle.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn issue_15_a_task_whose_driver_is_missing_is_never_reported_stopped() {
+    let engine = FakeEngine::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache_dir = dir.path().join("worker");
+    // A running docker task of this node, cached as running...
+    engine
+        .driver()
+        .start(&fake_assignment("t1", 1).spec)
+        .await
+        .expect("start");
+    engine
+        .driver()
+        .start(&fake_assignment("t2", 2).spec)
+        .await
+        .expect("start");
+    cache::Cache::open(&cache_dir)
+        .and_then(|c| {
+            c.store(
+                ["t1", "t2"]
+                    .iter()
+                    .zip(1..)
+                    .map(|(t, slot)| cache::CachedTask {
+                        assignment: fake_assignment(t, slot),
+                        state: TaskState::Running,
+                        exit_code: None,
+                        error: None,
+                        ended_at_ms: None,
+                        removed: false,
+                    })
+                    .collect(),
+            )
+        })
+        .expect("write the cache");
+    // ...and a daemon restarted without the docker driver (the engine did not answer its
+    // probe in time): it cannot stop them, so it must never say it did.
+    let elsewhere = FakeEngine::new();
+    let (handle, mut reports) = fake_worker(&elsewhere, &["process"], &cache_dir);
+    let mut t2 = fake_assignment("t2", 2);
+    t2.desired = DesiredState::Shutdown;
+    handle.apply(full(vec![t2])).await.expect("apply");
+    settled_reports(&handle, &mut reports).await;
+    for task in ["t1", "t2"] {
+        assert!(
+            !reports.states_of(task).contains(&TaskState::Shutdown),
+            "{task} reported shutdown while it runs: {:?}",
+            reports.all
+        );
+        assert_eq!(engine.state_of(task), Some(RunState::Running));
+    }
+    handle.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_15_process_task_started_after_the_listing_is_stopped_after_the_full_set() {
+    let fx = Fixture::process("issue15process");
+    let mut config = fx.config(fx.driver());
+    config.resync_interval = Duration::from_secs(3600);
+    let (handle, rx) = Worker::start(config).expect("worker");
+    let mut reports = Reports::new(rx);
+    handle.resync().await.expect("resync");
+    handle.resync().await.expect("resync");
+    // The previous daemon's driver (another instance: the worker hears no event of it) starts
+    // a task of this node after the worker's listing at start.
+    let previous = fx.driver();
+    previous
+        .start(&fx.shell("old", 1, SLEEP_FOREVER).spec)
+        .await
+        .expect("start");
+    let driver = fx.driver();
+    handle.apply(full(vec![])).await.expect("apply");
+    reports.wait("old", TaskState::Shutdown).await;
+    wait_for("old removed", || async {
+        driver
+            .inspect("old")
+            .await
+            .err()
+            .filter(|e| e.is_not_found())
+    })
+    .await;
+    handle.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_15_docker_copy_a_killed_daemon_left_is_stopped_and_reported() {
+    let Some(fx) = Fixture::docker("issue15docker").await else {
+        return;
+    };
+    let cache_dir = fx.dir.path().join("worker");
+    let a = fx.shell("d1", 1, "sleep 1000");
+    // The killed daemon's container (started after its last report), cached as `assigned`.
+    fx.driver().start(&a.spec).await.expect("start");
+    write_cache(&cache_dir, a, TaskState::Assigned);
+    let mut config = fx.config(fx.driver());
+    config.resync_interval = Duration::from_secs(3600);
+    let (handle, rx) = Worker::start(config).expect("worker");
+    let mut reports = Reports::new(rx);
+    let driver = fx.driver();
+    handle.apply(full(vec![])).await.expect("apply");
+    wait_for("d1 removed", || async {
+        driver
+            .inspect("d1")
+            .await
+            .err()
+            .filter(|e| e.is_not_found())
+    })
+    .await;
+    reports.wait("d1", TaskState::Shutdown).await;
+    handle.shutdown().await.expect("shutdown");
+}

@@ -278,9 +278,17 @@ impl Inner {
         match shim_status {
             None => {
                 let launch: Option<LaunchRecord> = read_json(&dir.join(LAUNCH_FILE))?;
-                let shim_alive =
-                    launch.is_some_and(|l| procfs::is_same_process(l.shim_pid, l.shim_start_ticks));
-                if !shim_alive {
+                let starting = match launch {
+                    Some(l) => procfs::is_same_process(l.shim_pid, l.shim_start_ticks),
+                    // Recorded, and the supervisor not yet: a start in progress, here or by a
+                    // daemon killed right after spawning the supervisor (which may be starting
+                    // the program). Created until the start would have timed out.
+                    None => record
+                        .created_at
+                        .elapsed()
+                        .is_ok_and(|age| age < START_WAIT),
+                };
+                if !starting {
                     status.state = RunState::Dead;
                     status.error = Some(format!(
                         "the supervisor exited before starting the program: {}",
@@ -513,6 +521,10 @@ impl Inner {
             log_max_bytes: self.config.log_max_bytes,
         };
         write_json(&dir.join(shim::CONFIG_FILE), &config)?;
+        // The record before the supervisor: no program ever runs without a record that lists
+        // it. A daemon killed between spawning the shim and recording it would otherwise leave
+        // a program nobody lists or stops, and a later start would run a second copy.
+        write_json(&dir.join(RECORD_FILE), &record)?;
         let shim_log = fs::File::create(dir.join(SHIM_LOG))
             .map_err(|e| RuntimeError::io("creating shim.log", e))?;
         let shim_log2 = shim_log
@@ -548,9 +560,7 @@ impl Inner {
                 let _ = kill(Pid::from_raw(launch.shim_pid), Signal::SIGKILL);
             }
         };
-        if let Err(e) = write_json(&dir.join(LAUNCH_FILE), &launch)
-            .and_then(|()| write_json(&dir.join(RECORD_FILE), &record))
-        {
+        if let Err(e) = write_json(&dir.join(LAUNCH_FILE), &launch) {
             kill_shim();
             return Err(e);
         }
@@ -881,5 +891,70 @@ mod tests {
             Err(RuntimeError::ProgramNotFound { .. })
         ));
         assert!(check_program("/bin/sh").is_ok());
+    }
+
+    /// Issue 15: the supervisor finds the task's record already written when it starts (a
+    /// stand-in shim reports what it saw as its program's exit code).
+    #[tokio::test]
+    async fn the_record_exists_before_the_supervisor_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = r#"d="$2"; if [ -e "$d/task.json" ]; then c=0; else c=42; fi
+printf '{"shim_pid":%s,"shim_start_ticks":0,"state":"exited","pid":null,"pid_start_ticks":null,"started_at":null,"finished_at":null,"exit_code":%s,"signal":null,"error":null}' $$ $c > "$d/status.json.tmp" && mv "$d/status.json.tmp" "$d/status.json""#;
+        let shim = ShimCommand {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into(), "stand-in-shim".into()],
+        };
+        let driver =
+            ProcessDriver::new(ProcessConfig::new(dir.path(), Scope::new("c1", "n1"), shim))
+                .expect("driver");
+        let status = driver
+            .start(&TaskSpec::new("t1", "s1", "web", 1, "/bin/sleep"))
+            .await
+            .expect("start");
+        assert_eq!(status.state, RunState::Exited);
+        assert_eq!(
+            status.exit_code,
+            Some(0),
+            "the supervisor ran before the record: {status:?}"
+        );
+    }
+
+    /// Issue 15: the record is written before the supervisor is spawned, so a daemon killed
+    /// in between leaves a task that is listed (starting, then dead if no supervisor ever
+    /// recorded itself), never a program nobody lists.
+    #[test]
+    fn a_recorded_task_whose_supervisor_never_showed_is_starting_then_dead() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scope = Scope::new("c1", "n1");
+        let driver = ProcessDriver::new(ProcessConfig::new(
+            dir.path(),
+            scope.clone(),
+            ShimCommand::standalone("/nonexistent/shim"),
+        ))
+        .expect("driver");
+        let inner = &driver.inner;
+        let mut record = TaskRecord {
+            scope,
+            spec: TaskSpec::new("t1", "s1", "web", 1, "/bin/sleep"),
+            ports: Vec::new(),
+            created_at: SystemTime::now(),
+        };
+        let task_dir = inner.task_dir("t1");
+        fs::create_dir_all(&task_dir).expect("mkdir");
+        write_json(&task_dir.join(RECORD_FILE), &record).expect("record");
+        let listed = inner.list().expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].state, RunState::Created);
+        record.created_at = SystemTime::now() - 2 * START_WAIT;
+        write_json(&task_dir.join(RECORD_FILE), &record).expect("record");
+        let listed = inner.list().expect("list");
+        assert_eq!(listed[0].state, RunState::Dead);
+        assert!(
+            listed[0]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("supervisor exited before starting")),
+            "{listed:?}"
+        );
     }
 }
