@@ -294,3 +294,62 @@ fn issue_15_cli_exit_code_2_on_usage_errors_1_on_runtime_errors() -> Result<()> 
     );
     Ok(())
 }
+
+/// DESIGN §6: on a node without a Docker engine, `service create` without `--driver` uses the
+/// process driver and says so; with a Docker engine, Docker stays the default.
+#[test]
+fn issue_15_process_driver_is_the_default_without_docker() -> Result<()> {
+    let mut d = Daemon::new("ct-nodock", "127.0.71.21:4747")?;
+    // As a node without an engine: it offers the process driver only.
+    d.extra = vec!["--drivers".into(), "process".into()];
+    d.start()?;
+    d.ok(&["init"])?;
+    let out = d.cli(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "plain",
+        "/bin/sleep",
+        "3621",
+    ])?;
+    ensure!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    ensure!(
+        said.contains("no Docker engine on this node: using the process driver"),
+        "stderr: {said}"
+    );
+    let svc = d.json(&["service", "inspect", "plain"])?;
+    let svc = svc
+        .as_array()
+        .and_then(|a| a.first())
+        .unwrap_or(&svc)
+        .clone();
+    ensure!(svc["driver"] == "process", "{svc}");
+    wait_for("the process task running", Duration::from_secs(20), || {
+        let ts = d.json(&["service", "ps", "plain"])?;
+        Ok(ts
+            .as_array()
+            .is_some_and(|a| a.iter().any(|t| t["state"] == "running"))
+            .then_some(()))
+    })?;
+    d.ok(&["service", "rm", "plain"])?;
+    // An explicit --driver docker is kept as asked (and then cannot be placed here).
+    let out = d.cli(&[
+        "service", "create", "--detach", "--name", "asked", "--driver", "docker", "img",
+    ])?;
+    ensure!(out.status.success(), "{}", text(&out.stderr));
+    ensure!(
+        !text(&out.stderr).contains("process driver"),
+        "{}",
+        text(&out.stderr)
+    );
+    let svc = d.json(&["service", "inspect", "asked"])?;
+    let svc = svc
+        .as_array()
+        .and_then(|a| a.first())
+        .unwrap_or(&svc)
+        .clone();
+    ensure!(svc["driver"] == "docker", "{svc}");
+    Ok(())
+}
