@@ -734,6 +734,40 @@ pub fn start_cluster(
     Ok((ms, ws))
 }
 
+/// The status (`ready`, `down`, …) of the node called `hostname`, as `m`'s `node ls` shows
+/// it; `None` when it is not in the table.
+pub fn node_status(m: &Daemon, hostname: &str) -> Result<Option<String>> {
+    Ok(m.json(&["node", "ls"])?
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["hostname"] == hostname)
+        .and_then(|n| n["status"].as_str().map(str::to_string)))
+}
+
+/// IDs of the running containers of `cluster` that also carry `label` (`KEY=VALUE`, e.g.
+/// `shoal.node=<id>` or `shoal.task=<id>`).
+pub fn running_containers(cluster: &str, label: &str) -> Result<Vec<String>> {
+    let out = output_within(
+        Command::new("docker").args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=shoal.cluster={cluster}"),
+            "--filter",
+            &format!("label={label}"),
+        ]),
+        Duration::from_secs(30),
+    )?;
+    if !out.status.success() {
+        bail!("docker ps failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use shoal_tests::{Daemon, wait_for};
+use shoal_tests::{Daemon, node_status, wait_for};
 
 /// The node certificate's `notAfter` (Unix seconds) from a daemon's `node.json`.
 fn cert_not_after(d: &Daemon) -> Result<i64> {
@@ -17,15 +17,6 @@ fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn status(m: &Daemon, name: &str) -> Result<Option<String>> {
-    let nodes = m.json(&["node", "ls"])?;
-    Ok(nodes.as_array().and_then(|a| {
-        a.iter()
-            .find(|n| n["hostname"] == name)
-            .and_then(|n| n["status"].as_str().map(str::to_string))
-    }))
 }
 
 #[test]
@@ -82,13 +73,13 @@ fn issue_14_certificates_expire_renew_over_the_session_and_expired_nodes_rejoin(
     )?;
     w.stop()?;
     wait_for("cw1 down", Duration::from_secs(20), || {
-        Ok((status(&m, "cw1")?.as_deref() == Some("down")).then_some(()))
+        Ok((node_status(&m, "cw1")?.as_deref() == Some("down")).then_some(()))
     })?;
     w.start()?;
     wait_for(
         "cw1 ready again on its renewed certificate",
         Duration::from_secs(20),
-        || Ok((status(&m, "cw1")?.as_deref() == Some("ready")).then_some(())),
+        || Ok((node_status(&m, "cw1")?.as_deref() == Some("ready")).then_some(())),
     )?;
 
     // The node that was away past its certificate's expiry cannot come back by itself; it
@@ -103,13 +94,13 @@ fn issue_14_certificates_expire_renew_over_the_session_and_expired_nodes_rejoin(
     })?;
     assert!(warning.contains("shoal join"), "{warning}");
     wait_for("cw2 down", Duration::from_secs(20), || {
-        Ok((status(&m, "cw2")?.as_deref() == Some("down")).then_some(()))
+        Ok((node_status(&m, "cw2")?.as_deref() == Some("down")).then_some(()))
     })?;
     // It stays down: an expired certificate gets no connection.
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
         assert_eq!(
-            status(&m, "cw2")?.as_deref(),
+            node_status(&m, "cw2")?.as_deref(),
             Some("down"),
             "{}",
             m.log_tail()
@@ -120,7 +111,7 @@ fn issue_14_certificates_expire_renew_over_the_session_and_expired_nodes_rejoin(
     wait_for(
         "cw2 ready after joining again",
         Duration::from_secs(20),
-        || Ok((status(&m, "cw2")?.as_deref() == Some("ready")).then_some(())),
+        || Ok((node_status(&m, "cw2")?.as_deref() == Some("ready")).then_some(())),
     )?;
     Ok(())
 }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use serde_json::Value;
-use shoal_tests::{ClusterContainers, Daemon, docker_ready, start_cluster, wait_for};
+use shoal_tests::{ClusterContainers, Daemon, docker_ready, node_status, start_cluster, wait_for};
 
 const IMAGE: &str = shoal_tests::TEST_IMAGE;
 /// A marker argument of the process service's program, to find its processes.
@@ -508,34 +508,7 @@ impl Drop for OwnDaemon {
 
 /// Running containers of one task.
 fn task_containers(cluster: &str, task: &str) -> Result<Vec<String>> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=shoal.cluster={cluster}"),
-            "--filter",
-            &format!("label=shoal.task={task}"),
-        ])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "docker ps failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(String::from)
-        .collect())
-}
-
-fn node_status(m: &Daemon, name: &str) -> Result<Option<String>> {
-    Ok(m.json(&["node", "ls"])?
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n["hostname"] == name)
-        .and_then(|n| n["status"].as_str().map(str::to_string)))
+    shoal_tests::running_containers(cluster, &format!("shoal.task={task}"))
 }
 
 #[test]

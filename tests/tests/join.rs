@@ -6,17 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde_json::Value;
-use shoal_tests::{Daemon, wait_for};
-
-fn node_status(m: &Daemon, hostname: &str) -> Result<Option<String>> {
-    let nodes = m.json(&["node", "ls"])?;
-    Ok(nodes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n["hostname"] == hostname)
-        .and_then(|n| n["status"].as_str().map(str::to_string)))
-}
+use shoal_tests::{Daemon, node_status, wait_for};
 
 fn token(m: &Daemon, role: &str) -> Result<String> {
     Ok(m.ok(&["join-token", "-q", role])?.trim().to_string())

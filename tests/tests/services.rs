@@ -13,43 +13,12 @@ use shoal_tests::{ClusterContainers, Daemon, docker_ready, wait_for};
 const IMAGE: &str = shoal_tests::TEST_IMAGE;
 
 fn containers(cluster: &str, node: &str) -> Result<Vec<String>> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=shoal.cluster={cluster}"),
-            "--filter",
-            &format!("label=shoal.node={node}"),
-        ])
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(String::from)
-        .collect())
+    shoal_tests::running_containers(cluster, &format!("shoal.node={node}"))
 }
 
 /// Running containers of one task (by its `shoal.task` label).
 fn task_containers(cluster: &str, task: &str) -> Result<Vec<String>> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=shoal.cluster={cluster}"),
-            "--filter",
-            &format!("label=shoal.task={task}"),
-        ])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "docker ps failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(String::from)
-        .collect())
+    shoal_tests::running_containers(cluster, &format!("shoal.task={task}"))
 }
 
 fn tasks(d: &Daemon, service: &str) -> Result<Vec<Value>> {
