@@ -6,6 +6,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dispatch;
+#[cfg(test)]
+mod formats;
 pub mod forward;
 pub mod gossip;
 pub mod join;

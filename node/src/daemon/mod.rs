@@ -127,9 +127,10 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// RFC 3339 rendering of a millisecond timestamp.
+/// RFC 3339 rendering of a millisecond timestamp, to the second; clamped to the end of year
+/// 9999 like [`crate::manager::services::rfc3339`] (never panics).
 pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    humantime::format_rfc3339_seconds(crate::manager::services::epoch_ms_clamped(ms)).to_string()
 }
 
 /// A random 25-character lowercase alphanumeric ID (cluster IDs).
@@ -534,6 +535,15 @@ mod tests {
         assert_eq!(saved.advertise_addr, Some(moved));
         // No flag: the saved address.
         assert_eq!(choose_advertise(&mut saved, None, listen), (moved, false));
+    }
+
+    #[test]
+    fn rfc3339_clamps_past_year_9999_instead_of_panicking() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_500), "1970-01-01T00:00:01Z");
+        assert_eq!(rfc3339(253_402_300_799_999), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(253_402_300_800_000), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
     }
 
     #[test]

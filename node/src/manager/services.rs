@@ -1357,14 +1357,19 @@ pub fn assignments_for(state: &ServicesState, node_id: &str) -> Vec<Assignment> 
 // API rows
 // ---------------------------------------------------------------------------------------------
 
+/// `ms` milliseconds after the Unix epoch, clamped to the last millisecond of year 9999:
+/// humantime cannot format a later time (it panics), and a timestamp from a peer or the disk
+/// may be anything. Every RFC 3339 rendering goes through this.
+pub fn epoch_ms_clamped(ms: Millis) -> SystemTime {
+    const MAX_MS: u64 = 253_402_300_799_999;
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms.min(MAX_MS)))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 /// Milliseconds since the epoch as RFC 3339 (UTC, millisecond precision).
 pub fn rfc3339(ms: Millis) -> String {
-    // humantime cannot format years past 9999.
-    const MAX_MS: u64 = 253_402_300_799_999;
-    let t = SystemTime::UNIX_EPOCH
-        .checked_add(Duration::from_millis(ms.min(MAX_MS)))
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    humantime::format_rfc3339_millis(t).to_string()
+    humantime::format_rfc3339_millis(epoch_ms_clamped(ms)).to_string()
 }
 
 /// One task as `service ps` / `node ps` show it (DESIGN §8 fields, then extras).

@@ -171,7 +171,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let err = |e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e);
-        let last_purged: Option<LogId> = read_meta(&self.db, KEY_PURGED).map_err(err)?;
+        // `purge` writes `Some(log_id)`: read it back as that, not as a bare `LogId`.
+        let last_purged: Option<LogId> = read_meta::<Option<LogId>>(&self.db, KEY_PURGED)
+            .map_err(err)?
+            .flatten();
         let tx = self.db.begin_read().map_err(|e| err(e.to_string()))?;
         let table = tx.open_table(LOG).map_err(|e| err(e.to_string()))?;
         let last = match table.last().map_err(|e| err(e.to_string()))? {
