@@ -123,7 +123,9 @@ pub enum NodeRole {
     Worker,
 }
 
-/// What a fact says. Append new variants at the end only (postcard encodes the variant index).
+/// What a fact says. postcard encodes the variant index, and a node that cannot decode a
+/// fact refuses the whole datagram carrying it: a new kind of fact needs a new
+/// [`FACT_FORMAT`] (older nodes ignore facts of another format), never just a new variant.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum FactBody {
     /// The origin's role.

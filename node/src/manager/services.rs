@@ -10,7 +10,9 @@
 //! - [`task_rows`], [`service_row`]: the JSON rows of `service ps`, `node ps` and `service ls`.
 //!
 //! Encoded with postcard inside the Raft log and snapshots: externally tagged enums, no
-//! skipped or flattened fields; new enum variants and fields are only ever appended.
+//! skipped or flattened fields. New enum variants go at the end only; a field added to a
+//! struct breaks decoding of older log entries, so a changed record needs a new command
+//! variant and a migration (golden bytes in `formats.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};

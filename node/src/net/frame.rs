@@ -57,8 +57,9 @@ const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 
 /// Reads one frame written by [`write_frame`], returning its tag and message. A body longer
 /// than `max_len` bytes is refused before anything is allocated; an unknown version or an
-/// undecodable body is an error. Trailing bytes after the message are ignored (so messages can
-/// grow by appending fields).
+/// undecodable body is an error. Trailing bytes after the message are ignored, but postcard
+/// cannot decode a struct from bytes written before a field was added: a changed message
+/// needs a new enum variant or a new frame version (ARCHITECTURE.md, "Formats and upgrades").
 ///
 /// No deadline: this waits as long as the peer is silent, which is what a long-lived session
 /// stream (several frames, far apart) needs. Bound it with a timeout, or use

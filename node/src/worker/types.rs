@@ -1,7 +1,9 @@
 //! Wire types between the dispatcher (manager side) and the worker.
 //!
 //! All types are serde, postcard friendly (no untagged enums, no flattening, no skipped
-//! fields). New fields are only ever appended at the end of a struct.
+//! fields). postcard is not self-describing: a field added to a struct breaks decoding of
+//! older bytes, so a changed message gets a new enum variant (see `formats.rs`, the
+//! golden-bytes tests, and ARCHITECTURE.md "Formats and upgrades").
 
 use std::fmt;
 
