@@ -136,6 +136,17 @@ impl StateDir {
         Ok(())
     }
 
+    /// Whether any copy kept by `init --force-new-cluster` is in the directory.
+    pub fn has_force_new_cluster_copies(&self) -> bool {
+        std::fs::read_dir(&self.root).is_ok_and(|entries| {
+            entries.filter_map(|e| e.ok()).any(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(FORCE_NEW_CLUSTER_COPY_PREFIX))
+            })
+        })
+    }
+
     /// Deletes every copy kept by `init --force-new-cluster` (called once the new cluster
     /// has made a snapshot and applied entries beyond it: its state no longer depends on
     /// the old database). Returns what it deleted.

@@ -529,6 +529,11 @@ impl Daemon {
     /// the daemon). This value's drop still cleans up after it (shims, tasks,
     /// containers), and the test process's watchdog kills it if the test process dies.
     pub fn spawn(&self) -> Result<DaemonProcess> {
+        self.spawn_with_env(&[])
+    }
+
+    /// [`Daemon::spawn`] with extra environment variables (e.g. `DOCKER_HOST`).
+    pub fn spawn_with_env(&self, env: &[(&str, &str)]) -> Result<DaemonProcess> {
         reaper(&format!(
             "dir {} {}",
             self.watch_id,
@@ -554,6 +559,7 @@ impl Daemon {
                 "RUST_LOG",
                 std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -766,6 +772,20 @@ pub fn running_containers(cluster: &str, label: &str) -> Result<Vec<String>> {
         .split_whitespace()
         .map(String::from)
         .collect())
+}
+
+/// A tiny deterministic generator (xorshift64*), so a failing seed replays the same
+/// schedule of kills.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -42,17 +42,6 @@ use shoal_tests::{ClusterContainers, Daemon, docker_ready, node_status, start_cl
 const IMAGE: &str = shoal_tests::TEST_IMAGE;
 /// A marker argument of the process service's program, to find its processes.
 const PROC_MARK: &str = "86415";
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
 
 /// Kills the process service's programs (by pid) when dropped: the shims outlive daemons.
 struct Processes;
@@ -276,12 +265,12 @@ fn issue_15_kill_restart_run_leaves_no_duplicate() -> Result<()> {
         )
     })?;
 
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = shoal_tests::Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut stale: std::collections::BTreeMap<String, Instant> = Default::default();
     for round in 0..rounds {
-        let victim = (rng.next() % 6) as usize;
-        let down_ms = 200 + rng.next() % 2500;
-        let up_ms = 500 + rng.next() % 3000;
+        let victim = (rng.next_u64() % 6) as usize;
+        let down_ms = 200 + rng.next_u64() % 2500;
+        let up_ms = 500 + rng.next_u64() % 3000;
         let d = if victim < 3 {
             &mut ms[victim]
         } else {
@@ -441,68 +430,28 @@ impl Drop for SlowEngine {
     }
 }
 
-/// A daemon process this test started itself (with its own environment); killed (its
-/// process group) and reaped when dropped.
-struct OwnDaemon(Option<Child>);
+/// A daemon process this test started itself, with its own environment (killed when
+/// dropped).
+struct OwnDaemon(shoal_tests::DaemonProcess);
 
 impl OwnDaemon {
     /// Starts `d`'s daemon (same state dir, socket, address, name, flags) with `DOCKER_HOST`
     /// set to `docker`, and waits until its API answers.
     fn start(d: &Daemon, docker: &Path) -> Result<OwnDaemon> {
-        let log_path = d
-            .state_dir
-            .parent()
-            .map(|p| p.join("daemon.log"))
-            .unwrap_or_else(|| PathBuf::from("/dev/null"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
-        let mut cmd = Command::new(shoal_tests::shoal_bin());
-        cmd.arg("daemon")
-            .arg("--state-dir")
-            .arg(&d.state_dir)
-            .arg("--socket")
-            .arg(&d.socket)
-            .arg("--listen-addr")
-            .arg(d.addr.to_string())
-            .arg("--hostname")
-            .arg(&d.name)
-            .args(&d.extra)
-            .env("DOCKER_HOST", format!("unix://{}", docker.display()))
-            .env(
-                "RUST_LOG",
-                std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut own = OwnDaemon(Some(cmd.spawn()?));
+        let host = format!("unix://{}", docker.display());
+        let mut own = OwnDaemon(d.spawn_with_env(&[("DOCKER_HOST", &host)])?);
         let socket = d.socket.clone();
         wait_for(
             "the restarted daemon's API",
             Duration::from_secs(30),
             || {
-                if let Some(status) = own.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                if let Some(status) = own.0.try_wait()? {
                     bail!("daemon exited with {status}");
                 }
                 Ok(UnixStream::connect(&socket).ok())
             },
         )?;
         Ok(own)
-    }
-}
-
-impl Drop for OwnDaemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let _ = child.wait();
-        }
     }
 }
 

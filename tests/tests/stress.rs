@@ -18,19 +18,6 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use shoal_tests::{start_cluster, wait_for};
 
-/// A tiny deterministic generator (xorshift64*), so a failing seed replays the same
-/// kill schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
 #[test]
 fn issue_7_stress_no_acknowledged_write_is_lost() -> Result<()> {
     let seed: u64 = std::env::var("SHOAL_STRESS_SEED")
@@ -94,13 +81,13 @@ fn issue_7_stress_no_acknowledged_write_is_lost() -> Result<()> {
                 .to_string())
         })
         .collect::<Result<_>>()?;
-    let mut rng = Rng(seed.max(1));
+    let mut rng = shoal_tests::Rng(seed.max(1));
     let started = Instant::now();
     let mut failovers = 0;
     for cycle in 0..cycles {
         let acked_before = acked.lock().unwrap_or_else(|e| e.into_inner()).len();
         // Two cycles in three kill the leader (as the managers themselves name it).
-        let kill_leader = !rng.next().is_multiple_of(3);
+        let kill_leader = !rng.next_u64().is_multiple_of(3);
         let victim = if kill_leader {
             wait_for(
                 &format!("cycle {cycle}: the managers agreeing on a leader"),
@@ -117,7 +104,7 @@ fn issue_7_stress_no_acknowledged_write_is_lost() -> Result<()> {
                 },
             )?
         } else {
-            (rng.next() % 3) as usize
+            (rng.next_u64() % 3) as usize
         };
         ms[victim].kill9();
         if kill_leader {

@@ -196,6 +196,10 @@ impl Node {
     /// Once the Raft of this manager has a snapshot and has applied entries beyond it, the
     /// copies `init --force-new-cluster` kept of an older database are no longer needed.
     fn drop_force_new_cluster_copies(&self, manager: &Manager) {
+        use std::sync::atomic::Ordering;
+        if !self.force_new_cluster_copies.load(Ordering::Relaxed) {
+            return;
+        }
         let (snapshot, applied) = {
             let m = manager.metrics();
             let m = m.borrow();
@@ -209,6 +213,8 @@ impl Node {
         }
         match self.state_dir.remove_force_new_cluster_copies() {
             Ok(removed) => {
+                self.force_new_cluster_copies
+                    .store(false, Ordering::Relaxed);
                 for path in removed {
                     info!(
                         "deleted {}: the new cluster has a snapshot and entries beyond it",

@@ -410,7 +410,8 @@ impl Node {
         }
         old.shutdown().await;
         let db = self.state_dir.raft_db();
-        // Kept (0600: it holds the CA key) until a later start prunes all but the newest.
+        // Kept (0600: it holds the CA key) until the new cluster has a snapshot and entries
+        // beyond it (`authz.rs`); each start also prunes all but the newest.
         let kept = db.with_file_name(format!(
             "{}{}",
             crate::state_dir::FORCE_NEW_CLUSTER_COPY_PREFIX,
@@ -418,6 +419,8 @@ impl Node {
         ));
         std::fs::rename(&db, &kept)
             .map_err(|e| ApiError::internal(format!("cannot move {} aside: {e}", db.display())))?;
+        self.force_new_cluster_copies
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = crate::state_dir::enforce_mode(&kept, 0o600, "file") {
             warn!("cannot set the mode of {} to 0600: {e}", kept.display());
         }

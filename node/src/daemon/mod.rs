@@ -115,6 +115,10 @@ pub struct Node {
     refusals: crate::trust::RefusalLog,
     /// Lifetime of the node certificates this node issues (as a manager).
     cert_expiry: Duration,
+    /// Whether copies kept by `init --force-new-cluster` may be in the state dir (checked
+    /// once at start, set when one is made, cleared once they are deleted), so the
+    /// manager's tick does not read the directory for nothing.
+    force_new_cluster_copies: std::sync::atomic::AtomicBool,
     /// Whether the worker may use Docker (not excluded by `--drivers`), whether or not the
     /// engine answered at start.
     docker_allowed: bool,
@@ -327,6 +331,9 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         .0,
         refusals: crate::trust::RefusalLog::default(),
         cert_expiry: opts.cert_expiry,
+        force_new_cluster_copies: std::sync::atomic::AtomicBool::new(
+            state_dir.has_force_new_cluster_copies(),
+        ),
         docker_allowed: opts
             .drivers
             .as_ref()
