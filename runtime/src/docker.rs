@@ -41,6 +41,13 @@ use crate::status::{
 
 /// The default engine socket.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// What `DockerDriver::create` found: a container it created, or the task's own container
+/// that already existed under the task's name.
+enum Created {
+    New(String),
+    Existing(String),
+}
+
 /// The default network name.
 pub const DEFAULT_NETWORK: &str = "shoal";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -627,20 +634,19 @@ impl Inner {
     async fn start(&self, spec: &TaskSpec) -> Result<TaskStatus, RuntimeError> {
         spec.validate()?;
         let docker = self.client().await?;
-        let id = match self.find(&spec.task_id).await {
-            Ok(id) => Some(id),
-            Err(RuntimeError::NotFound { .. }) => None,
-            Err(e) => return Err(e),
-        };
-        let id = match id {
-            Some(id) => {
+        // Create first: the common case is a new task, and a container list (what `find`
+        // does) waits behind every container the engine is starting at the moment, so ten
+        // concurrent starts would queue behind one another. A container of this task that
+        // already exists answers the create with 409 and is picked up by its name.
+        let id = match self.create(docker, spec).await? {
+            Created::New(id) => id,
+            Created::Existing(id) => {
                 let status = self.inspect_id(&id).await?;
                 if status.state != RunState::Created {
                     return Ok(status);
                 }
                 id
             }
-            None => self.create(docker, spec).await?,
         };
         let mut attempt = 0;
         loop {
@@ -671,14 +677,14 @@ impl Inner {
         self.inspect_id(&id).await
     }
 
-    async fn create(&self, docker: &Docker, spec: &TaskSpec) -> Result<String, RuntimeError> {
+    async fn create(&self, docker: &Docker, spec: &TaskSpec) -> Result<Created, RuntimeError> {
         let name = format!("{}.{}.{}", spec.service_name, spec.slot, spec.task_id);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         for attempt in 0..2 {
             let network = self.network().await?;
             let body = self.create_body(spec, &network);
             match docker.create_container(Some(options.clone()), body).await {
-                Ok(created) => return Ok(created.id),
+                Ok(created) => return Ok(Created::New(created.id)),
                 Err(e) if is_status(&e, 409) => {
                     // Same name: ours (a concurrent start) or someone else's.
                     let existing = docker
@@ -687,9 +693,11 @@ impl Inner {
                         .map_err(|e| self.err(format!("inspecting container {name}"), e))?;
                     let labels = existing.config.as_ref().and_then(|c| c.labels.as_ref());
                     if self.owns(labels, Some(&spec.task_id)) {
-                        return existing.id.ok_or_else(|| RuntimeError::Conflict {
-                            task_id: spec.task_id.clone(),
-                            reason: format!("container {name} has no id"),
+                        return existing.id.map(Created::Existing).ok_or_else(|| {
+                            RuntimeError::Conflict {
+                                task_id: spec.task_id.clone(),
+                                reason: format!("container {name} has no id"),
+                            }
                         });
                     }
                     return Err(RuntimeError::Conflict {

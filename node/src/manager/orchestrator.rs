@@ -127,6 +127,11 @@ async fn step(
     Ok((count, plan.next_wakeup))
 }
 
+/// True when the node table holds no node but the one with Raft ID `me`.
+fn alone_in(state: &ClusterState, me: u64) -> bool {
+    state.nodes.values().all(|n| n.raft_id == me)
+}
+
 /// Converts a scheduler wake-up (wall clock) into a monotonic deadline.
 fn wakeup_deadline(at: Timestamp) -> Instant {
     Instant::now() + Duration::from_millis(at.0.saturating_sub(now_ms()))
@@ -178,7 +183,11 @@ pub async fn run(
                     }
                 };
                 let now = Instant::now();
-                let past_grace = now >= since + config.grace;
+                // The grace period keeps a new leader from acting on node states it has not
+                // confirmed yet. A leader that is the only node has nothing to confirm (this
+                // is every cluster right after `init`): it acts at once.
+                let past_grace = now >= since + config.grace
+                    || manager.read_local(|s| alone_in(s, me));
                 let spaced = last_commit.is_none_or(|c| now >= c + config.min_interval);
                 let changed = applied != planned_at_applied;
                 let calm = busy < config.busy_passes || now >= due;
@@ -266,6 +275,18 @@ mod tests {
             created_at: 1,
             updated_at: 1,
         }
+    }
+
+    #[test]
+    fn only_a_leader_alone_in_the_node_table_skips_the_grace() {
+        let mut s = ClusterState::default();
+        let a = node("a");
+        let me = a.raft_id;
+        s.nodes.insert(a.id.clone(), a);
+        assert!(alone_in(&s, me));
+        let b = node("bb");
+        s.nodes.insert(b.id.clone(), b);
+        assert!(!alone_in(&s, me));
     }
 
     #[test]
