@@ -52,8 +52,9 @@ pub fn docker_required() -> bool {
 /// How often [`poll_until`] (and a [`Poll`] without [`Poll::every`]) looks.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-/// A bounded poll: what is awaited, how long at most, how often to look. Every wait of
-/// the cluster tests is one of these: polling with a deadline, never a bare sleep.
+/// A bounded poll: what is awaited, how long at most, how often to look. Every wait for a
+/// condition in the cluster tests is one of these: polling with a deadline, never a bare
+/// sleep.
 ///
 /// - [`Poll::until`] waits for a value (`check` returns `Ok(Some(value))`);
 /// - [`Poll::holds`] checks that a condition keeps holding for the whole period.
@@ -116,7 +117,8 @@ impl<'a> Poll<'a> {
         }
     }
 
-    /// Looks every `interval` instead (`Duration::ZERO`: back to back).
+    /// Looks every `interval` instead (`Duration::ZERO`: back to back), without backoff
+    /// (call [`Poll::backoff_to`] after this).
     pub fn every(self, interval: Duration) -> Poll<'a> {
         Poll {
             every: interval,
@@ -1007,6 +1009,91 @@ mod tests {
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(out.stdout, b"out\n");
         assert_eq!(out.stderr, b"err\n");
+    }
+
+    #[test]
+    fn poll_until_fails_after_its_timeout_with_the_last_observation() {
+        let start = Instant::now();
+        let mut looks = 0;
+        let err = Poll::new("a count that never comes", Duration::from_millis(200))
+            .every(Duration::from_millis(10))
+            .until(|| -> Result<Option<()>> {
+                looks += 1;
+                bail!("seen {looks}")
+            })
+            .expect_err("the condition never comes");
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            err.to_string(),
+            format!("timed out after 200ms waiting for a count that never comes: seen {looks}")
+        );
+        let err = poll_until("nothing", Duration::ZERO, || Ok(None::<()>)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "timed out after 0ns waiting for nothing: condition not met"
+        );
+        // Errors are observations: a later success still counts.
+        let mut n = 0;
+        let v = Poll::new("the third look", Duration::from_secs(5))
+            .every(Duration::ZERO)
+            .until(|| {
+                n += 1;
+                anyhow::ensure!(n >= 3, "look {n}");
+                Ok(Some(n))
+            })
+            .expect("the third look succeeds");
+        assert_eq!(v, 3);
+    }
+
+    #[test]
+    fn poll_backoff_doubles_the_pause_up_to_its_bound() {
+        let mut at = Vec::new();
+        let start = Instant::now();
+        let _ = Poll::new("six looks", Duration::from_secs(5))
+            .every(Duration::from_millis(10))
+            .backoff_to(Duration::from_millis(40))
+            .until(|| {
+                at.push(start.elapsed());
+                Ok((at.len() == 6).then_some(()))
+            });
+        let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        // Pauses of 10, 20, 40, 40, 40 ms (sleep may overshoot, never undershoot).
+        for (gap, min) in gaps.iter().zip([10, 20, 40, 40, 40]) {
+            assert!(*gap >= Duration::from_millis(min), "{gaps:?}");
+        }
+    }
+
+    #[test]
+    fn holds_checks_the_whole_period_and_fails_at_the_first_miss() {
+        let start = Instant::now();
+        let mut looks = 0;
+        Poll::new("always", Duration::from_millis(100))
+            .every(Duration::from_millis(10))
+            .holds(|| {
+                looks += 1;
+                Ok(())
+            })
+            .expect("it holds");
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        assert!(looks >= 2, "{looks} looks");
+
+        let mut looks = 0;
+        let err = Poll::new("fewer than 3 looks", Duration::from_secs(5))
+            .every(Duration::ZERO)
+            .holds(|| {
+                looks += 1;
+                anyhow::ensure!(looks < 3, "look {looks}");
+                Ok(())
+            })
+            .expect_err("the third look misses");
+        assert_eq!(looks, 3);
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("fewer than 3 looks stopped holding after ")
+                && text.ends_with(": look 3"),
+            "{text}"
+        );
     }
 
     #[test]

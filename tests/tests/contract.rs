@@ -296,9 +296,9 @@ fn cli_exit_code_2_on_usage_errors_1_on_runtime_errors() -> Result<()> {
     Ok(())
 }
 
-/// Issue 15: DESIGN §6 says that on a node without a Docker engine, `service create` without
-/// `--driver` uses the process driver and says so; with a Docker engine, Docker stays the
-/// default. Pins the fix: the default was Docker everywhere.
+/// Issue 15: on a node without a Docker engine, `service create` without `--driver` uses
+/// the process driver and says so (DESIGN §6); with a Docker engine, Docker stays the
+/// default. Pins the fix: the default used to be Docker even where there was no engine.
 #[test]
 fn issue_15_process_driver_is_the_default_without_docker() -> Result<()> {
     let mut d = Daemon::new("ct-nodock", "127.0.71.21:4747")?;

@@ -10,7 +10,8 @@ use shoal_tests::{Daemon, Poll, join_token, node_status, poll_until};
 
 /// Issue 5: join tokens (Docker's wording, stable until rotated, `--ttl`, tampering
 /// refused), joining over QUIC as a worker, live node status from gossip (`down` after a
-/// `kill -9`, `ready` again), `leave`, and `node rm` of a worker that is told and stays out.
+/// `kill -9`, `ready` again), `leave`, and `node rm` of a worker, which is told and stays
+/// out.
 #[test]
 fn join_tokens_status_leave_and_rm() -> Result<()> {
     let mut m = Daemon::new("m1", "127.0.5.1:4747")?;

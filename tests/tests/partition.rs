@@ -562,10 +562,10 @@ fn partition_minority_cannot_write_keeps_tasks_and_heals_without_duplicates() ->
     Ok(())
 }
 
-/// Issue 15: 3 managers + 2 workers, 5 process tasks. `kill -9` the leader: the new leader marks no
-/// live node down and moves none of the tasks on live nodes, through its grace period and
-/// past it. As a control, the dead leader is seen `down` and its tasks are replaced, so the
-/// polling does see such changes.
+/// Issue 15: 3 managers + 2 workers, 5 process tasks. `kill -9` the leader: the new leader
+/// marks no live node down and moves none of the tasks on live nodes, through its grace
+/// period and past it. As a control, the dead leader is seen `down` and its tasks are
+/// replaced, so the polling does see such changes.
 #[test]
 fn new_leader_marks_no_live_node_down_and_reschedules_nothing() -> Result<()> {
     const N: usize = 5;
@@ -699,10 +699,10 @@ fn new_leader_marks_no_live_node_down_and_reschedules_nothing() -> Result<()> {
     Ok(())
 }
 
-/// Issue 15: 1 manager + 2 workers, 4 process tasks on the workers. `kill -9` one worker's daemon
-/// (its shims and programs keep running), wait until its node is down and its tasks run
-/// elsewhere, then start it again: the old copies end `shutdown`, their programs stop, and
-/// exactly 4 tasks and 4 programs run from then on.
+/// Issue 15: 1 manager + 2 workers, 4 process tasks on the workers. `kill -9` one worker's
+/// daemon (its shims and programs keep running), wait until its node is down and its tasks
+/// run elsewhere, then start it again: the old copies end `shutdown`, their programs stop,
+/// and exactly 4 tasks and 4 programs run from then on.
 #[test]
 fn worker_restarted_while_down_gets_no_duplicate() -> Result<()> {
     const N: usize = 4;
