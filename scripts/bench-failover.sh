@@ -2,7 +2,7 @@
 # Leader failover, measured N times, with the median printed by this script (no figure
 # aggregated by hand). Two measurements:
 #   cluster    — real daemons: the leader of 3 `kill -9`ed → a write accepted again through a
-#                follower (test issue_6_three_managers_failover_and_quorum_loss, which prints
+#                follower (test three_managers_failover_and_quorum_loss, which prints
 #                "leader killed -> write accepted after X ms")
 #   in-process — three managers in one test process over real QUIC, the leader stopped
 #                (test manager::tests::three_managers_replicate_fail_over_then_lose_quorum, which prints
@@ -40,7 +40,7 @@ trap 'rm -f "$cluster" "$inproc"' EXIT
 
 for ((i = 1; i <= RUNS; i++)); do
     cargo nextest run --no-fail-fast -p shoal-tests --no-capture \
-        issue_6_three_managers_failover_and_quorum_loss 2>&1 |
+        three_managers_failover_and_quorum_loss 2>&1 |
         sed -n 's/.*leader killed -> write accepted after \([0-9]*\) ms.*/\1/p' >>"$cluster"
     cargo nextest run --no-fail-fast -p shoal --lib --no-capture \
         manager::tests::three_managers_replicate_fail_over_then_lose_quorum 2>&1 |

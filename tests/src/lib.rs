@@ -49,25 +49,153 @@ pub fn docker_required() -> bool {
     std::env::var("SHOAL_REQUIRE_DOCKER").is_ok_and(|v| v == "1")
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout`
-/// with `what` and the last error seen.
-pub fn wait_for<T>(
+/// How often [`poll_until`] (and a [`Poll`] without [`Poll::every`]) looks.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A bounded poll: what is awaited, how long at most, how often to look. Every wait for a
+/// condition in the cluster tests is one of these: polling with a deadline, never a bare
+/// sleep.
+///
+/// - [`Poll::until`] waits for a value (`check` returns `Ok(Some(value))`);
+/// - [`Poll::holds`] checks that a condition keeps holding for the whole period.
+///
+/// [`poll_until`] is the short form of the first with the default interval.
+///
+/// ```
+/// use std::time::Duration;
+/// use shoal_tests::{Poll, poll_until};
+///
+/// let mut n = 0;
+/// let three = poll_until("n to reach 3", Duration::from_secs(5), || {
+///     n += 1;
+///     Ok((n >= 3).then_some(n))
+/// })?;
+/// assert_eq!(three, 3);
+///
+/// // An error is an observation, not the end: the wait goes on, and the message of a
+/// // wait that timed out says what was awaited and what was seen last.
+/// let err = Poll::new("a value that never comes", Duration::from_millis(100))
+///     .every(Duration::from_millis(10))
+///     .until(|| -> anyhow::Result<Option<()>> { anyhow::bail!("saw 41") })
+///     .unwrap_err();
+/// assert_eq!(
+///     err.to_string(),
+///     "timed out after 100ms waiting for a value that never comes: saw 41"
+/// );
+///
+/// // A condition that must keep holding fails at its first miss.
+/// let mut left = 3;
+/// let err = Poll::new("left above 0", Duration::from_secs(5))
+///     .every(Duration::ZERO)
+///     .holds(|| {
+///         left -= 1;
+///         anyhow::ensure!(left > 0, "left is {left}");
+///         Ok(())
+///     })
+///     .unwrap_err();
+/// assert!(format!("{err:#}").ends_with("left is 0"), "{err:#}");
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+#[must_use = "a Poll does nothing until `until` or `holds` is called"]
+pub struct Poll<'a> {
+    what: &'a str,
+    timeout: Duration,
+    every: Duration,
+    at_most: Duration,
+}
+
+impl<'a> Poll<'a> {
+    /// A poll for `what` (said in the failure message: "waiting for {what}", or "{what}
+    /// stopped holding") that lasts `timeout`, looking every [`POLL_INTERVAL`].
+    pub fn new(what: &'a str, timeout: Duration) -> Poll<'a> {
+        Poll {
+            what,
+            timeout,
+            every: POLL_INTERVAL,
+            at_most: POLL_INTERVAL,
+        }
+    }
+
+    /// Looks every `interval` instead (`Duration::ZERO`: back to back), without backoff
+    /// (call [`Poll::backoff_to`] after this).
+    pub fn every(self, interval: Duration) -> Poll<'a> {
+        Poll {
+            every: interval,
+            at_most: interval,
+            ..self
+        }
+    }
+
+    /// Doubles the pause after each look, from the interval up to `max`: quick to see a
+    /// fast event, cheap while waiting for a slow one.
+    pub fn backoff_to(self, max: Duration) -> Poll<'a> {
+        Poll {
+            at_most: max.max(self.every),
+            ..self
+        }
+    }
+
+    /// Calls `check` until it returns `Ok(Some(value))` and returns that value. `Ok(None)`
+    /// means "not yet"; so does an error, which is also what was seen (a CLI call refused
+    /// during an election, a count that is still wrong: `bail!` with what you saw). The
+    /// first look is at once and one is made at or past the deadline; when that one does
+    /// not succeed either, fails with "timed out after {timeout} waiting for {what}: "
+    /// and the last error (or "condition not met").
+    pub fn until<T>(self, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+        let deadline = Instant::now() + self.timeout;
+        let mut pause = self.every;
+        loop {
+            let last = match check() {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => "condition not met".to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "timed out after {:?} waiting for {}: {last}",
+                    self.timeout,
+                    self.what
+                );
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(self.at_most);
+        }
+    }
+
+    /// Checks that `check` keeps passing for the whole timeout: the first look at once,
+    /// the last at or past the end. Fails at the first error, with it as the cause of
+    /// "{what} stopped holding after {elapsed} of {timeout}".
+    pub fn holds(self, mut check: impl FnMut() -> Result<()>) -> Result<()> {
+        let start = Instant::now();
+        let end = start + self.timeout;
+        let mut pause = self.every;
+        loop {
+            check().with_context(|| {
+                format!(
+                    "{} stopped holding after {:?} of {:?}",
+                    self.what,
+                    start.elapsed(),
+                    self.timeout
+                )
+            })?;
+            if Instant::now() >= end {
+                return Ok(());
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(self.at_most);
+        }
+    }
+}
+
+/// Polls `check` every [`POLL_INTERVAL`] until it returns `Ok(Some(value))`, for at most
+/// `timeout`; fails with `what` and the last observation. See [`Poll::until`].
+pub fn poll_until<T>(
     what: &str,
     timeout: Duration,
-    mut check: impl FnMut() -> Result<Option<T>>,
+    check: impl FnMut() -> Result<Option<T>>,
 ) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match check() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => "condition not met".to_string(),
-            Err(e) => format!("{e:#}"),
-        };
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}: {last}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    Poll::new(what, timeout).until(check)
 }
 
 /// How long one CLI call ([`Daemon::cli`]) may take before it is killed and fails.
@@ -114,18 +242,17 @@ pub fn output_within(cmd: &mut Command, deadline: Duration) -> Result<Output> {
     let stderr = child.stderr.take().map(read_to_end_in_thread);
     // The child stays ours (unreaped) until `try_wait` sees it exit, so killing it on
     // time-out can never hit a reused pid.
-    let mut pause = Duration::from_millis(1);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= end {
+    let exited = Poll::new(&what, deadline)
+        .every(Duration::from_millis(1))
+        .backoff_to(Duration::from_millis(20))
+        .until(|| Ok(child.try_wait().transpose()));
+    let status = match exited {
+        Ok(status) => status?,
+        Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
             bail!("`{what}` did not finish within {deadline:?}: killed it");
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
     };
     // A grandchild may hold the pipes open: do not wait for them past the deadline.
     let collect = |rx: Option<mpsc::Receiver<Vec<u8>>>| -> Result<Vec<u8>> {
@@ -361,26 +488,26 @@ fn remove_containers(filter: &str) {
 /// on it (then its owner's drop does this): every shim and task with its process group,
 /// then the containers labelled with the state dir's node ID.
 fn clean_up_state_dir(state_dir: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (daemons, others) = processes_of(state_dir);
-        if !daemons.is_empty() {
-            return;
-        }
-        if others.is_empty() {
-            break;
-        }
-        if Instant::now() >= deadline {
-            eprintln!(
-                "warning: processes of {} survived SIGKILL for 5 s: {others:?}",
-                state_dir.display()
-            );
-            break;
-        }
-        for pid in others {
-            kill_with_group(pid);
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let what = format!("the processes of {} to die of SIGKILL", state_dir.display());
+    let cleared = Poll::new(&what, Duration::from_secs(5))
+        .every(Duration::from_millis(20))
+        .until(|| {
+            let (daemons, others) = processes_of(state_dir);
+            if !daemons.is_empty() {
+                return Ok(Some(false));
+            }
+            if others.is_empty() {
+                return Ok(Some(true));
+            }
+            for pid in &others {
+                kill_with_group(*pid);
+            }
+            bail!("still running: {others:?}")
+        });
+    match cleared {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => eprintln!("warning: {e:#}"),
     }
     if let Some(node) = node_id_of(state_dir) {
         ledger(&format!("node {node}"));
@@ -430,16 +557,27 @@ impl DaemonProcess {
 
     /// Waits up to `timeout` for the daemon to exit by itself.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(Some(status));
-            }
-            if Instant::now() >= end {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let child = &mut self.child;
+        let exited = Poll::new("the daemon to exit", timeout)
+            .every(Duration::from_millis(20))
+            .until(|| Ok(child.try_wait().transpose()));
+        // The check never fails: an error is the timeout.
+        match exited {
+            Ok(status) => Ok(Some(status?)),
+            Err(_) => Ok(None),
         }
+    }
+
+    /// Waits up to `timeout` until the daemon's API answers on `socket`; fails (with the
+    /// daemon's log) when it does not, e.g. because the daemon exited.
+    pub fn wait_for_api(&mut self, what: &str, socket: &Path, timeout: Duration) -> Result<()> {
+        poll_until(what, timeout, || {
+            if let Some(status) = self.child.try_wait().ok().flatten() {
+                bail!("daemon exited with {status}: {}", log_tail(&self.log));
+            }
+            Ok(std::os::unix::net::UnixStream::connect(socket).ok())
+        })
+        .map(drop)
     }
 
     /// Waits for a daemon that must exit by itself (a refused start, say), up to
@@ -505,19 +643,8 @@ impl Daemon {
 
     /// Starts the daemon and waits until its API answers.
     pub fn start(&mut self) -> Result<()> {
-        let child = self.spawn()?;
-        self.child = Some(child);
-        let socket = self.socket.clone();
-        wait_for("the daemon's API", Duration::from_secs(20), || {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!("daemon exited with {status}: {}", self.log_tail());
-            }
-            Ok(std::os::unix::net::UnixStream::connect(&socket).ok())
-        })?;
+        let child = self.child.insert(self.spawn()?);
+        child.wait_for_api("the daemon's API", &self.socket, Duration::from_secs(20))?;
         if let Some(node) = node_id_of(&self.state_dir) {
             reaper(&format!("node {} {node}", self.watch_id));
             ledger(&format!("node {node}"));
@@ -600,6 +727,11 @@ impl Daemon {
     /// The last lines of the daemon's log, for failure messages.
     pub fn log_tail(&self) -> String {
         log_tail(&self.log)
+    }
+
+    /// The daemon's whole log (every start of it), empty when there is none.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Runs `shoal -H unix://SOCKET args...`; a call that has not ended within
@@ -774,6 +906,75 @@ pub fn running_containers(cluster: &str, label: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Running containers of one task of `cluster` (by its `shoal.task` label).
+pub fn task_containers(cluster: &str, task: &str) -> Result<Vec<String>> {
+    running_containers(cluster, &format!("shoal.task={task}"))
+}
+
+/// The rows of `service ps SERVICE` on `d`.
+pub fn tasks(d: &Daemon, service: &str) -> Result<Vec<Value>> {
+    Ok(d.json(&["service", "ps", service])?
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// The current join token for `role` (`worker` or `manager`), from `m`.
+pub fn join_token(m: &Daemon, role: &str) -> Result<String> {
+    Ok(m.ok(&["join-token", "-q", role])?.trim().to_string())
+}
+
+/// Runs a command on `d` that must fail and must end within `deadline` (a hung command is
+/// killed and fails the test); returns its stderr and how long it took.
+pub fn fails_within(d: &Daemon, args: &[&str], deadline: Duration) -> Result<(String, Duration)> {
+    let start = Instant::now();
+    let out = d.cli_within(args, deadline)?;
+    let took = start.elapsed();
+    anyhow::ensure!(
+        !out.status.success(),
+        "`shoal {}` on {} succeeded but should have failed",
+        args.join(" "),
+        d.name
+    );
+    Ok((String::from_utf8_lossy(&out.stderr).into_owned(), took))
+}
+
+/// Every pid in `/proc`.
+pub fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect()
+}
+
+/// The command line of `pid` (its arguments, empty ones left out), while it exists.
+pub fn cmdline(pid: i32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+/// The start time (clock ticks after boot) of a live, non-zombie process: with the pid,
+/// it names one process, never a later one that reuses the pid.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the parenthesised command name (which may hold spaces): state, …, starttime
+    // (field 22).
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    if state == 'Z' || state == 'X' {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
 /// A tiny deterministic generator (xorshift64*), so a failing seed replays the same
 /// schedule of kills.
 pub struct Rng(pub u64);
@@ -808,6 +1009,91 @@ mod tests {
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(out.stdout, b"out\n");
         assert_eq!(out.stderr, b"err\n");
+    }
+
+    #[test]
+    fn poll_until_fails_after_its_timeout_with_the_last_observation() {
+        let start = Instant::now();
+        let mut looks = 0;
+        let err = Poll::new("a count that never comes", Duration::from_millis(200))
+            .every(Duration::from_millis(10))
+            .until(|| -> Result<Option<()>> {
+                looks += 1;
+                bail!("seen {looks}")
+            })
+            .expect_err("the condition never comes");
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            err.to_string(),
+            format!("timed out after 200ms waiting for a count that never comes: seen {looks}")
+        );
+        let err = poll_until("nothing", Duration::ZERO, || Ok(None::<()>)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "timed out after 0ns waiting for nothing: condition not met"
+        );
+        // Errors are observations: a later success still counts.
+        let mut n = 0;
+        let v = Poll::new("the third look", Duration::from_secs(5))
+            .every(Duration::ZERO)
+            .until(|| {
+                n += 1;
+                anyhow::ensure!(n >= 3, "look {n}");
+                Ok(Some(n))
+            })
+            .expect("the third look succeeds");
+        assert_eq!(v, 3);
+    }
+
+    #[test]
+    fn poll_backoff_doubles_the_pause_up_to_its_bound() {
+        let mut at = Vec::new();
+        let start = Instant::now();
+        let _ = Poll::new("six looks", Duration::from_secs(5))
+            .every(Duration::from_millis(10))
+            .backoff_to(Duration::from_millis(40))
+            .until(|| {
+                at.push(start.elapsed());
+                Ok((at.len() == 6).then_some(()))
+            });
+        let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        // Pauses of 10, 20, 40, 40, 40 ms (sleep may overshoot, never undershoot).
+        for (gap, min) in gaps.iter().zip([10, 20, 40, 40, 40]) {
+            assert!(*gap >= Duration::from_millis(min), "{gaps:?}");
+        }
+    }
+
+    #[test]
+    fn holds_checks_the_whole_period_and_fails_at_the_first_miss() {
+        let start = Instant::now();
+        let mut looks = 0;
+        Poll::new("always", Duration::from_millis(100))
+            .every(Duration::from_millis(10))
+            .holds(|| {
+                looks += 1;
+                Ok(())
+            })
+            .expect("it holds");
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        assert!(looks >= 2, "{looks} looks");
+
+        let mut looks = 0;
+        let err = Poll::new("fewer than 3 looks", Duration::from_secs(5))
+            .every(Duration::ZERO)
+            .holds(|| {
+                looks += 1;
+                anyhow::ensure!(looks < 3, "look {looks}");
+                Ok(())
+            })
+            .expect_err("the third look misses");
+        assert_eq!(looks, 3);
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("fewer than 3 looks stopped holding after ")
+                && text.ends_with(": look 3"),
+            "{text}"
+        );
     }
 
     #[test]

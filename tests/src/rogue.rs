@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use shoal::pki::{CLUSTER_SAN, ClusterCa, NodeKey};
 
-use crate::Daemon;
+use crate::{Daemon, Poll};
 
 /// How long a request may go unanswered before it counts as refused.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -517,7 +517,7 @@ impl<'a> Attacks<'a> {
     /// Takes the baseline once the cluster is steady (the same view for [`SETTLED_FOR`]).
     pub fn new(test: &str, observer: &'a Daemon, daemons: Vec<&'a Daemon>) -> Result<Attacks<'a>> {
         let mut last: Option<(ClusterView, Instant)> = None;
-        let baseline = crate::wait_for("a steady cluster view", Duration::from_secs(30), || {
+        let baseline = crate::poll_until("a steady cluster view", Duration::from_secs(30), || {
             let now = ClusterView::capture(observer, &daemons)?;
             match &last {
                 Some((v, since)) if *v == now => {
@@ -575,24 +575,26 @@ impl<'a> Attacks<'a> {
     /// still differs after [`SETTLE_TIMEOUT`], records the difference against `attack`
     /// and takes the new state as the baseline for the next attack.
     pub fn check_unchanged(&mut self, attack: &str) -> bool {
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
         let mut equal_since: Option<Instant> = None;
-        let mut last: Result<ClusterView, String>;
-        loop {
-            last = ClusterView::capture(self.observer, &self.daemons).map_err(|e| format!("{e:#}"));
-            match &last {
-                Ok(v) if *v == self.baseline => {
-                    let since = *equal_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= SETTLED_FOR {
-                        return true;
+        let mut last: Result<ClusterView, String> = Err("not looked yet".into());
+        let settled = Poll::new("the cluster view back to its baseline", SETTLE_TIMEOUT)
+            .every(Duration::from_millis(200))
+            .until(|| {
+                last = ClusterView::capture(self.observer, &self.daemons)
+                    .map_err(|e| format!("{e:#}"));
+                match &last {
+                    Ok(v) if *v == self.baseline => {
+                        let since = *equal_since.get_or_insert_with(Instant::now);
+                        Ok((since.elapsed() >= SETTLED_FOR).then_some(()))
+                    }
+                    _ => {
+                        equal_since = None;
+                        Ok(None)
                     }
                 }
-                _ => equal_since = None,
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
+            });
+        if settled.is_ok() {
+            return true;
         }
         match last {
             Ok(after) => {
@@ -675,13 +677,6 @@ impl TaskReaper {
     }
 }
 
-fn start_ticks(pid: i64) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22, counted after the parenthesised command name (which may hold spaces).
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 fn status_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -712,8 +707,8 @@ impl Drop for TaskReaper {
                 continue;
             };
             let same = |pid: &Value, ticks: &Value| -> Option<i32> {
-                let pid = pid.as_i64()?;
-                (start_ticks(pid)? == ticks.as_u64()?).then_some(i32::try_from(pid).ok()?)
+                let pid = i32::try_from(pid.as_i64()?).ok()?;
+                (crate::start_ticks(pid)? == ticks.as_u64()?).then_some(pid)
             };
             if let Some(pid) = same(&status["pid"], &status["pid_start_ticks"]) {
                 // The program leads its own process group.

@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use shoal_tests::{Daemon, wait_for};
+use shoal_tests::{Daemon, poll_until};
 
 /// Issue 2: a daemon you can talk to, a state-dir lock, and the CLI's no-daemon error.
 #[test]
-fn issue_2_daemon_info_lock_and_no_daemon_error() -> Result<()> {
+fn daemon_info_lock_and_no_daemon_error() -> Result<()> {
     let mut d = Daemon::new("solo", "127.0.2.1:4747")?;
     d.start()?;
     let info = d.json(&["info"])?;
@@ -66,7 +66,7 @@ fn issue_2_daemon_info_lock_and_no_daemon_error() -> Result<()> {
 
 /// Issue 2: a corrupt key file is refused, named, and never overwritten.
 #[test]
-fn issue_2_corrupt_key_is_refused_and_kept() -> Result<()> {
+fn corrupt_key_is_refused_and_kept() -> Result<()> {
     let mut d = Daemon::new("corrupt", "127.0.2.3:4747")?;
     std::fs::create_dir_all(&d.state_dir)?;
     let key = d.state_dir.join("node.key");
@@ -94,7 +94,7 @@ fn leader_of(d: &Daemon) -> Result<Option<String>> {
 
 /// Issue 3: a cluster of one on durable Raft: init, node ls, survive kill -9, leave.
 #[test]
-fn issue_3_cluster_of_one_survives_kill_and_leaves() -> Result<()> {
+fn cluster_of_one_survives_kill_and_leaves() -> Result<()> {
     let mut d = Daemon::new("alpha", "127.0.3.1:4747")?;
     d.start()?;
     assert_eq!(d.json(&["info"])?["cluster"], "inactive");
@@ -159,7 +159,7 @@ fn issue_3_cluster_of_one_survives_kill_and_leaves() -> Result<()> {
     d.kill9();
     let started = Instant::now();
     d.start()?;
-    let leader = wait_for("a leader after restart", Duration::from_secs(10), || {
+    let leader = poll_until("a leader after restart", Duration::from_secs(10), || {
         leader_of(&d)
     })?;
     eprintln!("restart to leader: {} ms", started.elapsed().as_millis());
@@ -186,7 +186,7 @@ fn issue_3_cluster_of_one_survives_kill_and_leaves() -> Result<()> {
 
 /// Issue 3: a corrupt raft.redb is named and the daemon refuses to start; the file is kept.
 #[test]
-fn issue_3_corrupt_raft_db_refuses_to_start() -> Result<()> {
+fn corrupt_raft_db_refuses_to_start() -> Result<()> {
     let mut d = Daemon::new("beta", "127.0.3.2:4747")?;
     d.start()?;
     d.ok(&["init"])?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use serde_json::Value;
-use shoal_tests::{Daemon, shoal_bin, start_cluster, wait_for};
+use shoal_tests::{Daemon, poll_until, shoal_bin, start_cluster, tasks};
 
 /// The node table as (hostname, id, role, status, availability, manager status), sorted.
 fn table(d: &Daemon) -> Result<Vec<[String; 6]>> {
@@ -67,8 +67,9 @@ fn runtime_error(what: &str, out: &Output) -> Result<String> {
     Ok(lines[0].to_string())
 }
 
-/// `node rm` refuses to remove the current node and a manager, with and without `--force`,
-/// by hostname and by ID, on the leader and through a follower; nothing changes.
+/// Issue 15: `node rm` refuses to remove the current node and a manager, with and without
+/// `--force`, by hostname and by ID, on the leader and through a follower; nothing changes.
+/// Pins the fix: forwarded by a follower, "the current node" was judged as the leader.
 #[test]
 fn issue_15_node_rm_refuses_a_manager_and_the_current_node() -> Result<()> {
     let (ms, ws) = start_cluster("ct-", 71, 3, 1)?;
@@ -78,7 +79,7 @@ fn issue_15_node_rm_refuses_a_manager_and_the_current_node() -> Result<()> {
             && rows.iter().filter(|r| r[5] == "leader").count() == 1
             && rows.iter().filter(|r| r[5] == "reachable").count() == 2
     };
-    let before = wait_for("4 ready nodes, 3 managers", Duration::from_secs(30), || {
+    let before = poll_until("4 ready nodes, 3 managers", Duration::from_secs(30), || {
         let rows = table(&ms[0])?;
         Ok(settled(&rows).then_some(rows))
     })?;
@@ -174,10 +175,10 @@ fn issue_15_node_rm_refuses_a_manager_and_the_current_node() -> Result<()> {
     Ok(())
 }
 
-/// Usage errors (clap) exit 2 and print nothing on stdout; runtime errors exit 1 with one
-/// `Error: …` line on stderr.
+/// Issue 15: usage errors (clap) exit 2 and print nothing on stdout; runtime errors exit 1
+/// with one `Error: …` line on stderr.
 #[test]
-fn issue_15_cli_exit_code_2_on_usage_errors_1_on_runtime_errors() -> Result<()> {
+fn cli_exit_code_2_on_usage_errors_1_on_runtime_errors() -> Result<()> {
     let mut d = Daemon::new("ct-solo", "127.0.71.11:4747")?;
     d.start()?;
     let sock = format!("unix://{}", d.socket.display());
@@ -295,8 +296,9 @@ fn issue_15_cli_exit_code_2_on_usage_errors_1_on_runtime_errors() -> Result<()> 
     Ok(())
 }
 
-/// DESIGN §6: on a node without a Docker engine, `service create` without `--driver` uses the
-/// process driver and says so; with a Docker engine, Docker stays the default.
+/// Issue 15: on a node without a Docker engine, `service create` without `--driver` uses
+/// the process driver and says so (DESIGN §6); with a Docker engine, Docker stays the
+/// default. Pins the fix: the default used to be Docker even where there was no engine.
 #[test]
 fn issue_15_process_driver_is_the_default_without_docker() -> Result<()> {
     let mut d = Daemon::new("ct-nodock", "127.0.71.21:4747")?;
@@ -326,11 +328,10 @@ fn issue_15_process_driver_is_the_default_without_docker() -> Result<()> {
         .unwrap_or(&svc)
         .clone();
     ensure!(svc["driver"] == "process", "{svc}");
-    wait_for("the process task running", Duration::from_secs(20), || {
-        let ts = d.json(&["service", "ps", "plain"])?;
-        Ok(ts
-            .as_array()
-            .is_some_and(|a| a.iter().any(|t| t["state"] == "running"))
+    poll_until("the process task running", Duration::from_secs(20), || {
+        Ok(tasks(&d, "plain")?
+            .iter()
+            .any(|t| t["state"] == "running")
             .then_some(()))
     })?;
     d.ok(&["service", "rm", "plain"])?;

@@ -36,8 +36,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use serde_json::Value;
-use shoal_tests::{ClusterContainers, Daemon, docker_ready, node_status, start_cluster, wait_for};
+use shoal_tests::{
+    ClusterContainers, Daemon, Poll, docker_ready, join_token, node_status, poll_until,
+    start_cluster, task_containers, tasks,
+};
 
 const IMAGE: &str = shoal_tests::TEST_IMAGE;
 /// A marker argument of the process service's program, to find its processes.
@@ -90,13 +92,6 @@ fn any_manager(ms: &[Daemon]) -> Result<&Daemon> {
     bail!("no manager answers")
 }
 
-fn tasks(d: &Daemon, service: &str) -> Result<Vec<Value>> {
-    Ok(d.json(&["service", "ps", service])?
-        .as_array()
-        .cloned()
-        .unwrap_or_default())
-}
-
 fn running_ids(d: &Daemon, service: &str) -> Result<BTreeSet<String>> {
     Ok(tasks(d, service)?
         .iter()
@@ -139,13 +134,6 @@ fn all_ready(d: &Daemon) -> Result<bool> {
         .is_some_and(|a| a.len() == 6 && a.iter().all(|n| n["status"] == "ready")))
 }
 
-fn log_of(d: &Daemon) -> String {
-    d.state_dir
-        .parent()
-        .and_then(|p| std::fs::read_to_string(p.join("daemon.log")).ok())
-        .unwrap_or_default()
-}
-
 /// Polls for `period`: a running `web` container whose task is not desired running must be
 /// gone within 30 s of being first seen.
 fn watch(
@@ -155,64 +143,74 @@ fn watch(
     stale: &mut std::collections::BTreeMap<String, Instant>,
     period: Duration,
 ) -> Result<()> {
-    let end = Instant::now() + period;
-    loop {
-        if let Ok(m) = any_manager(ms)
-            && let Ok(all) = tasks(m, "web")
-        {
-            let containers = web_containers(cluster)?;
-            let mut now_stale = BTreeSet::new();
-            for (t, node, status) in &containers {
-                let row = all.iter().find(|r| r["id"] == t.as_str());
-                let wanted = row.is_some_and(|r| {
-                    r["desired_state"] == "running"
-                        && !matches!(
-                            r["state"].as_str(),
-                            Some("orphaned" | "shutdown" | "failed" | "complete" | "rejected")
-                        )
-                });
-                if wanted {
-                    continue;
-                }
-                now_stale.insert(t.clone());
-                let first = *stale.entry(t.clone()).or_insert_with(Instant::now);
-                if first.elapsed() > Duration::from_secs(30) {
-                    let mut msg = format!(
-                        "container of task {t} on node {node} ({status}) still runs {} s after \
-                         its task stopped being wanted: {row:?}\n",
-                        first.elapsed().as_secs()
-                    );
-                    for d in ms.iter().chain(ws.iter()) {
-                        let log = log_of(d);
-                        let lines: Vec<&str> =
-                            log.lines().filter(|l| l.contains(t.as_str())).collect();
-                        if !lines.is_empty() {
-                            msg.push_str(&format!("--- {} ---\n{}\n", d.name, lines.join("\n")));
-                        }
-                        let _ = std::fs::write(format!("/tmp/issue15-{}.log", d.name), log);
-                    }
-                    let _ = std::fs::write("/tmp/issue15-dup-report.txt", &msg);
-                    bail!("{msg}");
-                }
-            }
-            stale.retain(|t, first| {
-                let keep = now_stale.contains(t);
-                if !keep && first.elapsed() > Duration::from_secs(5) {
-                    eprintln!(
-                        "stale container of task {t} lived {} ms",
-                        first.elapsed().as_millis()
-                    );
-                }
-                keep
-            });
-        }
-        if Instant::now() >= end {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    Poll::new("no stale web container older than 30 s", period)
+        .every(Duration::from_millis(500))
+        .holds(|| check_stale(ms, ws, cluster, stale))
 }
 
+/// One look of [`watch`]: records when each stale `web` container was first seen, fails
+/// for one seen more than 30 s ago.
+fn check_stale(
+    ms: &[Daemon],
+    ws: &[Daemon],
+    cluster: &str,
+    stale: &mut std::collections::BTreeMap<String, Instant>,
+) -> Result<()> {
+    if let Ok(m) = any_manager(ms)
+        && let Ok(all) = tasks(m, "web")
+    {
+        let containers = web_containers(cluster)?;
+        let mut now_stale = BTreeSet::new();
+        for (t, node, status) in &containers {
+            let row = all.iter().find(|r| r["id"] == t.as_str());
+            let wanted = row.is_some_and(|r| {
+                r["desired_state"] == "running"
+                    && !matches!(
+                        r["state"].as_str(),
+                        Some("orphaned" | "shutdown" | "failed" | "complete" | "rejected")
+                    )
+            });
+            if wanted {
+                continue;
+            }
+            now_stale.insert(t.clone());
+            let first = *stale.entry(t.clone()).or_insert_with(Instant::now);
+            if first.elapsed() > Duration::from_secs(30) {
+                let mut msg = format!(
+                    "container of task {t} on node {node} ({status}) still runs {} s after \
+                     its task stopped being wanted: {row:?}\n",
+                    first.elapsed().as_secs()
+                );
+                for d in ms.iter().chain(ws.iter()) {
+                    let log = d.log();
+                    let lines: Vec<&str> = log.lines().filter(|l| l.contains(t.as_str())).collect();
+                    if !lines.is_empty() {
+                        msg.push_str(&format!("--- {} ---\n{}\n", d.name, lines.join("\n")));
+                    }
+                    let _ = std::fs::write(format!("/tmp/issue15-{}.log", d.name), log);
+                }
+                let _ = std::fs::write("/tmp/issue15-dup-report.txt", &msg);
+                bail!("{msg}");
+            }
+        }
+        stale.retain(|t, first| {
+            let keep = now_stale.contains(t);
+            if !keep && first.elapsed() > Duration::from_secs(5) {
+                eprintln!(
+                    "stale container of task {t} lived {} ms",
+                    first.elapsed().as_millis()
+                );
+            }
+            keep
+        });
+    }
+    Ok(())
+}
+
+/// Issue 15 (item 7): the kill/restart run that found the duplicate — daemons `kill -9`ed
+/// and restarted at random while a Docker and a process service run; no `web` container
+/// outlives its task by more than 30 s, and once all is back exactly 3 containers and 6
+/// programs run.
 #[test]
 fn issue_15_kill_restart_run_leaves_no_duplicate() -> Result<()> {
     if !docker_ready()? {
@@ -258,7 +256,7 @@ fn issue_15_kill_restart_run_leaves_no_duplicate() -> Result<()> {
         "/bin/sleep",
         PROC_MARK,
     ])?;
-    wait_for("3/3 and 6/6", Duration::from_secs(60), || {
+    poll_until("3/3 and 6/6", Duration::from_secs(60), || {
         Ok(
             (running_ids(&ms[0], "web")?.len() == 3 && running_ids(&ms[0], "procs")?.len() == 6)
                 .then_some(()),
@@ -285,14 +283,14 @@ fn issue_15_kill_restart_run_leaves_no_duplicate() -> Result<()> {
     watch(&ms, &ws, &cluster, &mut stale, Duration::from_secs(5))?;
 
     for d in ms.iter().chain(ws.iter()) {
-        let log = log_of(d);
+        let log = d.log();
         let n = log.matches("docker driver unavailable").count();
         if n > 0 {
             eprintln!("{}: started {n} time(s) without the docker driver", d.name);
         }
     }
     let converged = Instant::now();
-    wait_for("all ready, 3/3 and 6/6", Duration::from_secs(120), || {
+    poll_until("all ready, 3/3 and 6/6", Duration::from_secs(120), || {
         let Ok(m) = any_manager(&ms) else {
             return Ok(None);
         };
@@ -323,7 +321,7 @@ fn issue_15_kill_restart_run_leaves_no_duplicate() -> Result<()> {
             let row = all.iter().find(|r| r["id"] == t.as_str());
             msg.push_str(&format!("task {t} on node {node}: {row:?}\n"));
             for d in ms.iter().chain(ws.iter()) {
-                let log = log_of(d);
+                let log = d.log();
                 let lines: Vec<&str> = log.lines().filter(|l| l.contains(t.as_str())).collect();
                 if !lines.is_empty() {
                     msg.push_str(&format!("--- {} ---\n{}\n", d.name, lines.join("\n")));
@@ -332,7 +330,7 @@ fn issue_15_kill_restart_run_leaves_no_duplicate() -> Result<()> {
         }
         let _ = std::fs::write("/tmp/issue15-dup-report.txt", &msg);
         for d in ms.iter().chain(ws.iter()) {
-            let _ = std::fs::write(format!("/tmp/issue15-{}.log", d.name), log_of(d));
+            let _ = std::fs::write(format!("/tmp/issue15-{}.log", d.name), d.log());
         }
         bail!("duplicate after the kill/restart run:\n{msg}");
     }
@@ -440,26 +438,18 @@ impl OwnDaemon {
     fn start(d: &Daemon, docker: &Path) -> Result<OwnDaemon> {
         let host = format!("unix://{}", docker.display());
         let mut own = OwnDaemon(d.spawn_with_env(&[("DOCKER_HOST", &host)])?);
-        let socket = d.socket.clone();
-        wait_for(
+        own.0.wait_for_api(
             "the restarted daemon's API",
+            &d.socket,
             Duration::from_secs(30),
-            || {
-                if let Some(status) = own.0.try_wait()? {
-                    bail!("daemon exited with {status}");
-                }
-                Ok(UnixStream::connect(&socket).ok())
-            },
         )?;
         Ok(own)
     }
 }
 
-/// Running containers of one task.
-fn task_containers(cluster: &str, task: &str) -> Result<Vec<String>> {
-    shoal_tests::running_containers(cluster, &format!("shoal.task={task}"))
-}
-
+/// Issue 15 (item 7), replayed deterministically: a node restarted while the Docker engine
+/// is too slow for its start-up probe still stops its orphaned container once it has its
+/// full assignment set.
 #[test]
 fn issue_15_a_restart_while_docker_is_slow_still_stops_the_orphaned_copy() -> Result<()> {
     if !docker_ready()? {
@@ -479,7 +469,7 @@ fn issue_15_a_restart_while_docker_is_slow_still_stops_the_orphaned_copy() -> Re
         .unwrap_or_default()
         .to_string();
     let _containers = ClusterContainers(cluster.clone());
-    let token = m.ok(&["join-token", "-q", "worker"])?.trim().to_string();
+    let token = join_token(&m, "worker")?;
     a.ok(&["join", "--token", &token])?;
     b.ok(&["join", "--token", &token])?;
     m.ok(&[
@@ -496,7 +486,7 @@ fn issue_15_a_restart_while_docker_is_slow_still_stops_the_orphaned_copy() -> Re
         "sleep",
         "100000",
     ])?;
-    let (task, host) = wait_for("web running", Duration::from_secs(60), || {
+    let (task, host) = poll_until("web running", Duration::from_secs(60), || {
         Ok(tasks(&m, "web")?
             .iter()
             .find(|t| t["desired_state"] == "running" && t["state"] == "running")
@@ -513,7 +503,7 @@ fn issue_15_a_restart_while_docker_is_slow_still_stops_the_orphaned_copy() -> Re
     // The node dies; the leader orphans its task and runs a replacement on the other
     // worker. Docker keeps the copy running.
     victim.kill9();
-    wait_for(
+    poll_until(
         "the task orphaned and replaced",
         Duration::from_secs(60),
         || {
@@ -538,28 +528,30 @@ fn issue_15_a_restart_while_docker_is_slow_still_stops_the_orphaned_copy() -> Re
     // It restarts while the engine does not answer: its probe gives up (5 s), and only
     // then does the engine answer again.
     let engine = SlowEngine::start()?;
-    let sessions_before = log_of(victim)
+    let sessions_before = victim
+        .log()
         .matches("worker session to the leader established")
         .count();
-    let unavailable_before = log_of(victim).matches("docker driver unavailable").count();
+    let unavailable_before = victim.log().matches("docker driver unavailable").count();
     let _restarted = OwnDaemon::start(victim, &engine.path)?;
-    wait_for(
+    poll_until(
         "the restarted node to give up on the engine",
         Duration::from_secs(30),
         || {
             Ok(
-                (log_of(victim).matches("docker driver unavailable").count() > unavailable_before)
+                (victim.log().matches("docker driver unavailable").count() > unavailable_before)
                     .then_some(()),
             )
         },
     )?;
     engine.answer();
     let name = victim.name.clone();
-    wait_for(
+    poll_until(
         "the node ready with its full assignment set",
         Duration::from_secs(60),
         || {
-            let session = log_of(victim)
+            let session = victim
+                .log()
                 .matches("worker session to the leader established")
                 .count()
                 > sessions_before;
@@ -568,11 +560,11 @@ fn issue_15_a_restart_while_docker_is_slow_still_stops_the_orphaned_copy() -> Re
     )?;
     // Once the node has its full set, the orphaned copy is stopped (a resync interval and
     // the stop grace period at most), and the manager hears it.
-    let stopped = wait_for("the orphaned copy stopped", Duration::from_secs(40), || {
+    let stopped = poll_until("the orphaned copy stopped", Duration::from_secs(40), || {
         Ok(task_containers(&cluster, &task)?.is_empty().then_some(()))
     });
     if let Err(e) = stopped {
-        let log = log_of(victim);
+        let log = victim.log();
         let lines: Vec<&str> = log
             .lines()
             .filter(|l| l.contains("docker") || l.contains(task.as_str()))
@@ -584,7 +576,7 @@ fn issue_15_a_restart_while_docker_is_slow_still_stops_the_orphaned_copy() -> Re
             lines.join("\n")
         );
     }
-    wait_for(
+    poll_until(
         "the orphaned task reported shut down",
         Duration::from_secs(20),
         || {

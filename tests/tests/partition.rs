@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
-use shoal_tests::{Daemon, shoal_bin, start_cluster, wait_for};
+use shoal_tests::{
+    Daemon, Poll, all_pids, cmdline, fails_within, poll_until, start_cluster, start_ticks, tasks,
+};
 
 /// The program of every task: `/bin/sleep MARKER`.
 const PROGRAM: &str = "/bin/sleep";
@@ -29,37 +31,6 @@ const PROGRAM: &str = "/bin/sleep";
 /// A marker argument unique to this test process (a number, so `sleep` accepts it).
 fn marker(base: &str) -> String {
     format!("{base}{}", std::process::id())
-}
-
-fn cmdline(pid: i32) -> Option<Vec<String>> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(
-        raw.split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect(),
-    )
-}
-
-fn all_pids() -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
-        .collect()
-}
-
-/// The start time (clock ticks after boot) of a live, non-zombie process.
-fn start_ticks(pid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    if state == 'Z' || state == 'X' {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
 }
 
 /// The same process (pid and start time) is still alive.
@@ -339,13 +310,6 @@ impl Drop for Partition {
     }
 }
 
-fn tasks(d: &Daemon, service: &str) -> Result<Vec<Value>> {
-    Ok(d.json(&["service", "ps", service])?
-        .as_array()
-        .cloned()
-        .unwrap_or_default())
-}
-
 /// Running tasks of a service (desired and observed): task ID -> node hostname.
 fn running(d: &Daemon, service: &str) -> Result<BTreeMap<String, String>> {
     Ok(tasks(d, service)?
@@ -367,7 +331,7 @@ fn statuses(d: &Daemon) -> Result<BTreeMap<String, String>> {
 
 /// Waits until `node ls` on `d` shows `n` nodes, all ready (so a new service spreads).
 fn wait_all_ready(d: &Daemon, n: usize) -> Result<()> {
-    wait_for(&format!("{n} ready nodes"), Duration::from_secs(30), || {
+    poll_until(&format!("{n} ready nodes"), Duration::from_secs(30), || {
         let st = statuses(d)?;
         ensure!(
             st.len() == n && st.values().all(|s| s == "ready"),
@@ -412,57 +376,12 @@ fn create_service(
     d.ok(&args).map(drop)
 }
 
-/// Runs a command on `d` that must fail and must end within `deadline` (a hung command is
-/// killed and fails the test); returns its stderr and how long it took.
-fn fails_within(d: &Daemon, args: &[&str], deadline: Duration) -> Result<(String, Duration)> {
-    let start = Instant::now();
-    let mut child = Command::new(shoal_bin())
-        .arg("-H")
-        .arg(format!("unix://{}", d.socket.display()))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let waited = wait_for(
-        &format!("`shoal {}` on {} to end", args.join(" "), d.name),
-        deadline,
-        || Ok(child.try_wait()?),
-    );
-    let status = match waited {
-        Ok(status) => status,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-    };
-    let took = start.elapsed();
-    let out = child.wait_with_output()?;
-    ensure!(
-        !status.success(),
-        "`shoal {}` on {} succeeded but should have failed",
-        args.join(" "),
-        d.name
-    );
-    Ok((String::from_utf8_lossy(&out.stderr).into_owned(), took))
-}
-
-/// Checks, for `hold`, once a second, that `check` keeps passing.
-fn holds(what: &str, hold: Duration, mut check: impl FnMut() -> Result<()>) -> Result<()> {
-    let end = Instant::now() + hold;
-    while Instant::now() < end {
-        check().with_context(|| format!("while checking that {what} holds"))?;
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    Ok(())
-}
-
-/// 3 managers + 2 workers, 6 process tasks. The leader and one worker are cut off from
-/// the other two managers and worker.
+/// Issue 15: 3 managers + 2 workers, 6 process tasks. The leader and one worker are cut
+/// off from the other two managers and worker: the minority cannot write (the quorum
+/// error, never a hang), the majority elects and serves, the minority's tasks keep running,
+/// and after healing one leader, 6 tasks and 6 programs run, for good.
 #[test]
-fn issue_15_partition_minority_cannot_write_keeps_tasks_and_heals_without_duplicates() -> Result<()>
-{
+fn partition_minority_cannot_write_keeps_tasks_and_heals_without_duplicates() -> Result<()> {
     const N: usize = 6;
     let mark = marker("7070");
     let mut cleanup = Cleanup::new(&mark);
@@ -472,7 +391,7 @@ fn issue_15_partition_minority_cannot_write_keeps_tasks_and_heals_without_duplic
     let all: Vec<&Daemon> = ms.iter().chain(&ws).collect();
     wait_all_ready(&ms[0], 5)?;
     create_service(&ms[0], "part", N, &mark, &[])?;
-    wait_for(
+    poll_until(
         "6 running tasks and 6 live programs",
         Duration::from_secs(60),
         || {
@@ -523,7 +442,7 @@ fn issue_15_partition_minority_cannot_write_keeps_tasks_and_heals_without_duplic
     );
 
     // The majority elects one of its managers and serves writes.
-    let new_leader = wait_for(
+    let new_leader = poll_until(
         "a leader on the majority side",
         Duration::from_secs(30),
         || {
@@ -540,7 +459,7 @@ fn issue_15_partition_minority_cannot_write_keeps_tasks_and_heals_without_duplic
     )?;
     eprintln!("the majority elected {new_leader}");
     let writer = majority_ms[0];
-    wait_for(
+    poll_until(
         "a write on the majority side",
         Duration::from_secs(30),
         || {
@@ -552,7 +471,7 @@ fn issue_15_partition_minority_cannot_write_keeps_tasks_and_heals_without_duplic
         },
     )?;
     // It marks the minority's nodes down and runs N tasks on its own nodes.
-    wait_for(
+    poll_until(
         "the majority to mark the minority down and run 6 tasks on its own nodes",
         Duration::from_secs(60),
         || {
@@ -625,7 +544,7 @@ fn issue_15_partition_minority_cannot_write_keeps_tasks_and_heals_without_duplic
         );
         Ok(())
     };
-    wait_for(
+    poll_until(
         "the cluster to converge after healing",
         Duration::from_secs(90),
         || check().map(Some),
@@ -634,20 +553,21 @@ fn issue_15_partition_minority_cannot_write_keeps_tasks_and_heals_without_duplic
         "converged {} ms after healing",
         converged.elapsed().as_millis()
     );
-    holds(
+    Poll::new(
         "one leader, 6 running tasks, 6 live programs",
         Duration::from_secs(10),
-        check,
-    )?;
+    )
+    .every(Duration::from_secs(1))
+    .holds(check)?;
     Ok(())
 }
 
-/// 3 managers + 2 workers, 5 process tasks. `kill -9` the leader: the new leader marks no
-/// live node down and moves none of the tasks on live nodes, through its grace period and
-/// past it. As a control, the dead leader is seen `down` and its tasks are replaced, so the
-/// polling does see such changes.
+/// Issue 15: 3 managers + 2 workers, 5 process tasks. `kill -9` the leader: the new leader
+/// marks no live node down and moves none of the tasks on live nodes, through its grace
+/// period and past it. As a control, the dead leader is seen `down` and its tasks are
+/// replaced, so the polling does see such changes.
 #[test]
-fn issue_15_new_leader_marks_no_live_node_down_and_reschedules_nothing() -> Result<()> {
+fn new_leader_marks_no_live_node_down_and_reschedules_nothing() -> Result<()> {
     const N: usize = 5;
     let mark = marker("7072");
     let mut cleanup = Cleanup::new(&mark);
@@ -657,7 +577,7 @@ fn issue_15_new_leader_marks_no_live_node_down_and_reschedules_nothing() -> Resu
     create_service(&ms[0], "grace", N, &mark, &[])?;
     {
         let all: Vec<&Daemon> = ms.iter().chain(&ws).collect();
-        wait_for(
+        poll_until(
             "5 running tasks and 5 live programs",
             Duration::from_secs(60),
             || {
@@ -710,59 +630,57 @@ fn issue_15_new_leader_marks_no_live_node_down_and_reschedules_nothing() -> Resu
     let mut dead_down = false;
     let mut replaced = moved.is_empty();
     let mut polls = 0;
-    let deadline = Instant::now() + Duration::from_secs(90);
     // Poll through the election, the grace period, and 8 s past it.
-    loop {
-        ensure!(
-            Instant::now() < deadline,
-            "no new leader that marked {dead} down and replaced its tasks in 90 s \
-             (leader {new_leader:?}, {dead} down: {dead_down}, replaced: {replaced})"
-        );
-        for m in &survivors {
-            let (Ok(st), Ok(l), Ok(run)) = (statuses(m), leaders(m), running(m, "grace")) else {
-                continue;
-            };
-            polls += 1;
-            for (node, status) in &st {
-                if *node != dead && status != "ready" {
-                    violations.insert(format!("{} showed {node} {status}", m.name));
+    let awaited = format!("a new leader that marked {dead} down and replaced its tasks");
+    Poll::new(&awaited, Duration::from_secs(90))
+        .every(Duration::from_millis(100))
+        .until(|| {
+            for m in &survivors {
+                let (Ok(st), Ok(l), Ok(run)) = (statuses(m), leaders(m), running(m, "grace"))
+                else {
+                    continue;
+                };
+                polls += 1;
+                for (node, status) in &st {
+                    if *node != dead && status != "ready" {
+                        violations.insert(format!("{} showed {node} {status}", m.name));
+                    }
                 }
+                dead_down |= st.get(&dead).is_some_and(|s| s == "down");
+                if new_leader.is_none()
+                    && let [l] = l.as_slice()
+                    && *l != dead
+                {
+                    eprintln!("{l} leads (seen on {})", m.name);
+                    new_leader = Some((l.clone(), Instant::now()));
+                }
+                for (id, node) in &kept {
+                    if run.get(id) != Some(node) {
+                        violations.insert(format!(
+                            "{} showed task {id} (running on {node} before) as {}",
+                            m.name,
+                            tasks(m, "grace")
+                                .ok()
+                                .and_then(|t| t.into_iter().find(|t| t["id"] == id.as_str()))
+                                .map_or("gone".into(), |t| format!(
+                                    "{} (desired {}) on {}",
+                                    t["state"], t["desired_state"], t["node"]
+                                ))
+                        ));
+                    }
+                }
+                replaced |= run.len() == N && moved.iter().all(|id| !run.contains_key(id));
             }
-            dead_down |= st.get(&dead).is_some_and(|s| s == "down");
-            if new_leader.is_none()
-                && let [l] = l.as_slice()
-                && *l != dead
+            if new_leader
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() >= Duration::from_secs(8))
+                && dead_down
+                && replaced
             {
-                eprintln!("{l} leads (seen on {})", m.name);
-                new_leader = Some((l.clone(), Instant::now()));
+                return Ok(Some(()));
             }
-            for (id, node) in &kept {
-                if run.get(id) != Some(node) {
-                    violations.insert(format!(
-                        "{} showed task {id} (running on {node} before) as {}",
-                        m.name,
-                        tasks(m, "grace")
-                            .ok()
-                            .and_then(|t| t.into_iter().find(|t| t["id"] == id.as_str()))
-                            .map_or("gone".into(), |t| format!(
-                                "{} (desired {}) on {}",
-                                t["state"], t["desired_state"], t["node"]
-                            ))
-                    ));
-                }
-            }
-            replaced |= run.len() == N && moved.iter().all(|id| !run.contains_key(id));
-        }
-        if new_leader
-            .as_ref()
-            .is_some_and(|(_, at)| at.elapsed() >= Duration::from_secs(8))
-            && dead_down
-            && replaced
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+            bail!("leader {new_leader:?}, {dead} down: {dead_down}, replaced: {replaced}")
+        })?;
     eprintln!("{polls} polls; {dead} seen down, its tasks {moved:?} replaced");
     ensure!(violations.is_empty(), "after the failover: {violations:#?}");
     let after = running(survivors[0], "grace")?;
@@ -781,12 +699,12 @@ fn issue_15_new_leader_marks_no_live_node_down_and_reschedules_nothing() -> Resu
     Ok(())
 }
 
-/// 1 manager + 2 workers, 4 process tasks on the workers. `kill -9` one worker's daemon
-/// (its shims and programs keep running), wait until its node is down and its tasks run
-/// elsewhere, then start it again: the old copies end `shutdown`, their programs stop, and
-/// exactly 4 tasks and 4 programs run from then on.
+/// Issue 15: 1 manager + 2 workers, 4 process tasks on the workers. `kill -9` one worker's
+/// daemon (its shims and programs keep running), wait until its node is down and its tasks
+/// run elsewhere, then start it again: the old copies end `shutdown`, their programs stop,
+/// and exactly 4 tasks and 4 programs run from then on.
 #[test]
-fn issue_15_worker_restarted_while_down_gets_no_duplicate() -> Result<()> {
+fn worker_restarted_while_down_gets_no_duplicate() -> Result<()> {
     const N: usize = 4;
     let mark = marker("7073");
     let mut cleanup = Cleanup::new(&mark);
@@ -799,7 +717,7 @@ fn issue_15_worker_restarted_while_down_gets_no_duplicate() -> Result<()> {
         let all: Vec<&Daemon> = ms.iter().chain(ws).collect();
         live_everywhere(&all, &mark)
     };
-    wait_for(
+    poll_until(
         "4 running tasks and 4 live programs",
         Duration::from_secs(60),
         || Ok((running(m, "back")?.len() == N && all_live(&ws)?.len() == N).then_some(())),
@@ -817,7 +735,7 @@ fn issue_15_worker_restarted_while_down_gets_no_duplicate() -> Result<()> {
     for (id, p) in &old {
         ensure!(alive(*p), "task {id}'s program died with its daemon");
     }
-    wait_for(
+    poll_until(
         "the worker down and 4 tasks running elsewhere",
         Duration::from_secs(60),
         || {
@@ -835,7 +753,7 @@ fn issue_15_worker_restarted_while_down_gets_no_duplicate() -> Result<()> {
 
     ws[0].start()?;
     let back = Instant::now();
-    wait_for(
+    poll_until(
         "the worker back, its old copies shut down, 4 running tasks and 4 programs",
         Duration::from_secs(60),
         || {
@@ -881,10 +799,9 @@ fn issue_15_worker_restarted_while_down_gets_no_duplicate() -> Result<()> {
         "old copies stopped {} ms after the restart",
         back.elapsed().as_millis()
     );
-    holds(
-        "4 running tasks and 4 programs",
-        Duration::from_secs(12),
-        || {
+    Poll::new("4 running tasks and 4 programs", Duration::from_secs(12))
+        .every(Duration::from_secs(1))
+        .holds(|| {
             let run = running(m, "back")?;
             let live = all_live(&ws)?;
             let pids = marker_pids(&mark);
@@ -893,7 +810,6 @@ fn issue_15_worker_restarted_while_down_gets_no_duplicate() -> Result<()> {
                 "running {run:?}, live {live:?}, programs {pids:?}"
             );
             Ok(())
-        },
-    )?;
+        })?;
     Ok(())
 }

@@ -7,16 +7,15 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::Value;
-use shoal_tests::{ClusterContainers, Daemon, docker_ready, wait_for};
+use shoal_tests::{ClusterContainers, Daemon, docker_ready, join_token, poll_until, tasks};
 
 const IMAGE: &str = shoal_tests::TEST_IMAGE;
 
 /// Running tasks per node hostname, and the pending reasons.
 fn placement(m: &Daemon, service: &str) -> Result<(BTreeMap<String, usize>, Vec<String>)> {
-    let tasks = m.json(&["service", "ps", service])?;
     let mut on = BTreeMap::new();
     let mut pending = Vec::new();
-    for t in tasks.as_array().into_iter().flatten() {
+    for t in &tasks(m, service)? {
         if t["desired_state"] != "running" {
             continue;
         }
@@ -41,8 +40,12 @@ fn node_field(m: &Daemon, host: &str, field: &str) -> Result<Value> {
         .unwrap_or(Value::Null))
 }
 
+/// Issue 11: on real Docker, label constraints are honoured (tasks wait pending with the
+/// reason while no node fits, and are placed once one does), a bad constraint is refused,
+/// drain moves tasks off a node, and a global service runs one task on every eligible node,
+/// following joins, availability and the drivers a node offers.
 #[test]
-fn issue_11_labels_constraints_drain_and_global() -> Result<()> {
+fn labels_constraints_drain_and_global() -> Result<()> {
     if !docker_ready()? {
         return Ok(());
     }
@@ -58,7 +61,7 @@ fn issue_11_labels_constraints_drain_and_global() -> Result<()> {
         .unwrap_or_default()
         .to_string();
     let _cleanup = ClusterContainers(cluster);
-    let t = m.ok(&["join-token", "-q", "worker"])?.trim().to_string();
+    let t = join_token(&m, "worker")?;
     a.ok(&["join", "--token", &t])?;
     b.ok(&["join", "--token", &t])?;
 
@@ -97,7 +100,7 @@ fn issue_11_labels_constraints_drain_and_global() -> Result<()> {
 
     // Removing the label: the tasks cannot stay; none fits, so they wait pending with why.
     m.ok(&["node", "update", "--label-rm", "zone", "pl-a"])?;
-    wait_for(
+    poll_until(
         "attic tasks pending with a reason",
         Duration::from_secs(30),
         || {
@@ -110,7 +113,7 @@ fn issue_11_labels_constraints_drain_and_global() -> Result<()> {
     )?;
     // Placed again as soon as a node qualifies.
     m.ok(&["node", "update", "--label-add", "zone=attic", "pl-b"])?;
-    wait_for("attic tasks on pl-b", Duration::from_secs(30), || {
+    poll_until("attic tasks on pl-b", Duration::from_secs(30), || {
         let (on, _) = placement(&m, "attic")?;
         Ok((on.get("pl-b") == Some(&2)).then_some(()))
     })?;
@@ -129,7 +132,7 @@ fn issue_11_labels_constraints_drain_and_global() -> Result<()> {
     ])?;
     m.ok(&["node", "update", "--availability", "drain", "pl-b"])?;
     assert_eq!(node_field(&m, "pl-b", "availability")?, "drain");
-    wait_for(
+    poll_until(
         "nothing on the drained node",
         Duration::from_secs(30),
         || {
@@ -155,7 +158,7 @@ fn issue_11_labels_constraints_drain_and_global() -> Result<()> {
     assert_eq!(on.len(), 2, "{on:?}");
     assert!(!on.contains_key("pl-b"), "{on:?}");
     m.ok(&["node", "update", "--availability", "active", "pl-b"])?;
-    wait_for("a global task on pl-b", Duration::from_secs(30), || {
+    poll_until("a global task on pl-b", Duration::from_secs(30), || {
         let (on, _) = placement(&m, "everywhere")?;
         Ok((on.len() == 3).then_some(()))
     })?;
@@ -173,7 +176,7 @@ fn issue_11_labels_constraints_drain_and_global() -> Result<()> {
         node_field(&m, "pl-c", "drivers")?,
         serde_json::json!(["process"])
     );
-    wait_for(
+    poll_until(
         "a global task on the late node",
         Duration::from_secs(30),
         || {
@@ -188,7 +191,7 @@ fn issue_11_labels_constraints_drain_and_global() -> Result<()> {
     c.kill9();
     c.extra.clear();
     c.start()?;
-    wait_for(
+    poll_until(
         "pl-c reports docker and gets a global task",
         Duration::from_secs(30),
         || {

@@ -3,31 +3,21 @@
 //!
 //! Address block: 127.0.12.x.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use serde_json::Value;
-use shoal_tests::{Daemon, wait_for};
-
-fn tasks(m: &Daemon, service: &str) -> Result<Vec<Value>> {
-    Ok(m.json(&["service", "ps", service])?
-        .as_array()
-        .cloned()
-        .unwrap_or_default())
-}
+use shoal_tests::{Daemon, Poll, all_pids, cmdline, join_token, poll_until, tasks};
 
 /// Pids of `/bin/sleep ARG` processes whose working directory is under one of `dirs`.
 fn task_pids(arg: &str, dirs: &[&std::path::PathBuf]) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+    all_pids()
+        .into_iter()
         .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let is_sleep = args.first().is_some_and(|a| a.ends_with(b"sleep"))
-                && args.get(1).is_some_and(|a| *a == arg.as_bytes());
+            let is_sleep = cmdline(*pid).is_some_and(|args| {
+                args.first().is_some_and(|a| a.ends_with("sleep"))
+                    && args.get(1).is_some_and(|a| a == arg)
+            });
             let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
             is_sleep && dirs.iter().any(|d| cwd.starts_with(d))
         })
@@ -38,18 +28,12 @@ fn count(ts: &[Value], state: &str) -> usize {
     ts.iter().filter(|t| t["state"] == state).count()
 }
 
-/// Checks `cond` keeps holding for `period` (polling), to show that nothing more happens.
-fn stays(what: &str, period: Duration, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
-    let end = Instant::now() + period;
-    while Instant::now() < end {
-        anyhow::ensure!(cond()?, "{what} stopped holding");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
-}
-
+/// Issue 11: with the process driver, max replicas per node and a reservation no node
+/// fits leave tasks pending with the reason, a role constraint is honoured, restart
+/// policies (none, on-failure with a limit, no restart of a completed task) stop where they
+/// should, and a killed task's process is replaced.
 #[test]
-fn issue_11_limits_reservations_restart_policies_and_process_driver() -> Result<()> {
+fn limits_reservations_restart_policies_and_process_driver() -> Result<()> {
     let mut m = Daemon::new("po-m", "127.0.12.1:4747")?;
     let mut a = Daemon::new("po-a", "127.0.12.2:4747")?;
     let mut b = Daemon::new("po-b", "127.0.12.3:4747")?;
@@ -57,7 +41,7 @@ fn issue_11_limits_reservations_restart_policies_and_process_driver() -> Result<
     a.start()?;
     b.start()?;
     m.ok(&["init"])?;
-    let t = m.ok(&["join-token", "-q", "worker"])?.trim().to_string();
+    let t = join_token(&m, "worker")?;
     a.ok(&["join", "--token", &t])?;
 
     // Max replicas per node: 3 replicas on 2 nodes → one pending with the reason,
@@ -77,7 +61,7 @@ fn issue_11_limits_reservations_restart_policies_and_process_driver() -> Result<
         "/bin/sleep",
         "3600",
     ])?;
-    wait_for("2 running, 1 pending", Duration::from_secs(20), || {
+    poll_until("2 running, 1 pending", Duration::from_secs(20), || {
         let ts = tasks(&m, "one-each")?;
         Ok((count(&ts, "running") == 2 && count(&ts, "pending") == 1).then_some(ts))
     })
@@ -94,7 +78,7 @@ fn issue_11_limits_reservations_restart_policies_and_process_driver() -> Result<
         );
     })?;
     b.ok(&["join", "--token", &t])?;
-    wait_for(
+    poll_until(
         "3 running once a node joins",
         Duration::from_secs(20),
         || Ok((count(&tasks(&m, "one-each")?, "running") == 3).then_some(())),
@@ -114,7 +98,7 @@ fn issue_11_limits_reservations_restart_policies_and_process_driver() -> Result<
         "/bin/sleep",
         "3600",
     ])?;
-    wait_for("huge pending on memory", Duration::from_secs(20), || {
+    poll_until("huge pending on memory", Duration::from_secs(20), || {
         let ts = tasks(&m, "huge")?;
         Ok(ts
             .iter()
@@ -161,13 +145,17 @@ fn issue_11_limits_reservations_restart_policies_and_process_driver() -> Result<
         "-c",
         "exit 3",
     ])?;
-    wait_for("the single attempt failed", Duration::from_secs(20), || {
+    poll_until("the single attempt failed", Duration::from_secs(20), || {
         let ts = tasks(&m, "once")?;
         Ok((ts.len() == 1 && ts[0]["state"] == "failed" && ts[0]["exit_code"] == 3).then_some(()))
     })?;
-    stays("a single attempt", Duration::from_secs(2), || {
-        Ok(tasks(&m, "once")?.len() == 1)
-    })?;
+    Poll::new("a single attempt", Duration::from_secs(2))
+        .every(Duration::from_millis(100))
+        .holds(|| {
+            let ts = tasks(&m, "once")?;
+            ensure!(ts.len() == 1, "{} tasks: {ts:?}", ts.len());
+            Ok(())
+        })?;
 
     // on-failure with at most 2 restarts: three attempts, all failed, then nothing more.
     m.ok(&[
@@ -188,13 +176,17 @@ fn issue_11_limits_reservations_restart_policies_and_process_driver() -> Result<
         "-c",
         "exit 4",
     ])?;
-    wait_for("three failed attempts", Duration::from_secs(30), || {
+    poll_until("three failed attempts", Duration::from_secs(30), || {
         let ts = tasks(&m, "twice")?;
         Ok((ts.len() == 3 && count(&ts, "failed") == 3).then_some(()))
     })?;
-    stays("three attempts", Duration::from_secs(2), || {
-        Ok(tasks(&m, "twice")?.len() == 3)
-    })?;
+    Poll::new("three attempts", Duration::from_secs(2))
+        .every(Duration::from_millis(100))
+        .holds(|| {
+            let ts = tasks(&m, "twice")?;
+            ensure!(ts.len() == 3, "{} tasks: {ts:?}", ts.len());
+            Ok(())
+        })?;
 
     // on-failure does not restart a task that completed.
     m.ok(&[
@@ -213,13 +205,17 @@ fn issue_11_limits_reservations_restart_policies_and_process_driver() -> Result<
         "-c",
         "exit 0",
     ])?;
-    wait_for("complete", Duration::from_secs(20), || {
+    poll_until("complete", Duration::from_secs(20), || {
         let ts = tasks(&m, "done")?;
         Ok((ts.len() == 1 && ts[0]["state"] == "complete").then_some(()))
     })?;
-    stays("one complete task", Duration::from_secs(1), || {
-        Ok(tasks(&m, "done")?.len() == 1)
-    })?;
+    Poll::new("one complete task", Duration::from_secs(1))
+        .every(Duration::from_millis(100))
+        .holds(|| {
+            let ts = tasks(&m, "done")?;
+            ensure!(ts.len() == 1, "{} tasks: {ts:?}", ts.len());
+            Ok(())
+        })?;
 
     // Process driver self-heals: kill its process, a new task replaces it.
     m.ok(&[
@@ -234,7 +230,7 @@ fn issue_11_limits_reservations_restart_policies_and_process_driver() -> Result<
         "/bin/sleep",
         "3607",
     ])?;
-    wait_for("the heal task running", Duration::from_secs(20), || {
+    poll_until("the heal task running", Duration::from_secs(20), || {
         Ok((count(&tasks(&m, "heal")?, "running") == 1).then_some(()))
     })?;
     // Only this test's task: `/bin/sleep 3607` running under one of its daemons' state dirs
@@ -246,7 +242,7 @@ fn issue_11_limits_reservations_restart_policies_and_process_driver() -> Result<
         nix::unistd::Pid::from_raw(victims[0]),
         nix::sys::signal::Signal::SIGKILL,
     )?;
-    wait_for("a replacement running", Duration::from_secs(20), || {
+    poll_until("a replacement running", Duration::from_secs(20), || {
         let ts = tasks(&m, "heal")?;
         Ok((count(&ts, "failed") == 1 && count(&ts, "running") == 1).then_some(()))
     })?;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde_json::Value;
-use shoal_tests::{Daemon, start_cluster, wait_for};
+use shoal_tests::{Daemon, join_token, poll_until, start_cluster};
 
 fn nodes(d: &Daemon) -> Result<Vec<Value>> {
     Ok(d.json(&["node", "ls"])?
@@ -25,7 +25,7 @@ fn all_ready_with_leader(d: &Daemon, n: usize) -> Result<Option<()>> {
 fn three_managers_and_a_worker(block: u8) -> Result<(Vec<Daemon>, Daemon)> {
     let (ms, mut ws) = start_cluster("", block, 3, 1)?;
     let w = ws.remove(0);
-    wait_for("a ready cluster", Duration::from_secs(20), || {
+    poll_until("a ready cluster", Duration::from_secs(20), || {
         all_ready_with_leader(&ms[0], 4)
     })?;
     Ok((ms, w))
@@ -53,8 +53,11 @@ fn leader_all_follow(ds: &[&Daemon]) -> Result<Option<String>> {
     Ok(seen)
 }
 
+/// Issue 7: a power cut (3 managers and a worker `kill -9`ed at once, restarted): every
+/// node follows one leader that shows all 4 ready, still past its grace period, and the
+/// state written before the cut (a label, a rotated token) is kept; writes work.
 #[test]
-fn issue_7_power_cut_everything_comes_back() -> Result<()> {
+fn power_cut_everything_comes_back() -> Result<()> {
     let (mut ms, mut w) = three_managers_and_a_worker(7)?;
     ms[0].ok(&["node", "update", "--label-add", "zone=attic", "w1"])?;
     let rotated = ms[1]
@@ -74,7 +77,7 @@ fn issue_7_power_cut_everything_comes_back() -> Result<()> {
     // Back: every daemon, asked itself, follows the same leader, and that leader's table
     // shows all four ready. (The table alone could be the one saved before the cut.)
     let all: Vec<&Daemon> = ms.iter().chain([&w]).collect();
-    wait_for(
+    poll_until(
         "every node following one leader that shows all 4 ready",
         Duration::from_secs(60),
         || {
@@ -99,7 +102,7 @@ fn issue_7_power_cut_everything_comes_back() -> Result<()> {
     // grace period (it would have marked a node that did not come back down by then), and
     // check every node is still ready, as that leader observed.
     let mut since: Option<(String, Instant)> = None;
-    let ns = wait_for(
+    let ns = poll_until(
         "one leader seen for longer than its grace period",
         Duration::from_secs(60),
         || {
@@ -143,8 +146,11 @@ fn issue_7_power_cut_everything_comes_back() -> Result<()> {
     Ok(())
 }
 
+/// Issue 7: a manager and a worker restarted on their state dirs at new addresses keep
+/// their node IDs, `node ls` shows the new addresses, and the moved manager counts in the
+/// quorum.
 #[test]
-fn issue_7_address_change_keeps_identity() -> Result<()> {
+fn address_change_keeps_identity() -> Result<()> {
     let (mut ms, mut w) = three_managers_and_a_worker(8)?;
     let m2_id = ms[1].json(&["info"])?["node_id"].clone();
     let w_id = w.json(&["info"])?["node_id"].clone();
@@ -159,7 +165,7 @@ fn issue_7_address_change_keeps_identity() -> Result<()> {
     w.addr = "127.0.8.14:4747".parse()?;
     w.extra = vec!["--advertise-addr".into(), "127.0.8.14:4747".into()];
     w.start()?;
-    wait_for("new addresses in node ls", Duration::from_secs(30), || {
+    poll_until("new addresses in node ls", Duration::from_secs(30), || {
         let ns = nodes(&ms[0])?;
         let m2 = ns
             .iter()
@@ -178,7 +184,7 @@ fn issue_7_address_change_keeps_identity() -> Result<()> {
     // The quorum works with the moved manager: kill the other two's leader... keep it
     // simple: stop m1 and write through m2 with m3.
     ms[0].kill9();
-    wait_for(
+    poll_until(
         "a write with the moved manager in the quorum",
         Duration::from_secs(20),
         || {
@@ -192,8 +198,11 @@ fn issue_7_address_change_keeps_identity() -> Result<()> {
     Ok(())
 }
 
+/// Issue 7: `init --force-new-cluster` (refused on a worker and on a node without state)
+/// recovers a cluster that lost its quorum for good, keeping its state; an old manager
+/// coming back is told to leave, and joins again only as a new node.
 #[test]
-fn issue_7_force_new_cluster_recovers_from_lost_quorum() -> Result<()> {
+fn force_new_cluster_recovers_from_lost_quorum() -> Result<()> {
     let (mut ms, w) = three_managers_and_a_worker(9)?;
     // Refused where it makes no sense: on a worker, on a node with no state.
     let err = w.fails(&["init", "--force-new-cluster"])?;
@@ -217,7 +226,7 @@ fn issue_7_force_new_cluster_recovers_from_lost_quorum() -> Result<()> {
     // State kept: the token rotated before the loss is still the current one (a new node
     // joins with it), the worker is still there, and writes work again.
     fresh.ok(&["join", "--token", &rotated, "127.0.9.1:4747"])?;
-    wait_for(
+    poll_until(
         "the worker ready and the old managers gone",
         Duration::from_secs(20),
         || {
@@ -232,7 +241,7 @@ fn issue_7_force_new_cluster_recovers_from_lost_quorum() -> Result<()> {
     ms[0].ok(&["join-token", "--rotate", "-q", "worker"])?;
     // An old manager coming back is refused and told what to do.
     ms[1].start()?;
-    wait_for(
+    poll_until(
         "the old manager told it was removed",
         Duration::from_secs(20),
         || {
@@ -245,10 +254,7 @@ fn issue_7_force_new_cluster_recovers_from_lost_quorum() -> Result<()> {
     )?;
     // It leaves; its old key stays refused (a join never clears a removal, issue 14)...
     ms[1].ok(&["leave", "--force"])?;
-    let mt = ms[0]
-        .ok(&["join-token", "-q", "manager"])?
-        .trim()
-        .to_string();
+    let mt = join_token(&ms[0], "manager")?;
     let err = ms[1].fails(&["join", "--token", &mt, "127.0.9.1:4747"])?;
     assert!(err.contains("removed"), "{err}");
     // ...so it joins again as a new node, and the quorum grows back.
@@ -256,7 +262,7 @@ fn issue_7_force_new_cluster_recovers_from_lost_quorum() -> Result<()> {
     std::fs::remove_file(ms[1].state_dir.join("node.key"))?;
     ms[1].start()?;
     ms[1].ok(&["join", "--token", &mt, "127.0.9.1:4747"])?;
-    wait_for("two managers", Duration::from_secs(20), || {
+    poll_until("two managers", Duration::from_secs(20), || {
         let ns = nodes(&ms[0])?;
         Ok((ns.iter().filter(|n| n["role"] == "manager").count() == 2).then_some(()))
     })?;

@@ -5,8 +5,11 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use shoal_tests::{start_cluster, wait_for};
+use shoal_tests::{join_token, poll_until, start_cluster};
 
+/// Issue 14: `node rm` of a running worker reaches the other workers (saved in their
+/// `node.json`), disconnects the removed node and tells it why; it stays out of the node
+/// table and its key cannot join again, even with the current token.
 #[test]
 fn issue_14_node_rm_reaches_every_node_and_disconnects_the_removed_one() -> Result<()> {
     let (ms, ws) = start_cluster("rmv", 61, 1, 2)?;
@@ -14,7 +17,7 @@ fn issue_14_node_rm_reaches_every_node_and_disconnects_the_removed_one() -> Resu
     let removed_key = shoal::pki::NodeKey::load(&ws[1].state_dir.join("node.key"))?.public_key();
     let m_key = shoal::pki::NodeKey::load(&m.state_dir.join("node.key"))?.public_key();
     // Every worker learns the managers from the leader (its session) and saves them.
-    wait_for("rmvw1 knows the manager", Duration::from_secs(15), || {
+    poll_until("rmvw1 knows the manager", Duration::from_secs(15), || {
         let cfg = shoal::config::SavedConfig::load(&ws[0].state_dir.join("node.json"))?;
         let c = cfg.cluster.context("no cluster")?;
         Ok(c.managers.contains(&m_key).then_some(()))
@@ -24,13 +27,13 @@ fn issue_14_node_rm_reaches_every_node_and_disconnects_the_removed_one() -> Resu
     m.ok(&["node", "rm", "--force", "rmvw2"])?;
 
     // The other worker is told (and keeps it across restarts: it is in node.json).
-    wait_for("rmvw1 told of the removal", Duration::from_secs(15), || {
+    poll_until("rmvw1 told of the removal", Duration::from_secs(15), || {
         let cfg = shoal::config::SavedConfig::load(&ws[0].state_dir.join("node.json"))?;
         let c = cfg.cluster.context("no cluster")?;
         Ok(c.removed.contains(&removed_key).then_some(()))
     })?;
     // The removed node is disconnected by the manager and says what happened.
-    let warning = wait_for("rmvw2 told it was removed", Duration::from_secs(15), || {
+    let warning = poll_until("rmvw2 told it was removed", Duration::from_secs(15), || {
         let info = ws[1].json(&["info"])?;
         Ok(info["warning"].as_str().map(str::to_string))
     })?;
@@ -45,7 +48,7 @@ fn issue_14_node_rm_reaches_every_node_and_disconnects_the_removed_one() -> Resu
         "{nodes}"
     );
     // Its key can never join again by itself, even with the current token.
-    let token = m.ok(&["join-token", "-q", "worker"])?.trim().to_string();
+    let token = join_token(m, "worker")?;
     ws[1].ok(&["leave", "--force"])?;
     let err = ws[1].fails(&["join", "--token", &token, &m.addr.to_string()])?;
     assert!(err.contains("removed"), "{err}");

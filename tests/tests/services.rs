@@ -7,25 +7,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde_json::Value;
-use shoal_tests::{ClusterContainers, Daemon, docker_ready, wait_for};
+use shoal_tests::{
+    ClusterContainers, Daemon, Poll, docker_ready, join_token, poll_until, task_containers, tasks,
+};
 
 const IMAGE: &str = shoal_tests::TEST_IMAGE;
 
 fn containers(cluster: &str, node: &str) -> Result<Vec<String>> {
     shoal_tests::running_containers(cluster, &format!("shoal.node={node}"))
-}
-
-/// Running containers of one task (by its `shoal.task` label).
-fn task_containers(cluster: &str, task: &str) -> Result<Vec<String>> {
-    shoal_tests::running_containers(cluster, &format!("shoal.task={task}"))
-}
-
-fn tasks(d: &Daemon, service: &str) -> Result<Vec<Value>> {
-    Ok(d.json(&["service", "ps", service])?
-        .as_array()
-        .cloned()
-        .unwrap_or_default())
 }
 
 /// Running tasks (desired running) and the nodes they are on.
@@ -48,30 +37,17 @@ const ADOPTION_WATCH: Duration = Duration::from_secs(13);
 
 /// How many times `d`'s log says its worker session to the leader was established.
 fn sessions_established(d: &Daemon) -> usize {
-    // The log lives next to the state dir (tests/src/lib.rs); fall back to its tail.
-    let log = d
-        .state_dir
-        .parent()
-        .and_then(|p| std::fs::read_to_string(p.join("daemon.log")).ok())
-        .unwrap_or_else(|| d.log_tail());
-    log.matches("worker session to the leader established")
+    d.log()
+        .matches("worker session to the leader established")
         .count()
 }
 
-/// Checks `cond` keeps holding for `period`, polling; fails at the first miss.
-fn stays(what: &str, period: Duration, mut cond: impl FnMut() -> Result<()>) -> Result<()> {
-    let end = Instant::now() + period;
-    loop {
-        cond().with_context(|| format!("{what} stopped holding"))?;
-        if Instant::now() >= end {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
+/// Issue 10: a Docker service is created (Docker's progress output), spread, scaled up
+/// and down, heals a killed container in its slot, and runs a dead node's tasks elsewhere;
+/// the node coming back stops its stale copies, a restarted worker adopts its containers
+/// (no duplicate, none stopped, past a resync), and `service rm` removes every container.
 #[test]
-fn issue_10_services_create_scale_heal_and_node_death() -> Result<()> {
+fn services_create_scale_heal_and_node_death() -> Result<()> {
     if !docker_ready()? {
         return Ok(());
     }
@@ -87,7 +63,7 @@ fn issue_10_services_create_scale_heal_and_node_death() -> Result<()> {
         .unwrap_or_default()
         .to_string();
     let _cleanup = ClusterContainers(cluster.clone());
-    let t = m.ok(&["join-token", "-q", "worker"])?.trim().to_string();
+    let t = join_token(&m, "worker")?;
     w1.ok(&["join", "--token", &t])?;
     w2.ok(&["join", "--token", &t])?;
     let w2_id = w2.json(&["info"])?["node_id"]
@@ -135,7 +111,7 @@ fn issue_10_services_create_scale_heal_and_node_death() -> Result<()> {
     assert!(out.contains("verify: Service converged"), "{out}");
     assert_eq!(running(&m, "web")?.len(), 5);
     m.ok(&["service", "scale", "--detach", "web=2"])?;
-    wait_for(
+    poll_until(
         "2 tasks after scaling down",
         Duration::from_secs(30),
         || {
@@ -167,7 +143,7 @@ fn issue_10_services_create_scale_heal_and_node_death() -> Result<()> {
         victim_containers[0],
         String::from_utf8_lossy(&out.stderr)
     );
-    let replacement = wait_for(
+    let replacement = poll_until(
         "the killed task failed and a new task running for its slot",
         Duration::from_secs(60),
         || {
@@ -204,7 +180,7 @@ fn issue_10_services_create_scale_heal_and_node_death() -> Result<()> {
     assert!(on_w2 >= 1, "no task on svc-w2 to orphan");
     let killed = Instant::now();
     w2.kill9();
-    wait_for(
+    poll_until(
         "tasks of the dead node running elsewhere",
         Duration::from_secs(30),
         || {
@@ -222,7 +198,7 @@ fn issue_10_services_create_scale_heal_and_node_death() -> Result<()> {
     assert!(!containers(&cluster, &w2_id)?.is_empty());
     // ...and then its worker stops the copies no longer assigned to it.
     w2.start()?;
-    wait_for("w2's stale copies stopped", Duration::from_secs(30), || {
+    poll_until("w2's stale copies stopped", Duration::from_secs(30), || {
         Ok(containers(&cluster, &w2_id)?.is_empty().then_some(()))
     })?;
     assert_eq!(running(&m, "web")?.len(), 3);
@@ -240,32 +216,33 @@ fn issue_10_services_create_scale_heal_and_node_death() -> Result<()> {
     let sessions_before = sessions_established(&w1);
     w1.kill9();
     w1.start()?;
-    wait_for(
+    poll_until(
         "w1's worker session back after the restart",
         Duration::from_secs(30),
         || Ok((sessions_established(&w1) > sessions_before).then_some(())),
     )?;
-    wait_for("w1 ready", Duration::from_secs(30), || {
+    poll_until("w1 ready", Duration::from_secs(30), || {
         let ready = m.json(&["node", "ls"])?.as_array().is_some_and(|a| {
             a.iter()
                 .any(|n| n["hostname"] == "svc-w1" && n["status"] == "ready")
         });
         Ok(ready.then_some(()))
     })?;
-    stays(
+    Poll::new(
         "w1 running exactly its containers from before the restart",
         ADOPTION_WATCH,
-        || {
-            let now = containers(&cluster, &w1_id)?;
-            anyhow::ensure!(now == before, "before {before:?}, now {now:?}");
-            Ok(())
-        },
-    )?;
+    )
+    .every(Duration::from_millis(100))
+    .holds(|| {
+        let now = containers(&cluster, &w1_id)?;
+        anyhow::ensure!(now == before, "before {before:?}, now {now:?}");
+        Ok(())
+    })?;
     assert_eq!(running(&m, "web")?.len(), 3);
 
     // rm: every task stops and its containers go.
     m.ok(&["service", "rm", "web"])?;
-    wait_for("containers removed", Duration::from_secs(30), || {
+    poll_until("containers removed", Duration::from_secs(30), || {
         let all = Command::new("docker")
             .args([
                 "ps",
@@ -284,8 +261,10 @@ fn issue_10_services_create_scale_heal_and_node_death() -> Result<()> {
     Ok(())
 }
 
+/// Issue 10: a replicated service on the process driver converges and its tasks show in
+/// `node ps`.
 #[test]
-fn issue_10_process_driver_service() -> Result<()> {
+fn process_driver_service() -> Result<()> {
     let mut m = Daemon::new("proc-m1", "127.0.10.11:4747")?;
     m.start()?;
     m.ok(&["init"])?;
@@ -309,16 +288,16 @@ fn issue_10_process_driver_service() -> Result<()> {
     Ok(())
 }
 
-/// A worker that loses its manager keeps its tasks running, and the same tasks are
-/// still the running ones when the manager comes back (edge autonomy).
+/// Issue 10: a worker that loses its manager keeps its tasks running, and the same tasks
+/// are still the running ones when the manager comes back (edge autonomy).
 #[test]
-fn issue_10_worker_keeps_tasks_without_managers() -> Result<()> {
+fn worker_keeps_tasks_without_managers() -> Result<()> {
     let mut m = Daemon::new("auto-m", "127.0.10.21:4747")?;
     let mut w = Daemon::new("auto-w", "127.0.10.22:4747")?;
     m.start()?;
     w.start()?;
     m.ok(&["init"])?;
-    let t = m.ok(&["join-token", "-q", "worker"])?.trim().to_string();
+    let t = join_token(&m, "worker")?;
     w.ok(&["join", "--token", &t])?;
     m.ok(&[
         "service",
@@ -346,13 +325,14 @@ fn issue_10_worker_keeps_tasks_without_managers() -> Result<()> {
             .success())
     };
     m.kill9();
-    let end = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < end {
-        assert!(alive()?, "the task died while no manager was reachable");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    Poll::new("the task alive", Duration::from_secs(3))
+        .every(Duration::from_millis(100))
+        .holds(|| {
+            anyhow::ensure!(alive()?, "the task died while no manager was reachable");
+            Ok(())
+        })?;
     m.start()?;
-    wait_for(
+    poll_until(
         "the same task running after the manager returns",
         Duration::from_secs(20),
         || {
@@ -366,7 +346,7 @@ fn issue_10_worker_keeps_tasks_without_managers() -> Result<()> {
     )?;
     assert!(alive()?);
     m.ok(&["service", "rm", "edge"])?;
-    wait_for(
+    poll_until(
         "the process stopped after rm",
         Duration::from_secs(20),
         || Ok((!alive()?).then_some(())),

@@ -34,7 +34,7 @@ use shoal::manager::state::{
 use shoal::manager::types::{Entry, TypeConfig};
 use shoal::pki::NodeKey;
 use shoal_tests::rogue::{Attacks, Credentials, Outcome, Rogue, TaskReaper, Verdict, join_request};
-use shoal_tests::{Daemon, start_cluster, wait_for};
+use shoal_tests::{Daemon, Poll, join_token, poll_until, start_cluster, tasks};
 
 /// A test cluster with a global process service `base` (a task on every node). The
 /// reaper comes first so it is dropped (and stops the tasks) before the daemons.
@@ -54,7 +54,7 @@ impl Cluster {
         };
         let total = managers + workers;
         let m = &c.ms[0];
-        wait_for("every node ready", Duration::from_secs(30), || {
+        poll_until("every node ready", Duration::from_secs(30), || {
             let nodes = m.json(&["node", "ls"])?;
             let nodes = nodes.as_array().cloned().unwrap_or_default();
             let ready = nodes.iter().filter(|n| n["status"] == "ready").count();
@@ -76,7 +76,7 @@ impl Cluster {
             "/bin/sleep",
             "3613",
         ])?;
-        wait_for(
+        poll_until(
             "a running base task on every node",
             Duration::from_secs(30),
             || {
@@ -116,13 +116,6 @@ impl Cluster {
     }
 }
 
-fn tasks(m: &Daemon, service: &str) -> Result<Vec<Value>> {
-    Ok(m.json(&["service", "ps", service])?
-        .as_array()
-        .cloned()
-        .unwrap_or_default())
-}
-
 fn node_id(d: &Daemon) -> Result<String> {
     d.json(&["info"])?["node_id"]
         .as_str()
@@ -135,10 +128,6 @@ fn cluster_id(d: &Daemon) -> Result<String> {
         .as_str()
         .map(str::to_string)
         .context("info has no cluster_id")
-}
-
-fn worker_token(m: &Daemon) -> Result<String> {
-    Ok(m.ok(&["join-token", "-q", "worker"])?.trim().to_string())
 }
 
 /// The running `base` task of node `id`.
@@ -942,38 +931,42 @@ fn issue_14_worker_session_is_its_own() -> Result<()> {
     match rogue.open_stream(leader.addr, TAG_DISPATCH, &spoofed) {
         Err(o) => attacks.note(&format!("{attack}: not served at all ({o:?})")),
         Ok(mut stream) => {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            let mut got_assignments = false;
-            while std::time::Instant::now() < deadline && !got_assignments {
-                match stream.recv(Duration::from_secs(5)) {
+            // The first assignment set (or the end of the session), for up to 10 s.
+            let first = Poll::new("an assignment set on the session", Duration::from_secs(10))
+                .every(Duration::ZERO)
+                .until(|| match stream.recv(Duration::from_secs(5)) {
                     o @ Outcome::Answered { .. } => match o.decode::<ToWorker>() {
-                        Some(ToWorker::Assignments(set)) => {
-                            got_assignments = true;
-                            let ids: BTreeSet<String> =
-                                set.tasks.iter().map(|a| a.task_id.clone()).collect();
-                            let foreign: Vec<&String> = ids.difference(&w1_tasks).collect();
-                            if foreign.is_empty() {
-                                attacks.note(&format!(
-                                    "{attack}: served as w1 (its own {} task(s)), as it should",
-                                    ids.len()
-                                ));
-                            } else {
-                                attacks.breach(
-                                    &attack,
-                                    format!(
-                                        "the session was served as another node: it got tasks {foreign:?} that are not w1's ({w1_tasks:?})"
-                                    ),
-                                );
-                            }
+                        Some(ToWorker::Assignments(set)) => Ok(Some(Ok(set))),
+                        Some(_) => Ok(None),
+                        None => {
+                            attacks.note(&format!("{attack}: an undecodable frame"));
+                            Ok(None)
                         }
-                        Some(_) => {}
-                        None => attacks.note(&format!("{attack}: an undecodable frame")),
                     },
-                    o => {
-                        attacks.note(&format!("{attack}: the session ended ({o:?})"));
-                        break;
+                    o => Ok(Some(Err(o))),
+                });
+            match first {
+                Ok(Ok(set)) => {
+                    let ids: BTreeSet<String> =
+                        set.tasks.iter().map(|a| a.task_id.clone()).collect();
+                    let foreign: Vec<&String> = ids.difference(&w1_tasks).collect();
+                    if foreign.is_empty() {
+                        attacks.note(&format!(
+                            "{attack}: served as w1 (its own {} task(s)), as it should",
+                            ids.len()
+                        ));
+                    } else {
+                        attacks.breach(
+                            &attack,
+                            format!(
+                                "the session was served as another node: it got tasks {foreign:?} that are not w1's ({w1_tasks:?})"
+                            ),
+                        );
                     }
                 }
+                Ok(Err(o)) => attacks.note(&format!("{attack}: the session ended ({o:?})")),
+                // No assignment set within 10 s: nothing was served.
+                Err(_) => {}
             }
             let reports = ToLeader::Reports(vec![
                 report(&w2_task, shoal::worker::TaskState::Failed, 1),
@@ -1026,7 +1019,7 @@ fn issue_14_join_presenting_another_nodes_key_is_refused() -> Result<()> {
     leader.ok(&["node", "update", "--label-add", "zone=attic", &w1.name])?;
     let ca = Credentials::from_state_dir(&leader.state_dir)?.ca_cert;
     let rogue = Rogue::without_certificate("no certificate", &ca, Some(NodeKey::generate()?))?;
-    let token = worker_token(leader)?;
+    let token = join_token(leader, "worker")?;
     let own = rogue.key.clone().context("the rogue has a key")?;
     // The keys of the victims, stolen from their state dirs: with them the rogue can also
     // make a valid proof, and the manager's own rules must still refuse (a ready node's
@@ -1108,7 +1101,7 @@ fn cluster_with_removed_worker(prefix: &str, block: u8) -> Result<(Cluster, Cred
     let removed_name = c.ws[1].name.clone();
     c.ws[1].stop()?;
     let m = &c.ms[0];
-    wait_for("the stopped worker down", Duration::from_secs(20), || {
+    poll_until("the stopped worker down", Duration::from_secs(20), || {
         let nodes = m.json(&["node", "ls"])?;
         Ok(nodes
             .as_array()
@@ -1126,7 +1119,7 @@ fn cluster_with_removed_worker(prefix: &str, block: u8) -> Result<(Cluster, Cred
 /// pushes removals to workers over their sessions. Only a note when it does not.
 fn wait_until_worker_knows_removed(worker: &Daemon, key: &[u8; 32]) {
     let want: Vec<Value> = key.iter().map(|b| Value::from(*b)).collect();
-    let known = wait_for(
+    let known = poll_until(
         "the worker to learn the removal",
         Duration::from_secs(15),
         || {
@@ -1155,7 +1148,7 @@ fn issue_14_removed_node_is_refused_on_every_tag() -> Result<()> {
     let rogue = Rogue::with_credentials("a removed node's key and certificate", &creds)?;
     let t = EveryTag {
         join_key: Some(creds.key.public_key()),
-        worker_token: worker_token(m)?,
+        worker_token: join_token(m, "worker")?,
         cluster_id: creds.cluster_id.clone(),
         raft_id: creds.raft_id(),
         block,
@@ -1184,7 +1177,7 @@ fn issue_14_removed_key_cannot_rejoin_with_a_token() -> Result<()> {
         &creds.ca_cert,
         Some(creds.key.clone()),
     )?;
-    let token = worker_token(m)?;
+    let token = join_token(m, "worker")?;
     let mut attacks = Attacks::new(TEST, m, vec![m, w1])?;
     let key = creds.key.public_key();
     let o = rogue.try_tag_with(m.addr, TAG_JOIN, |conn| {
@@ -1215,7 +1208,7 @@ fn issue_14_peer_without_certificate_may_only_join() -> Result<()> {
     let rogue = Rogue::without_certificate("no certificate", &ca, None)?;
     let t = EveryTag {
         join_key: Some(public_key_of(w1)?),
-        worker_token: worker_token(m)?,
+        worker_token: join_token(m, "worker")?,
         cluster_id: cluster_id(m)?,
         raft_id: shoal::manager::raft_id_for(&NodeKey::generate()?.public_key()),
         block,
@@ -1246,7 +1239,7 @@ fn issue_14_certificate_from_another_cluster_is_refused() -> Result<()> {
     let rogue = Rogue::with_credentials("a certificate from another cluster's CA", &creds)?;
     let t = EveryTag {
         join_key: None,
-        worker_token: worker_token(m)?,
+        worker_token: join_token(m, "worker")?,
         cluster_id: cluster_id(m)?,
         raft_id: creds.raft_id(),
         block,
