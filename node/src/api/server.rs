@@ -75,8 +75,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// 400. Takes anything printable, so a parse error (e.g. the scheduler's
-    /// [`shoal_scheduler::UnknownWord`]) is passed as it is.
+    /// Bad request (400). Takes anything printable, so that a parse error such as the
+    /// scheduler's [`shoal_scheduler::UnknownWord`] is passed as it is.
     pub fn bad_request(message: impl std::fmt::Display) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,

@@ -646,6 +646,83 @@ impl ServiceInspect {
 mod tests {
     use super::*;
 
+    /// The JSON of a spec is the contract `service create` sends and `service inspect` shows:
+    /// field names and order, the words, the defaults of missing fields and the message for
+    /// an unknown word are those the API always had.
+    #[test]
+    fn spec_body_json_is_the_contract() {
+        use crate::manager::services::HealthCheckSpec;
+
+        let mut spec = ServiceSpec::new("web", "img:1");
+        spec.mode = ServiceMode::Replicated { replicas: 2 };
+        spec.ports = vec![PortSpec {
+            published: 8080,
+            target: 80,
+        }];
+        spec.restart_policy.condition = RestartCondition::OnFailure;
+        spec.health_check = Some(HealthCheckSpec::shell("true"));
+        spec.update_config.order = UpdateOrder::StartFirst;
+        spec.update_config.failure_action = FailureAction::Rollback;
+        let json = serde_json::to_string(&ServiceSpecBody::from(&spec)).unwrap();
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"name":"web","image":"img:1","args":[],"env":{},"driver":"docker","#,
+                r#""mode":{"replicated":{"replicas":2}},"ports":[{"published":8080,"target":80}],"#,
+                r#""constraints":[],"reservations":{"memory_bytes":0,"nano_cpus":0},"#,
+                r#""limits":{"memory_bytes":0,"nano_cpus":0},"#,
+                r#""restart_policy":{"condition":"on-failure","delay_ms":5000,"max_attempts":0,"window_ms":0},"#,
+                r#""max_replicas_per_node":0,"#,
+                r#""health_check":{"test":{"shell":"true"},"interval_ms":30000,"timeout_ms":30000,"retries":3,"start_period_ms":0},"#,
+                r#""labels":{},"stop_grace_ms":10000,"#,
+                r#""update_config":{"parallelism":1,"delay_ms":0,"order":"start-first","failure_action":"rollback"}}"#,
+            )
+        );
+        let back = serde_json::from_str::<ServiceSpecBody>(&json).unwrap();
+        assert_eq!(ServiceSpec::try_from(back), Ok(spec));
+
+        // Missing fields take Docker's defaults, at every level.
+        let min: ServiceSpecBody = serde_json::from_str(
+            r#"{"name":"web","image":"img","mode":"global","restart_policy":{"condition":"none"}}"#,
+        )
+        .unwrap();
+        let min = ServiceSpec::try_from(min).unwrap();
+        assert_eq!(min.mode, ServiceMode::Global);
+        assert_eq!(min.restart_policy.condition, RestartCondition::None);
+        assert_eq!(min.restart_policy.delay_ms, 5_000);
+        assert_eq!((min.driver.as_str(), min.stop_grace_ms), ("docker", 10_000));
+        assert_eq!(min.update_config, UpdateConfig::default());
+        assert_eq!(
+            ServiceSpecBody::default(),
+            ServiceSpecBody::from(&ServiceSpec::default())
+        );
+
+        // An unknown word is refused as serde refuses an unknown variant.
+        for (body, expected) in [
+            (
+                r#"{"restart_policy":{"condition":"sometimes"}}"#,
+                "unknown variant `sometimes`, expected one of `any`, `on-failure`, `none`",
+            ),
+            (
+                r#"{"update_config":{"order":"whenever"}}"#,
+                "unknown variant `whenever`, expected `stop-first` or `start-first`",
+            ),
+            (
+                r#"{"mode":"sometimes"}"#,
+                "unknown variant `sometimes`, expected `replicated` or `global`",
+            ),
+        ] {
+            let err = serde_json::from_str::<ServiceSpecBody>(body)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(expected), "{err}");
+        }
+
+        // The conversion in validates.
+        let err = ServiceSpec::try_from(ServiceSpecBody::new("-web", "img")).unwrap_err();
+        assert!(err.contains("invalid service name"), "{err}");
+    }
+
     #[test]
     fn rfc3339_never_panics() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");

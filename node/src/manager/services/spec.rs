@@ -436,6 +436,30 @@ mod tests {
     use super::*;
     use crate::manager::services::tests::replicated;
 
+    /// The words keep the one-line errors they always had.
+    #[test]
+    fn words_parse_and_print() {
+        assert_eq!("start-first".parse(), Ok(UpdateOrder::StartFirst));
+        assert_eq!(FailureAction::Continue.to_string(), "continue");
+        assert_eq!(
+            "x".parse::<UpdateOrder>().unwrap_err().to_string(),
+            "invalid update order `x`: expected stop-first or start-first"
+        );
+        assert_eq!(
+            "x".parse::<FailureAction>().unwrap_err().to_string(),
+            "invalid update failure action `x`: expected pause, continue or rollback"
+        );
+        assert_eq!(
+            "x".parse::<RestartCondition>().unwrap_err().to_string(),
+            "invalid restart condition `x`: expected any, on-failure or none"
+        );
+        assert_eq!(mode_word(ServiceMode::Global), "global");
+        assert_eq!(
+            mode_replicas(ServiceMode::Replicated { replicas: 3 }),
+            Some(3)
+        );
+    }
+
     #[test]
     fn spec_validation() {
         assert_eq!(replicated("web", 3).validate(), Ok(()));
