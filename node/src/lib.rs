@@ -17,7 +17,6 @@ pub mod net;
 pub mod peer;
 pub mod pki;
 pub mod quorum;
-pub mod service_api;
 pub mod state_dir;
 pub mod text;
 pub mod trust;

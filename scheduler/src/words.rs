@@ -1,9 +1,6 @@
 //! Parsing and printing the CLI words of the model (`drain`, `on-failure`, `512M`, `0.5`), with
 //! typed errors, so that the CLI and the API reject bad input the same way.
 
-use std::fmt;
-use std::str::FromStr;
-
 use crate::model::{Availability, DesiredState, NodeRole, NodeStatus, RestartCondition, TaskState};
 
 /// A word that is not one of the accepted values.
@@ -18,6 +15,10 @@ pub struct UnknownWord {
     pub expected: &'static str,
 }
 
+/// Gives a unit-variant enum its words: `as_str`, `Display` and a `FromStr` whose error is an
+/// [`UnknownWord`] naming `what` and the `expected` words. Exported so that `shoal` gives its own
+/// words the same shape.
+#[macro_export]
 macro_rules! words {
     ($ty:ty, $what:literal, $expected:literal, { $($variant:path => $word:literal),+ $(,)? }) => {
         impl $ty {
@@ -30,19 +31,19 @@ macro_rules! words {
             }
         }
 
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl FromStr for $ty {
-            type Err = UnknownWord;
+        impl ::std::str::FromStr for $ty {
+            type Err = $crate::UnknownWord;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($word => Ok($variant),)+
-                    _ => Err(UnknownWord { what: $what, value: s.to_owned(), expected: $expected }),
+                    _ => Err($crate::UnknownWord { what: $what, value: s.to_owned(), expected: $expected }),
                 }
             }
         }

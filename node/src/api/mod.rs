@@ -3,11 +3,21 @@
 //! Plain answers are one JSON document. Long answers (progress, logs) stream as
 //! newline-delimited JSON over a chunked body. Errors carry a non-2xx status and
 //! `{"message": "..."}`, a single line that tells the user what to do next.
+//!
+//! The contract, apart from the daemon's own records: `types.rs` (info, init, join, tokens,
+//! nodes) and `services.rs` (services and tasks). The CLI imports only these (and the
+//! scheduler's words).
 
 pub mod client;
 pub mod server;
+pub mod services;
 pub mod types;
 
+pub use services::{
+    HealthCheckBody, HealthTestBody, PortBody, ResourcesBody, RestartPolicyBody, ScaleRequest,
+    ServiceInspect, ServiceModeBody, ServiceRef, ServiceRow, ServiceSpecBody, TaskRow,
+    UpdateConfigBody, UpdateStatusRow,
+};
 pub use types::*;
 
 #[cfg(test)]

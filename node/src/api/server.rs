@@ -75,11 +75,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// 400.
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    /// Bad request (400). Takes anything printable, so that a parse error such as the
+    /// scheduler's [`shoal_scheduler::UnknownWord`] is passed as it is.
+    pub fn bad_request(message: impl std::fmt::Display) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
-            message: message.into(),
+            message: message.to_string(),
         }
     }
     /// 404.

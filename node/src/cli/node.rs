@@ -84,7 +84,7 @@ pub(super) async fn run(client: &Client, cmd: NodeCmd) -> Result<()> {
                 Some(n) => n,
                 None => client.get::<Info>("/v1/info").await?.node_id,
             };
-            let rows: Vec<crate::manager::services::TaskRow> = client
+            let rows: Vec<crate::api::TaskRow> = client
                 .get(&format!("/v1/nodes/{}/tasks", encode(&n)))
                 .await?;
             super::service::print_tasks(&rows, quiet, format)

@@ -9,10 +9,10 @@ use anyhow::{Result, bail};
 use super::node::encode;
 use super::{Format, output};
 use crate::api::client::Client;
-use crate::manager::services::{
-    HealthCheckSpec, PortSpec, RestartCondition, ServiceMode, ServiceRow, ServiceSpec, TaskRow,
+use crate::api::{
+    HealthCheckBody, PortBody, ScaleRequest, ServiceModeBody, ServiceRef, ServiceRow,
+    ServiceSpecBody, TaskRow,
 };
-use crate::service_api::{ScaleRequest, ServiceRef};
 
 /// `shoal service ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -146,16 +146,16 @@ fn pairs(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-fn spec_of(a: &CreateArgs) -> Result<ServiceSpec> {
-    let mut spec = ServiceSpec::new(a.name.clone(), a.image.clone());
+fn spec_of(a: &CreateArgs) -> Result<ServiceSpecBody> {
+    let mut spec = ServiceSpecBody::new(a.name.clone(), a.image.clone());
     spec.args.clone_from(&a.args);
     spec.driver = a.driver.clone().unwrap_or_else(|| "docker".into());
     spec.env = pairs(&a.env, "environment variable")?;
     spec.labels = pairs(&a.labels, "label")?;
     spec.mode = match (a.mode.as_str(), a.replicas) {
         ("global", Some(_)) => bail!("--replicas cannot be used with --mode global"),
-        ("global", None) => ServiceMode::Global,
-        (_, r) => ServiceMode::Replicated {
+        ("global", None) => ServiceModeBody::Global,
+        (_, r) => ServiceModeBody::Replicated {
             replicas: r.unwrap_or(1),
         },
     };
@@ -164,7 +164,7 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpec> {
             .split_once(':')
             .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
             .ok_or_else(|| anyhow::anyhow!("invalid port `{p}`: expected PUBLISHED:TARGET"))?;
-        spec.ports.push(PortSpec { published, target });
+        spec.ports.push(PortBody { published, target });
     }
     spec.constraints.clone_from(&a.constraint);
     spec.max_replicas_per_node = a.replicas_max_per_node.unwrap_or(0);
@@ -183,11 +183,7 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpec> {
     spec.limits.memory_bytes = mem(&a.limit_memory)?;
     spec.limits.nano_cpus = cpu(&a.limit_cpu)?;
     if let Some(c) = &a.restart_condition {
-        spec.restart_policy.condition = match c.as_str() {
-            "none" => RestartCondition::None,
-            "on-failure" => RestartCondition::OnFailure,
-            _ => RestartCondition::Any,
-        };
+        spec.restart_policy.condition = c.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     if let Some(d) = a.restart_delay {
         spec.restart_policy.delay_ms = d.as_millis() as u64;
@@ -199,7 +195,7 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpec> {
         spec.restart_policy.window_ms = w.as_millis() as u64;
     }
     if let Some(cmd) = &a.health_cmd {
-        spec.health_check = Some(HealthCheckSpec::shell(cmd.clone()));
+        spec.health_check = Some(HealthCheckBody::shell(cmd.clone()));
     }
     if let Some(g) = a.stop_grace_period {
         spec.stop_grace_ms = g.as_millis() as u64;
@@ -334,7 +330,7 @@ pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
     }
 }
 
-fn ports(p: &[PortSpec]) -> String {
+fn ports(p: &[PortBody]) -> String {
     p.iter()
         .map(|p| format!("*:{}->{}/tcp", p.published, p.target))
         .collect::<Vec<_>>()

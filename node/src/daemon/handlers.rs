@@ -1,7 +1,17 @@
-//! Control API routing and the node and cluster handlers (`info`, `node …`,
-//! `join-token`).
+//! The control API's route table and write path, and the node and cluster handlers
+//! (`info`, `node …`, `join-token`); the service and task handlers are in `services`.
+
+mod services;
 
 use super::*;
+
+/// A linearizable read of the cluster state for a handler, its error mapped once.
+async fn read<T>(
+    manager: &Manager,
+    f: impl FnOnce(&crate::manager::state::ClusterState) -> T,
+) -> Result<T, ApiError> {
+    manager.read_linearizable(f).await.map_err(manager_err)
+}
 
 impl Node {
     pub(super) async fn manager(&self) -> Result<Arc<Manager>, ApiError> {
@@ -26,9 +36,12 @@ impl Node {
         self.route_local(req).await
     }
 
+    /// The route table: every call of the control API, node-local, node and cluster, and
+    /// services and tasks. Runs on the leader for cluster-state calls (see [`Node::route`]).
     pub(super) async fn route_local(self: &Arc<Self>, req: ApiRequest) -> Result<Reply, ApiError> {
         let route = req.route();
         match (&req.method, route.as_slice()) {
+            // Node-local: never forwarded (`forward::is_node_local`).
             (&Method::GET, ["v1", "info"]) => Reply::json(&self.info().await),
             (&Method::POST, ["v1", "init"]) => {
                 let body: InitRequest = req.json()?;
@@ -43,9 +56,17 @@ impl Node {
                 let body: JoinApiRequest = req.json()?;
                 Reply::json(&self.join(body).await?)
             }
+            // The cluster: tokens and nodes.
             (&Method::POST, ["v1", "join-token", role]) => {
                 let body: JoinTokenRequest = req.json()?;
                 Reply::json(&self.join_token(role, body).await?)
+            }
+            (&Method::GET, ["v1", "nodes"]) => Reply::json(&self.node_list().await?),
+            (&Method::GET, ["v1", "nodes", reference]) => {
+                Reply::json(&self.node_inspect(reference).await?)
+            }
+            (&Method::GET, ["v1", "nodes", reference, "tasks"]) => {
+                Reply::json(&self.node_tasks(reference).await?)
             }
             (&Method::DELETE, ["v1", "nodes", reference]) => {
                 let current = req.origin.as_deref().unwrap_or(&self.node_id);
@@ -62,20 +83,20 @@ impl Node {
             (&Method::POST, ["v1", "nodes", reference, "demote"]) => {
                 Reply::json(&self.set_role(reference, Role::Worker).await?)
             }
-            (&Method::GET, ["v1", "nodes"]) => Reply::json(&self.node_list().await?),
-            (&Method::GET, ["v1", "nodes", reference]) => {
-                Reply::json(&self.node_inspect(reference).await?)
+            // Services and their tasks.
+            (&Method::POST, ["v1", "services"]) => Reply::json(&self.service_create(&req).await?),
+            (&Method::GET, ["v1", "services"]) => Reply::json(&self.service_list().await?),
+            (&Method::GET, ["v1", "services", reference]) => {
+                Reply::json(&self.service_inspect(reference).await?)
             }
-            (_, ["v1", "services", ..]) | (&Method::GET, ["v1", "nodes", _, "tasks"]) => {
-                let manager = self.manager().await?;
-                match crate::service_api::route(self, &manager, &req).await {
-                    Some(r) => r,
-                    None => Err(ApiError::not_found(format!(
-                        "unknown API call {} /{}",
-                        req.method,
-                        req.segments.join("/")
-                    ))),
-                }
+            (&Method::GET, ["v1", "services", reference, "tasks"]) => {
+                Reply::json(&self.service_tasks(reference).await?)
+            }
+            (&Method::POST, ["v1", "services", reference, "scale"]) => {
+                Reply::json(&self.service_scale(reference, &req).await?)
+            }
+            (&Method::DELETE, ["v1", "services", reference]) => {
+                Reply::json(&self.service_remove(reference).await?)
             }
             (_, ["v1", ..]) => Err(ApiError::not_found(format!(
                 "unknown API call {} /{}",
@@ -84,6 +105,14 @@ impl Node {
             ))),
             _ => Err(ApiError::not_found("unknown API version: expected /v1/...")),
         }
+    }
+
+    /// The one write path of the control API: every handler that changes the cluster state
+    /// proposes through here. [`Node::propose`] writes on this manager when it leads and
+    /// forwards the command to the leader when it does not (leadership may move while a
+    /// request is served); a manager error becomes an API error once, in `manager_err`.
+    pub(super) async fn write(&self, cmd: Command) -> Result<CommandResult, ApiError> {
+        self.propose(cmd).await.map_err(manager_err)
     }
 
     pub(super) async fn info(&self) -> Info {
@@ -165,22 +194,17 @@ impl Node {
         };
         let manager = self.manager().await?;
         if req.rotate {
-            manager
-                .write(Command::RotateToken { role })
-                .await
-                .map_err(manager_err)?;
+            self.write(Command::RotateToken { role }).await?;
         }
-        let token = manager
-            .read_linearizable(|s| {
-                s.cluster.as_ref().map(|c| {
-                    let ttl = req.ttl_secs.map(Duration::from_secs);
-                    join::mint(c, s, role, ttl, now_ms() / 1000)
-                })
+        let token = read(&manager, |s| {
+            s.cluster.as_ref().map(|c| {
+                let ttl = req.ttl_secs.map(Duration::from_secs);
+                join::mint(c, s, role, ttl, now_ms() / 1000)
             })
-            .await
-            .map_err(manager_err)?
-            .ok_or_else(|| ApiError::conflict(NOT_IN_CLUSTER))?
-            .map_err(ApiError::internal)?;
+        })
+        .await?
+        .ok_or_else(|| ApiError::conflict(NOT_IN_CLUSTER))?
+        .map_err(ApiError::internal)?;
         Ok(JoinTokenResponse {
             role: role.as_str().into(),
             token,
@@ -194,10 +218,8 @@ impl Node {
         req: crate::api::NodeUpdateRequest,
     ) -> Result<serde_json::Value, ApiError> {
         let manager = self.manager().await?;
-        let node = manager
-            .read_linearizable(|s| s.resolve_node(reference).cloned())
-            .await
-            .map_err(manager_err)?
+        let node = read(&manager, |s| s.resolve_node(reference).cloned())
+            .await?
             .map_err(ApiError::not_found)?;
         let availability = match req.availability.as_deref() {
             Some(a) => Some(a.parse::<Availability>().map_err(ApiError::bad_request)?),
@@ -215,7 +237,7 @@ impl Node {
             label_rm: req.label_rm,
             at: now_ms(),
         };
-        manager.write(cmd).await.map_err(manager_err)?;
+        self.write(cmd).await?;
         Ok(serde_json::json!({ "id": node.id, "hostname": node.hostname }))
     }
 
@@ -225,10 +247,8 @@ impl Node {
         role: Role,
     ) -> Result<serde_json::Value, ApiError> {
         let manager = self.manager().await?;
-        let node = manager
-            .read_linearizable(|s| s.resolve_node(reference).cloned())
-            .await
-            .map_err(manager_err)?
+        let node = read(&manager, |s| s.resolve_node(reference).cloned())
+            .await?
             .map_err(ApiError::not_found)?;
         let verb = if role == Role::Manager {
             "promote"
@@ -249,14 +269,12 @@ impl Node {
                 node.status.as_str()
             )));
         }
-        manager
-            .write(Command::SetRole {
-                id: node.id.clone(),
-                role,
-                at: now_ms(),
-            })
-            .await
-            .map_err(manager_err)?;
+        self.write(Command::SetRole {
+            id: node.id.clone(),
+            role,
+            at: now_ms(),
+        })
+        .await?;
         info!(node = %node.id, role = role.as_str(), "role changed");
         Ok(serde_json::json!({ "id": node.id, "hostname": node.hostname, "role": role.as_str() }))
     }
@@ -270,10 +288,8 @@ impl Node {
         force: bool,
     ) -> Result<(), ApiError> {
         let manager = self.manager().await?;
-        let node = manager
-            .read_linearizable(|s| s.resolve_node(reference).cloned())
-            .await
-            .map_err(manager_err)?
+        let node = read(&manager, |s| s.resolve_node(reference).cloned())
+            .await?
             .map_err(ApiError::not_found)?;
         if node.id == current {
             return Err(ApiError::conflict(
@@ -292,12 +308,10 @@ impl Node {
                 node.hostname
             )));
         }
-        manager
-            .write(Command::RemoveNode {
-                id: node.id.clone(),
-            })
-            .await
-            .map_err(manager_err)?;
+        self.write(Command::RemoveNode {
+            id: node.id.clone(),
+        })
+        .await?;
         if let Ok(id) = node.id.parse::<NodeId>()
             && let Some(conn) = self.pool.remove(&id)
         {
@@ -341,19 +355,14 @@ impl Node {
 
     pub(super) async fn node_list(&self) -> Result<Vec<NodeView>, ApiError> {
         let manager = self.manager().await?;
-        let nodes = manager
-            .read_linearizable(|s| s.nodes.values().cloned().collect::<Vec<_>>())
-            .await
-            .map_err(manager_err)?;
+        let nodes = read(&manager, |s| s.nodes.values().cloned().collect::<Vec<_>>()).await?;
         Ok(nodes.iter().map(|n| self.view(&manager, n)).collect())
     }
 
     pub(super) async fn node_inspect(&self, reference: &str) -> Result<NodeView, ApiError> {
         let manager = self.manager().await?;
-        let node = manager
-            .read_linearizable(|s| s.resolve_node(reference).cloned())
-            .await
-            .map_err(manager_err)?
+        let node = read(&manager, |s| s.resolve_node(reference).cloned())
+            .await?
             .map_err(ApiError::not_found)?;
         Ok(self.view(&manager, &node))
     }

@@ -16,82 +16,11 @@ pub const STATE_VERSION: u8 = 1;
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
 
-/// A node's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Role {
-    /// A Raft voter: holds the cluster state and can serve every command.
-    Manager,
-    /// Runs tasks only.
-    Worker,
-}
-
-impl Role {
-    /// The lowercase word used in JSON and tables.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Manager => "manager",
-            Role::Worker => "worker",
-        }
-    }
-}
-
-/// Whether the scheduler may place tasks on a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Availability {
-    /// Tasks may be placed.
-    Active,
-    /// Nothing new is placed; running tasks stay.
-    Pause,
-    /// Tasks are moved elsewhere.
-    Drain,
-}
-
-impl Availability {
-    /// The lowercase word used in JSON and tables.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Availability::Active => "active",
-            Availability::Pause => "pause",
-            Availability::Drain => "drain",
-        }
-    }
-}
-
-impl std::str::FromStr for Availability {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "active" => Ok(Availability::Active),
-            "pause" => Ok(Availability::Pause),
-            "drain" => Ok(Availability::Drain),
-            other => Err(format!(
-                "invalid availability `{other}`: expected active, pause or drain"
-            )),
-        }
-    }
-}
-
-/// Liveness of a node as the leader last recorded it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NodeStatus {
-    /// Seen alive.
-    Ready,
-    /// Declared down (or left).
-    Down,
-    /// Not yet known.
-    Unknown,
-}
-
-impl NodeStatus {
-    /// The lowercase word used in JSON and tables.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeStatus::Ready => "ready",
-            NodeStatus::Down => "down",
-            NodeStatus::Unknown => "unknown",
-        }
-    }
-}
+/// A node's role (`manager`, `worker`), its scheduling availability (`active`, `pause`,
+/// `drain`) and liveness (`ready`, `down`, `unknown`): the scheduler's types and words. The
+/// records always had the same variants in the same order, so their postcard bytes (and the
+/// variant names `node.json` writes) are the same.
+pub use shoal_scheduler::{Availability, NodeRole as Role, NodeStatus};
 
 /// The cluster itself: identity, CA and token generations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

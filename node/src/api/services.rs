@@ -1,0 +1,731 @@
+//! The JSON of services and tasks in the control API (DESIGN §8): the body of
+//! `service create` ([`ServiceSpecBody`]), `service ls`/`inspect` ([`ServiceRow`],
+//! [`ServiceInspect`]) and `service ps`/`node ps` ([`TaskRow`]) rows, scale and answers.
+//!
+//! These are the contract, apart from the Raft records in [`crate::manager::services`]: one
+//! conversion each way between them (`TryFrom<ServiceSpecBody> for ServiceSpec`, which
+//! validates, and `From<&ServiceSpec> for ServiceSpecBody`; the rows are built from the
+//! records by [`ServiceRow::of`] and [`TaskRow::of`]). Field names, defaults and words must not
+//! change; the JSON names its fields, so a new one is `#[serde(default)]` on input.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use shoal_scheduler::{RestartCondition, Slot, Task, TaskState};
+
+use crate::manager::services::{
+    FailureAction, HealthCheckSpec, HealthTestSpec, PortSpec, ResourceSpec, RestartPolicySpec,
+    ServiceMode, ServiceRecord, ServiceSpec, ServicesState, UpdateConfig, UpdateOrder,
+    mode_replicas, mode_word,
+};
+use crate::manager::state::{Millis, NodeRecord};
+
+// ---------------------------------------------------------------------------------------------
+// The spec body
+// ---------------------------------------------------------------------------------------------
+
+/// Replicated with a count, or one task per eligible node: `{"replicated": {"replicas": 3}}`
+/// or `"global"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceModeBody {
+    /// `--replicas N`: slots `1..=N`.
+    Replicated {
+        /// Desired number of tasks.
+        replicas: u64,
+    },
+    /// `--mode global`: one task on every eligible node.
+    Global,
+}
+
+/// A published port: `-p PUBLISHED:TARGET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortBody {
+    /// The port every node listens on (routing mesh).
+    pub published: u16,
+    /// The port the task listens on.
+    pub target: u16,
+}
+
+/// Memory and CPU amounts; zero means none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourcesBody {
+    /// Memory in bytes (0: none).
+    pub memory_bytes: u64,
+    /// CPU in nano-CPUs, 1 CPU = 1 000 000 000 (0: none).
+    pub nano_cpus: u64,
+}
+
+/// Docker's `--restart-*` flags; a missing field takes Docker's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RestartPolicyBody {
+    /// When to restart: `any`, `on-failure` or `none`.
+    #[serde(with = "restart_condition_word")]
+    pub condition: RestartCondition,
+    /// Delay between a task's end and its replacement, in milliseconds.
+    pub delay_ms: u64,
+    /// Most restarts (within `window_ms` when non-zero); 0 = unlimited.
+    pub max_attempts: u64,
+    /// Window over which restarts are counted, in milliseconds; 0 = forever.
+    pub window_ms: u64,
+}
+
+impl Default for RestartPolicyBody {
+    fn default() -> Self {
+        RestartPolicySpec::default().into()
+    }
+}
+
+/// What a health check runs: `{"cmd": [...]}` or `{"shell": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthTestBody {
+    /// An argv run directly (Docker `CMD`).
+    Cmd(Vec<String>),
+    /// A string run with `/bin/sh -c` (Docker `CMD-SHELL`, what `--health-cmd` gives).
+    Shell(String),
+}
+
+/// `--health-*` flags (every field required).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheckBody {
+    /// The command.
+    pub test: HealthTestBody,
+    /// Time between checks, in milliseconds.
+    pub interval_ms: u64,
+    /// A check running longer fails, in milliseconds.
+    pub timeout_ms: u64,
+    /// Consecutive failures that make the task unhealthy (at least 1).
+    pub retries: u32,
+    /// Failures during this time after start do not count, in milliseconds.
+    pub start_period_ms: u64,
+}
+
+impl HealthCheckBody {
+    /// A shell check with Docker's defaults (those of [`HealthCheckSpec::shell`]).
+    pub fn shell(cmd: impl Into<String>) -> Self {
+        (&HealthCheckSpec::shell(cmd)).into()
+    }
+}
+
+/// `--update-*` flags; a missing field takes Docker's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpdateConfigBody {
+    /// Tasks replaced at once (0 = all at once).
+    pub parallelism: u64,
+    /// Pause between batches, in milliseconds.
+    pub delay_ms: u64,
+    /// `stop-first` or `start-first`.
+    pub order: UpdateOrder,
+    /// `pause`, `continue` or `rollback`.
+    pub failure_action: FailureAction,
+}
+
+impl Default for UpdateConfigBody {
+    fn default() -> Self {
+        UpdateConfig::default().into()
+    }
+}
+
+/// `POST /v1/services`: what a user asks for with `service create`; a missing field takes the
+/// default of [`ServiceSpec::default`] (Docker's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceSpecBody {
+    /// Unique name: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 63 characters.
+    pub name: String,
+    /// Docker: image reference. Process: absolute path of the program.
+    pub image: String,
+    /// Command arguments (Docker: replaces the image's `CMD` when not empty).
+    pub args: Vec<String>,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// `docker` or `process`.
+    pub driver: String,
+    /// Replicated or global.
+    pub mode: ServiceModeBody,
+    /// Published ports.
+    pub ports: Vec<PortBody>,
+    /// Placement constraints (`node.labels.zone==attic`).
+    pub constraints: Vec<String>,
+    /// Reserved per task (placement).
+    pub reservations: ResourcesBody,
+    /// Limits per task (enforced by the driver).
+    pub limits: ResourcesBody,
+    /// Restart policy.
+    pub restart_policy: RestartPolicyBody,
+    /// At most this many tasks per node (0 = unlimited).
+    pub max_replicas_per_node: u64,
+    /// Health check.
+    pub health_check: Option<HealthCheckBody>,
+    /// Labels put on the tasks (may not start with `shoal.`).
+    pub labels: BTreeMap<String, String>,
+    /// Time between the stop signal and SIGKILL, in milliseconds.
+    pub stop_grace_ms: u64,
+    /// Rolling update settings.
+    pub update_config: UpdateConfigBody,
+}
+
+impl Default for ServiceSpecBody {
+    fn default() -> Self {
+        (&ServiceSpec::default()).into()
+    }
+}
+
+impl ServiceSpecBody {
+    /// A replicated service of one task with Docker's defaults elsewhere.
+    pub fn new(name: impl Into<String>, image: impl Into<String>) -> Self {
+        (&ServiceSpec::new(name, image)).into()
+    }
+}
+
+/// The API's body into the Raft spec: the one way in, and it validates
+/// ([`ServiceSpec::validate`]: the error is one line for the user).
+impl TryFrom<ServiceSpecBody> for ServiceSpec {
+    type Error = String;
+
+    fn try_from(b: ServiceSpecBody) -> Result<Self, String> {
+        let spec = ServiceSpec {
+            name: b.name,
+            image: b.image,
+            args: b.args,
+            env: b.env,
+            driver: b.driver,
+            mode: match b.mode {
+                ServiceModeBody::Replicated { replicas } => ServiceMode::Replicated { replicas },
+                ServiceModeBody::Global => ServiceMode::Global,
+            },
+            ports: b.ports.into_iter().map(PortSpec::from).collect(),
+            constraints: b.constraints,
+            reservations: b.reservations.into(),
+            limits: b.limits.into(),
+            restart_policy: b.restart_policy.into(),
+            max_replicas_per_node: b.max_replicas_per_node,
+            health_check: b.health_check.map(HealthCheckSpec::from),
+            labels: b.labels,
+            stop_grace_ms: b.stop_grace_ms,
+            update_config: b.update_config.into(),
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+/// The Raft spec as the API shows it (`service inspect`): the one way out.
+impl From<&ServiceSpec> for ServiceSpecBody {
+    fn from(s: &ServiceSpec) -> Self {
+        ServiceSpecBody {
+            name: s.name.clone(),
+            image: s.image.clone(),
+            args: s.args.clone(),
+            env: s.env.clone(),
+            driver: s.driver.clone(),
+            mode: match s.mode {
+                ServiceMode::Replicated { replicas } => ServiceModeBody::Replicated { replicas },
+                ServiceMode::Global => ServiceModeBody::Global,
+            },
+            ports: s.ports.iter().map(|&p| PortBody::from(p)).collect(),
+            constraints: s.constraints.clone(),
+            reservations: s.reservations.into(),
+            limits: s.limits.into(),
+            restart_policy: s.restart_policy.into(),
+            max_replicas_per_node: s.max_replicas_per_node,
+            health_check: s.health_check.as_ref().map(HealthCheckBody::from),
+            labels: s.labels.clone(),
+            stop_grace_ms: s.stop_grace_ms,
+            update_config: s.update_config.into(),
+        }
+    }
+}
+
+impl From<PortBody> for PortSpec {
+    fn from(p: PortBody) -> Self {
+        PortSpec {
+            published: p.published,
+            target: p.target,
+        }
+    }
+}
+
+impl From<PortSpec> for PortBody {
+    fn from(p: PortSpec) -> Self {
+        PortBody {
+            published: p.published,
+            target: p.target,
+        }
+    }
+}
+
+impl From<ResourcesBody> for ResourceSpec {
+    fn from(r: ResourcesBody) -> Self {
+        ResourceSpec {
+            memory_bytes: r.memory_bytes,
+            nano_cpus: r.nano_cpus,
+        }
+    }
+}
+
+impl From<ResourceSpec> for ResourcesBody {
+    fn from(r: ResourceSpec) -> Self {
+        ResourcesBody {
+            memory_bytes: r.memory_bytes,
+            nano_cpus: r.nano_cpus,
+        }
+    }
+}
+
+impl From<RestartPolicyBody> for RestartPolicySpec {
+    fn from(p: RestartPolicyBody) -> Self {
+        RestartPolicySpec {
+            condition: p.condition,
+            delay_ms: p.delay_ms,
+            max_attempts: p.max_attempts,
+            window_ms: p.window_ms,
+        }
+    }
+}
+
+impl From<RestartPolicySpec> for RestartPolicyBody {
+    fn from(p: RestartPolicySpec) -> Self {
+        RestartPolicyBody {
+            condition: p.condition,
+            delay_ms: p.delay_ms,
+            max_attempts: p.max_attempts,
+            window_ms: p.window_ms,
+        }
+    }
+}
+
+impl From<HealthCheckBody> for HealthCheckSpec {
+    fn from(h: HealthCheckBody) -> Self {
+        HealthCheckSpec {
+            test: match h.test {
+                HealthTestBody::Cmd(argv) => HealthTestSpec::Cmd(argv),
+                HealthTestBody::Shell(s) => HealthTestSpec::Shell(s),
+            },
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            retries: h.retries,
+            start_period_ms: h.start_period_ms,
+        }
+    }
+}
+
+impl From<&HealthCheckSpec> for HealthCheckBody {
+    fn from(h: &HealthCheckSpec) -> Self {
+        HealthCheckBody {
+            test: match &h.test {
+                HealthTestSpec::Cmd(argv) => HealthTestBody::Cmd(argv.clone()),
+                HealthTestSpec::Shell(s) => HealthTestBody::Shell(s.clone()),
+            },
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            retries: h.retries,
+            start_period_ms: h.start_period_ms,
+        }
+    }
+}
+
+impl From<UpdateConfigBody> for UpdateConfig {
+    fn from(u: UpdateConfigBody) -> Self {
+        UpdateConfig {
+            parallelism: u.parallelism,
+            delay_ms: u.delay_ms,
+            order: u.order,
+            failure_action: u.failure_action,
+        }
+    }
+}
+
+impl From<UpdateConfig> for UpdateConfigBody {
+    fn from(u: UpdateConfig) -> Self {
+        UpdateConfigBody {
+            parallelism: u.parallelism,
+            delay_ms: u.delay_ms,
+            order: u.order,
+            failure_action: u.failure_action,
+        }
+    }
+}
+
+/// The restart condition as its JSON word (`any`, `on-failure`, `none`), with the scheduler's
+/// words; an unknown word is refused with the message serde gives an unknown variant.
+mod restart_condition_word {
+    use serde::{Deserialize, Deserializer, Serializer, de};
+    use shoal_scheduler::RestartCondition;
+
+    /// The words, for serde's "expected one of" message.
+    const WORDS: &[&str] = &["any", "on-failure", "none"];
+
+    pub(super) fn serialize<S: Serializer>(c: &RestartCondition, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(c.as_str())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<RestartCondition, D::Error> {
+        let word = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        word.parse()
+            .map_err(|_| de::Error::unknown_variant(&word, WORDS))
+    }
+}
+
+/// `POST /v1/services/{ref}/scale`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    /// New replica count.
+    pub replicas: u64,
+}
+
+/// Answer to create/scale/rm.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceRef {
+    /// Service ID.
+    pub id: String,
+    /// Service name.
+    pub name: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rows and times
+// ---------------------------------------------------------------------------------------------
+
+/// `ms` milliseconds after the Unix epoch, clamped to the last millisecond of year 9999:
+/// humantime cannot format a later time (it panics), and a timestamp from a peer or the disk
+/// may be anything. Every RFC 3339 rendering goes through this.
+pub fn epoch_ms_clamped(ms: Millis) -> SystemTime {
+    const MAX_MS: u64 = 253_402_300_799_999;
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms.min(MAX_MS)))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// Milliseconds since the epoch as RFC 3339 (UTC, millisecond precision).
+pub fn rfc3339(ms: Millis) -> String {
+    humantime::format_rfc3339_millis(epoch_ms_clamped(ms)).to_string()
+}
+
+/// One task as `service ps` / `node ps` show it (DESIGN §8 fields, then extras).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRow {
+    /// Task ID.
+    pub id: String,
+    /// Service name.
+    pub service: String,
+    /// Slot number; null for a global task.
+    pub slot: Option<u64>,
+    /// Node ID; null while pending.
+    pub node_id: Option<String>,
+    /// Node hostname; null while pending or when the node is gone.
+    pub node: Option<String>,
+    /// Image (or program path).
+    pub image: String,
+    /// `running` or `shutdown`.
+    pub desired_state: String,
+    /// Observed state (`pending`, `running`, `failed`, ...).
+    pub state: String,
+    /// Why it failed, was rejected, or is pending.
+    pub error: Option<String>,
+    /// Exit code once exited.
+    pub exit_code: Option<i32>,
+    /// Service ID.
+    pub service_id: String,
+    /// Attempt number within the slot (0 first).
+    pub attempt: u64,
+    /// Health (`starting`, `healthy`, `unhealthy`), null without a check or once ended.
+    pub health: Option<String>,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Last state change, RFC 3339.
+    pub updated_at: String,
+    /// End time, RFC 3339.
+    pub ended_at: Option<String>,
+}
+
+/// Which tasks [`task_rows`] lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskFilter<'a> {
+    /// Every task.
+    All,
+    /// Tasks of this service ID.
+    Service(&'a str),
+    /// Tasks on this node ID.
+    Node(&'a str),
+}
+
+impl TaskRow {
+    /// The row of task `t` (the record of its service and the node table fill it in).
+    pub fn of(state: &ServicesState, nodes: &BTreeMap<String, NodeRecord>, t: &Task) -> TaskRow {
+        let rec = state.any_service(t.service_id.as_str());
+        let spec = rec.map(|r| r.spec_for_version(t.spec_version));
+        let error = t.error.clone().or_else(|| {
+            (t.state == TaskState::Pending)
+                .then(|| t.pending_reason.as_ref().map(ToString::to_string))
+                .flatten()
+        });
+        TaskRow {
+            id: t.id.0.clone(),
+            service: spec.map_or_else(|| t.service_id.0.clone(), |s| s.name.clone()),
+            slot: match t.slot {
+                Slot::Replica(n) => Some(n),
+                Slot::Node(_) => None,
+            },
+            node_id: t.node_id.as_ref().map(|n| n.0.clone()),
+            node: t
+                .node_id
+                .as_ref()
+                .and_then(|n| nodes.get(n.as_str()))
+                .map(|n| n.hostname.clone()),
+            image: spec.map(|s| s.image.clone()).unwrap_or_default(),
+            desired_state: t.desired_state.as_str().to_string(),
+            state: t.state.as_str().to_string(),
+            error,
+            exit_code: t.exit_code,
+            service_id: t.service_id.0.clone(),
+            attempt: t.attempt,
+            health: state
+                .health
+                .get(t.id.as_str())
+                .filter(|_| !t.state.is_terminal())
+                .map(|h| h.as_str().to_string()),
+            created_at: rfc3339(t.created_at.0),
+            updated_at: rfc3339(t.updated_at.0),
+            ended_at: t.ended_at.map(|e| rfc3339(e.0)),
+        }
+    }
+}
+
+/// Task rows, sorted by service name, slot, then newest attempt first (Docker's order).
+pub fn task_rows(
+    state: &ServicesState,
+    nodes: &BTreeMap<String, NodeRecord>,
+    filter: TaskFilter<'_>,
+) -> Vec<TaskRow> {
+    let mut tasks: Vec<&Task> = state
+        .tasks
+        .values()
+        .filter(|t| match filter {
+            TaskFilter::All => true,
+            TaskFilter::Service(id) => t.service_id.as_str() == id,
+            TaskFilter::Node(id) => t.node_id.as_ref().is_some_and(|n| n.as_str() == id),
+        })
+        .collect();
+    let name = |t: &Task| {
+        state
+            .any_service(t.service_id.as_str())
+            .map_or("", |r| r.spec.name.as_str())
+    };
+    tasks.sort_by(|a, b| {
+        name(a)
+            .cmp(name(b))
+            .then_with(|| a.service_id.cmp(&b.service_id))
+            .then_with(|| a.slot.cmp(&b.slot))
+            .then_with(|| b.attempt.cmp(&a.attempt))
+            .then_with(|| b.created_at.cmp(&a.created_at))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    tasks
+        .into_iter()
+        .map(|t| TaskRow::of(state, nodes, t))
+        .collect()
+}
+
+/// `update_status` as JSON shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatusRow {
+    /// `updating`, `paused`, `completed`, `rollback_started`, ...
+    pub state: String,
+    /// RFC 3339.
+    pub started_at: Option<String>,
+    /// RFC 3339.
+    pub completed_at: Option<String>,
+    /// A sentence.
+    pub message: String,
+}
+
+/// One service as `service ls` shows it (DESIGN §8 fields, then extras).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRow {
+    /// Service ID.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// `replicated` or `global`.
+    pub mode: String,
+    /// Desired replicas; null for global.
+    pub replicas: Option<u64>,
+    /// Tasks running (and wanted running).
+    pub running: u64,
+    /// Image (or program path).
+    pub image: String,
+    /// `docker` or `process`.
+    pub driver: String,
+    /// Published ports.
+    pub ports: Vec<PortBody>,
+    /// Latest rolling update, or null.
+    pub update_status: Option<UpdateStatusRow>,
+    /// Tasks wanted: the replica count, or for global the active tasks (Docker's `3/3`).
+    pub desired_tasks: u64,
+    /// Spec version.
+    pub version: u64,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+impl ServiceRow {
+    /// The row of service `rec` (its tasks in `state` give the counts).
+    pub fn of(state: &ServicesState, rec: &ServiceRecord) -> ServiceRow {
+        let (mut running, mut active) = (0u64, 0u64);
+        for t in state.tasks_of(&rec.id) {
+            if t.is_active() {
+                active += 1;
+                if t.state == TaskState::Running {
+                    running += 1;
+                }
+            }
+        }
+        ServiceRow {
+            id: rec.id.clone(),
+            name: rec.spec.name.clone(),
+            mode: mode_word(rec.spec.mode).to_string(),
+            replicas: mode_replicas(rec.spec.mode),
+            running,
+            image: rec.spec.image.clone(),
+            driver: rec.spec.driver.clone(),
+            ports: rec.spec.ports.iter().map(|&p| PortBody::from(p)).collect(),
+            update_status: rec.update_status.as_ref().map(|u| UpdateStatusRow {
+                state: u.state.as_str().to_string(),
+                started_at: u.started_at.map(rfc3339),
+                completed_at: u.completed_at.map(rfc3339),
+                message: u.message.clone(),
+            }),
+            desired_tasks: mode_replicas(rec.spec.mode).unwrap_or(active),
+            version: rec.version,
+            created_at: rfc3339(rec.created_at),
+            updated_at: rfc3339(rec.updated_at),
+        }
+    }
+}
+
+/// Rows of every live service, sorted by name.
+pub fn service_rows(state: &ServicesState) -> Vec<ServiceRow> {
+    let mut recs: Vec<&ServiceRecord> = state.services.values().collect();
+    recs.sort_by(|a, b| a.spec.name.cmp(&b.spec.name).then(a.id.cmp(&b.id)));
+    recs.into_iter().map(|r| ServiceRow::of(state, r)).collect()
+}
+
+/// `GET /v1/services/{ref}`: the row, then the spec and the previous spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInspect {
+    /// The `service ls` row.
+    #[serde(flatten)]
+    pub row: ServiceRow,
+    /// The current spec.
+    pub spec: ServiceSpecBody,
+    /// The spec before the last update, or null.
+    pub previous_spec: Option<ServiceSpecBody>,
+}
+
+impl ServiceInspect {
+    /// What `service inspect` shows of `rec`.
+    pub fn of(state: &ServicesState, rec: &ServiceRecord) -> ServiceInspect {
+        ServiceInspect {
+            row: ServiceRow::of(state, rec),
+            spec: (&rec.spec).into(),
+            previous_spec: rec.previous_spec.as_ref().map(ServiceSpecBody::from),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON of a spec is the contract `service create` sends and `service inspect` shows:
+    /// field names and order, the words, the defaults of missing fields and the message for
+    /// an unknown word are those the API always had.
+    #[test]
+    fn spec_body_json_is_the_contract() {
+        use crate::manager::services::HealthCheckSpec;
+
+        let mut spec = ServiceSpec::new("web", "img:1");
+        spec.mode = ServiceMode::Replicated { replicas: 2 };
+        spec.ports = vec![PortSpec {
+            published: 8080,
+            target: 80,
+        }];
+        spec.restart_policy.condition = RestartCondition::OnFailure;
+        spec.health_check = Some(HealthCheckSpec::shell("true"));
+        spec.update_config.order = UpdateOrder::StartFirst;
+        spec.update_config.failure_action = FailureAction::Rollback;
+        let json = serde_json::to_string(&ServiceSpecBody::from(&spec)).unwrap();
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"name":"web","image":"img:1","args":[],"env":{},"driver":"docker","#,
+                r#""mode":{"replicated":{"replicas":2}},"ports":[{"published":8080,"target":80}],"#,
+                r#""constraints":[],"reservations":{"memory_bytes":0,"nano_cpus":0},"#,
+                r#""limits":{"memory_bytes":0,"nano_cpus":0},"#,
+                r#""restart_policy":{"condition":"on-failure","delay_ms":5000,"max_attempts":0,"window_ms":0},"#,
+                r#""max_replicas_per_node":0,"#,
+                r#""health_check":{"test":{"shell":"true"},"interval_ms":30000,"timeout_ms":30000,"retries":3,"start_period_ms":0},"#,
+                r#""labels":{},"stop_grace_ms":10000,"#,
+                r#""update_config":{"parallelism":1,"delay_ms":0,"order":"start-first","failure_action":"rollback"}}"#,
+            )
+        );
+        let back = serde_json::from_str::<ServiceSpecBody>(&json).unwrap();
+        assert_eq!(ServiceSpec::try_from(back), Ok(spec));
+
+        // Missing fields take Docker's defaults, at every level.
+        let min: ServiceSpecBody = serde_json::from_str(
+            r#"{"name":"web","image":"img","mode":"global","restart_policy":{"condition":"none"}}"#,
+        )
+        .unwrap();
+        let min = ServiceSpec::try_from(min).unwrap();
+        assert_eq!(min.mode, ServiceMode::Global);
+        assert_eq!(min.restart_policy.condition, RestartCondition::None);
+        assert_eq!(min.restart_policy.delay_ms, 5_000);
+        assert_eq!((min.driver.as_str(), min.stop_grace_ms), ("docker", 10_000));
+        assert_eq!(min.update_config, UpdateConfig::default());
+        assert_eq!(
+            ServiceSpecBody::default(),
+            ServiceSpecBody::from(&ServiceSpec::default())
+        );
+
+        // An unknown word is refused as serde refuses an unknown variant.
+        for (body, expected) in [
+            (
+                r#"{"restart_policy":{"condition":"sometimes"}}"#,
+                "unknown variant `sometimes`, expected one of `any`, `on-failure`, `none`",
+            ),
+            (
+                r#"{"update_config":{"order":"whenever"}}"#,
+                "unknown variant `whenever`, expected `stop-first` or `start-first`",
+            ),
+            (
+                r#"{"mode":"sometimes"}"#,
+                "unknown variant `sometimes`, expected `replicated` or `global`",
+            ),
+        ] {
+            let err = serde_json::from_str::<ServiceSpecBody>(body)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(expected), "{err}");
+        }
+
+        // The conversion in validates.
+        let err = ServiceSpec::try_from(ServiceSpecBody::new("-web", "img")).unwrap_err();
+        assert!(err.contains("invalid service name"), "{err}");
+    }
+
+    #[test]
+    fn rfc3339_never_panics() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert!(rfc3339(u64::MAX).starts_with("9999-12-31"));
+    }
+}

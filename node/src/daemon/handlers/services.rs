@@ -1,0 +1,159 @@
+//! Service and task handlers of the control API (run on the leader; followers forward). The
+//! routes are in the table of `handlers.rs`; writes go through [`Node::write`].
+
+use super::*;
+use crate::api::services::{
+    ScaleRequest, ServiceInspect, ServiceRef, ServiceRow, ServiceSpecBody, TaskFilter, TaskRow,
+    service_rows, task_rows,
+};
+use crate::manager::services::{ServiceCommand, ServiceMode, ServiceRecord, ServiceSpec};
+
+/// A fresh random service ID: 25 characters of `[0-9a-z]`, like Docker's. Drawn here, by the
+/// handler that proposes the create, so the state machine stays deterministic.
+fn new_service_id() -> Result<String, String> {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut bytes = [0u8; 25];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a service ID: {e}"))?;
+    Ok(bytes
+        .iter()
+        .map(|b| char::from(DIGITS[usize::from(*b) % DIGITS.len()]))
+        .collect())
+}
+
+/// The live service `reference` names (ID, name or unique ID prefix).
+async fn resolve(manager: &Manager, reference: &str) -> Result<ServiceRecord, ApiError> {
+    read(manager, |s| s.services.resolve_service(reference).cloned())
+        .await?
+        .map_err(ApiError::not_found)
+}
+
+impl Node {
+    /// `POST /v1/services`: validates the body into a spec, draws the ID and proposes the
+    /// create.
+    pub(super) async fn service_create(&self, req: &ApiRequest) -> Result<ServiceRef, ApiError> {
+        self.manager().await?;
+        let body: ServiceSpecBody = req.json()?;
+        let spec = ServiceSpec::try_from(body).map_err(ApiError::bad_request)?;
+        if !spec.ports.is_empty() {
+            return Err(ApiError::bad_request(
+                "publishing ports needs the routing mesh, which this version does not have yet: create the service without -p",
+            ));
+        }
+        let id = new_service_id().map_err(ApiError::internal)?;
+        let name = spec.name.clone();
+        let record = ServiceRecord::new(id.clone(), spec, now_ms());
+        self.write(Command::Services(ServiceCommand::create(record)))
+            .await?;
+        Ok(ServiceRef { id, name })
+    }
+
+    /// `GET /v1/services`.
+    pub(super) async fn service_list(&self) -> Result<Vec<ServiceRow>, ApiError> {
+        let manager = self.manager().await?;
+        read(&manager, |s| service_rows(&s.services)).await
+    }
+
+    /// `GET /v1/services/{ref}`: the row with the spec and the previous spec. Answered as a
+    /// JSON value (keys sorted) as it always was.
+    pub(super) async fn service_inspect(
+        &self,
+        reference: &str,
+    ) -> Result<serde_json::Value, ApiError> {
+        let manager = self.manager().await?;
+        let inspect = read(&manager, |s| {
+            s.services
+                .resolve_service(reference)
+                .map(|rec| ServiceInspect::of(&s.services, rec))
+        })
+        .await?
+        .map_err(ApiError::not_found)?;
+        serde_json::to_value(&inspect)
+            .map_err(|e| ApiError::internal(format!("cannot encode answer: {e}")))
+    }
+
+    /// `GET /v1/services/{ref}/tasks`.
+    pub(super) async fn service_tasks(&self, reference: &str) -> Result<Vec<TaskRow>, ApiError> {
+        let manager = self.manager().await?;
+        read(&manager, |s| {
+            s.services
+                .resolve_service(reference)
+                .map(|rec| task_rows(&s.services, &s.nodes, TaskFilter::Service(&rec.id)))
+        })
+        .await?
+        .map_err(ApiError::not_found)
+    }
+
+    /// `POST /v1/services/{ref}/scale`.
+    pub(super) async fn service_scale(
+        &self,
+        reference: &str,
+        req: &ApiRequest,
+    ) -> Result<ServiceRef, ApiError> {
+        let manager = self.manager().await?;
+        let body: ScaleRequest = req.json()?;
+        let rec = resolve(&manager, reference).await?;
+        if rec.spec.mode == ServiceMode::Global {
+            return Err(ApiError::conflict(format!(
+                "service {} is global: scale applies to replicated services only",
+                rec.spec.name
+            )));
+        }
+        self.write(Command::Services(ServiceCommand::Scale {
+            id: rec.id.clone(),
+            replicas: body.replicas,
+            at: now_ms(),
+        }))
+        .await?;
+        Ok(ServiceRef {
+            id: rec.id,
+            name: rec.spec.name,
+        })
+    }
+
+    /// `DELETE /v1/services/{ref}`.
+    pub(super) async fn service_remove(&self, reference: &str) -> Result<ServiceRef, ApiError> {
+        let manager = self.manager().await?;
+        let rec = resolve(&manager, reference).await?;
+        self.write(Command::Services(ServiceCommand::Remove {
+            id: rec.id.clone(),
+            at: now_ms(),
+        }))
+        .await?;
+        Ok(ServiceRef {
+            id: rec.id,
+            name: rec.spec.name,
+        })
+    }
+
+    /// `GET /v1/nodes/{ref}/tasks` (`self` is the node serving the call).
+    pub(super) async fn node_tasks(&self, reference: &str) -> Result<Vec<TaskRow>, ApiError> {
+        let manager = self.manager().await?;
+        let own = self.node_id().to_string();
+        read(&manager, |s| {
+            let id = if reference == "self" {
+                Ok(own.clone())
+            } else {
+                s.resolve_node(reference).map(|n| n.id.clone())
+            };
+            id.map(|id| task_rows(&s.services, &s.nodes, TaskFilter::Node(&id)))
+        })
+        .await?
+        .map_err(ApiError::not_found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_ids_are_25_lowercase_alphanumerics() {
+        let id = new_service_id().unwrap();
+        assert_eq!(id.len(), 25);
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        );
+        assert_ne!(id, new_service_id().unwrap());
+    }
+}

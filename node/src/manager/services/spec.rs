@@ -1,0 +1,560 @@
+//! Service specs: what a user asks for (`service create`/`update`) as Raft stores it, and
+//! [`ServiceSpec::validate`] giving one-line errors. Encoded with postcard inside the Raft log
+//! and snapshots: a field added, removed or reordered breaks older entries (see
+//! ARCHITECTURE.md "Formats and upgrades"); the JSON the API speaks is `crate::api::services`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shoal_runtime::{HealthCheck, HealthTest, TaskSpec};
+use shoal_scheduler::Constraint;
+
+/// Longest service name (Docker's limit).
+pub const MAX_NAME_LEN: usize = 63;
+/// Most replicas a service may ask for (the leader plans every slot on every pass).
+pub const MAX_REPLICAS: u64 = 10_000;
+/// Drivers a service may name.
+pub const DRIVERS: [&str; 2] = ["docker", "process"];
+/// Longest error message stored for a task (longer ones are cut).
+pub const MAX_TASK_ERROR_LEN: usize = 1024;
+
+/// Replicated with a count, or one task per eligible node: the scheduler's type (same
+/// variants in the same order as the record always had, so the same postcard bytes).
+pub use shoal_scheduler::ServiceMode;
+
+/// `replicated` or `global`: the word for a [`ServiceMode`] in JSON and tables.
+pub fn mode_word(mode: ServiceMode) -> &'static str {
+    match mode {
+        ServiceMode::Replicated { .. } => "replicated",
+        ServiceMode::Global => "global",
+    }
+}
+
+/// The replica count; `None` for global.
+pub fn mode_replicas(mode: ServiceMode) -> Option<u64> {
+    match mode {
+        ServiceMode::Replicated { replicas } => Some(replicas),
+        ServiceMode::Global => None,
+    }
+}
+
+/// A published port: `-p PUBLISHED:TARGET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// The port every node listens on (routing mesh).
+    pub published: u16,
+    /// The port the task listens on.
+    pub target: u16,
+}
+
+/// Memory and CPU amounts; zero means none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceSpec {
+    /// Memory in bytes (0: none).
+    pub memory_bytes: u64,
+    /// CPU in nano-CPUs, 1 CPU = 1 000 000 000 (0: none).
+    pub nano_cpus: u64,
+}
+
+/// When an ended task is replaced (`--restart-condition`): the scheduler's type and words
+/// (same variants in the same order, so the same postcard bytes).
+pub use shoal_scheduler::RestartCondition;
+
+/// Docker's `--restart-*` flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicySpec {
+    /// When to restart.
+    pub condition: RestartCondition,
+    /// Delay between a task's end and its replacement, in milliseconds.
+    pub delay_ms: u64,
+    /// Most restarts (within `window_ms` when non-zero); 0 = unlimited.
+    pub max_attempts: u64,
+    /// Window over which restarts are counted, in milliseconds; 0 = forever.
+    pub window_ms: u64,
+}
+
+impl Default for RestartPolicySpec {
+    /// Docker's defaults: `any`, 5 s, unlimited, no window.
+    fn default() -> Self {
+        RestartPolicySpec {
+            condition: RestartCondition::Any,
+            delay_ms: 5_000,
+            max_attempts: 0,
+            window_ms: 0,
+        }
+    }
+}
+
+/// What a health check runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthTestSpec {
+    /// An argv run directly (Docker `CMD`).
+    Cmd(Vec<String>),
+    /// A string run with `/bin/sh -c` (Docker `CMD-SHELL`, what `--health-cmd` gives).
+    Shell(String),
+}
+
+/// `--health-*` flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheckSpec {
+    /// The command.
+    pub test: HealthTestSpec,
+    /// Time between checks, in milliseconds.
+    pub interval_ms: u64,
+    /// A check running longer fails, in milliseconds.
+    pub timeout_ms: u64,
+    /// Consecutive failures that make the task unhealthy (at least 1).
+    pub retries: u32,
+    /// Failures during this time after start do not count, in milliseconds.
+    pub start_period_ms: u64,
+}
+
+impl HealthCheckSpec {
+    /// A shell check with Docker's defaults (30 s interval, 30 s timeout, 3 retries).
+    pub fn shell(cmd: impl Into<String>) -> Self {
+        HealthCheckSpec {
+            test: HealthTestSpec::Shell(cmd.into()),
+            interval_ms: 30_000,
+            timeout_ms: 30_000,
+            retries: 3,
+            start_period_ms: 0,
+        }
+    }
+}
+
+/// `--update-order`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// Stop the old task, then start the new one (Docker's default).
+    #[default]
+    StopFirst,
+    /// Start the new task, then stop the old one.
+    StartFirst,
+}
+
+shoal_scheduler::words!(UpdateOrder, "update order", "stop-first or start-first", {
+    UpdateOrder::StopFirst => "stop-first",
+    UpdateOrder::StartFirst => "start-first",
+});
+
+/// `--update-failure-action`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureAction {
+    /// Pause the update (Docker's default).
+    #[default]
+    Pause,
+    /// Go on with the next tasks.
+    Continue,
+    /// Roll back to the previous spec.
+    Rollback,
+}
+
+shoal_scheduler::words!(FailureAction, "update failure action", "pause, continue or rollback", {
+    FailureAction::Pause => "pause",
+    FailureAction::Continue => "continue",
+    FailureAction::Rollback => "rollback",
+});
+
+/// `--update-*` flags (stored now; rolling updates use them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    /// Tasks replaced at once (0 = all at once).
+    pub parallelism: u64,
+    /// Pause between batches, in milliseconds.
+    pub delay_ms: u64,
+    /// Stop-first or start-first.
+    pub order: UpdateOrder,
+    /// What to do when a new task fails.
+    pub failure_action: FailureAction,
+}
+
+impl Default for UpdateConfig {
+    /// Docker's defaults: one at a time, no delay, stop-first, pause.
+    fn default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            delay_ms: 0,
+            order: UpdateOrder::StopFirst,
+            failure_action: FailureAction::Pause,
+        }
+    }
+}
+
+/// A service's spec as Raft stores it (inside [`super::ServiceRecord`]); the API's JSON body
+/// is `crate::api::ServiceSpecBody`, converted into this with validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Unique name: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 63 characters.
+    pub name: String,
+    /// Docker: image reference. Process: absolute path of the program.
+    pub image: String,
+    /// Command arguments (Docker: replaces the image's `CMD` when not empty).
+    pub args: Vec<String>,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// `docker` or `process`.
+    pub driver: String,
+    /// Replicated or global.
+    pub mode: ServiceMode,
+    /// Published ports.
+    pub ports: Vec<PortSpec>,
+    /// Placement constraints (`node.labels.zone==attic`), checked by [`ServiceSpec::validate`].
+    pub constraints: Vec<String>,
+    /// Reserved per task (placement).
+    pub reservations: ResourceSpec,
+    /// Limits per task (enforced by the driver).
+    pub limits: ResourceSpec,
+    /// Restart policy.
+    pub restart_policy: RestartPolicySpec,
+    /// At most this many tasks per node (0 = unlimited).
+    pub max_replicas_per_node: u64,
+    /// Health check.
+    pub health_check: Option<HealthCheckSpec>,
+    /// Labels put on the tasks (may not start with `shoal.`).
+    pub labels: BTreeMap<String, String>,
+    /// Time between the stop signal and SIGKILL, in milliseconds.
+    pub stop_grace_ms: u64,
+    /// Rolling update settings.
+    pub update_config: UpdateConfig,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec {
+            name: String::new(),
+            image: String::new(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            driver: "docker".into(),
+            mode: ServiceMode::Replicated { replicas: 1 },
+            ports: Vec::new(),
+            constraints: Vec::new(),
+            reservations: ResourceSpec::default(),
+            limits: ResourceSpec::default(),
+            restart_policy: RestartPolicySpec::default(),
+            max_replicas_per_node: 0,
+            health_check: None,
+            labels: BTreeMap::new(),
+            stop_grace_ms: 10_000,
+            update_config: UpdateConfig::default(),
+        }
+    }
+}
+
+/// Checks a service name against Docker's rules.
+pub fn validate_service_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a service name is required".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "invalid service name `{name}`: at most {MAX_NAME_LEN} characters"
+        ));
+    }
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !first_ok || !rest_ok {
+        return Err(format!(
+            "invalid service name `{name}`: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an ID that the runtime uses in labels and names: 1–64 of `[A-Za-z0-9_.-]`, not
+/// starting with `.`.
+pub(crate) fn validate_ident(what: &str, value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && !value.starts_with('.')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {what} `{value}`: 1-64 characters of [A-Za-z0-9_.-], not starting with '.'"
+        ))
+    }
+}
+
+impl ServiceSpec {
+    /// A replicated service of one task with Docker's defaults elsewhere.
+    pub fn new(name: impl Into<String>, image: impl Into<String>) -> Self {
+        ServiceSpec {
+            name: name.into(),
+            image: image.into(),
+            ..ServiceSpec::default()
+        }
+    }
+
+    /// The parsed constraints.
+    pub fn parsed_constraints(&self) -> Result<Vec<Constraint>, String> {
+        Constraint::parse_all(&self.constraints).map_err(|e| e.to_string())
+    }
+
+    /// Checks everything a node would otherwise refuse later; the error is one line.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_service_name(&self.name)?;
+        if !DRIVERS.contains(&self.driver.as_str()) {
+            return Err(format!(
+                "invalid driver `{}`: expected docker or process",
+                self.driver
+            ));
+        }
+        if self.image.trim().is_empty() {
+            return Err("an image (or, with --driver process, a program path) is required".into());
+        }
+        if self
+            .image
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(format!(
+                "invalid image `{}`: it may not contain spaces or control characters",
+                self.image.escape_debug()
+            ));
+        }
+        if self.driver == "process" && !self.image.starts_with('/') {
+            return Err(format!(
+                "invalid program `{}`: with --driver process the image must be an absolute path",
+                self.image
+            ));
+        }
+        if let ServiceMode::Replicated { replicas } = self.mode
+            && replicas > MAX_REPLICAS
+        {
+            return Err(format!(
+                "invalid replicas {replicas}: at most {MAX_REPLICAS}"
+            ));
+        }
+        if self.args.iter().any(|a| a.contains('\0')) {
+            return Err("arguments may not contain NUL characters".into());
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(format!(
+                    "invalid environment variable name `{}`",
+                    k.escape_debug()
+                ));
+            }
+            if v.contains('\0') {
+                return Err(format!(
+                    "environment variable `{k}` may not contain NUL characters"
+                ));
+            }
+        }
+        for k in self.labels.keys() {
+            if k.is_empty() {
+                return Err("a label key may not be empty".into());
+            }
+            if k.starts_with(shoal_runtime::LABEL_PREFIX) {
+                return Err(format!(
+                    "label `{k}` uses the reserved prefix `{}`",
+                    shoal_runtime::LABEL_PREFIX
+                ));
+            }
+        }
+        let mut published = BTreeSet::new();
+        for p in &self.ports {
+            if p.published == 0 || p.target == 0 {
+                return Err(format!(
+                    "invalid port mapping {}:{}: ports must be between 1 and 65535",
+                    p.published, p.target
+                ));
+            }
+            if !published.insert(p.published) {
+                return Err(format!("port {} is published twice", p.published));
+            }
+        }
+        self.parsed_constraints()?;
+        let (r, l) = (self.reservations, self.limits);
+        if l.memory_bytes > 0 && r.memory_bytes > l.memory_bytes {
+            return Err(format!(
+                "the memory reservation ({} bytes) exceeds the memory limit ({} bytes)",
+                r.memory_bytes, l.memory_bytes
+            ));
+        }
+        if l.nano_cpus > 0 && r.nano_cpus > l.nano_cpus {
+            return Err(format!(
+                "the CPU reservation ({} nano-CPUs) exceeds the CPU limit ({} nano-CPUs)",
+                r.nano_cpus, l.nano_cpus
+            ));
+        }
+        if let Some(h) = &self.health_check {
+            let empty = match &h.test {
+                HealthTestSpec::Cmd(argv) => argv.first().is_none_or(|a| a.is_empty()),
+                HealthTestSpec::Shell(s) => s.trim().is_empty(),
+            };
+            if empty {
+                return Err("the health check command is empty".into());
+            }
+            if h.interval_ms < 10 || h.timeout_ms < 10 {
+                return Err("health check interval and timeout must be at least 10ms".into());
+            }
+            if h.retries == 0 {
+                return Err("health check retries must be at least 1".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The runtime spec of one task of this service.
+    pub fn task_spec(&self, task_id: &str, service_id: &str, slot: u64) -> TaskSpec {
+        let mut spec = TaskSpec::new(task_id, service_id, &self.name, slot, &self.image);
+        spec.args.clone_from(&self.args);
+        spec.env.clone_from(&self.env);
+        spec.labels.clone_from(&self.labels);
+        spec.ports = self.ports.iter().map(|p| p.target).collect();
+        spec.resources = shoal_runtime::Resources {
+            memory_bytes: Some(self.limits.memory_bytes).filter(|&m| m > 0),
+            nano_cpus: Some(self.limits.nano_cpus).filter(|&c| c > 0),
+        };
+        spec.health = self.health_check.as_ref().map(|h| HealthCheck {
+            test: match &h.test {
+                HealthTestSpec::Cmd(argv) => HealthTest::Cmd(argv.clone()),
+                HealthTestSpec::Shell(s) => HealthTest::Shell(s.clone()),
+            },
+            interval: Duration::from_millis(h.interval_ms),
+            timeout: Duration::from_millis(h.timeout_ms),
+            retries: h.retries,
+            start_period: Duration::from_millis(h.start_period_ms),
+        });
+        spec.stop_grace = Duration::from_millis(self.stop_grace_ms);
+        spec
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::services::tests::replicated;
+
+    /// The words keep the one-line errors they always had.
+    #[test]
+    fn words_parse_and_print() {
+        assert_eq!("start-first".parse(), Ok(UpdateOrder::StartFirst));
+        assert_eq!(FailureAction::Continue.to_string(), "continue");
+        assert_eq!(
+            "x".parse::<UpdateOrder>().unwrap_err().to_string(),
+            "invalid update order `x`: expected stop-first or start-first"
+        );
+        assert_eq!(
+            "x".parse::<FailureAction>().unwrap_err().to_string(),
+            "invalid update failure action `x`: expected pause, continue or rollback"
+        );
+        assert_eq!(
+            "x".parse::<RestartCondition>().unwrap_err().to_string(),
+            "invalid restart condition `x`: expected any, on-failure or none"
+        );
+        assert_eq!(mode_word(ServiceMode::Global), "global");
+        assert_eq!(
+            mode_replicas(ServiceMode::Replicated { replicas: 3 }),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn spec_validation() {
+        assert_eq!(replicated("web", 3).validate(), Ok(()));
+        let mut ok = replicated("a.b_c-1", 0);
+        ok.constraints = vec![
+            "node.role==manager".into(),
+            "node.labels.zone != attic".into(),
+        ];
+        ok.ports = vec![PortSpec {
+            published: 8080,
+            target: 80,
+        }];
+        ok.health_check = Some(HealthCheckSpec::shell("true"));
+        assert_eq!(ok.validate(), Ok(()));
+        let mut p = ServiceSpec::new("p", "/bin/sleep");
+        p.driver = "process".into();
+        assert_eq!(p.validate(), Ok(()));
+
+        let bad = |f: &dyn Fn(&mut ServiceSpec), needle: &str| {
+            let mut s = replicated("web", 1);
+            f(&mut s);
+            let err = s.validate().expect_err(needle);
+            assert!(err.contains(needle), "`{err}` should mention `{needle}`");
+            assert!(!err.contains('\n'));
+        };
+        bad(&|s| s.name = String::new(), "name is required");
+        bad(&|s| s.name = "-web".into(), "invalid service name");
+        bad(&|s| s.name = "we b".into(), "invalid service name");
+        bad(&|s| s.name = "x".repeat(64), "at most 63");
+        bad(&|s| s.image = " ".into(), "image");
+        bad(&|s| s.image = "a b".into(), "invalid image");
+        bad(&|s| s.driver = "podman".into(), "invalid driver `podman`");
+        bad(&|s| s.driver = "process".into(), "absolute path");
+        bad(
+            &|s| s.mode = ServiceMode::Replicated { replicas: u64::MAX },
+            "invalid replicas",
+        );
+        bad(
+            &|s| s.constraints = vec!["node.role=manager".into()],
+            "invalid constraint",
+        );
+        bad(
+            &|s| s.constraints = vec!["node.color==red".into()],
+            "unknown field",
+        );
+        bad(
+            &|s| {
+                s.ports = vec![PortSpec {
+                    published: 0,
+                    target: 80,
+                }];
+            },
+            "invalid port mapping",
+        );
+        bad(
+            &|s| {
+                s.ports = vec![
+                    PortSpec {
+                        published: 80,
+                        target: 80,
+                    },
+                    PortSpec {
+                        published: 80,
+                        target: 81,
+                    },
+                ];
+            },
+            "published twice",
+        );
+        bad(
+            &|s| drop(s.env.insert("A=B".into(), "x".into())),
+            "environment variable",
+        );
+        bad(
+            &|s| drop(s.labels.insert("shoal.task".into(), "x".into())),
+            "reserved prefix",
+        );
+        bad(
+            &|s| {
+                s.reservations.memory_bytes = 2;
+                s.limits.memory_bytes = 1;
+            },
+            "exceeds the memory limit",
+        );
+        bad(
+            &|s| s.health_check = Some(HealthCheckSpec::shell(" ")),
+            "health check command is empty",
+        );
+        bad(
+            &|s| {
+                let mut h = HealthCheckSpec::shell("true");
+                h.retries = 0;
+                s.health_check = Some(h);
+            },
+            "retries",
+        );
+    }
+}

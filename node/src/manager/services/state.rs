@@ -1,0 +1,714 @@
+//! Services and tasks in the replicated state: the records, [`ServicesState`] and its
+//! deterministic [`ServicesState::apply`] for [`ServiceCommand`]s. Every timestamp and every ID
+//! comes inside the command (the API handler stamps and draws them); nothing here reads a
+//! clock, draws randomness or iterates a hash map.
+//!
+//! Encoded with postcard inside the Raft log and snapshots: externally tagged enums, no
+//! skipped or flattened fields. New enum variants go at the end only; a field added to a
+//! struct breaks decoding of older log entries, so a changed record needs a new command
+//! variant and a migration (golden bytes in `formats.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use shoal_scheduler::{Decision, DesiredState, Task, TaskState, Timestamp};
+
+use super::spec::{
+    MAX_REPLICAS, MAX_TASK_ERROR_LEN, ServiceMode, ServiceSpec, mode_word, validate_ident,
+};
+use crate::manager::state::{Millis, NodeRecord};
+
+/// Phase of a rolling update or rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    /// Tasks are being replaced.
+    Updating,
+    /// Paused after a failure.
+    Paused,
+    /// All tasks run the new spec.
+    Completed,
+    /// Rolling back to the previous spec.
+    RollbackStarted,
+    /// A rollback paused after a failure.
+    RollbackPaused,
+    /// The rollback finished.
+    RollbackCompleted,
+}
+
+shoal_scheduler::words!(UpdateState, "update state",
+    "updating, paused, completed, rollback_started, rollback_paused or rollback_completed", {
+    UpdateState::Updating => "updating",
+    UpdateState::Paused => "paused",
+    UpdateState::Completed => "completed",
+    UpdateState::RollbackStarted => "rollback_started",
+    UpdateState::RollbackPaused => "rollback_paused",
+    UpdateState::RollbackCompleted => "rollback_completed",
+});
+
+/// Progress of the latest update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    /// Phase.
+    pub state: UpdateState,
+    /// When it started.
+    pub started_at: Option<Millis>,
+    /// When it ended.
+    pub completed_at: Option<Millis>,
+    /// A human sentence (e.g. why it paused).
+    pub message: String,
+}
+
+/// A service as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// Service ID (25 lowercase alphanumerics, made by the API handler that proposes the
+    /// create: nothing here draws randomness).
+    pub id: String,
+    /// Current spec.
+    pub spec: ServiceSpec,
+    /// Spec version: 1 at creation, +1 on every update or rollback (not on scale). Tasks
+    /// record the version they were created from.
+    pub version: u64,
+    /// The spec before the last update (for `service rollback`).
+    pub previous_spec: Option<ServiceSpec>,
+    /// When it was created.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+    /// Latest rolling update, if any.
+    pub update_status: Option<UpdateStatus>,
+}
+
+impl ServiceRecord {
+    /// A new record at version 1.
+    pub fn new(id: impl Into<String>, spec: ServiceSpec, at: Millis) -> Self {
+        ServiceRecord {
+            id: id.into(),
+            spec,
+            version: 1,
+            previous_spec: None,
+            created_at: at,
+            updated_at: at,
+            update_status: None,
+        }
+    }
+
+    /// The spec a task created from `version` runs: the previous spec for `version - 1`,
+    /// the current one otherwise.
+    pub fn spec_for_version(&self, version: u64) -> &ServiceSpec {
+        match &self.previous_spec {
+            Some(prev) if version.saturating_add(1) == self.version => prev,
+            _ => &self.spec,
+        }
+    }
+}
+
+/// Health of a task as its worker last reported it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskHealth {
+    /// No health check.
+    #[default]
+    None,
+    /// Not yet healthy.
+    Starting,
+    /// Last check passed.
+    Healthy,
+    /// Failed `retries` checks in a row.
+    Unhealthy,
+}
+
+shoal_scheduler::words!(TaskHealth, "task health", "none, starting, healthy or unhealthy", {
+    TaskHealth::None => "none",
+    TaskHealth::Starting => "starting",
+    TaskHealth::Healthy => "healthy",
+    TaskHealth::Unhealthy => "unhealthy",
+});
+
+impl From<shoal_runtime::Health> for TaskHealth {
+    fn from(h: shoal_runtime::Health) -> Self {
+        match h {
+            shoal_runtime::Health::None => TaskHealth::None,
+            shoal_runtime::Health::Starting => TaskHealth::Starting,
+            shoal_runtime::Health::Healthy => TaskHealth::Healthy,
+            shoal_runtime::Health::Unhealthy => TaskHealth::Unhealthy,
+        }
+    }
+}
+
+/// A worker's report of one task's state (batched in [`ServiceCommand::TaskReports`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// The task.
+    pub task_id: String,
+    /// `preparing`, `starting`, `running`, `complete`, `failed`, `shutdown` or `rejected`.
+    pub state: TaskState,
+    /// Exit code once exited.
+    pub exit_code: Option<i64>,
+    /// Why it failed or was rejected.
+    pub error: Option<String>,
+    /// Health check state.
+    pub health: TaskHealth,
+    /// When the worker saw it (the worker's clock: informational only).
+    pub at_ms: Millis,
+}
+
+/// Services and tasks as Raft replicates them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicesState {
+    /// Live services by ID.
+    pub services: BTreeMap<String, ServiceRecord>,
+    /// Every task (current and history) by ID.
+    pub tasks: BTreeMap<String, Task>,
+    /// Removed services whose tasks still exist (their workers still need the driver and
+    /// name to stop them); dropped once their last task is removed.
+    pub removed: BTreeMap<String, ServiceRecord>,
+    /// Last reported health of running tasks that have a health check.
+    pub health: BTreeMap<String, TaskHealth>,
+}
+
+/// A change to services or tasks, proposed through Raft inside
+/// `Command::Services`. Variants are only ever appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceCommand {
+    /// `service create`: unique ID and name; the spec must validate.
+    Create(Box<ServiceRecord>),
+    /// `service update`: a new spec (same name and mode kind); bumps the version and keeps
+    /// the old spec for rollback.
+    Update {
+        /// Service ID.
+        id: String,
+        /// The whole new spec.
+        spec: Box<ServiceSpec>,
+        /// When.
+        at: Millis,
+    },
+    /// `service scale`: replicated services only; the version does not change.
+    Scale {
+        /// Service ID.
+        id: String,
+        /// New replica count.
+        replicas: u64,
+        /// When.
+        at: Millis,
+    },
+    /// `service rm`: the service goes; the orchestrator then stops and removes its tasks.
+    Remove {
+        /// Service ID.
+        id: String,
+        /// When.
+        at: Millis,
+    },
+    /// The orchestrator's decisions (from `shoal_scheduler::reconcile`), applied in order;
+    /// decisions that no longer apply are skipped.
+    ApplyDecisions {
+        /// The plan's decisions.
+        decisions: Vec<Decision>,
+        /// The `now` the plan was computed for.
+        now: Millis,
+    },
+    /// State reports from the worker of `node_id`; reports for tasks not assigned to it are
+    /// ignored.
+    TaskReports {
+        /// The reporting node.
+        node_id: String,
+        /// Reports in the order observed.
+        reports: Vec<TaskReport>,
+        /// When the manager received them (stamps `updated_at`/`ended_at`: the leader's
+        /// clock, not the worker's).
+        at: Millis,
+    },
+    /// `service rollback`: back to the previous spec (version + 1).
+    Rollback {
+        /// Service ID.
+        id: String,
+        /// When.
+        at: Millis,
+    },
+    /// Records a rolling update's progress.
+    SetUpdateStatus {
+        /// Service ID.
+        id: String,
+        /// New status.
+        status: Option<UpdateStatus>,
+        /// When.
+        at: Millis,
+    },
+}
+
+/// What an applied [`ServiceCommand`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceOutcome {
+    /// A service was created.
+    Created {
+        /// Its ID.
+        id: String,
+    },
+    /// A service's spec changed (update or rollback).
+    Updated {
+        /// Its ID.
+        id: String,
+        /// The new version.
+        version: u64,
+    },
+    /// A service was scaled.
+    Scaled {
+        /// Its ID.
+        id: String,
+        /// The new count.
+        replicas: u64,
+    },
+    /// A service was removed.
+    Removed {
+        /// Its ID.
+        id: String,
+        /// Its tasks still to be stopped and removed.
+        tasks_left: usize,
+    },
+    /// A rolling update status was recorded.
+    StatusSet,
+    /// Decisions applied.
+    Decisions {
+        /// Applied.
+        applied: usize,
+        /// Skipped because they no longer applied.
+        skipped: usize,
+    },
+    /// Reports applied.
+    Reports {
+        /// Accepted.
+        accepted: usize,
+        /// Ignored (unknown task, another node's task, or a backward move).
+        ignored: usize,
+    },
+}
+
+impl ServiceCommand {
+    /// [`ServiceCommand::Create`] for `record`.
+    pub fn create(record: ServiceRecord) -> Self {
+        ServiceCommand::Create(Box::new(record))
+    }
+
+    /// [`ServiceCommand::Update`] of service `id` to `spec`.
+    pub fn update(id: impl Into<String>, spec: ServiceSpec, at: Millis) -> Self {
+        ServiceCommand::Update {
+            id: id.into(),
+            spec: Box::new(spec),
+            at,
+        }
+    }
+}
+
+fn no_such_service(id: &str) -> String {
+    format!("no such service: {id}")
+}
+
+impl ServicesState {
+    /// Applies `cmd` against the node table `nodes`; a refused command changes nothing.
+    pub fn apply(
+        &mut self,
+        cmd: &ServiceCommand,
+        nodes: &BTreeMap<String, NodeRecord>,
+    ) -> Result<ServiceOutcome, String> {
+        match cmd {
+            ServiceCommand::Create(record) => self.create(record),
+            ServiceCommand::Update { id, spec, at } => self.update(id, spec, *at),
+            ServiceCommand::Rollback { id, at } => {
+                let rec = self.services.get(id).ok_or_else(|| no_such_service(id))?;
+                let Some(prev) = rec.previous_spec.clone() else {
+                    return Err(format!(
+                        "service `{}` has no previous spec to roll back to",
+                        rec.spec.name
+                    ));
+                };
+                self.update(id, &prev, *at)
+            }
+            ServiceCommand::Scale { id, replicas, at } => {
+                let rec = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| no_such_service(id))?;
+                if rec.spec.mode == ServiceMode::Global {
+                    return Err(format!(
+                        "service `{}` is global: only replicated services can be scaled",
+                        rec.spec.name
+                    ));
+                }
+                if *replicas > MAX_REPLICAS {
+                    return Err(format!(
+                        "invalid replicas {replicas}: at most {MAX_REPLICAS}"
+                    ));
+                }
+                rec.spec.mode = ServiceMode::Replicated {
+                    replicas: *replicas,
+                };
+                rec.updated_at = *at;
+                Ok(ServiceOutcome::Scaled {
+                    id: id.clone(),
+                    replicas: *replicas,
+                })
+            }
+            ServiceCommand::Remove { id, at } => {
+                let mut rec = self
+                    .services
+                    .remove(id)
+                    .ok_or_else(|| no_such_service(id))?;
+                rec.updated_at = *at;
+                let tasks_left = self
+                    .tasks
+                    .values()
+                    .filter(|t| t.service_id.as_str() == id)
+                    .count();
+                if tasks_left > 0 {
+                    self.removed.insert(id.clone(), rec);
+                }
+                Ok(ServiceOutcome::Removed {
+                    id: id.clone(),
+                    tasks_left,
+                })
+            }
+            ServiceCommand::SetUpdateStatus { id, status, at } => {
+                let rec = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| no_such_service(id))?;
+                rec.update_status.clone_from(status);
+                rec.updated_at = *at;
+                Ok(ServiceOutcome::StatusSet)
+            }
+            ServiceCommand::ApplyDecisions { decisions, now } => {
+                Ok(self.apply_decisions(decisions, Timestamp(*now), nodes))
+            }
+            ServiceCommand::TaskReports {
+                node_id,
+                reports,
+                at,
+            } => Ok(self.apply_reports(node_id, reports, Timestamp(*at))),
+        }
+    }
+
+    fn create(&mut self, record: &ServiceRecord) -> Result<ServiceOutcome, String> {
+        validate_ident("service ID", &record.id)?;
+        record.spec.validate()?;
+        if self.services.contains_key(&record.id) || self.removed.contains_key(&record.id) {
+            return Err(format!("service ID {} already exists", record.id));
+        }
+        if self.service_by_name(&record.spec.name).is_some() {
+            return Err(format!(
+                "a service named `{}` already exists",
+                record.spec.name
+            ));
+        }
+        self.check_ports(&record.spec, &record.id)?;
+        self.services.insert(record.id.clone(), record.clone());
+        Ok(ServiceOutcome::Created {
+            id: record.id.clone(),
+        })
+    }
+
+    fn update(
+        &mut self,
+        id: &str,
+        spec: &ServiceSpec,
+        at: Millis,
+    ) -> Result<ServiceOutcome, String> {
+        spec.validate()?;
+        let rec = self.services.get(id).ok_or_else(|| no_such_service(id))?;
+        if spec.name != rec.spec.name {
+            return Err(format!(
+                "service `{}` cannot be renamed to `{}`",
+                rec.spec.name, spec.name
+            ));
+        }
+        if mode_word(spec.mode) != mode_word(rec.spec.mode) {
+            return Err(format!(
+                "the mode of service `{}` cannot be changed from {} to {}",
+                rec.spec.name,
+                mode_word(rec.spec.mode),
+                mode_word(spec.mode)
+            ));
+        }
+        self.check_ports(spec, id)?;
+        let rec = self
+            .services
+            .get_mut(id)
+            .ok_or_else(|| no_such_service(id))?;
+        let old = std::mem::replace(&mut rec.spec, spec.clone());
+        rec.previous_spec = Some(old);
+        rec.version = rec.version.saturating_add(1);
+        rec.updated_at = at;
+        Ok(ServiceOutcome::Updated {
+            id: id.to_string(),
+            version: rec.version,
+        })
+    }
+
+    /// Refuses a published port that another live service already publishes.
+    fn check_ports(&self, spec: &ServiceSpec, own_id: &str) -> Result<(), String> {
+        for p in &spec.ports {
+            if let Some(other) = self
+                .services
+                .values()
+                .find(|s| s.id != own_id && s.spec.ports.iter().any(|q| q.published == p.published))
+            {
+                return Err(format!(
+                    "port {} is already published by service `{}`",
+                    p.published, other.spec.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_decisions(
+        &mut self,
+        decisions: &[Decision],
+        now: Timestamp,
+        nodes: &BTreeMap<String, NodeRecord>,
+    ) -> ServiceOutcome {
+        let (mut applied, mut skipped) = (0, 0);
+        let mut removed_any = false;
+        for d in decisions {
+            let done = match d {
+                Decision::CreateTask(t) => {
+                    let fresh = !self.tasks.contains_key(t.id.as_str())
+                        && self.services.contains_key(t.service_id.as_str());
+                    if fresh {
+                        self.tasks.insert(t.id.0.clone(), t.clone());
+                    }
+                    fresh
+                }
+                Decision::Assign { task, node } => match self.tasks.get_mut(task.as_str()) {
+                    Some(t)
+                        if t.state.is_unassigned()
+                            && t.desired_state == DesiredState::Running
+                            && nodes.contains_key(node.as_str()) =>
+                    {
+                        t.node_id = Some(node.clone());
+                        t.state = TaskState::Assigned;
+                        t.pending_reason = None;
+                        t.updated_at = now;
+                        true
+                    }
+                    _ => false,
+                },
+                Decision::UpdatePending { task, reason } => match self.tasks.get_mut(task.as_str())
+                {
+                    Some(t) if t.state.is_unassigned() => {
+                        t.state = TaskState::Pending;
+                        t.pending_reason = Some(reason.clone());
+                        t.updated_at = now;
+                        true
+                    }
+                    _ => false,
+                },
+                Decision::Shutdown { task, .. } => match self.tasks.get_mut(task.as_str()) {
+                    Some(t) if t.desired_state != DesiredState::Shutdown => {
+                        t.desired_state = DesiredState::Shutdown;
+                        true
+                    }
+                    _ => false,
+                },
+                Decision::Cancel { task, .. } => match self.tasks.get_mut(task.as_str()) {
+                    Some(t) if t.state.is_unassigned() => {
+                        t.desired_state = DesiredState::Shutdown;
+                        t.state = TaskState::Shutdown;
+                        t.updated_at = now;
+                        t.ended_at = Some(now);
+                        true
+                    }
+                    // Assigned since the plan was made: its worker must stop it.
+                    Some(t)
+                        if !t.state.is_terminal() && t.desired_state != DesiredState::Shutdown =>
+                    {
+                        t.desired_state = DesiredState::Shutdown;
+                        true
+                    }
+                    _ => false,
+                },
+                Decision::MarkOrphaned { task } => match self.tasks.get_mut(task.as_str()) {
+                    Some(t) if !t.state.is_terminal() && !t.state.is_unassigned() => {
+                        t.desired_state = DesiredState::Shutdown;
+                        t.state = TaskState::Orphaned;
+                        t.updated_at = now;
+                        t.ended_at = Some(now);
+                        self.health.remove(task.as_str());
+                        true
+                    }
+                    _ => false,
+                },
+                Decision::RemoveTask { task } => {
+                    let terminal = self
+                        .tasks
+                        .get(task.as_str())
+                        .is_some_and(|t| t.state.is_terminal());
+                    if terminal {
+                        self.tasks.remove(task.as_str());
+                        self.health.remove(task.as_str());
+                        removed_any = true;
+                    }
+                    terminal
+                }
+            };
+            if done {
+                applied += 1;
+            } else {
+                skipped += 1;
+            }
+        }
+        if removed_any && !self.removed.is_empty() {
+            let live: BTreeSet<&str> = self.tasks.values().map(|t| t.service_id.as_str()).collect();
+            self.removed.retain(|id, _| live.contains(id.as_str()));
+        }
+        ServiceOutcome::Decisions { applied, skipped }
+    }
+
+    fn apply_reports(
+        &mut self,
+        node_id: &str,
+        reports: &[TaskReport],
+        at: Timestamp,
+    ) -> ServiceOutcome {
+        let (mut accepted, mut ignored) = (0, 0);
+        for r in reports {
+            let Some(t) = self.tasks.get_mut(&r.task_id) else {
+                ignored += 1;
+                continue;
+            };
+            let reportable = matches!(
+                r.state,
+                TaskState::Preparing
+                    | TaskState::Starting
+                    | TaskState::Running
+                    | TaskState::Complete
+                    | TaskState::Failed
+                    | TaskState::Shutdown
+                    | TaskState::Rejected
+            );
+            let own = t.node_id.as_ref().is_some_and(|n| n.as_str() == node_id);
+            let allowed = if t.state.is_terminal() {
+                // The only move out of a terminal state: a returning node stops an orphaned
+                // copy (the scheduler's worker contract).
+                t.state == TaskState::Orphaned && r.state == TaskState::Shutdown
+            } else {
+                !t.state.is_unassigned() && r.state >= t.state
+            };
+            if !reportable || !own || !allowed {
+                ignored += 1;
+                continue;
+            }
+            accepted += 1;
+            if r.state != t.state {
+                if r.state.is_terminal() && !t.state.is_terminal() {
+                    t.ended_at = Some(at);
+                }
+                t.state = r.state;
+                t.updated_at = at;
+            }
+            if let Some(code) = r.exit_code {
+                t.exit_code =
+                    Some(i32::try_from(code).unwrap_or(if code < 0 { i32::MIN } else { i32::MAX }));
+            }
+            if let Some(e) = r.error.as_deref().filter(|e| !e.is_empty()) {
+                t.error = Some(truncate(e, MAX_TASK_ERROR_LEN));
+            }
+            if t.state.is_terminal() || r.health == TaskHealth::None {
+                self.health.remove(&r.task_id);
+            } else {
+                self.health.insert(r.task_id.clone(), r.health);
+            }
+        }
+        ServiceOutcome::Reports { accepted, ignored }
+    }
+
+    /// The live service named `name`.
+    pub fn service_by_name(&self, name: &str) -> Option<&ServiceRecord> {
+        self.services.values().find(|s| s.spec.name == name)
+    }
+
+    /// A live or removed service record (removed ones stay while their tasks exist).
+    pub fn any_service(&self, id: &str) -> Option<&ServiceRecord> {
+        self.services.get(id).or_else(|| self.removed.get(id))
+    }
+
+    /// Resolves a user's SERVICE argument: an exact ID, a name, or a unique ID prefix.
+    pub fn resolve_service(&self, reference: &str) -> Result<&ServiceRecord, String> {
+        if reference.is_empty() {
+            return Err("a service ID, ID prefix or name is required".into());
+        }
+        if let Some(s) = self.services.get(reference) {
+            return Ok(s);
+        }
+        if let Some(s) = self.service_by_name(reference) {
+            return Ok(s);
+        }
+        let by_prefix: Vec<&ServiceRecord> = self
+            .services
+            .values()
+            .filter(|s| s.id.starts_with(reference))
+            .collect();
+        match by_prefix.as_slice() {
+            [one] => Ok(one),
+            [] => Err(format!("no such service: {reference}")),
+            many => Err(format!(
+                "service `{reference}` is ambiguous: it matches {} service IDs; give more characters",
+                many.len()
+            )),
+        }
+    }
+
+    /// Resolves a task by exact ID or unique ID prefix.
+    pub fn resolve_task(&self, reference: &str) -> Result<&Task, String> {
+        if reference.is_empty() {
+            return Err("a task ID or ID prefix is required".into());
+        }
+        if let Some(t) = self.tasks.get(reference) {
+            return Ok(t);
+        }
+        let mut matches = self
+            .tasks
+            .range::<str, _>((
+                std::ops::Bound::Included(reference),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(id, _)| id.starts_with(reference))
+            .map(|(_, t)| t);
+        match (matches.next(), matches.next()) {
+            (Some(t), None) => Ok(t),
+            (None, _) => Err(format!("no such task: {reference}")),
+            (Some(_), Some(_)) => Err(format!(
+                "task `{reference}` is ambiguous: give more characters"
+            )),
+        }
+    }
+
+    /// Tasks of a service (current and history).
+    pub fn tasks_of<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks
+            .values()
+            .filter(move |t| t.service_id.as_str() == service_id)
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_errors_are_cut_at_a_char_boundary() {
+        assert_eq!(truncate("ééé", 3), "é…");
+        assert_eq!(truncate("abc", 3), "abc");
+    }
+}

@@ -1,0 +1,265 @@
+//! What the scheduler and the workers see of the services state: [`to_view`], the scheduler's
+//! [`ClusterView`] for the orchestrator, and [`assignments_for`], what a node's worker must run
+//! or stop as runtime `TaskSpec`s. The node records and specs already speak the scheduler's
+//! words (role, status, availability, mode, restart condition), so the view copies them.
+
+use std::collections::BTreeMap;
+
+use shoal_scheduler::{
+    ClusterView, Constraint, ConstraintField, ConstraintOp, DesiredState, NodeId, ServiceId, Slot,
+};
+
+use super::state::{ServiceRecord, ServicesState};
+use crate::manager::state::NodeRecord;
+/// What a worker must run or stop: the worker's own wire type.
+pub use crate::worker::Assignment;
+
+/// The scheduler's node for a node record.
+pub fn view_node(n: &NodeRecord) -> shoal_scheduler::Node {
+    shoal_scheduler::Node {
+        id: NodeId(n.id.clone()),
+        hostname: n.hostname.clone(),
+        role: n.role,
+        status: n.status,
+        availability: n.availability,
+        labels: n.labels.clone(),
+        capacity: shoal_scheduler::Resources {
+            memory_bytes: n.memory_bytes,
+            nano_cpus: u64::from(n.cpus).saturating_mul(1_000_000_000),
+        },
+        drivers: n.drivers.iter().cloned().collect(),
+    }
+}
+
+/// The scheduler's service for a record. A constraint that no longer parses (a spec stored
+/// by another version) becomes one no node satisfies, so its tasks wait as `pending` with a
+/// reason instead of running anywhere.
+pub fn view_service(rec: &ServiceRecord) -> shoal_scheduler::Service {
+    let spec = &rec.spec;
+    let constraints = spec.parsed_constraints().unwrap_or_else(|e| {
+        vec![Constraint {
+            field: ConstraintField::Id,
+            op: ConstraintOp::Eq,
+            value: format!("<{e}>"),
+        }]
+    });
+    let p = spec.restart_policy;
+    shoal_scheduler::Service {
+        id: ServiceId(rec.id.clone()),
+        name: spec.name.clone(),
+        mode: spec.mode,
+        driver: spec.driver.clone(),
+        constraints,
+        reservations: shoal_scheduler::Resources {
+            memory_bytes: spec.reservations.memory_bytes,
+            nano_cpus: spec.reservations.nano_cpus,
+        },
+        max_replicas_per_node: Some(spec.max_replicas_per_node).filter(|&m| m > 0),
+        restart_policy: shoal_scheduler::RestartPolicy {
+            condition: p.condition,
+            delay_ms: p.delay_ms,
+            max_attempts: p.max_attempts,
+            window_ms: p.window_ms,
+        },
+        spec_version: rec.version,
+    }
+}
+
+/// Everything the scheduler reads: nodes, live services, all tasks.
+pub fn to_view(state: &ServicesState, nodes: &BTreeMap<String, NodeRecord>) -> ClusterView {
+    ClusterView {
+        nodes: nodes.values().map(view_node).collect(),
+        services: state.services.values().map(view_service).collect(),
+        tasks: state.tasks.values().cloned().collect(),
+    }
+}
+
+/// The slot number a runtime sees: the replica number, or 0 for a global task.
+pub fn slot_number(slot: &Slot) -> u64 {
+    match slot {
+        Slot::Replica(n) => *n,
+        Slot::Node(_) => 0,
+    }
+}
+
+/// What the worker of `node_id` must do: every task assigned to it that has not ended, to
+/// run (desired `running`) or to stop (desired `shutdown`). Ended tasks are left out (a
+/// failed task is never restarted in place; the worker stops anything it runs that is not
+/// listed, such as an orphaned copy on a node that came back). Sorted by task ID.
+pub fn assignments_for(state: &ServicesState, node_id: &str) -> Vec<Assignment> {
+    state
+        .tasks
+        .values()
+        .filter(|t| {
+            t.node_id.as_ref().is_some_and(|n| n.as_str() == node_id)
+                && !t.state.is_terminal()
+                && !t.state.is_unassigned()
+        })
+        .filter_map(|t| {
+            let live = state.services.get(t.service_id.as_str());
+            let rec = live.or_else(|| state.removed.get(t.service_id.as_str()))?;
+            let spec = rec.spec_for_version(t.spec_version);
+            let slot = slot_number(&t.slot);
+            Some(Assignment {
+                task_id: t.id.0.clone(),
+                service_id: rec.id.clone(),
+                service_name: spec.name.clone(),
+                slot,
+                driver: spec.driver.clone(),
+                spec: spec.task_spec(t.id.as_str(), &rec.id, slot),
+                desired: if live.is_some() && t.desired_state == DesiredState::Running {
+                    crate::worker::DesiredState::Running
+                } else {
+                    crate::worker::DesiredState::Shutdown
+                },
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use shoal_runtime::HealthTest;
+    use shoal_scheduler::TaskState;
+
+    use super::*;
+    use crate::api::services::ServiceRow;
+    use crate::manager::services::tests::{
+        active_on, cluster, converge, create, orchestrate, replicated, svc,
+    };
+    use crate::manager::services::{
+        HealthCheckSpec, PortSpec, ResourceSpec, RestartCondition, ServiceCommand, ServiceMode,
+        ServiceSpec,
+    };
+    use crate::manager::state::Command;
+
+    #[test]
+    fn assignments_carry_runtime_specs() {
+        let mut s = cluster();
+        let mut spec = replicated("web", 3);
+        spec.args = vec!["httpd".into(), "-f".into()];
+        spec.env.insert("A".into(), "1".into());
+        spec.labels.insert("team".into(), "x".into());
+        spec.ports = vec![PortSpec {
+            published: 8080,
+            target: 80,
+        }];
+        spec.limits = ResourceSpec {
+            memory_bytes: 64 << 20,
+            nano_cpus: 0,
+        };
+        spec.health_check = Some(HealthCheckSpec::shell("wget -q localhost"));
+        spec.stop_grace_ms = 1_500;
+        create(&mut s, "s1", spec);
+        let mut g = ServiceSpec::new("agent", "/usr/bin/agent");
+        g.driver = "process".into();
+        g.mode = ServiceMode::Global;
+        create(&mut s, "g1", g);
+        converge(&mut s, 1_000);
+        let all: Vec<Assignment> = ["n1", "n2", "n3"]
+            .iter()
+            .flat_map(|n| assignments_for(&s.services, n))
+            .collect();
+        assert_eq!(all.len(), 6);
+        let mut slots: Vec<u64> = all
+            .iter()
+            .filter(|a| a.service_id == "s1")
+            .map(|a| a.slot)
+            .collect();
+        slots.sort_unstable();
+        assert_eq!(slots, vec![1, 2, 3]);
+        let a = all.iter().find(|a| a.service_id == "s1").unwrap();
+        assert_eq!(a.driver, "docker");
+        assert_eq!(a.desired, crate::worker::DesiredState::Running);
+        assert_eq!(a.spec.task_id, a.task_id);
+        assert_eq!(a.spec.service_id, "s1");
+        assert_eq!(a.spec.service_name, "web");
+        assert_eq!(a.spec.slot, a.slot);
+        assert_eq!(a.spec.image, "shoal-test/busybox:latest");
+        assert_eq!(a.spec.args, vec!["httpd", "-f"]);
+        assert_eq!(a.spec.env.get("A").map(String::as_str), Some("1"));
+        assert_eq!(a.spec.labels.get("team").map(String::as_str), Some("x"));
+        assert_eq!(a.spec.ports, vec![80]);
+        assert_eq!(a.spec.resources.memory_bytes, Some(64 << 20));
+        assert_eq!(a.spec.resources.nano_cpus, None);
+        assert_eq!(a.spec.stop_grace, Duration::from_millis(1_500));
+        let h = a.spec.health.as_ref().unwrap();
+        assert_eq!(h.test, HealthTest::Shell("wget -q localhost".into()));
+        assert_eq!(h.interval, Duration::from_secs(30));
+        let g: Vec<&Assignment> = all.iter().filter(|a| a.service_id == "g1").collect();
+        assert_eq!(g.len(), 3);
+        assert!(g.iter().all(|a| a.slot == 0 && a.driver == "process"));
+        let row = ServiceRow::of(&s.services, &s.services.services["g1"]);
+        assert_eq!(
+            (row.mode.as_str(), row.replicas, row.running),
+            ("global", None, 3)
+        );
+        assert_eq!(row.desired_tasks, 3);
+
+        // Tasks keep the spec they were created from until replaced.
+        let mut v2 = s.services.services["s1"].spec.clone();
+        v2.image = "img:v2".into();
+        svc(&mut s, ServiceCommand::update("s1", v2, 2_000));
+        let a = assignments_for(&s.services, "n1")
+            .into_iter()
+            .find(|a| a.service_id == "s1")
+            .unwrap();
+        assert_eq!(a.spec.image, "shoal-test/busybox:latest");
+    }
+
+    #[test]
+    fn view_maps_nodes_and_services() {
+        let mut s = cluster();
+        let mut spec = replicated("web", 2);
+        spec.constraints = vec!["node.labels.zone==attic".into()];
+        spec.max_replicas_per_node = 1;
+        spec.reservations.nano_cpus = 500_000_000;
+        spec.restart_policy.condition = RestartCondition::OnFailure;
+        create(&mut s, "s1", spec);
+        let view = to_view(&s.services, &s.nodes);
+        assert_eq!(view.nodes.len(), 3);
+        let n1 = view.nodes.iter().find(|n| n.id.as_str() == "n1").unwrap();
+        assert_eq!(n1.role, shoal_scheduler::NodeRole::Manager);
+        assert_eq!(n1.capacity.nano_cpus, 4_000_000_000);
+        assert!(n1.drivers.contains("docker"));
+        let sv = &view.services[0];
+        assert_eq!(sv.constraints.len(), 1);
+        assert_eq!(sv.max_replicas_per_node, Some(1));
+        assert_eq!(sv.reservations.nano_cpus, 500_000_000);
+        assert_eq!(
+            sv.restart_policy.condition,
+            shoal_scheduler::RestartCondition::OnFailure
+        );
+        assert_eq!(sv.spec_version, 1);
+        // No node has the label: pending with the reason, then placed when one gets it.
+        orchestrate(&mut s, 1_000);
+        assert!(
+            s.services
+                .tasks
+                .values()
+                .all(|t| t.state == TaskState::Pending)
+        );
+        let mut add = BTreeMap::new();
+        add.insert("zone".to_string(), "attic".to_string());
+        s.apply(&Command::UpdateNode {
+            id: "n2".into(),
+            availability: None,
+            label_add: add,
+            label_rm: vec![],
+            at: 1_001,
+        });
+        converge(&mut s, 1_010);
+        // max one per node: one runs on n2, the other stays pending.
+        assert_eq!(active_on(&s, "s1").get("n2"), Some(&1));
+        assert_eq!(
+            s.services
+                .tasks
+                .values()
+                .filter(|t| t.state == TaskState::Pending)
+                .count(),
+            1
+        );
+    }
+}
