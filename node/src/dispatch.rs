@@ -93,6 +93,37 @@ fn to_service_report(r: TaskReport) -> Option<services::TaskReport> {
     })
 }
 
+/// What to send a worker whose last sent assignments were `sent` (`None`: nothing yet) now
+/// that its assignments are `current`: the full set first, then only what changed (tasks
+/// added or changed, ids no longer assigned), or nothing when nothing changed.
+fn assignment_change(
+    sent: Option<&BTreeMap<String, worker::Assignment>>,
+    current: &BTreeMap<String, worker::Assignment>,
+) -> Option<AssignmentSet> {
+    let Some(prev) = sent else {
+        return Some(AssignmentSet {
+            full: true,
+            tasks: current.values().cloned().collect(),
+            removed: vec![],
+        });
+    };
+    let tasks: Vec<_> = current
+        .iter()
+        .filter(|(id, a)| prev.get(*id) != Some(*a))
+        .map(|(_, a)| a.clone())
+        .collect();
+    let removed: Vec<_> = prev
+        .keys()
+        .filter(|id| !current.contains_key(*id))
+        .cloned()
+        .collect();
+    (!tasks.is_empty() || !removed.is_empty()).then_some(AssignmentSet {
+        full: false,
+        tasks,
+        removed,
+    })
+}
+
 /// The leader's side of one worker session, until the worker goes or this node stops
 /// leading.
 ///
@@ -187,31 +218,7 @@ pub async fn serve_session(
             .into_iter()
             .map(|a| (a.task_id.clone(), a))
             .collect();
-        let set = match &sent {
-            None => Some(AssignmentSet {
-                full: true,
-                tasks: current.values().cloned().collect(),
-                removed: vec![],
-            }),
-            Some(prev) => {
-                let tasks: Vec<_> = current
-                    .iter()
-                    .filter(|(id, a)| prev.get(*id) != Some(*a))
-                    .map(|(_, a)| a.clone())
-                    .collect();
-                let removed: Vec<_> = prev
-                    .keys()
-                    .filter(|id| !current.contains_key(*id))
-                    .cloned()
-                    .collect();
-                (!tasks.is_empty() || !removed.is_empty()).then_some(AssignmentSet {
-                    full: false,
-                    tasks,
-                    removed,
-                })
-            }
-        };
-        if let Some(set) = set {
+        if let Some(set) = assignment_change(sent.as_ref(), &current) {
             net::write_frame(&mut send, TAG_DISPATCH, &ToWorker::Assignments(set)).await?;
             sent = Some(current);
         }
@@ -378,5 +385,41 @@ mod tests {
         assert!(error.starts_with("bad[2Jthingeee"), "{error}");
         assert_eq!(error.chars().count(), MAX_REPORT_ERROR);
         assert!(!error.chars().any(char::is_control));
+    }
+
+    fn assignment(id: &str, desired: worker::DesiredState) -> (String, worker::Assignment) {
+        let a = worker::Assignment {
+            task_id: id.into(),
+            service_id: "s1".into(),
+            service_name: "web".into(),
+            slot: 1,
+            driver: "process".into(),
+            spec: shoal_runtime::TaskSpec::new(id, "s1", "web", 1, "/bin/sleep"),
+            desired,
+        };
+        (id.to_owned(), a)
+    }
+
+    #[test]
+    fn a_session_gets_the_full_set_first_then_only_changes() {
+        use worker::DesiredState::{Running, Shutdown};
+        let empty = BTreeMap::new();
+        let first = assignment_change(None, &empty).unwrap();
+        assert!(first.full && first.tasks.is_empty() && first.removed.is_empty());
+
+        let sent: BTreeMap<_, _> = [assignment("a", Running), assignment("b", Running)].into();
+        // Nothing changed: nothing is sent.
+        assert_eq!(assignment_change(Some(&sent), &sent), None);
+        // b is to stop, c is new, a is gone.
+        let now: BTreeMap<_, _> = [assignment("b", Shutdown), assignment("c", Running)].into();
+        let change = assignment_change(Some(&sent), &now).unwrap();
+        assert!(!change.full);
+        let ids: Vec<_> = change
+            .tasks
+            .iter()
+            .map(|t| (t.task_id.as_str(), t.desired))
+            .collect();
+        assert_eq!(ids, [("b", Shutdown), ("c", Running)]);
+        assert_eq!(change.removed, ["a"]);
     }
 }

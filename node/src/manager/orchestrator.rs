@@ -127,6 +127,56 @@ async fn step(
     Ok((count, plan.next_wakeup))
 }
 
+/// Where the loop stands while this node leads.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// When this leadership began (the grace period runs from here).
+    since: Instant,
+    /// When the next pass is due even if nothing changed.
+    due: Instant,
+    /// When decisions were last committed.
+    last_commit: Option<Instant>,
+    /// Passes in a row that all produced decisions.
+    busy: u32,
+}
+
+/// What one turn of the loop does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// Plan and commit now.
+    Plan,
+    /// Sleep until then (or until the state or the leadership changes).
+    WaitUntil(Instant),
+}
+
+/// The loop's decision at `now`: plan when the grace period is over (or this leader is
+/// `alone`: it has no other node's state to confirm, as in every cluster right after
+/// `init`), the last commit is `min_interval` behind, and either the state `changed` or a
+/// pass is due — unless every recent pass kept deciding (`busy`), which waits for `due`.
+fn next_turn(
+    config: &OrchestratorConfig,
+    pace: &Pace,
+    now: Instant,
+    changed: bool,
+    alone: bool,
+) -> Turn {
+    let grace_end = pace.since + config.grace;
+    if !alone && now < grace_end {
+        return Turn::WaitUntil(grace_end);
+    }
+    if let Some(next) = pace.last_commit.map(|c| c + config.min_interval)
+        && now < next
+    {
+        return Turn::WaitUntil(next);
+    }
+    let calm = pace.busy < config.busy_passes || now >= pace.due;
+    if (changed || now >= pace.due) && calm {
+        Turn::Plan
+    } else {
+        Turn::WaitUntil(pace.due)
+    }
+}
+
 /// True when the node table holds no node but the one with Raft ID `me`.
 fn alone_in(state: &ClusterState, me: u64) -> bool {
     state.nodes.values().all(|n| n.raft_id == me)
@@ -183,51 +233,48 @@ pub async fn run(
                     }
                 };
                 let now = Instant::now();
-                // The grace period keeps a new leader from acting on node states it has not
-                // confirmed yet. A leader that is the only node has nothing to confirm (this
-                // is every cluster right after `init`): it acts at once.
-                let past_grace = now >= since + config.grace
-                    || manager.read_local(|s| alone_in(s, me));
-                let spaced = last_commit.is_none_or(|c| now >= c + config.min_interval);
+                let pace = Pace {
+                    since,
+                    due,
+                    last_commit,
+                    busy,
+                };
                 let changed = applied != planned_at_applied;
-                let calm = busy < config.busy_passes || now >= due;
-                if past_grace && spaced && (changed || now >= due) && calm {
-                    planned_at_applied = applied;
-                    due = now + config.tick;
-                    match step(&manager, &config).await {
-                        Ok((0, wakeup)) => {
-                            busy = 0;
-                            if let Some(w) = wakeup {
-                                due = due.min(wakeup_deadline(w));
+                let alone = manager.read_local(|s| alone_in(s, me));
+                match next_turn(&config, &pace, now, changed, alone) {
+                    Turn::WaitUntil(at) => wait_until = at,
+                    Turn::Plan => {
+                        planned_at_applied = applied;
+                        due = now + config.tick;
+                        match step(&manager, &config).await {
+                            Ok((0, wakeup)) => {
+                                busy = 0;
+                                if let Some(w) = wakeup {
+                                    due = due.min(wakeup_deadline(w));
+                                }
                             }
-                        }
-                        Ok((n, wakeup)) => {
-                            debug!(decisions = n, "orchestrator: committed decisions");
-                            last_commit = Some(Instant::now());
-                            busy += 1;
-                            if busy >= config.busy_passes {
-                                warn!(
-                                    passes = busy,
-                                    "orchestrator: every pass keeps deciding; slowing down"
-                                );
-                            } else if let Some(w) = wakeup {
-                                due = due.min(wakeup_deadline(w));
+                            Ok((n, wakeup)) => {
+                                debug!(decisions = n, "orchestrator: committed decisions");
+                                last_commit = Some(Instant::now());
+                                busy += 1;
+                                if busy >= config.busy_passes {
+                                    warn!(
+                                        passes = busy,
+                                        "orchestrator: every pass keeps deciding; slowing down"
+                                    );
+                                } else if let Some(w) = wakeup {
+                                    due = due.min(wakeup_deadline(w));
+                                }
+                                // Plan again from the state our own entry produced.
+                                planned_at_applied = None;
                             }
-                            // Plan again from the state our own entry produced.
-                            planned_at_applied = None;
+                            Err(ManagerError::NotLeader { .. }) => {}
+                            // Retried at the next tick, or sooner when the state changes.
+                            Err(e) => warn!("orchestrator: cannot commit decisions: {e}"),
                         }
-                        Err(ManagerError::NotLeader { .. }) => {}
-                        // Retried at the next tick, or sooner when the state changes.
-                        Err(e) => warn!("orchestrator: cannot commit decisions: {e}"),
+                        wait_until = due;
                     }
                 }
-                wait_until = if !past_grace {
-                    since + config.grace
-                } else if !spaced {
-                    last_commit.map_or(due, |c| c + config.min_interval)
-                } else {
-                    due
-                };
             }
         }
         tokio::select! {
@@ -275,6 +322,57 @@ mod tests {
             created_at: 1,
             updated_at: 1,
         }
+    }
+
+    #[test]
+    fn the_loop_waits_out_the_grace_spaces_commits_and_calms_down() {
+        let c = OrchestratorConfig::default();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let fresh = Pace {
+            since: t0,
+            due: ms(2000),
+            last_commit: None,
+            busy: 0,
+        };
+        // A new leader waits out the grace, even when the state changed...
+        assert_eq!(
+            next_turn(&c, &fresh, ms(10), true, false),
+            Turn::WaitUntil(ms(2000))
+        );
+        // ...unless it is alone.
+        assert_eq!(next_turn(&c, &fresh, ms(10), true, true), Turn::Plan);
+        // After the grace: a change plans, no change waits for the due pass.
+        let settled = Pace {
+            due: ms(3000),
+            ..fresh
+        };
+        assert_eq!(next_turn(&c, &settled, ms(2500), true, false), Turn::Plan);
+        assert_eq!(
+            next_turn(&c, &settled, ms(2500), false, false),
+            Turn::WaitUntil(ms(3000))
+        );
+        assert_eq!(next_turn(&c, &settled, ms(3000), false, false), Turn::Plan);
+        // Commits are spaced by min_interval.
+        let committed = Pace {
+            last_commit: Some(ms(2490)),
+            ..settled
+        };
+        assert_eq!(
+            next_turn(&c, &committed, ms(2500), true, false),
+            Turn::WaitUntil(ms(2540))
+        );
+        assert_eq!(next_turn(&c, &committed, ms(2540), true, false), Turn::Plan);
+        // A plan that keeps deciding waits for the tick even when the state changed.
+        let busy = Pace {
+            busy: c.busy_passes,
+            ..committed
+        };
+        assert_eq!(
+            next_turn(&c, &busy, ms(2600), true, false),
+            Turn::WaitUntil(ms(3000))
+        );
+        assert_eq!(next_turn(&c, &busy, ms(3000), true, false), Turn::Plan);
     }
 
     #[test]
