@@ -76,8 +76,8 @@ pub use constraint::{
 pub use ids::derive_task_id;
 pub use model::{
     Availability, ClusterView, DesiredState, Node, NodeId, NodeRole, NodeStatus, Resources,
-    RestartCondition, RestartPolicy, Service, ServiceId, ServiceMode, Slot, Task, TaskId,
-    TaskState, Timestamp,
+    RestartCondition, RestartPolicy, Service, ServiceId, ServiceMode, Slot, Task, TaskHealth,
+    TaskId, TaskState, Timestamp,
 };
 pub use placement::{
     FilterCount, FilterFailure, PendingReason, check_dynamic, check_static, must_leave,
