@@ -548,7 +548,9 @@ impl Entry {
                 // A copy the runtime had was stopped, whatever the cache said of it (a start in
                 // flight when the daemon was killed leaves it `assigned` in the cache): the
                 // manager learns it is gone (an orphaned task becomes `shutdown`).
-                if self.state.is_terminal() || !(found || !is_unstarted(self.state)) {
+                // One that never ran here and that the runtime did not have is not reported.
+                let ran = found || !is_unstarted(self.state);
+                if self.state.is_terminal() || !ran {
                     return false;
                 }
                 self.set_ended(TaskState::Shutdown, None, None, now);
