@@ -365,6 +365,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn report_state_and_health_are_converted_word_for_word() {
+        for (health, expected) in [
+            (worker::TaskHealth::None, services::TaskHealth::None),
+            (worker::TaskHealth::Starting, services::TaskHealth::Starting),
+            (worker::TaskHealth::Healthy, services::TaskHealth::Healthy),
+            (
+                worker::TaskHealth::Unhealthy,
+                services::TaskHealth::Unhealthy,
+            ),
+        ] {
+            let r = to_service_report(TaskReport {
+                task_id: "t1".into(),
+                state: worker::TaskState::Running,
+                exit_code: None,
+                error: None,
+                health,
+                at_ms: 7,
+            });
+            assert_eq!(r.health, expected);
+            assert_eq!(r.health.as_str(), health.as_str());
+            assert_eq!((r.state, r.at_ms), (shoal_scheduler::TaskState::Running, 7));
+        }
+    }
+
+    #[test]
     fn report_error_from_a_worker_is_bounded_and_stripped() {
         let report = TaskReport {
             task_id: "t1".into(),

@@ -26,7 +26,8 @@
 //!   drain, constraints and drivers), as in Swarm; draining a node moves nothing back when it is
 //!   active again.
 //! - CLI input: [`Constraint::parse`], [`parse_memory`], [`parse_cpus`] and `FromStr` on
-//!   [`Availability`], [`NodeRole`], [`RestartCondition`], [`TaskState`] give typed errors.
+//!   [`Availability`], [`NodeRole`], [`RestartCondition`], [`TaskState`], [`TaskHealth`] give
+//!   typed errors.
 //!
 //! ```
 //! use shoal_scheduler::*;
