@@ -72,17 +72,18 @@ pub enum ToLeader {
 /// Longest task error kept from a worker's report, in characters.
 pub const MAX_REPORT_ERROR: usize = 1024;
 
-fn to_service_report(r: TaskReport) -> Option<services::TaskReport> {
-    let state: shoal_scheduler::TaskState = r.state.as_str().parse().ok()?;
-    let health = match r.health.as_deref() {
-        Some("starting") => services::TaskHealth::Starting,
-        Some("healthy") => services::TaskHealth::Healthy,
-        Some("unhealthy") => services::TaskHealth::Unhealthy,
-        _ => services::TaskHealth::None,
+/// A worker's report as the manager records it: the state is the same word type; the health
+/// is converted by a `match` until the manager's `TaskHealth` is the scheduler's too.
+fn to_service_report(r: TaskReport) -> services::TaskReport {
+    let health = match r.health {
+        worker::TaskHealth::None => services::TaskHealth::None,
+        worker::TaskHealth::Starting => services::TaskHealth::Starting,
+        worker::TaskHealth::Healthy => services::TaskHealth::Healthy,
+        worker::TaskHealth::Unhealthy => services::TaskHealth::Unhealthy,
     };
-    Some(services::TaskReport {
+    services::TaskReport {
         task_id: r.task_id,
-        state,
+        state: r.state,
         exit_code: r.exit_code,
         // From the worker: stripped and bounded before it is committed and shown.
         error: r
@@ -90,7 +91,7 @@ fn to_service_report(r: TaskReport) -> Option<services::TaskReport> {
             .map(|e| crate::text::clean_text(&e, MAX_REPORT_ERROR)),
         health,
         at_ms: r.at_ms,
-    })
+    }
 }
 
 /// What to send a worker whose last sent assignments were `sent` (`None`: nothing yet) now
@@ -233,7 +234,7 @@ pub async fn serve_session(
                     debug!(node = %node_id, "worker session closed");
                     return Ok(());
                 };
-                let reports: Vec<_> = batch.into_iter().filter_map(to_service_report).collect();
+                let reports: Vec<_> = batch.into_iter().map(to_service_report).collect();
                 if !reports.is_empty() {
                     let cmd = Command::Services(ServiceCommand::TaskReports {
                         node_id: node_id.clone(),
@@ -371,16 +372,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn report_state_and_health_are_converted_word_for_word() {
+        for (health, expected) in [
+            (worker::TaskHealth::None, services::TaskHealth::None),
+            (worker::TaskHealth::Starting, services::TaskHealth::Starting),
+            (worker::TaskHealth::Healthy, services::TaskHealth::Healthy),
+            (
+                worker::TaskHealth::Unhealthy,
+                services::TaskHealth::Unhealthy,
+            ),
+        ] {
+            let r = to_service_report(TaskReport {
+                task_id: "t1".into(),
+                state: worker::TaskState::Running,
+                exit_code: None,
+                error: None,
+                health,
+                at_ms: 7,
+            });
+            assert_eq!(r.health, expected);
+            assert_eq!(r.health.as_str(), health.as_str());
+            assert_eq!((r.state, r.at_ms), (shoal_scheduler::TaskState::Running, 7));
+        }
+    }
+
+    #[test]
     fn report_error_from_a_worker_is_bounded_and_stripped() {
         let report = TaskReport {
             task_id: "t1".into(),
             state: worker::TaskState::Failed,
             exit_code: Some(1),
             error: Some(format!("bad\x1b[2J\r\nthing{}", "e".repeat(5000))),
-            health: None,
+            health: worker::TaskHealth::None,
             at_ms: 1,
         };
-        let r = to_service_report(report).unwrap();
+        let r = to_service_report(report);
         let error = r.error.unwrap();
         assert!(error.starts_with("bad[2Jthingeee"), "{error}");
         assert_eq!(error.chars().count(), MAX_REPORT_ERROR);

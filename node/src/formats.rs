@@ -525,7 +525,7 @@ fn task_report() -> TaskReport {
         state: TaskState::Failed,
         exit_code: Some(137),
         error: Some("task exited with code 137".into()),
-        health: Some("unhealthy".into()),
+        health: crate::worker::TaskHealth::Unhealthy,
         at_ms: T0 + 14,
     }
 }

@@ -26,7 +26,8 @@
 //!   drain, constraints and drivers), as in Swarm; draining a node moves nothing back when it is
 //!   active again.
 //! - CLI input: [`Constraint::parse`], [`parse_memory`], [`parse_cpus`] and `FromStr` on
-//!   [`Availability`], [`NodeRole`], [`RestartCondition`], [`TaskState`] give typed errors.
+//!   [`Availability`], [`NodeRole`], [`RestartCondition`], [`TaskState`], [`TaskHealth`] give
+//!   typed errors.
 //!
 //! ```
 //! use shoal_scheduler::*;
@@ -76,8 +77,8 @@ pub use constraint::{
 pub use ids::derive_task_id;
 pub use model::{
     Availability, ClusterView, DesiredState, Node, NodeId, NodeRole, NodeStatus, Resources,
-    RestartCondition, RestartPolicy, Service, ServiceId, ServiceMode, Slot, Task, TaskId,
-    TaskState, Timestamp,
+    RestartCondition, RestartPolicy, Service, ServiceId, ServiceMode, Slot, Task, TaskHealth,
+    TaskId, TaskState, Timestamp,
 };
 pub use placement::{
     FilterCount, FilterFailure, PendingReason, check_dynamic, check_static, must_leave,

@@ -314,6 +314,27 @@ impl TaskState {
     }
 }
 
+/// A task's health as its worker last saw it (the runtime's health check), in the order of
+/// the manager's copy of the same words (postcard encodes the variant index).
+///
+/// The serde names are the lowercase words (`none`, `starting`, ...), as the manager's JSON
+/// has always shown them.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskHealth {
+    /// No health check (or none reported yet).
+    #[default]
+    None,
+    /// Checks run, not yet passed.
+    Starting,
+    /// The last check passed.
+    Healthy,
+    /// Failed `retries` checks in a row.
+    Unhealthy,
+}
+
 /// One attempt at running one slot of a service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {

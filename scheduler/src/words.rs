@@ -1,7 +1,9 @@
 //! Parsing and printing the CLI words of the model (`drain`, `on-failure`, `512M`, `0.5`), with
 //! typed errors, so that the CLI and the API reject bad input the same way.
 
-use crate::model::{Availability, DesiredState, NodeRole, NodeStatus, RestartCondition, TaskState};
+use crate::model::{
+    Availability, DesiredState, NodeRole, NodeStatus, RestartCondition, TaskHealth, TaskState,
+};
 
 /// A word that is not one of the accepted values.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -90,6 +92,13 @@ words!(TaskState, "task state",
     TaskState::Orphaned => "orphaned",
 });
 
+words!(TaskHealth, "task health", "none, starting, healthy or unhealthy", {
+    TaskHealth::None => "none",
+    TaskHealth::Starting => "starting",
+    TaskHealth::Healthy => "healthy",
+    TaskHealth::Unhealthy => "unhealthy",
+});
+
 /// A memory or CPU amount that does not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AmountError {
@@ -166,4 +175,26 @@ pub fn parse_cpus(s: &str) -> Result<u64, AmountError> {
     int.checked_mul(1_000_000_000)
         .and_then(|n| n.checked_add(frac))
         .ok_or_else(|| AmountError::TooLarge(s.to_owned()))
+}
+
+#[cfg(test)]
+mod health_words {
+    use super::*;
+
+    #[test]
+    fn task_health_words_round_trip_in_order() {
+        let all = [
+            TaskHealth::None,
+            TaskHealth::Starting,
+            TaskHealth::Healthy,
+            TaskHealth::Unhealthy,
+        ];
+        let words: Vec<&str> = all.iter().map(|h| h.as_str()).collect();
+        assert_eq!(words, ["none", "starting", "healthy", "unhealthy"]);
+        for h in all {
+            assert_eq!(h.as_str().parse::<TaskHealth>(), Ok(h));
+        }
+        assert_eq!(TaskHealth::default(), TaskHealth::None);
+        assert!("sick".parse::<TaskHealth>().is_err());
+    }
 }

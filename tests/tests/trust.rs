@@ -306,7 +306,7 @@ fn report(task_id: &str, state: shoal::worker::TaskState, exit: i64) -> shoal::w
         state,
         exit_code: Some(exit),
         error: Some("rogue report".into()),
-        health: None,
+        health: shoal::worker::TaskHealth::None,
         at_ms: now_ms(),
     }
 }

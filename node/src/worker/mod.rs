@@ -33,6 +33,16 @@
 //! read while no session is up), pending reports are coalesced to the latest state per task
 //! and delivered once there is room: order per task is kept and a final state is never lost.
 //!
+//! # Layout
+//!
+//! - `machine.rs`: every decision, without I/O (sans-IO, as the `membership` crate): the task
+//!   entries, fed assignment sets, driver observations, operation outcomes and the time, giving
+//!   back effects (operations on a task with its driver and spec, listings, inspections, cache
+//!   writes) and reports.
+//! - `actor.rs`: the tokio shell: one task owning the machine, feeding it and carrying out its
+//!   effects through the [`Driver`]s (each operation in a task of its own), sending reports.
+//! - `cache.rs`, `types.rs` (the wire types), `error.rs`.
+//!
 //! # Plugging in the dispatcher session
 //!
 //! ```no_run
@@ -53,9 +63,10 @@
 //! # Ok(()) }
 //! ```
 
+mod actor;
 mod cache;
 mod error;
-mod reconcile;
+mod machine;
 mod types;
 
 #[cfg(test)]
@@ -70,7 +81,10 @@ use shoal_runtime::Driver;
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::WorkerError;
-pub use types::{Assignment, AssignmentSet, DesiredState, TaskReport, TaskState, TaskView};
+pub use types::{
+    Assignment, AssignmentSet, DesiredState, TaskHealth, TaskReport, TaskState, TaskView,
+    health_word,
+};
 
 /// Milliseconds since the Unix epoch from the system clock (the default time source).
 pub fn system_now_ms() -> u64 {
@@ -87,7 +101,8 @@ pub struct WorkerConfig {
     pub drivers: BTreeMap<String, Arc<dyn Driver>>,
     /// Directory for the worker's cache (e.g. `STATE_DIR/worker`); created if missing.
     pub cache_dir: PathBuf,
-    /// Time source for [`TaskReport::at_ms`] and retention (milliseconds since the epoch).
+    /// The worker's one clock (milliseconds since the epoch): [`TaskReport::at_ms`], retention,
+    /// retry delays and tombstone lifetimes. The decisions read no other.
     pub now_ms: fn() -> u64,
     /// Reports are sent at least this often while there are some.
     pub flush_interval: Duration,
@@ -164,7 +179,7 @@ impl Worker {
         let cache = cache::Cache::open(&config.cache_dir)?;
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let (report_tx, report_rx) = mpsc::channel(config.report_capacity.max(1));
-        let done = reconcile::spawn(config, cache, cmd_rx, report_tx);
+        let done = actor::spawn(config, cache, cmd_rx, report_tx);
         Ok((
             WorkerHandle {
                 tx: cmd_tx,

@@ -5,35 +5,11 @@
 //! older bytes, so a changed message gets a new enum variant (see `formats.rs`, the
 //! golden-bytes tests, and ARCHITECTURE.md "Formats and upgrades").
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 use shoal_runtime::TaskSpec;
 
-/// What the orchestrator wants for an assigned task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum DesiredState {
-    /// Run it (start it if it has not been started; never restart it once it ended).
-    Running,
-    /// Stop it if it runs; it is not to run again.
-    Shutdown,
-}
-
-impl DesiredState {
-    /// `"running"` or `"shutdown"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DesiredState::Running => "running",
-            DesiredState::Shutdown => "shutdown",
-        }
-    }
-}
-
-impl fmt::Display for DesiredState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The scheduler's words, the worker's too (one vocabulary; the variant order is the wire's).
+pub use shoal_scheduler::{DesiredState, TaskHealth, TaskState};
 
 /// One task assigned to this node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,98 +43,6 @@ pub struct AssignmentSet {
     pub removed: Vec<String>,
 }
 
-/// Swarm's task states. The worker reports `preparing` onwards; the others belong to the
-/// manager but are part of the same vocabulary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum TaskState {
-    /// Created by the orchestrator.
-    New,
-    /// Waiting for a node (the scheduler says why).
-    Pending,
-    /// Assigned to a node.
-    Assigned,
-    /// The worker is preparing (image present / pulled, program checked).
-    Preparing,
-    /// The worker is starting it.
-    Starting,
-    /// Running.
-    Running,
-    /// Exited with code 0.
-    Complete,
-    /// Exited with a non-zero code, was killed, vanished or could not be started.
-    Failed,
-    /// Stopped because it was no longer wanted.
-    Shutdown,
-    /// The node could not run it (image or program missing, driver missing, invalid spec).
-    Rejected,
-    /// Its node went down; the task is replaced elsewhere.
-    Orphaned,
-}
-
-impl TaskState {
-    /// The lowercase word (`"running"`, `"failed"`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::New => "new",
-            TaskState::Pending => "pending",
-            TaskState::Assigned => "assigned",
-            TaskState::Preparing => "preparing",
-            TaskState::Starting => "starting",
-            TaskState::Running => "running",
-            TaskState::Complete => "complete",
-            TaskState::Failed => "failed",
-            TaskState::Shutdown => "shutdown",
-            TaskState::Rejected => "rejected",
-            TaskState::Orphaned => "orphaned",
-        }
-    }
-
-    /// Parses [`TaskState::as_str`]'s words.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "new" => TaskState::New,
-            "pending" => TaskState::Pending,
-            "assigned" => TaskState::Assigned,
-            "preparing" => TaskState::Preparing,
-            "starting" => TaskState::Starting,
-            "running" => TaskState::Running,
-            "complete" => TaskState::Complete,
-            "failed" => TaskState::Failed,
-            "shutdown" => TaskState::Shutdown,
-            "rejected" => TaskState::Rejected,
-            "orphaned" => TaskState::Orphaned,
-            _ => return None,
-        })
-    }
-
-    /// True for the final states (`complete`, `failed`, `shutdown`, `rejected`, `orphaned`).
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskState::Complete
-                | TaskState::Failed
-                | TaskState::Shutdown
-                | TaskState::Rejected
-                | TaskState::Orphaned
-        )
-    }
-
-    /// True before the worker has started anything for the task (`new`, `pending`,
-    /// `assigned`).
-    pub fn is_unstarted(self) -> bool {
-        matches!(
-            self,
-            TaskState::New | TaskState::Pending | TaskState::Assigned
-        )
-    }
-}
-
-impl fmt::Display for TaskState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// A change of one task's observed state, sent from the worker to the dispatcher.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskReport {
@@ -170,8 +54,10 @@ pub struct TaskReport {
     pub exit_code: Option<i64>,
     /// Why it failed or was rejected.
     pub error: Option<String>,
-    /// Health (`"starting"`, `"healthy"`, `"unhealthy"`) for tasks with a health check.
-    pub health: Option<String>,
+    /// Health, for tasks with a health check. On the wire the word or nothing (see
+    /// [`health_word`]).
+    #[serde(with = "health_word")]
+    pub health: TaskHealth,
     /// When the worker observed it (milliseconds since the Unix epoch).
     pub at_ms: u64,
 }
@@ -202,12 +88,38 @@ pub struct TaskView {
     pub exit_code: Option<i64>,
     /// Error.
     pub error: Option<String>,
-    /// Health.
-    pub health: Option<String>,
+    /// Health (in JSON the word, or `null` for none).
+    #[serde(with = "health_word")]
+    pub health: TaskHealth,
     /// Runtime reference (container id or pid) when present in the runtime.
     pub runtime_id: Option<String>,
     /// An operation (prepare/start/stop/remove) is in flight.
     pub busy: bool,
+}
+
+/// A [`TaskHealth`] as its bytes have always been: an `Option<String>` of the word, `None` for
+/// [`TaskHealth::None`]. A word this release does not know (a newer worker's) reads as
+/// [`TaskHealth::None`] instead of failing: that is what the leader did with it before the
+/// type existed, and a decode error would drop the whole batch of reports it came in.
+pub mod health_word {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::TaskHealth;
+
+    /// Writes `None` or `Some(word)`.
+    pub fn serialize<S: Serializer>(health: &TaskHealth, s: S) -> Result<S::Ok, S::Error> {
+        let word = match health {
+            TaskHealth::None => None,
+            other => Some(other.as_str()),
+        };
+        word.serialize(s)
+    }
+
+    /// Reads `None` or `Some(word)`; an unknown word is [`TaskHealth::None`].
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TaskHealth, D::Error> {
+        let word = Option::<String>::deserialize(d)?;
+        Ok(word.and_then(|w| w.parse().ok()).unwrap_or_default())
+    }
 }
 
 #[cfg(test)]
@@ -240,19 +152,85 @@ mod tests {
             state: TaskState::Failed,
             exit_code: Some(3),
             error: Some("task exited with code 3".into()),
-            health: None,
+            health: TaskHealth::None,
             at_ms: 17,
         };
         let bytes = postcard::to_allocvec(&report).expect("encode");
         let back: TaskReport = postcard::from_bytes(&bytes).expect("decode");
         assert_eq!(back, report);
+        for health in [
+            TaskHealth::None,
+            TaskHealth::Starting,
+            TaskHealth::Healthy,
+            TaskHealth::Unhealthy,
+        ] {
+            let r = TaskReport {
+                health,
+                ..report.clone()
+            };
+            let bytes = postcard::to_allocvec(&r).expect("encode");
+            assert_eq!(
+                postcard::from_bytes::<TaskReport>(&bytes).expect("decode"),
+                r
+            );
+        }
         // Garbage never panics.
         assert!(postcard::from_bytes::<AssignmentSet>(&[0xff, 0xff, 0x01]).is_err());
     }
 
+    /// The report's health is the `Option<String>` it was before it was typed: same bytes, and
+    /// an unknown word from a newer worker is no health rather than an undecodable batch.
     #[test]
-    fn states_have_lowercase_words() {
-        for s in [
+    fn health_keeps_its_option_of_a_word_bytes() {
+        #[derive(Serialize, Deserialize)]
+        struct Before {
+            task_id: String,
+            state: TaskState,
+            exit_code: Option<i64>,
+            error: Option<String>,
+            health: Option<String>,
+            at_ms: u64,
+        }
+        let before = |health: Option<&str>| Before {
+            task_id: "t".into(),
+            state: TaskState::Running,
+            exit_code: None,
+            error: None,
+            health: health.map(str::to_owned),
+            at_ms: 5,
+        };
+        let now = |health| TaskReport {
+            task_id: "t".into(),
+            state: TaskState::Running,
+            exit_code: None,
+            error: None,
+            health,
+            at_ms: 5,
+        };
+        for (word, health) in [
+            (None, TaskHealth::None),
+            (Some("starting"), TaskHealth::Starting),
+            (Some("healthy"), TaskHealth::Healthy),
+            (Some("unhealthy"), TaskHealth::Unhealthy),
+        ] {
+            let old = postcard::to_allocvec(&before(word)).expect("encode");
+            assert_eq!(postcard::to_allocvec(&now(health)).expect("encode"), old);
+            assert_eq!(
+                postcard::from_bytes::<TaskReport>(&old).expect("decode"),
+                now(health)
+            );
+        }
+        let unknown = postcard::to_allocvec(&before(Some("sleepy"))).expect("encode");
+        assert_eq!(
+            postcard::from_bytes::<TaskReport>(&unknown).expect("decode"),
+            now(TaskHealth::None)
+        );
+    }
+
+    /// The worker's words are the scheduler's, in the same order (postcard writes the index).
+    #[test]
+    fn states_are_the_schedulers_in_wire_order() {
+        let all = [
             TaskState::New,
             TaskState::Pending,
             TaskState::Assigned,
@@ -264,12 +242,19 @@ mod tests {
             TaskState::Shutdown,
             TaskState::Rejected,
             TaskState::Orphaned,
-        ] {
-            assert_eq!(TaskState::parse(s.as_str()), Some(s));
-            assert_eq!(s.as_str(), s.as_str().to_lowercase());
+        ];
+        for (i, s) in all.into_iter().enumerate() {
+            assert_eq!(
+                postcard::to_allocvec(&s).expect("encode"),
+                [u8::try_from(i).expect("small")]
+            );
+            assert_eq!(s.as_str().parse::<TaskState>(), Ok(s));
         }
+        assert_eq!(
+            postcard::to_allocvec(&DesiredState::Shutdown).expect("encode"),
+            [1]
+        );
         assert!(TaskState::Failed.is_terminal());
         assert!(!TaskState::Running.is_terminal());
-        assert_eq!(TaskState::parse("bogus"), None);
     }
 }
