@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::manager::state::Role;
 
+/// The QUIC port a node listens on and advertises when none is given (DESIGN §2).
+pub const DEFAULT_PORT: u16 = 4747;
+
 /// Saved node settings.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SavedConfig {

@@ -163,7 +163,7 @@ impl Manager {
         let sm = StateMachineStore::open(db).map_err(|reason| {
             ManagerError::Open(store::OpenError::Corrupt {
                 path: db_path.display().to_string(),
-                reason,
+                reason: reason.to_string(),
             })
         })?;
         let shared = sm.shared();
@@ -196,14 +196,6 @@ impl Manager {
         members.insert(self.raft_id, EmptyNode {});
         self.raft
             .initialize(members)
-            .await
-            .map_err(|e| ManagerError::Fatal(e.to_string()))
-    }
-
-    /// Whether Raft has any state (a restarted member, as opposed to a fresh one).
-    pub async fn is_initialized(&self) -> Result<bool, ManagerError> {
-        self.raft
-            .is_initialized()
             .await
             .map_err(|e| ManagerError::Fatal(e.to_string()))
     }
