@@ -1,12 +1,13 @@
 //! The manager: openraft over redb holding the cluster state, and the API a node uses
 //! to change and read it.
 
-pub mod network;
+pub(crate) mod network;
+// Public only until `orchestrator::plan` (used by its tests alone) is `#[cfg(test)]` or goes.
 pub mod orchestrator;
 pub mod rpc;
 pub mod services;
 pub mod state;
-pub mod store;
+pub(crate) mod store;
 pub mod types;
 
 #[cfg(test)]
