@@ -15,12 +15,35 @@ use crate::config::{SavedCluster, SavedConfig};
 use crate::join::MemberHint;
 use crate::manager::state::{ClusterState, Role};
 use crate::manager::{Manager, raft_id_for};
-use crate::pki::{self, ClusterCa, NodeId};
+use crate::pki::{self, ClusterCa, NodeId, PkiError};
 use crate::trust::{PeerFacts, Refusal, Rule, TrustView};
 use crate::util::{now_secs, rfc3339};
 
 /// How often a manager refreshes its trust view and checks its own certificate.
 const TRUST_TICK: Duration = Duration::from_millis(500);
+
+/// Why a node certificate could not be issued or installed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CertError {
+    /// The replicated state holds no cluster (and so no CA) yet.
+    #[error("the cluster is not initialized")]
+    NoCluster,
+    /// The CA in the replicated state does not load.
+    #[error("cannot load the cluster CA: {0}")]
+    LoadCa(PkiError),
+    /// The CA refused to sign.
+    #[error("cannot issue a certificate: {0}")]
+    Issue(PkiError),
+    /// A renewed certificate arrived after this node left.
+    #[error("this node is not part of a cluster")]
+    NotInCluster,
+    /// A renewed certificate is not this node's, or not under the cluster CA, or expired.
+    #[error("the renewed certificate is not valid: {0}")]
+    Invalid(PkiError),
+    /// The TLS configuration could not be rebuilt, or `node.json` not saved.
+    #[error("{0:#}")]
+    Local(anyhow::Error),
+}
 
 /// A node renews its certificate once less than this fraction of the lifetime is left.
 pub const RENEW_FRACTION: u32 = 3;
@@ -230,7 +253,7 @@ impl Node {
 
     /// When this node's certificate is within the renewal window: a manager issues itself
     /// a new one from the CA it holds.
-    async fn renew_own_cert_from_ca(&self, manager: &Manager) -> Result<(), String> {
+    async fn renew_own_cert_from_ca(&self, manager: &Manager) -> Result<(), CertError> {
         let current = match self.membership.read().await.as_ref() {
             Some(m) => m.saved.node_cert.clone(),
             None => return Ok(()),
@@ -242,7 +265,7 @@ impl Node {
             return Ok(());
         };
         let ca = ClusterCa::from_der(&cluster.ca_cert_der, &cluster.ca_key_der)
-            .map_err(|e| format!("cannot load the cluster CA: {e}"))?;
+            .map_err(CertError::LoadCa)?;
         let cert = self.issue_cert(&ca, &self.key.public_key())?;
         self.install_cert(cert).await
     }
@@ -265,42 +288,41 @@ impl Node {
         &self,
         manager: &Manager,
         key: &[u8; 32],
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, CertError> {
         let cluster = manager
             .read_local(|s| s.cluster.clone())
-            .ok_or("the cluster is not initialized")?;
+            .ok_or(CertError::NoCluster)?;
         let ca = ClusterCa::from_der(&cluster.ca_cert_der, &cluster.ca_key_der)
-            .map_err(|e| format!("cannot load the cluster CA: {e}"))?;
+            .map_err(CertError::LoadCa)?;
         self.issue_cert(&ca, key)
     }
 
     /// Issues a node certificate for `key`, valid for the configured lifetime.
-    pub(crate) fn issue_cert(&self, ca: &ClusterCa, key: &[u8; 32]) -> Result<Vec<u8>, String> {
+    pub(crate) fn issue_cert(&self, ca: &ClusterCa, key: &[u8; 32]) -> Result<Vec<u8>, CertError> {
         let not_after = now_secs()
             .saturating_add(i64::try_from(self.cert_expiry.as_secs()).unwrap_or(i64::MAX / 2));
         ca.issue_node_cert_until(key, &NodeId::from_public_key(key), not_after)
-            .map_err(|e| format!("cannot issue a certificate: {e}"))
+            .map_err(CertError::Issue)
     }
 
     /// Installs a renewed certificate for this node: checked under the cluster CA, saved in
     /// `node.json`, and used for every new connection (open ones keep theirs).
-    pub(crate) async fn install_cert(&self, cert: Vec<u8>) -> Result<(), String> {
+    pub(crate) async fn install_cert(&self, cert: Vec<u8>) -> Result<(), CertError> {
         let mut membership = self.membership.write().await;
         let Some(m) = membership.as_mut() else {
-            return Err("this node is not part of a cluster".into());
+            return Err(CertError::NotInCluster);
         };
         pki::verify_node_cert(&cert, &m.saved.ca_cert, &self.key.public_key(), now_secs())
-            .map_err(|e| format!("the renewed certificate is not valid: {e}"))?;
+            .map_err(CertError::Invalid)?;
         let mut saved = m.saved.clone();
         saved.node_cert = cert;
-        self.serve_quic(&saved).map_err(|e| format!("{e:#}"))?;
+        self.serve_quic(&saved).map_err(CertError::Local)?;
         m.saved = saved.clone();
         drop(membership);
-        let mut cfg =
-            SavedConfig::load(&self.state_dir.node_config()).map_err(|e| format!("{e:#}"))?;
+        let mut cfg = SavedConfig::load(&self.state_dir.node_config()).map_err(CertError::Local)?;
         cfg.cluster = Some(saved.clone());
         cfg.save(&self.state_dir.node_config())
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(CertError::Local)?;
         let until = pki::parse_cert(&saved.node_cert)
             .map(|i| i.not_after)
             .unwrap_or(0);

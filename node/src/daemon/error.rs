@@ -5,11 +5,12 @@ use crate::api::server::ApiError;
 use crate::manager::ManagerError;
 use crate::roles::RoleError;
 
+use super::authz::CertError;
 use super::node::manager_err;
 
 /// A failed `init`, `init --force-new-cluster`, `join`, `leave` or resume.
 #[derive(Debug, thiserror::Error)]
-pub enum LifecycleError {
+pub(crate) enum LifecycleError {
     /// `init` on a node that is in a cluster.
     #[error(
         "this node is already part of a cluster: run `shoal leave --force` first to start a new one"
@@ -66,8 +67,8 @@ pub enum LifecycleError {
     #[error("cannot create the cluster CA: {0}")]
     CreateCa(String),
     /// This node's certificate could not be issued.
-    #[error("{0}")]
-    IssueCert(String),
+    #[error(transparent)]
+    IssueCert(#[from] CertError),
     /// A `raft.redb` left by an `init` that died could not be removed.
     #[error("cannot remove unfinished {path}: {error}")]
     RemoveUnfinished {

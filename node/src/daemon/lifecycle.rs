@@ -232,7 +232,9 @@ impl Node {
             .map_err(|e| e.to_string())?;
         let ca = ClusterCa::from_der(&cluster.ca_cert_der, &cluster.ca_key_der)
             .map_err(|e| format!("cannot load the cluster CA: {e}"))?;
-        let node_cert = self.issue_cert(&ca, &req.public_key)?;
+        let node_cert = self
+            .issue_cert(&ca, &req.public_key)
+            .map_err(|e| e.to_string())?;
         info!(node = %id, hostname = %req.hostname, role = role.as_str(), "node joined");
         Ok(JoinAccepted {
             cluster_id: cluster.id.clone(),

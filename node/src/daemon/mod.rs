@@ -34,8 +34,8 @@ use crate::state_dir::StateDir;
 use crate::trust::{RefusalLog, TrustView};
 use node::system_hostname;
 
-// The names `handlers.rs` takes through its `use super::*` (until it lists its own).
-#[allow(unused_imports)]
+// The names `handlers.rs` takes through its `use super::*`: once it lists its own imports,
+// the compiler reports these as unused and they go.
 use {
     crate::api::server::{ApiError, ApiRequest, Reply},
     crate::api::{
