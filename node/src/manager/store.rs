@@ -548,4 +548,35 @@ mod mode_tests {
         drop(open_db(&path).unwrap());
         assert_eq!(mode(&path), 0o600);
     }
+
+    #[test]
+    fn store_errors_keep_their_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        // A file redb cannot read: the start names it and says what not to do.
+        std::fs::write(
+            &path,
+            b"not a redb file, not at all, and long enough to look",
+        )
+        .unwrap();
+        let err = open_db(&path).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{} is corrupt or unreadable (", path.display())));
+        assert!(err.ends_with(
+            "): refusing to start; move it away only if you mean to lose this node's cluster state"
+        ));
+        // A snapshot row that does not decode.
+        std::fs::remove_file(&path).unwrap();
+        let db = open_db(&path).unwrap();
+        write_meta(
+            &db,
+            KEY_SNAPSHOT,
+            &StoredSnapshot {
+                meta: SnapshotMeta::default(),
+                data: vec![0xff; 3],
+            },
+        )
+        .unwrap();
+        let err = StateMachineStore::open(db).err().unwrap().to_string();
+        assert!(err.starts_with("corrupt snapshot: "), "{err}");
+    }
 }
