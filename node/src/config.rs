@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::manager::state::Role;
 
+/// The QUIC port a node listens on and advertises when none is given (DESIGN §2).
+pub const DEFAULT_PORT: u16 = 4747;
+
 /// Saved node settings.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SavedConfig {
@@ -104,7 +107,7 @@ impl SavedConfig {
 }
 
 /// Parses an advertise address: `IP:PORT`, or a bare IP that takes `default_port`.
-pub fn parse_advertise(s: &str, default_port: u16) -> Result<SocketAddr> {
+pub(crate) fn parse_advertise(s: &str, default_port: u16) -> Result<SocketAddr> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
         if addr.ip().is_unspecified() {
             bail!("advertise address {s} is unspecified: give an address other nodes can reach");
@@ -123,7 +126,7 @@ pub fn parse_advertise(s: &str, default_port: u16) -> Result<SocketAddr> {
 /// The address to advertise when none was given: the listen address when it is
 /// specific, otherwise the first IPv4 address of an interface that is up and not
 /// loopback, else loopback (a single-machine cluster).
-pub fn default_advertise(listen: SocketAddr) -> SocketAddr {
+pub(crate) fn default_advertise(listen: SocketAddr) -> SocketAddr {
     if !listen.ip().is_unspecified() {
         return listen;
     }

@@ -28,7 +28,6 @@ enum Input {
     Timer(TimerToken),
     Join(Vec<SocketAddr>),
     Publish(FactBody),
-    SetAddr(SocketAddr),
     Leave(oneshot::Sender<()>),
 }
 
@@ -66,7 +65,6 @@ pub struct Gossip {
     tx: mpsc::UnboundedSender<Input>,
     events: broadcast::Sender<Event>,
     view: Arc<RwLock<GossipView>>,
-    own: [u8; 32],
 }
 
 impl std::fmt::Debug for Gossip {
@@ -114,7 +112,6 @@ impl Gossip {
             tx: tx.clone(),
             events: events.clone(),
             view: view.clone(),
-            own: public_key,
         };
         let mut own_facts = BTreeMap::new();
         own_facts.insert(0u8, FactBody::Role(role));
@@ -147,11 +144,6 @@ impl Gossip {
         let _ = self.tx.send(Input::Publish(body));
     }
 
-    /// This node's advertise address changed.
-    pub fn set_addr(&self, addr: SocketAddr) {
-        let _ = self.tx.send(Input::SetAddr(addr));
-    }
-
     /// Leaves cleanly: tells peers, then stops. Waits at most `timeout`.
     pub async fn leave(&self, timeout: Duration) {
         let (done, wait) = oneshot::channel();
@@ -171,11 +163,6 @@ impl Gossip {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
-    }
-
-    /// This node's key.
-    pub fn own_key(&self) -> [u8; 32] {
-        self.own
     }
 }
 
@@ -225,7 +212,6 @@ impl Driver {
                     self.own_facts.insert(fact_slot(&body), body.clone());
                     self.membership.publish(body).map(|_| ())
                 }
-                Input::SetAddr(addr) => self.membership.set_advertise_addr(addr).map(|_| ()),
                 Input::Leave(done) => {
                     let r = self.membership.leave();
                     leaving = Some(done);

@@ -16,22 +16,22 @@ use crate::text::clean_text;
 /// client certificate.
 pub const TAG_JOIN: u8 = 1;
 /// Largest join answer (certificates and the member list of a large cluster).
-pub const MAX_JOIN_FRAME: usize = 1 << 20;
+pub(crate) const MAX_JOIN_FRAME: usize = 1 << 20;
 /// Largest join request: a token, a key, a proof and a few short strings. This bounds what a
 /// peer without a certificate can make a manager buffer per stream.
-pub const MAX_JOIN_REQUEST: usize = 64 * 1024;
+pub(crate) const MAX_JOIN_REQUEST: usize = 64 * 1024;
 /// How far a manager's clock may be behind the one that minted an expiring token.
-pub const EXPIRY_SLACK_SECS: u64 = 60;
+pub(crate) const EXPIRY_SLACK_SECS: u64 = 60;
 /// Longest hostname kept from a joiner, in characters.
-pub const MAX_HOSTNAME: usize = 253;
+pub(crate) const MAX_HOSTNAME: usize = 253;
 /// Longest platform (`os/arch`) kept from a joiner.
-pub const MAX_PLATFORM: usize = 64;
+pub(crate) const MAX_PLATFORM: usize = 64;
 /// Longest version kept from a joiner.
-pub const MAX_VERSION: usize = 32;
+pub(crate) const MAX_VERSION: usize = 32;
 /// Most drivers kept from a joiner.
-pub const MAX_DRIVERS: usize = 16;
+pub(crate) const MAX_DRIVERS: usize = 16;
 /// Longest driver name kept from a joiner.
-pub const MAX_DRIVER_NAME: usize = 32;
+pub(crate) const MAX_DRIVER_NAME: usize = 32;
 
 /// What a joiner sends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,7 +63,7 @@ pub struct JoinRequest {
 }
 
 /// Label of the TLS keying-material exporter that binds a join proof to its connection.
-pub const PROOF_EXPORTER_LABEL: &[u8] = b"EXPORTER-shoal-join-proof-v1";
+pub(crate) const PROOF_EXPORTER_LABEL: &[u8] = b"EXPORTER-shoal-join-proof-v1";
 
 /// What a joiner signs: a domain label, the connection's exported keying material, its
 /// public key and the token.
@@ -85,7 +85,7 @@ pub fn proof_binding(conn: &quinn::Connection) -> Result<[u8; 32], String> {
 }
 
 /// The manager's check of a join proof on the connection `conn` it arrived on.
-pub fn check_proof(req: &JoinRequest, conn: &quinn::Connection) -> Result<(), String> {
+pub(crate) fn check_proof(req: &JoinRequest, conn: &quinn::Connection) -> Result<(), String> {
     let refused = || {
         "the joiner did not prove it holds the key it presents: upgrade shoal on the joining node"
             .to_string()
@@ -134,7 +134,7 @@ pub enum JoinResponse {
 }
 
 /// Mints the current token of `role` (or a fresh expiring one when `ttl` is set).
-pub fn mint(
+pub(crate) fn mint(
     cluster: &ClusterRecord,
     state: &ClusterState,
     role: Role,
@@ -180,7 +180,11 @@ pub fn mint(
 
 /// Checks a token presented to a manager: signature, cluster, generation, expiry.
 /// Returns the role it admits.
-pub fn check_token(token: &str, cluster: &ClusterRecord, now_secs: u64) -> Result<Role, String> {
+pub(crate) fn check_token(
+    token: &str,
+    cluster: &ClusterRecord,
+    now_secs: u64,
+) -> Result<Role, String> {
     let token = JoinToken::parse(token).map_err(|e| e.to_string())?;
     let ca_key = pki::public_key_from_cert(&cluster.ca_cert_der).map_err(|e| e.to_string())?;
     token.verify_signature(&ca_key).map_err(|e| e.to_string())?;
@@ -212,7 +216,7 @@ pub fn check_token(token: &str, cluster: &ClusterRecord, now_secs: u64) -> Resul
 }
 
 /// The node record a manager commits for an admitted joiner.
-pub fn record_for(req: &JoinRequest, role: Role, now_ms: u64) -> Result<NodeRecord, String> {
+pub(crate) fn record_for(req: &JoinRequest, role: Role, now_ms: u64) -> Result<NodeRecord, String> {
     ed25519_dalek::VerifyingKey::from_bytes(&req.public_key)
         .map_err(|_| "the joiner's public key is invalid".to_string())?;
     let addr: SocketAddr = req
@@ -251,7 +255,11 @@ pub fn record_for(req: &JoinRequest, role: Role, now_ms: u64) -> Result<NodeReco
 }
 
 /// The joiner's check of an accepted join against the token it used.
-pub fn check_answer(a: &JoinAccepted, token: &JoinToken, own_key: &[u8; 32]) -> Result<(), String> {
+pub(crate) fn check_answer(
+    a: &JoinAccepted,
+    token: &JoinToken,
+    own_key: &[u8; 32],
+) -> Result<(), String> {
     let p = &token.payload;
     if pki::sha256(&a.ca_cert) != p.ca_digest {
         return Err("a CA certificate that does not match the token".into());
@@ -278,7 +286,7 @@ pub fn check_answer(a: &JoinAccepted, token: &JoinToken, own_key: &[u8; 32]) -> 
 }
 
 /// Members a joiner should gossip with.
-pub fn member_hints(state: &ClusterState) -> Vec<MemberHint> {
+pub(crate) fn member_hints(state: &ClusterState) -> Vec<MemberHint> {
     state
         .nodes
         .values()
@@ -296,7 +304,7 @@ pub fn member_hints(state: &ClusterState) -> Vec<MemberHint> {
 /// `key` signs the proof of possession on each connection. The answer is checked: the
 /// certificate must carry this node's key, be signed by the CA pinned in the token and
 /// valid now, and the cluster and role must be the token's.
-pub async fn request_join(
+pub(crate) async fn request_join(
     endpoint: &Endpoint,
     key: &pki::NodeKey,
     req: &JoinRequest,

@@ -26,18 +26,18 @@ use crate::manager::rpc::{
 pub const TAG_PING: u8 = 9;
 
 /// Application error code a refused stream is reset (and stopped) with.
-pub const REFUSED: u32 = 3;
+pub(crate) const REFUSED: u32 = 3;
 
 /// Largest first frame of a worker session (its hello).
-pub const MAX_SESSION_HELLO: usize = 64 * 1024;
+pub(crate) const MAX_SESSION_HELLO: usize = 64 * 1024;
 /// Largest become-manager request.
-pub const MAX_BECOME_MANAGER: usize = 4 * 1024;
+pub(crate) const MAX_BECOME_MANAGER: usize = 4 * 1024;
 /// Largest ping.
-pub const MAX_PING: usize = 64;
+pub(crate) const MAX_PING: usize = 64;
 
 /// The kinds of sender a rule admits, from the widest to the narrowest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sender {
+pub(crate) enum Sender {
     /// Anyone who completes the TLS handshake, with or without a client certificate.
     Anyone,
     /// A node with a certificate of this cluster whose key was not removed.
@@ -68,7 +68,7 @@ impl Sender {
 
 /// One row of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rule {
+pub(crate) struct Rule {
     /// What the tag carries (for logs).
     pub name: &'static str,
     /// Who may send it.
@@ -81,7 +81,7 @@ pub struct Rule {
 
 /// The rule of stream `tag`, or `None`: an unknown tag is refused.
 #[must_use]
-pub fn stream_rule(tag: u8) -> Option<Rule> {
+pub(crate) fn stream_rule(tag: u8) -> Option<Rule> {
     let rule = |name, sender, max_frame, managers_only| Rule {
         name,
         sender,
@@ -112,8 +112,9 @@ pub fn stream_rule(tag: u8) -> Option<Rule> {
     })
 }
 
-/// Every tag with a rule (for tests and the documentation).
-pub const TAGS: [u8; 9] = [
+/// Every tag with a rule (for the tests).
+#[cfg(test)]
+const TAGS: [u8; 9] = [
     TAG_JOIN,
     TAG_RAFT_APPEND,
     TAG_RAFT_VOTE,
@@ -127,7 +128,7 @@ pub const TAGS: [u8; 9] = [
 
 /// What this node knows about a peer when it asks for something.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PeerFacts {
+pub(crate) struct PeerFacts {
     /// It presented a certificate of this cluster.
     pub certified: bool,
     /// Its key was removed from the cluster.
@@ -144,7 +145,7 @@ pub struct PeerFacts {
 
 /// Why a request was refused (one line, for the log).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// No rule for the tag.
     #[error("unknown stream tag {0}")]
     UnknownTag(u8),
@@ -171,7 +172,7 @@ pub enum Refusal {
 }
 
 /// Checks `facts` against the rule of `tag`.
-pub fn authorize(tag: u8, facts: &PeerFacts) -> Result<Rule, Refusal> {
+pub(crate) fn authorize(tag: u8, facts: &PeerFacts) -> Result<Rule, Refusal> {
     let rule = stream_rule(tag).ok_or(Refusal::UnknownTag(tag))?;
     if facts.removed {
         return Err(Refusal::Removed);
@@ -201,7 +202,7 @@ pub fn authorize(tag: u8, facts: &PeerFacts) -> Result<Rule, Refusal> {
 /// derived from Raft; on a worker the leader pushes it over the worker session (and it is
 /// saved in `node.json`, so a restarted worker still refuses removed keys).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustView {
+pub(crate) struct TrustView {
     /// Public keys of the managers.
     pub managers: BTreeSet<[u8; 32]>,
     /// Public keys removed from the cluster (`node rm`, `init --force-new-cluster`).
@@ -209,11 +210,11 @@ pub struct TrustView {
 }
 
 /// A shared, watchable [`TrustView`].
-pub type TrustWatch = tokio::sync::watch::Sender<Arc<TrustView>>;
+pub(crate) type TrustWatch = tokio::sync::watch::Sender<Arc<TrustView>>;
 
 /// Logs a refusal once per (peer, tag) for a while, so a hostile peer cannot flood the log.
 #[derive(Debug, Default)]
-pub struct RefusalLog {
+pub(crate) struct RefusalLog {
     seen: std::sync::Mutex<std::collections::HashMap<(String, u8), std::time::Instant>>,
 }
 

@@ -3,23 +3,53 @@
 //! on a manager; and renewing this node's own certificate.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use super::*;
-use crate::trust::{PeerFacts, Refusal, TrustView};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::node::Node;
+use crate::config::{SavedCluster, SavedConfig};
+use crate::join::MemberHint;
+use crate::manager::state::{ClusterState, Role};
+use crate::manager::{Manager, raft_id_for};
+use crate::pki::{self, ClusterCa, NodeId, PkiError};
+use crate::trust::{PeerFacts, Refusal, Rule, TrustView};
+use crate::util::{now_secs, rfc3339};
 
 /// How often a manager refreshes its trust view and checks its own certificate.
 const TRUST_TICK: Duration = Duration::from_millis(500);
 
+/// Why a node certificate could not be issued or installed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CertError {
+    /// The replicated state holds no cluster (and so no CA) yet.
+    #[error("the cluster is not initialized")]
+    NoCluster,
+    /// The CA in the replicated state does not load.
+    #[error("cannot load the cluster CA: {0}")]
+    LoadCa(PkiError),
+    /// The CA refused to sign.
+    #[error("cannot issue a certificate: {0}")]
+    Issue(PkiError),
+    /// A renewed certificate arrived after this node left.
+    #[error("this node is not part of a cluster")]
+    NotInCluster,
+    /// A renewed certificate is not this node's, or not under the cluster CA, or expired.
+    #[error("the renewed certificate is not valid: {0}")]
+    Invalid(PkiError),
+    /// The TLS configuration could not be rebuilt, or `node.json` not saved.
+    #[error("{0:#}")]
+    Local(anyhow::Error),
+}
+
 /// A node renews its certificate once less than this fraction of the lifetime is left.
 pub const RENEW_FRACTION: u32 = 3;
 
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> i64 {
-    i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX)
-}
-
 /// The trust view a manager derives from the replicated state.
-pub fn trust_from_state(s: &crate::manager::state::ClusterState) -> TrustView {
+pub fn trust_from_state(s: &ClusterState) -> TrustView {
     TrustView {
         managers: s
             .nodes
@@ -33,18 +63,18 @@ pub fn trust_from_state(s: &crate::manager::state::ClusterState) -> TrustView {
 
 impl Node {
     /// The current trust view.
-    pub fn trust_view(&self) -> Arc<TrustView> {
+    pub(crate) fn trust_view(&self) -> Arc<TrustView> {
         self.trust.borrow().clone()
     }
 
     /// Changes of the trust view from now on.
-    pub fn subscribe_trust(&self) -> watch::Receiver<Arc<TrustView>> {
+    pub(crate) fn subscribe_trust(&self) -> watch::Receiver<Arc<TrustView>> {
         self.trust.subscribe()
     }
 
     /// Replaces the trust view when it changed, and saves it in `node.json` so a restarted
     /// worker keeps refusing removed keys.
-    pub async fn update_trust(&self, view: TrustView) {
+    pub(crate) async fn update_trust(&self, view: TrustView) {
         let changed = self.trust.send_if_modified(|cur| {
             if **cur == view {
                 false
@@ -75,13 +105,13 @@ impl Node {
     }
 
     /// Whether the key `key` was removed from the cluster, as far as this node knows.
-    pub fn is_removed_key(&self, key: &[u8; 32]) -> bool {
+    pub(crate) fn is_removed_key(&self, key: &[u8; 32]) -> bool {
         self.trust.borrow().removed.contains(key)
     }
 
     /// The key of the Raft leader as this node knows it: its own Raft on a manager; on a
     /// worker, the highest-term leader hint among the managers it knows.
-    pub async fn leader_key(&self) -> Option<[u8; 32]> {
+    pub(crate) async fn leader_key(&self) -> Option<[u8; 32]> {
         if let Some(m) = self.manager_opt().await {
             let leader = m.leader()?;
             return m.read_local(|s| s.node_by_raft_id(leader).map(|n| n.public_key));
@@ -92,7 +122,7 @@ impl Node {
     }
 
     /// What this node knows about the peer with `key` (`None`: no certificate).
-    pub async fn peer_facts(&self, key: Option<[u8; 32]>) -> PeerFacts {
+    pub(crate) async fn peer_facts(&self, key: Option<[u8; 32]>) -> PeerFacts {
         let manager = self.manager_opt().await;
         let Some(key) = key else {
             return PeerFacts {
@@ -151,11 +181,7 @@ impl Node {
 
     /// Checks a request under `tag` from the peer with `key`; logs a refusal once per peer
     /// and tag.
-    pub async fn authorize(
-        &self,
-        key: Option<[u8; 32]>,
-        tag: u8,
-    ) -> Result<crate::trust::Rule, Refusal> {
+    pub(crate) async fn authorize(&self, key: Option<[u8; 32]>, tag: u8) -> Result<Rule, Refusal> {
         let in_cluster = self.membership.read().await.is_some();
         let facts = self.peer_facts(key).await;
         let verdict = if in_cluster {
@@ -196,7 +222,6 @@ impl Node {
     /// Once the Raft of this manager has a snapshot and has applied entries beyond it, the
     /// copies `init --force-new-cluster` kept of an older database are no longer needed.
     fn drop_force_new_cluster_copies(&self, manager: &Manager) {
-        use std::sync::atomic::Ordering;
         if !self.force_new_cluster_copies.load(Ordering::Relaxed) {
             return;
         }
@@ -228,7 +253,7 @@ impl Node {
 
     /// When this node's certificate is within the renewal window: a manager issues itself
     /// a new one from the CA it holds.
-    async fn renew_own_cert_from_ca(&self, manager: &Manager) -> Result<(), String> {
+    async fn renew_own_cert_from_ca(&self, manager: &Manager) -> Result<(), CertError> {
         let current = match self.membership.read().await.as_ref() {
             Some(m) => m.saved.node_cert.clone(),
             None => return Ok(()),
@@ -240,61 +265,64 @@ impl Node {
             return Ok(());
         };
         let ca = ClusterCa::from_der(&cluster.ca_cert_der, &cluster.ca_key_der)
-            .map_err(|e| format!("cannot load the cluster CA: {e}"))?;
+            .map_err(CertError::LoadCa)?;
         let cert = self.issue_cert(&ca, &self.key.public_key())?;
         self.install_cert(cert).await
     }
 
     /// Whether `cert` has less than a third of its lifetime left (or cannot be read).
-    pub fn cert_needs_renewal(&self, cert: &[u8]) -> bool {
+    pub(crate) fn cert_needs_renewal(&self, cert: &[u8]) -> bool {
         pki::parse_cert(cert).map_or(true, |info| self.renewal_due(info.not_after))
     }
 
     /// Whether a certificate expiring at `not_after` (Unix seconds) has less than a third of
     /// the configured lifetime left.
-    pub fn renewal_due(&self, not_after: i64) -> bool {
+    pub(crate) fn renewal_due(&self, not_after: i64) -> bool {
         let lifetime = i64::try_from(self.cert_expiry.as_secs()).unwrap_or(i64::MAX);
         not_after.saturating_sub(now_secs()) < lifetime / i64::from(RENEW_FRACTION)
     }
 
     /// On the leader: a fresh certificate for the member with `key` (its worker session
     /// proves it holds the key), from the CA in the replicated state.
-    pub fn issue_cert_for(&self, manager: &Manager, key: &[u8; 32]) -> Result<Vec<u8>, String> {
+    pub(crate) fn issue_cert_for(
+        &self,
+        manager: &Manager,
+        key: &[u8; 32],
+    ) -> Result<Vec<u8>, CertError> {
         let cluster = manager
             .read_local(|s| s.cluster.clone())
-            .ok_or("the cluster is not initialized")?;
+            .ok_or(CertError::NoCluster)?;
         let ca = ClusterCa::from_der(&cluster.ca_cert_der, &cluster.ca_key_der)
-            .map_err(|e| format!("cannot load the cluster CA: {e}"))?;
+            .map_err(CertError::LoadCa)?;
         self.issue_cert(&ca, key)
     }
 
     /// Issues a node certificate for `key`, valid for the configured lifetime.
-    pub fn issue_cert(&self, ca: &ClusterCa, key: &[u8; 32]) -> Result<Vec<u8>, String> {
+    pub(crate) fn issue_cert(&self, ca: &ClusterCa, key: &[u8; 32]) -> Result<Vec<u8>, CertError> {
         let not_after = now_secs()
             .saturating_add(i64::try_from(self.cert_expiry.as_secs()).unwrap_or(i64::MAX / 2));
         ca.issue_node_cert_until(key, &NodeId::from_public_key(key), not_after)
-            .map_err(|e| format!("cannot issue a certificate: {e}"))
+            .map_err(CertError::Issue)
     }
 
     /// Installs a renewed certificate for this node: checked under the cluster CA, saved in
     /// `node.json`, and used for every new connection (open ones keep theirs).
-    pub async fn install_cert(&self, cert: Vec<u8>) -> Result<(), String> {
+    pub(crate) async fn install_cert(&self, cert: Vec<u8>) -> Result<(), CertError> {
         let mut membership = self.membership.write().await;
         let Some(m) = membership.as_mut() else {
-            return Err("this node is not part of a cluster".into());
+            return Err(CertError::NotInCluster);
         };
         pki::verify_node_cert(&cert, &m.saved.ca_cert, &self.key.public_key(), now_secs())
-            .map_err(|e| format!("the renewed certificate is not valid: {e}"))?;
+            .map_err(CertError::Invalid)?;
         let mut saved = m.saved.clone();
         saved.node_cert = cert;
-        self.serve_quic(&saved).map_err(|e| format!("{e:#}"))?;
+        self.serve_quic(&saved).map_err(CertError::Local)?;
         m.saved = saved.clone();
         drop(membership);
-        let mut cfg =
-            SavedConfig::load(&self.state_dir.node_config()).map_err(|e| format!("{e:#}"))?;
+        let mut cfg = SavedConfig::load(&self.state_dir.node_config()).map_err(CertError::Local)?;
         cfg.cluster = Some(saved.clone());
         cfg.save(&self.state_dir.node_config())
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(CertError::Local)?;
         let until = pki::parse_cert(&saved.node_cert)
             .map(|i| i.not_after)
             .unwrap_or(0);
@@ -328,14 +356,14 @@ impl Node {
     }
 
     /// Logs a disagreement between gossip and the leader's own check once a minute per node.
-    pub fn liveness_warning(&self, node_id: &str, what: &str) {
+    pub(crate) fn liveness_warning(&self, node_id: &str, what: &str) {
         if self.refusals.first_in_a_while(node_id, 0) {
             warn!(node = node_id, "{what}");
         }
     }
 
     /// The managers a node that just joined knows: those the admitting manager listed.
-    pub(super) fn managers_of(members: &[crate::join::MemberHint]) -> BTreeSet<[u8; 32]> {
+    pub(super) fn managers_of(members: &[MemberHint]) -> BTreeSet<[u8; 32]> {
         members
             .iter()
             .filter(|m| m.role == Role::Manager)

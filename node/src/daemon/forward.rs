@@ -1,25 +1,117 @@
-//! Serving peers' requests by tag, and reaching the leader: forwarded API requests and
-//! Raft commands proposed by a follower.
+//! Any manager serves the API: a follower forwards requests that need the leader
+//! (cluster-state reads and writes) over QUIC, and Raft commands proposed by a follower (a
+//! join it admits) travel the same way. This module holds the wire types of forwarding and
+//! of asking a node to become a manager, serves peers' requests by tag, and reaches the
+//! leader.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Method;
+use serde::{Deserialize, Serialize};
+
+use super::node::{LeaderAt, Node, Remote, manager_err};
+use crate::api::ErrorBody;
+use crate::api::server::{ApiError, ApiRequest, Reply};
+use crate::manager::network::resolve_in;
+use crate::manager::state::{Command, CommandResult};
+use crate::manager::{Manager, ManagerError, QUORUM_TIMEOUT, rpc};
+use crate::net::{NetError, decode_body, read_frame, request, respond, write_frame};
+use crate::pki::NodeId;
+use crate::trust::{REFUSED, Refusal, Sender};
+
+/// Stream tag: an API request executed by the leader.
+pub const TAG_FORWARD_API: u8 = 5;
+/// Stream tag: a Raft command proposed by a follower.
+pub const TAG_FORWARD_WRITE: u8 = 6;
+/// Stream tag: the leader asks a node to start Raft as a manager (promotion).
+pub const TAG_BECOME_MANAGER: u8 = 7;
+/// Largest forwarded request or answer frame.
+pub const MAX_FORWARD_FRAME: usize = 8 << 20;
+
+/// An API request as the follower received it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardedApi {
+    /// HTTP method.
+    pub method: String,
+    /// Path segments.
+    pub segments: Vec<String>,
+    /// Query parameters.
+    pub query: BTreeMap<String, String>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// One frame of the leader's answer to a forwarded API request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardedReply {
+    /// The whole answer: HTTP status and JSON body.
+    Full {
+        /// HTTP status.
+        status: u16,
+        /// JSON body (an error body when status is not 200).
+        body: Vec<u8>,
+    },
+    /// One value of a streamed answer (JSON text).
+    Item(String),
+    /// The streamed answer is over.
+    End,
+}
+
+/// A command proposed through the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardedWrite {
+    /// The command.
+    pub command: Command,
+}
+
+/// The leader's verdict on a forwarded command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardedWriteResult {
+    /// Applied.
+    Ok(CommandResult),
+    /// Refused by the state machine, or not applied (message for the user).
+    Err {
+        /// Whether the outcome is unknown (no quorum) rather than a clean refusal.
+        unknown: bool,
+        /// The message.
+        message: String,
+    },
+}
+
+/// Asks a node to start Raft as a manager (it is then added as a learner and a voter).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BecomeManager {
+    /// The cluster, as a check.
+    pub cluster_id: String,
+}
+
+/// Answer to [`BecomeManager`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum BecomeManagerResult {
+    /// Raft runs on the node.
+    Ok,
+    /// It could not start Raft.
+    Err(String),
+}
 
 impl Node {
     /// A request on a stream from an authenticated peer, by tag, once `crate::trust` has
     /// authorized the peer for the tag (peer.rs).
-    pub async fn handle_peer_request(
+    pub(crate) async fn handle_peer_request(
         self: &Arc<Self>,
         peer: [u8; 32],
         tag: u8,
         body: &[u8],
         mut send: quinn::SendStream,
-    ) -> Result<(), crate::net::NetError> {
-        use crate::net::{decode_body, respond};
+    ) -> Result<(), NetError> {
         let peer_id = NodeId::from_public_key(&peer);
         if rpc::is_raft_tag(tag) {
             return match self.manager_opt().await {
                 Some(m) => rpc::serve_raft_request(m.raft(), tag, body, send).await,
                 None => {
-                    let _ = send.reset(crate::trust::REFUSED.into());
+                    let _ = send.reset(REFUSED.into());
                     Ok(())
                 }
             };
@@ -36,9 +128,9 @@ impl Node {
                         self.refusals.refused(
                             peer_id.as_str(),
                             tag,
-                            &crate::trust::Refusal::NotAllowed {
+                            &Refusal::NotAllowed {
                                 name: "this forwarded Raft command",
-                                sender: crate::trust::Sender::Leader,
+                                sender: Sender::Leader,
                             },
                         );
                         ForwardedWriteResult::Err {
@@ -68,20 +160,20 @@ impl Node {
                 let req: BecomeManager = decode_body(tag, body)?;
                 let answer = match self.become_manager(&req.cluster_id).await {
                     Ok(()) => BecomeManagerResult::Ok,
-                    Err(e) => BecomeManagerResult::Err(e),
+                    Err(e) => BecomeManagerResult::Err(e.to_string()),
                 };
                 respond(&mut send, tag, &answer).await
             }
             _ => {
                 tracing::debug!(tag, peer = %peer_id, "unknown peer request tag");
-                let _ = send.reset(crate::trust::REFUSED.into());
+                let _ = send.reset(REFUSED.into());
                 Ok(())
             }
         }
     }
 
     /// Proposes `cmd`: here when this node leads, else through the leader.
-    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ManagerError> {
+    pub(crate) async fn propose(&self, cmd: Command) -> Result<CommandResult, ManagerError> {
         let manager = self
             .manager_opt()
             .await
@@ -96,7 +188,7 @@ impl Node {
         };
         let fwd = ForwardedWrite { command: cmd };
         let answer: Result<ForwardedWriteResult, _> = tokio::select! {
-            a = crate::net::request(
+            a = request(
                 &leader.conn,
                 TAG_FORWARD_WRITE,
                 &fwd,
@@ -205,7 +297,7 @@ impl Node {
         };
         let lost = || manager_err(manager.quorum_error());
         let (mut send, mut recv) = conn.open_bi().await.map_err(|_| lost())?;
-        crate::net::write_frame(&mut send, TAG_FORWARD_API, &fwd)
+        write_frame(&mut send, TAG_FORWARD_API, &fwd)
             .await
             .map_err(|_| lost())?;
         let _ = send.finish();
@@ -214,7 +306,7 @@ impl Node {
         let first = tokio::select! {
             r = tokio::time::timeout(
                 QUORUM_TIMEOUT + Duration::from_secs(2),
-                crate::net::read_frame::<ForwardedReply>(&mut recv, MAX_FORWARD_FRAME),
+                read_frame::<ForwardedReply>(&mut recv, MAX_FORWARD_FRAME),
             ) => r.map_err(|_| lost())?.map_err(|_| lost())?,
             () = self.leader_lost(manager, &leader) => {
                 // Say "no quorum" when no new leader comes; else that the leader changed.
@@ -229,7 +321,7 @@ impl Node {
         match first.1 {
             ForwardedReply::Full { status: 200, body } => Ok(Reply::Json(body.into())),
             ForwardedReply::Full { status, body } => {
-                let message = serde_json::from_slice::<crate::api::ErrorBody>(&body)
+                let message = serde_json::from_slice::<ErrorBody>(&body)
                     .map(|b| b.message)
                     .unwrap_or_else(|_| format!("the leader answered HTTP {status}"));
                 Err(ApiError {
@@ -250,9 +342,7 @@ impl Node {
                         if tx.send(v).await.is_err() {
                             return;
                         }
-                        match crate::net::read_frame::<ForwardedReply>(&mut recv, MAX_FORWARD_FRAME)
-                            .await
-                        {
+                        match read_frame::<ForwardedReply>(&mut recv, MAX_FORWARD_FRAME).await {
                             Ok((_, ForwardedReply::Item(i))) => next = Some(i),
                             _ => return,
                         }
@@ -271,9 +361,9 @@ impl Node {
         from: NodeId,
         fwd: ForwardedApi,
         mut send: quinn::SendStream,
-    ) -> Result<(), crate::net::NetError> {
+    ) -> Result<(), NetError> {
         let Ok(method) = fwd.method.parse::<Method>() else {
-            let _ = send.reset(crate::trust::REFUSED.into());
+            let _ = send.reset(REFUSED.into());
             return Ok(());
         };
         let req = ApiRequest {
@@ -297,23 +387,23 @@ impl Node {
                     status: 200,
                     body: bytes.to_vec(),
                 };
-                crate::net::respond(&mut send, TAG_FORWARD_API, &reply).await
+                respond(&mut send, TAG_FORWARD_API, &reply).await
             }
             Err(e) => {
-                let body = serde_json::to_vec(&crate::api::ErrorBody { message: e.message })
-                    .unwrap_or_default();
+                let body =
+                    serde_json::to_vec(&ErrorBody { message: e.message }).unwrap_or_default();
                 let reply = ForwardedReply::Full {
                     status: e.status.as_u16(),
                     body,
                 };
-                crate::net::respond(&mut send, TAG_FORWARD_API, &reply).await
+                respond(&mut send, TAG_FORWARD_API, &reply).await
             }
             Ok(Reply::Stream(mut rx)) => {
                 while let Some(v) = rx.recv().await {
                     let item = ForwardedReply::Item(v.to_string());
-                    crate::net::write_frame(&mut send, TAG_FORWARD_API, &item).await?;
+                    write_frame(&mut send, TAG_FORWARD_API, &item).await?;
                 }
-                crate::net::respond(&mut send, TAG_FORWARD_API, &ForwardedReply::End).await
+                respond(&mut send, TAG_FORWARD_API, &ForwardedReply::End).await
             }
         }
     }

@@ -3,10 +3,26 @@
 
 mod services;
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Method;
+use tracing::info;
+
+use super::forward;
+use super::node::{Membership, NOT_A_MANAGER, NOT_IN_CLUSTER, Node, REMOVED_REASON, manager_err};
+use crate::api::server::{ApiError, ApiRequest, Reply};
+use crate::api::{
+    Info, InitRequest, JoinApiRequest, JoinTokenRequest, JoinTokenResponse, LeaveRequest, NodeView,
+};
+use crate::join;
+use crate::manager::Manager;
+use crate::manager::state::{Availability, Command, CommandResult, NodeRecord, NodeStatus, Role};
+use crate::pki::NodeId;
+use crate::util::{now_ms, rfc3339};
 
 /// A linearizable read of the cluster state for a handler, its error mapped once.
-async fn read<T>(
+pub(super) async fn read<T>(
     manager: &Manager,
     f: impl FnOnce(&crate::manager::state::ClusterState) -> T,
 ) -> Result<T, ApiError> {

@@ -2,11 +2,34 @@
 //! sides), `leave`, resuming after a restart, becoming a manager and stepping down, and the
 //! loops that run while the node is in a cluster (gossip, worker, manager loops).
 
-use super::*;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::error::LifecycleError;
+use super::node::{Membership, Node, REMOVED_REASON, cpus, memory_bytes, platform};
+use crate::api::{InitRequest, InitResponse, JoinApiRequest, JoinApiResponse, LeaveRequest};
+use crate::config::{DEFAULT_PORT, SavedCluster, SavedConfig, parse_advertise};
+use crate::gossip::Gossip;
+use crate::join::{self, JoinAccepted, JoinRequest, JoinResponse};
+use crate::manager::network::QuicNetworkFactory;
+use crate::manager::state::{Availability, ClusterRecord, Command, NodeRecord, NodeStatus, Role};
+use crate::manager::{Manager, ManagerError, raft_id_for};
+use crate::pki::token::JoinToken;
+use crate::pki::{self, ClusterCa, NodeId};
+use crate::trust::TrustView;
+use crate::util::{now_ms, random_id};
+use crate::worker::{AssignmentSet, Worker, WorkerConfig};
 
 impl Node {
     /// Starts serving, and dialing peers, with the node certificate.
-    pub(super) fn serve_quic(&self, saved: &SavedCluster) -> Result<()> {
+    pub(super) fn serve_quic(&self, saved: &SavedCluster) -> anyhow::Result<()> {
         let server = pki::server_config(&saved.node_cert, &saved.ca_cert, &self.key)
             .context("cannot build the TLS server configuration")?;
         let client = pki::client_config(&saved.node_cert, &saved.ca_cert, &self.key)
@@ -17,19 +40,19 @@ impl Node {
     }
 
     /// Starts this node's worker and its session to the leader.
-    pub(super) fn start_worker(self: &Arc<Self>, cluster_id: &str) -> Result<(), String> {
+    pub(super) fn start_worker(self: &Arc<Self>, cluster_id: &str) -> Result<(), LifecycleError> {
         use shoal_runtime::Driver as _;
         let scope = shoal_runtime::Scope::new(cluster_id, self.node_id.clone());
         let mut drivers: BTreeMap<String, Arc<dyn shoal_runtime::Driver>> = BTreeMap::new();
-        let exe =
-            std::env::current_exe().map_err(|e| format!("cannot find the shoal binary: {e}"))?;
+        let exe = std::env::current_exe()
+            .map_err(|e| LifecycleError::Start(format!("cannot find the shoal binary: {e}")))?;
         let process =
             shoal_runtime::process::ProcessDriver::new(shoal_runtime::process::ProcessConfig::new(
                 self.state_dir.root().join("tasks"),
                 scope.clone(),
                 shoal_runtime::process::ShimCommand::shoal_subcommand(exe),
             ))
-            .map_err(|e| format!("cannot start the process driver: {e}"))?;
+            .map_err(|e| LifecycleError::Start(format!("cannot start the process driver: {e}")))?;
         if self.drivers.iter().any(|d| d == "process") {
             drivers.insert(process.kind().as_str().into(), Arc::new(process));
         }
@@ -48,10 +71,9 @@ impl Node {
                 Err(e) => warn!("docker driver unavailable: {e}"),
             }
         }
-        let config =
-            crate::worker::WorkerConfig::new(drivers, self.state_dir.root().join("worker"));
-        let (handle, reports) = crate::worker::Worker::start(config)
-            .map_err(|e| format!("cannot start the worker: {e}"))?;
+        let config = WorkerConfig::new(drivers, self.state_dir.root().join("worker"));
+        let (handle, reports) = Worker::start(config)
+            .map_err(|e| LifecycleError::Start(format!("cannot start the worker: {e}")))?;
         *self
             .worker
             .lock()
@@ -75,7 +97,7 @@ impl Node {
         if let Some(h) = handle {
             if stop_tasks {
                 let _ = h
-                    .apply(crate::worker::AssignmentSet {
+                    .apply(AssignmentSet {
                         full: true,
                         tasks: vec![],
                         removed: vec![],
@@ -88,7 +110,7 @@ impl Node {
     }
 
     /// Starts the loops a manager runs (they act only while it leads).
-    pub(super) fn start_manager_loops(&self, manager: &Arc<Manager>) {
+    pub(crate) fn start_manager_loops(&self, manager: &Arc<Manager>) {
         let (_tx, rx) = watch::channel(false);
         // The loop ends with Raft; the sender is kept alive by the loop's own clone.
         let manager = manager.clone();
@@ -103,7 +125,11 @@ impl Node {
         });
     }
 
-    pub(super) fn start_gossip(&self, role: Role, seeds: Vec<SocketAddr>) -> Result<(), String> {
+    pub(super) fn start_gossip(
+        &self,
+        role: Role,
+        seeds: Vec<SocketAddr>,
+    ) -> Result<(), LifecycleError> {
         let role = match role {
             Role::Manager => shoal_membership::NodeRole::Manager,
             Role::Worker => shoal_membership::NodeRole::Worker,
@@ -116,7 +142,8 @@ impl Node {
             self.pool.clone(),
             self.dialed_tx.clone(),
             1.0,
-        )?;
+        )
+        .map_err(LifecycleError::Start)?;
         gossip.join(seeds);
         *self
             .gossip
@@ -137,7 +164,7 @@ impl Node {
     }
 
     /// Publishes the Raft leader to gossip whenever it changes, so workers know it.
-    pub(super) fn watch_leader(&self, manager: Arc<Manager>) {
+    pub(crate) fn watch_leader(&self, manager: Arc<Manager>) {
         let Some(gossip) = self.gossip() else { return };
         tokio::spawn(async move {
             let mut rx = manager.metrics();
@@ -166,7 +193,11 @@ impl Node {
     }
 
     /// The manager's side of a join handshake.
-    pub async fn handle_join(&self, req: JoinRequest, conn: &quinn::Connection) -> JoinResponse {
+    pub(crate) async fn handle_join(
+        &self,
+        req: JoinRequest,
+        conn: &quinn::Connection,
+    ) -> JoinResponse {
         let admitted = match join::check_proof(&req, conn) {
             Ok(()) => self.admit(req).await,
             Err(e) => Err(e),
@@ -201,7 +232,9 @@ impl Node {
             .map_err(|e| e.to_string())?;
         let ca = ClusterCa::from_der(&cluster.ca_cert_der, &cluster.ca_key_der)
             .map_err(|e| format!("cannot load the cluster CA: {e}"))?;
-        let node_cert = self.issue_cert(&ca, &req.public_key)?;
+        let node_cert = self
+            .issue_cert(&ca, &req.public_key)
+            .map_err(|e| e.to_string())?;
         info!(node = %id, hostname = %req.hostname, role = role.as_str(), "node joined");
         Ok(JoinAccepted {
             cluster_id: cluster.id.clone(),
@@ -213,7 +246,10 @@ impl Node {
     }
 
     /// Restarts the node's part in the cluster after a daemon restart.
-    pub(super) async fn resume(self: &Arc<Self>, saved: SavedCluster) -> Result<()> {
+    pub(super) async fn resume(
+        self: &Arc<Self>,
+        saved: SavedCluster,
+    ) -> Result<(), LifecycleError> {
         let manager = if saved.role == Role::Manager {
             let started = Instant::now();
             let manager = self.open_manager(&saved.cluster_id).await?;
@@ -233,7 +269,7 @@ impl Node {
             None
         };
         self.check_own_cert_expiry(&saved);
-        self.serve_quic(&saved)?;
+        self.serve_quic(&saved).map_err(LifecycleError::Local)?;
         let mut seeds: Vec<SocketAddr> =
             saved.seeds.iter().filter_map(|a| a.parse().ok()).collect();
         if let Some(m) = &manager {
@@ -244,14 +280,12 @@ impl Node {
                     .collect::<Vec<_>>()
             }));
         }
-        self.start_gossip(saved.role, seeds)
-            .map_err(anyhow::Error::msg)?;
+        self.start_gossip(saved.role, seeds)?;
         if let Some(m) = &manager {
             self.watch_leader(m.clone());
             self.start_manager_loops(m);
         }
-        self.start_worker(&saved.cluster_id)
-            .map_err(anyhow::Error::msg)?;
+        self.start_worker(&saved.cluster_id)?;
         info!(cluster_id = %saved.cluster_id, role = saved.role.as_str(), "rejoined cluster");
         *self.membership.write().await = Some(Membership { saved, manager });
         Ok(())
@@ -267,7 +301,7 @@ impl Node {
     }
 
     /// Opens this node's Raft, talking to the other managers over QUIC.
-    pub(super) async fn open_manager(&self, cluster_id: &str) -> Result<Manager, ManagerError> {
+    pub(crate) async fn open_manager(&self, cluster_id: &str) -> Result<Manager, ManagerError> {
         Manager::open_with_network(
             &self.state_dir.raft_db(),
             raft_id_for(&self.key.public_key()),
@@ -276,76 +310,6 @@ impl Node {
             QuicNetworkFactory::node_table(self.pool.clone()),
         )
         .await
-    }
-
-    /// Starts Raft on this node as a new (empty) manager; the leader then adds it as a
-    /// learner and a voter. Idempotent.
-    pub async fn become_manager(self: &Arc<Self>, cluster_id: &str) -> Result<(), String> {
-        let _guard = self.lifecycle.lock().await;
-        let mut membership = self.membership.write().await;
-        let Some(m) = membership.as_mut() else {
-            return Err("this node is not part of a cluster".into());
-        };
-        if m.saved.cluster_id != cluster_id {
-            return Err("this node belongs to another cluster".into());
-        }
-        if m.manager.is_some() {
-            return Ok(());
-        }
-        let db = self.state_dir.raft_db();
-        if db.exists() {
-            // Left over from an earlier stint as a manager: the leader sends a snapshot.
-            std::fs::remove_file(&db)
-                .map_err(|e| format!("cannot remove {}: {e}", db.display()))?;
-        }
-        let manager = Arc::new(
-            self.open_manager(cluster_id)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-        m.saved.role = Role::Manager;
-        let mut cfg =
-            SavedConfig::load(&self.state_dir.node_config()).map_err(|e| e.to_string())?;
-        cfg.cluster = Some(m.saved.clone());
-        cfg.save(&self.state_dir.node_config())
-            .map_err(|e| e.to_string())?;
-        m.manager = Some(manager.clone());
-        drop(membership);
-        if let Some(g) = self.gossip() {
-            g.publish(shoal_membership::FactBody::Role(
-                shoal_membership::NodeRole::Manager,
-            ));
-        }
-        self.start_manager_loops(&manager);
-        self.watch_leader(manager);
-        info!("this node is now a manager");
-        Ok(())
-    }
-
-    /// Stops Raft on this node after it was demoted; it stays in the cluster as a worker.
-    pub async fn step_down_to_worker(&self) {
-        let _guard = self.lifecycle.lock().await;
-        let mut membership = self.membership.write().await;
-        let Some(m) = membership.as_mut() else { return };
-        let Some(manager) = m.manager.take() else {
-            return;
-        };
-        manager.shutdown().await;
-        m.saved.role = Role::Worker;
-        if let Ok(mut cfg) = SavedConfig::load(&self.state_dir.node_config()) {
-            cfg.cluster = Some(m.saved.clone());
-            if let Err(e) = cfg.save(&self.state_dir.node_config()) {
-                warn!("cannot save the new role: {e:#}");
-            }
-        }
-        let _ = std::fs::remove_file(self.state_dir.raft_db());
-        drop(membership);
-        if let Some(g) = self.gossip() {
-            g.publish(shoal_membership::FactBody::Role(
-                shoal_membership::NodeRole::Worker,
-            ));
-        }
-        info!("this node was demoted: it is now a worker");
     }
 
     pub(super) fn record_for_self(&self, role: Role, availability: Availability) -> NodeRecord {
@@ -373,18 +337,14 @@ impl Node {
     /// `init --force-new-cluster`: this manager starts a new Raft group of one from its
     /// own copy of the state. The other managers are dropped from it and their keys
     /// refused until they leave and join again with a token; workers carry on.
-    pub(super) async fn force_new_cluster(self: &Arc<Self>) -> Result<InitResponse, ApiError> {
+    pub(super) async fn force_new_cluster(
+        self: &Arc<Self>,
+    ) -> Result<InitResponse, LifecycleError> {
         let _guard = self.lifecycle.lock().await;
         let (saved, old) = match self.membership.read().await.as_ref() {
-            None => {
-                return Err(ApiError::conflict(
-                    "this node has no cluster state to recover: run `shoal init` to create a cluster",
-                ));
-            }
+            None => return Err(LifecycleError::NothingToRecover),
             Some(Membership { manager: None, .. }) => {
-                return Err(ApiError::conflict(
-                    "--force-new-cluster runs on a manager that kept the cluster state; this node is a worker",
-                ));
+                return Err(LifecycleError::ForceNewClusterOnWorker);
             }
             Some(Membership {
                 saved,
@@ -417,10 +377,11 @@ impl Node {
             crate::state_dir::FORCE_NEW_CLUSTER_COPY_PREFIX,
             now_ms()
         ));
-        std::fs::rename(&db, &kept)
-            .map_err(|e| ApiError::internal(format!("cannot move {} aside: {e}", db.display())))?;
-        self.force_new_cluster_copies
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        std::fs::rename(&db, &kept).map_err(|error| LifecycleError::MoveAside {
+            path: db.display().to_string(),
+            error,
+        })?;
+        self.force_new_cluster_copies.store(true, Ordering::Relaxed);
         if let Err(e) = crate::state_dir::enforce_mode(&kept, 0o600, "file") {
             warn!("cannot set the mode of {} to 0600: {e}", kept.display());
         }
@@ -429,20 +390,13 @@ impl Node {
             db.display(),
             kept.display()
         );
-        let manager = Arc::new(
-            self.open_manager(&saved.cluster_id)
-                .await
-                .map_err(manager_err)?,
-        );
-        manager.initialize().await.map_err(manager_err)?;
+        let manager = Arc::new(self.open_manager(&saved.cluster_id).await?);
+        manager.initialize().await?;
         manager
             .wait_for_leader(Duration::from_secs(10))
             .await
-            .ok_or_else(|| ApiError::unavailable("raft did not elect this node within 10 s"))?;
-        manager
-            .write(Command::Restore(Box::new(state)))
-            .await
-            .map_err(manager_err)?;
+            .ok_or(LifecycleError::NoElection)?;
+        manager.write(Command::Restore(Box::new(state))).await?;
         for (id, _) in &others {
             if let Ok(id) = id.parse::<NodeId>()
                 && let Some(conn) = self.pool.remove(&id)
@@ -467,7 +421,7 @@ impl Node {
     }
 
     /// Remembers that a peer refused this node as removed, for `info` and the log.
-    pub fn note_removed(&self, reason: &str) {
+    pub(crate) fn note_removed(&self, reason: &str) {
         let mut notice = self
             .removed_notice
             .lock()
@@ -482,51 +436,52 @@ impl Node {
         ));
     }
 
-    pub(super) async fn init(self: &Arc<Self>, req: InitRequest) -> Result<InitResponse, ApiError> {
+    pub(super) async fn init(
+        self: &Arc<Self>,
+        req: InitRequest,
+    ) -> Result<InitResponse, LifecycleError> {
         let _guard = self.lifecycle.lock().await;
         if req.force_new_cluster {
             drop(_guard);
             return self.force_new_cluster().await;
         }
         if self.membership.read().await.is_some() {
-            return Err(ApiError::conflict(
-                "this node is already part of a cluster: run `shoal leave --force` first to start a new one",
-            ));
+            return Err(LifecycleError::InitInCluster);
         }
         let availability: Availability = match req.availability.as_deref() {
-            Some(a) => a.parse().map_err(ApiError::bad_request)?,
+            Some(a) => a.parse().map_err(|e: shoal_scheduler::UnknownWord| {
+                LifecycleError::Availability(e.to_string())
+            })?,
             None => Availability::Active,
         };
         let mut saved_cfg =
-            SavedConfig::load(&self.state_dir.node_config()).map_err(ApiError::from)?;
+            SavedConfig::load(&self.state_dir.node_config()).map_err(LifecycleError::Local)?;
         if let Some(a) = &req.advertise_addr {
-            let addr = parse_advertise(a, self.listen_addr.port())
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let addr =
+                parse_advertise(a, self.listen_addr.port()).map_err(LifecycleError::Advertise)?;
             self.set_advertise(addr);
             saved_cfg.advertise_addr = Some(addr);
         }
         let cluster_id = random_id();
         let ca = ClusterCa::generate(&cluster_id)
-            .map_err(|e| ApiError::internal(format!("cannot create the cluster CA: {e}")))?;
+            .map_err(|e| LifecycleError::CreateCa(e.to_string()))?;
         let node_cert = self
             .issue_cert(&ca, &self.key.public_key())
-            .map_err(ApiError::internal)?;
+            .map_err(LifecycleError::IssueCert)?;
         let db_path = self.state_dir.raft_db();
         if db_path.exists() {
             // Left by an `init` that died before it finished: it holds no cluster.
-            std::fs::remove_file(&db_path).map_err(|e| {
-                ApiError::internal(format!(
-                    "cannot remove unfinished {}: {e}",
-                    db_path.display()
-                ))
+            std::fs::remove_file(&db_path).map_err(|error| LifecycleError::RemoveUnfinished {
+                path: db_path.display().to_string(),
+                error,
             })?;
         }
-        let manager = self.open_manager(&cluster_id).await.map_err(manager_err)?;
-        manager.initialize().await.map_err(manager_err)?;
+        let manager = self.open_manager(&cluster_id).await?;
+        manager.initialize().await?;
         manager
             .wait_for_leader(Duration::from_secs(10))
             .await
-            .ok_or_else(|| ApiError::unavailable("raft did not elect this node within 10 s"))?;
+            .ok_or(LifecycleError::NoElection)?;
         let record = ClusterRecord {
             id: cluster_id.clone(),
             created_at: now_ms(),
@@ -543,7 +498,7 @@ impl Node {
         if let Err(e) = manager.write(cmd).await {
             manager.shutdown().await;
             let _ = std::fs::remove_file(&db_path);
-            return Err(manager_err(e));
+            return Err(e.into());
         }
         let saved = SavedCluster {
             cluster_id: cluster_id.clone(),
@@ -557,14 +512,13 @@ impl Node {
         saved_cfg.cluster = Some(saved.clone());
         saved_cfg
             .save(&self.state_dir.node_config())
-            .map_err(ApiError::from)?;
-        self.serve_quic(&saved).map_err(ApiError::from)?;
-        self.start_gossip(Role::Manager, Vec::new())
-            .map_err(ApiError::internal)?;
+            .map_err(LifecycleError::Local)?;
+        self.serve_quic(&saved).map_err(LifecycleError::Local)?;
+        self.start_gossip(Role::Manager, Vec::new())?;
         let manager = Arc::new(manager);
         self.watch_leader(manager.clone());
         self.start_manager_loops(&manager);
-        self.start_worker(&cluster_id).map_err(ApiError::internal)?;
+        self.start_worker(&cluster_id)?;
         info!(%cluster_id, "cluster initialized");
         *self.membership.write().await = Some(Membership {
             saved,
@@ -576,20 +530,20 @@ impl Node {
         })
     }
 
-    pub(super) async fn leave(&self, req: LeaveRequest) -> Result<(), ApiError> {
+    pub(super) async fn leave(&self, req: LeaveRequest) -> Result<(), LifecycleError> {
         let _guard = self.lifecycle.lock().await;
         let mut membership = self.membership.write().await;
         let Some(m) = membership.as_ref() else {
-            return Err(ApiError::conflict("this node is not part of a cluster"));
+            return Err(LifecycleError::NotInCluster);
         };
         if let Some(manager) = &m.manager {
             let voters = manager.voters();
             if !req.force {
-                return Err(ApiError::conflict(if voters.len() <= 1 {
-                    "this node is the last manager: leaving wipes the cluster state; use `shoal leave --force` to do it anyway"
+                return Err(if voters.len() <= 1 {
+                    LifecycleError::LastManager
                 } else {
-                    "this node is a manager: demote it first (`shoal node demote`) or use `shoal leave --force`"
-                }));
+                    LifecycleError::StillManager
+                });
             }
             manager.shutdown().await;
         }
@@ -602,17 +556,19 @@ impl Node {
             self.pool.remove(&id);
             conn.close(0u32.into(), b"left the cluster");
         }
-        self.trust
-            .send_replace(Arc::new(crate::trust::TrustView::default()));
-        let mut saved = SavedConfig::load(&self.state_dir.node_config()).map_err(ApiError::from)?;
+        self.trust.send_replace(Arc::new(TrustView::default()));
+        let mut saved =
+            SavedConfig::load(&self.state_dir.node_config()).map_err(LifecycleError::Local)?;
         saved.cluster = None;
         saved
             .save(&self.state_dir.node_config())
-            .map_err(ApiError::from)?;
+            .map_err(LifecycleError::Local)?;
         let db = self.state_dir.raft_db();
         if db.exists() {
-            std::fs::remove_file(&db)
-                .map_err(|e| ApiError::internal(format!("cannot remove {}: {e}", db.display())))?;
+            std::fs::remove_file(&db).map_err(|error| LifecycleError::RemoveDb {
+                path: db.display().to_string(),
+                error,
+            })?;
         }
         warn!("left the cluster: cluster state wiped, node key kept");
         Ok(())
@@ -621,17 +577,17 @@ impl Node {
     pub(super) async fn join(
         self: &Arc<Self>,
         req: JoinApiRequest,
-    ) -> Result<JoinApiResponse, ApiError> {
+    ) -> Result<JoinApiResponse, LifecycleError> {
         let guard = self.lifecycle.lock().await;
         if self.membership.read().await.is_some() {
-            return Err(ApiError::conflict(
-                "this node is already part of a cluster: run `shoal leave` first",
-            ));
+            return Err(LifecycleError::JoinInCluster);
         }
-        let token = crate::pki::token::JoinToken::parse(&req.token)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let token =
+            JoinToken::parse(&req.token).map_err(|e| LifecycleError::Token(e.to_string()))?;
         let availability: Availability = match req.availability.as_deref() {
-            Some(a) => a.parse().map_err(ApiError::bad_request)?,
+            Some(a) => a.parse().map_err(|e: shoal_scheduler::UnknownWord| {
+                LifecycleError::Availability(e.to_string())
+            })?,
             None => Availability::Active,
         };
         let given = if req.manager_addrs.is_empty() {
@@ -641,22 +597,17 @@ impl Node {
         };
         let mut addrs = Vec::new();
         for a in &given {
-            addrs.push(
-                parse_advertise(a, crate::cli::DEFAULT_PORT)
-                    .map_err(|e| ApiError::bad_request(format!("manager address: {e}")))?,
-            );
+            addrs.push(parse_advertise(a, DEFAULT_PORT).map_err(LifecycleError::ManagerAddr)?);
         }
         if addrs.is_empty() {
-            return Err(ApiError::bad_request(
-                "no manager address: give one (shoal join --token T ADDR) or use a token that carries them",
-            ));
+            return Err(LifecycleError::NoManagerAddr);
         }
         let mut saved_cfg =
-            SavedConfig::load(&self.state_dir.node_config()).map_err(ApiError::from)?;
+            SavedConfig::load(&self.state_dir.node_config()).map_err(LifecycleError::Local)?;
         let previous_advertise = self.advertise();
         if let Some(a) = &req.advertise_addr {
-            let addr = parse_advertise(a, self.listen_addr.port())
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let addr =
+                parse_advertise(a, self.listen_addr.port()).map_err(LifecycleError::Advertise)?;
             self.set_advertise(addr);
             saved_cfg.advertise_addr = Some(addr);
         }
@@ -678,7 +629,7 @@ impl Node {
             Ok(v) => v,
             Err(e) => {
                 self.set_advertise(previous_advertise);
-                return Err(ApiError::bad_request(e));
+                return Err(LifecycleError::JoinRefused(e));
             }
         };
         let managers = Self::managers_of(&accepted.members);
@@ -691,20 +642,18 @@ impl Node {
             managers: managers.iter().copied().collect(),
             removed: Vec::new(),
         };
-        self.trust.send_replace(Arc::new(crate::trust::TrustView {
+        self.trust.send_replace(Arc::new(TrustView {
             managers,
             removed: Default::default(),
         }));
         saved_cfg.cluster = Some(saved.clone());
         saved_cfg
             .save(&self.state_dir.node_config())
-            .map_err(ApiError::from)?;
-        self.serve_quic(&saved).map_err(ApiError::from)?;
+            .map_err(LifecycleError::Local)?;
+        self.serve_quic(&saved).map_err(LifecycleError::Local)?;
         let seeds = saved.seeds.iter().filter_map(|a| a.parse().ok()).collect();
-        self.start_gossip(saved.role, seeds)
-            .map_err(ApiError::internal)?;
-        self.start_worker(&saved.cluster_id)
-            .map_err(ApiError::internal)?;
+        self.start_gossip(saved.role, seeds)?;
+        self.start_worker(&saved.cluster_id)?;
         info!(cluster_id = %saved.cluster_id, %via, "joined the cluster");
         let resp = JoinApiResponse {
             node_id: self.node_id.clone(),
@@ -721,9 +670,7 @@ impl Node {
         drop(guard);
         if role == Role::Manager {
             // The leader adds this node as a learner, then as a voter, once Raft runs here.
-            self.become_manager(&cluster_id)
-                .await
-                .map_err(ApiError::internal)?;
+            self.become_manager(&cluster_id).await?;
             // Answer once this node votes, as `docker swarm join` does for managers.
             if let Some(manager) = self.manager_opt().await {
                 let own = manager.raft_id();
@@ -737,9 +684,7 @@ impl Node {
                 })
                 .await;
                 if !manager.voters().contains(&own) {
-                    return Err(ApiError::unavailable(
-                        "joined, but the leader has not made this node a voter within 60 s: check `shoal node ls` on a manager",
-                    ));
+                    return Err(LifecycleError::NotAVoterYet);
                 }
             }
         }

@@ -1,47 +1,38 @@
-//! The daemon: composition root, the shared `Node`, and the pieces every part of it uses.
-//! Lifecycle (`lifecycle.rs`), API handlers (`handlers.rs`) and peer requests and
-//! forwarding (`forward.rs`) are its child modules.
+//! The daemon: the composition root (state-dir lock, key, socket, QUIC endpoint, drivers,
+//! the loops) and its child modules: the shared `Node` (`node.rs`), lifecycle operations
+//! (`lifecycle.rs`, with their errors in `error.rs`), what authorizes peers (`authz.rs`),
+//! API handlers (`handlers.rs`), and peer requests and forwarding to the leader with their
+//! wire types (`forward.rs`). Role changes live beside the voter reconciler, in
+//! `crate::roles`.
 
 mod authz;
-mod forward;
+mod error;
+pub mod forward;
 mod handlers;
 mod lifecycle;
+mod node;
 
-pub use authz::{now_secs, trust_from_state};
-
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use hyper::Method;
 use tokio::sync::{RwLock, watch};
 use tracing::{info, warn};
 
-use crate::api::server::{ApiError, ApiRequest, Reply};
-use crate::api::{
-    Info, InitRequest, InitResponse, JoinApiRequest, JoinApiResponse, JoinTokenRequest,
-    JoinTokenResponse, LeaveRequest, NodeView,
-};
-use crate::config::{SavedCluster, SavedConfig, default_advertise, parse_advertise};
-use crate::forward::{
-    BecomeManager, BecomeManagerResult, ForwardedApi, ForwardedReply, ForwardedWrite,
-    ForwardedWriteResult, MAX_FORWARD_FRAME, TAG_BECOME_MANAGER, TAG_FORWARD_API,
-    TAG_FORWARD_WRITE,
-};
-use crate::gossip::Gossip;
-use crate::join::{self, JoinAccepted, JoinRequest, JoinResponse};
-use crate::manager::network::{QuicNetworkFactory, resolve_in};
-use crate::manager::state::CommandResult;
-use crate::manager::state::{Availability, ClusterRecord, Command, NodeRecord, NodeStatus, Role};
-use crate::manager::{Manager, ManagerError, QUORUM_TIMEOUT, raft_id_for, rpc};
-use crate::net::{Endpoint, Pool};
-use crate::pki::NodeId;
-use crate::pki::{self, ClusterCa, NodeKey};
+pub(crate) use crate::util::now_ms;
+pub use authz::trust_from_state;
+pub use node::{Node, REMOVED_REASON, cpus, memory_bytes};
+
+use crate::config::{SavedConfig, default_advertise, parse_advertise};
+use crate::net::{DEFAULT_DIAL_TIMEOUT, Endpoint, Pool};
+use crate::pki::NodeKey;
 use crate::state_dir::StateDir;
+use crate::trust::{RefusalLog, TrustView};
+use node::system_hostname;
 
 /// Longest Unix socket path the kernel accepts (`sun_path` is 108 bytes with its NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -68,141 +59,6 @@ pub struct DaemonOptions {
     /// Lifetime of the node certificates this node issues as a manager (`--cert-expiry`).
     pub cert_expiry: Duration,
 }
-
-/// Where the Raft leader is.
-enum LeaderAt {
-    /// This node leads.
-    Here,
-    /// Another manager leads; a connection to it.
-    Remote(Remote),
-}
-
-/// The leader when another manager leads.
-struct Remote {
-    conn: quinn::Connection,
-    raft_id: u64,
-    key: [u8; 32],
-}
-
-/// The node's membership, when it has one.
-struct Membership {
-    saved: SavedCluster,
-    manager: Option<Arc<Manager>>,
-}
-
-/// Everything the daemon's handlers share.
-pub struct Node {
-    state_dir: StateDir,
-    key: NodeKey,
-    node_id: String,
-    hostname: String,
-    listen_addr: SocketAddr,
-    endpoint: Endpoint,
-    pool: Pool,
-    dialed_tx: tokio::sync::mpsc::UnboundedSender<(NodeId, quinn::Connection)>,
-    gossip: std::sync::RwLock<Option<Gossip>>,
-    worker: std::sync::Mutex<Option<crate::worker::WorkerHandle>>,
-    drivers: Vec<String>,
-    removed_notice: std::sync::Mutex<Option<String>>,
-    advertise: std::sync::RwLock<SocketAddr>,
-    membership: RwLock<Option<Membership>>,
-    raft_scale: f64,
-    /// Serializes `init`/`leave`/`join`, which replace the membership.
-    lifecycle: tokio::sync::Mutex<()>,
-    /// Managers and removed keys (see `authz.rs`); every connection watches it.
-    trust: crate::trust::TrustWatch,
-    /// Refusals of peer requests, logged once per peer and tag.
-    refusals: crate::trust::RefusalLog,
-    /// Lifetime of the node certificates this node issues (as a manager).
-    cert_expiry: Duration,
-    /// Whether copies kept by `init --force-new-cluster` may be in the state dir (checked
-    /// once at start, set when one is made, cleared once they are deleted), so the
-    /// manager's tick does not read the directory for nothing.
-    force_new_cluster_copies: std::sync::atomic::AtomicBool,
-    /// Whether the worker may use Docker (not excluded by `--drivers`), whether or not the
-    /// engine answered at start.
-    docker_allowed: bool,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// RFC 3339 rendering of a millisecond timestamp, to the second; clamped to the end of year
-/// 9999 like [`crate::manager::services::rfc3339`] (never panics).
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(crate::manager::services::epoch_ms_clamped(ms)).to_string()
-}
-
-/// A random 25-character lowercase alphanumeric ID (cluster IDs).
-pub fn random_id() -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = [0u8; 25];
-    getrandom::fill(&mut bytes).unwrap_or_else(|_| {
-        // Without OS randomness, fall back to the clock and pid: still unique enough
-        // for a cluster ID, which is not a secret.
-        let seed = now_ms() ^ u64::from(std::process::id()) << 32;
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = (seed >> ((i % 8) * 8)) as u8 ^ i as u8;
-        }
-    });
-    bytes
-        .iter()
-        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect()
-}
-
-fn system_hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-fn platform() -> String {
-    format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH)
-}
-
-/// Memory of this machine in bytes.
-pub fn memory_bytes() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| {
-                    l.split_whitespace()
-                        .nth(1)
-                        .and_then(|v| v.parse::<u64>().ok())
-                })
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// CPUs of this machine.
-pub fn cpus() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-}
-
-fn manager_err(e: ManagerError) -> ApiError {
-    match e {
-        ManagerError::Refused(m) => ApiError::conflict(m),
-        ManagerError::QuorumLost { .. } | ManagerError::NotLeader { .. } => {
-            ApiError::unavailable(e.to_string())
-        }
-        other => ApiError::internal(other.to_string()),
-    }
-}
-
-/// Why a peer closes the connection of a removed node (close code 2).
-pub const REMOVED_REASON: &str = "this node was removed from the cluster";
-
-const NOT_IN_CLUSTER: &str = "this node is not part of a cluster: run `shoal init` or `shoal join`";
-const NOT_A_MANAGER: &str = "this node is not a manager: run it on a manager or point -H at one";
 
 /// The task drivers this machine offers: `process` always, `docker` when an engine
 /// answers; `only` restricts them (`--drivers`).
@@ -300,11 +156,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     info!(node_id = %node_id, %hostname, listen = %opts.listen_addr, %advertise, "shoal daemon starting");
 
     let (dialed_tx, dialed_rx) = tokio::sync::mpsc::unbounded_channel();
-    let pool = Pool::with_dial_listener(
-        endpoint.clone(),
-        crate::net::DEFAULT_DIAL_TIMEOUT,
-        dialed_tx.clone(),
-    );
+    let pool = Pool::with_dial_listener(endpoint.clone(), DEFAULT_DIAL_TIMEOUT, dialed_tx.clone());
     let node = Arc::new(Node {
         pool,
         dialed_tx,
@@ -322,18 +174,16 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         raft_scale: opts.raft_timing_scale,
         lifecycle: tokio::sync::Mutex::new(()),
         trust: watch::channel(Arc::new(saved.cluster.as_ref().map_or_else(
-            crate::trust::TrustView::default,
-            |c| crate::trust::TrustView {
+            TrustView::default,
+            |c| TrustView {
                 managers: c.managers.iter().copied().collect(),
                 removed: c.removed.iter().copied().collect(),
             },
         )))
         .0,
-        refusals: crate::trust::RefusalLog::default(),
+        refusals: RefusalLog::default(),
         cert_expiry: opts.cert_expiry,
-        force_new_cluster_copies: std::sync::atomic::AtomicBool::new(
-            state_dir.has_force_new_cluster_copies(),
-        ),
+        force_new_cluster_copies: AtomicBool::new(state_dir.has_force_new_cluster_copies()),
         docker_allowed: opts
             .drivers
             .as_ref()
@@ -438,82 +288,13 @@ async fn bind_socket(
     Ok(listener)
 }
 
-impl Node {
-    fn advertise(&self) -> SocketAddr {
-        *self
-            .advertise
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn set_advertise(&self, addr: SocketAddr) {
-        *self
-            .advertise
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = addr;
-    }
-
-    /// The connection pool to other nodes.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    /// The drivers this node offers.
-    pub fn drivers(&self) -> &[String] {
-        &self.drivers
-    }
-
-    /// This node's public key.
-    pub fn public_key(&self) -> [u8; 32] {
-        self.key.public_key()
-    }
-
-    /// This node's worker, while it is in a cluster.
-    pub fn worker(&self) -> Option<crate::worker::WorkerHandle> {
-        self.worker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// A SWIM packet from the peer with `key`.
-    pub fn gossip_packet(&self, from: NodeId, key: [u8; 32], packet: bytes::Bytes) {
-        if let Some(g) = self.gossip() {
-            g.packet(&from, key, packet);
-        }
-    }
-
-    /// The gossip handle, while the node is in a cluster.
-    pub fn gossip(&self) -> Option<Gossip> {
-        self.gossip
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// This node's ID.
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
-
-    /// This node's advertise address now.
-    pub fn advertise_addr(&self) -> SocketAddr {
-        self.advertise()
-    }
-
-    /// The manager, when this node is one (no error path: for background loops).
-    pub async fn manager_opt(&self) -> Option<Arc<Manager>> {
-        self.membership
-            .read()
-            .await
-            .as_ref()
-            .and_then(|m| m.manager.clone())
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::net::SocketAddr;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::{bind_socket, choose_advertise, resolve_socket_group};
+    use crate::config::SavedConfig;
 
     #[test]
     fn issue_15_unit_file_advertise_addr_does_not_override_init_or_join() {
@@ -542,15 +323,6 @@ mod tests {
         assert_eq!(saved.advertise_addr, Some(moved));
         // No flag: the saved address.
         assert_eq!(choose_advertise(&mut saved, None, listen), (moved, false));
-    }
-
-    #[test]
-    fn rfc3339_clamps_past_year_9999_instead_of_panicking() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_500), "1970-01-01T00:00:01Z");
-        assert_eq!(rfc3339(253_402_300_799_999), "9999-12-31T23:59:59Z");
-        assert_eq!(rfc3339(253_402_300_800_000), "9999-12-31T23:59:59Z");
-        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The manager: openraft over redb holding the cluster state, and the API a node uses
 //! to change and read it.
 
-pub mod network;
+pub(crate) mod network;
+// Public only until `orchestrator::plan` (used by its tests alone) is `#[cfg(test)]` or goes.
 pub mod orchestrator;
 pub mod rpc;
 pub mod services;
 pub mod state;
-pub mod store;
+pub(crate) mod store;
 pub mod types;
 
 #[cfg(test)]
@@ -163,7 +164,7 @@ impl Manager {
         let sm = StateMachineStore::open(db).map_err(|reason| {
             ManagerError::Open(store::OpenError::Corrupt {
                 path: db_path.display().to_string(),
-                reason,
+                reason: reason.to_string(),
             })
         })?;
         let shared = sm.shared();
@@ -196,14 +197,6 @@ impl Manager {
         members.insert(self.raft_id, EmptyNode {});
         self.raft
             .initialize(members)
-            .await
-            .map_err(|e| ManagerError::Fatal(e.to_string()))
-    }
-
-    /// Whether Raft has any state (a restarted member, as opposed to a fresh one).
-    pub async fn is_initialized(&self) -> Result<bool, ManagerError> {
-        self.raft
-            .is_initialized()
             .await
             .map_err(|e| ManagerError::Fatal(e.to_string()))
     }

@@ -166,12 +166,6 @@ impl QuicNetworkFactory {
     pub fn health(&self) -> PeerHealth {
         self.health.clone()
     }
-
-    /// The pool this factory dials through.
-    #[must_use]
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for QuicNetworkFactory {

@@ -30,6 +30,43 @@ const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
 const KEY_SNAPSHOT: &str = "snapshot";
 
+/// A failed read or write of `raft.redb` (redb's or postcard's words), or a snapshot that
+/// cannot be decoded. Reported to openraft as a storage error, or at start as
+/// [`OpenError::Corrupt`] with the file's name.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Opening or creating the database.
+    #[error(transparent)]
+    Database(#[from] redb::DatabaseError),
+    /// Beginning a transaction.
+    #[error(transparent)]
+    Transaction(#[from] redb::TransactionError),
+    /// Opening a table.
+    #[error(transparent)]
+    Table(#[from] redb::TableError),
+    /// Reading or writing a table.
+    #[error(transparent)]
+    Storage(#[from] redb::StorageError),
+    /// Committing a transaction.
+    #[error(transparent)]
+    Commit(#[from] redb::CommitError),
+    /// Asking for durable commits.
+    #[error(transparent)]
+    Durability(#[from] redb::SetDurabilityError),
+    /// Encoding or decoding a row.
+    #[error(transparent)]
+    Encoding(#[from] postcard::Error),
+    /// A stored snapshot's envelope does not decode.
+    #[error("corrupt snapshot: {0}")]
+    CorruptSnapshot(postcard::Error),
+    /// A stored snapshot's cluster state does not decode (its version, or its bytes).
+    #[error("{0}")]
+    State(String),
+    /// The blocking task that ran a write did not finish.
+    #[error("storage task failed: {0}")]
+    Task(tokio::task::JoinError),
+}
+
 /// Why the Raft database could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -47,7 +84,7 @@ pub enum OpenError {
 
 /// Opens (or creates) `raft.redb`, with both tables present.
 pub fn open_db(path: &Path) -> Result<Arc<Database>, OpenError> {
-    let corrupt = |e: &dyn std::fmt::Display| OpenError::Corrupt {
+    let corrupt = |e: StoreError| OpenError::Corrupt {
         path: path.display().to_string(),
         reason: e.to_string(),
     };
@@ -65,51 +102,52 @@ pub fn open_db(path: &Path) -> Result<Arc<Database>, OpenError> {
             tracing::warn!("cannot set the mode of {} to 0600: {e}", path.display());
         }
     }
-    let db = Database::create(path).map_err(|e| corrupt(&e))?;
-    let mut tx = db.begin_write().map_err(|e| corrupt(&e))?;
-    tx.set_durability(Durability::Immediate)
-        .map_err(|e| corrupt(&e))?;
-    tx.open_table(LOG).map_err(|e| corrupt(&e))?;
-    tx.open_table(META).map_err(|e| corrupt(&e))?;
-    tx.commit().map_err(|e| corrupt(&e))?;
-    Ok(Arc::new(db))
+    let create = || -> Result<Database, StoreError> {
+        let db = Database::create(path)?;
+        let mut tx = db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        tx.open_table(LOG)?;
+        tx.open_table(META)?;
+        tx.commit()?;
+        Ok(db)
+    };
+    create().map(Arc::new).map_err(corrupt)
 }
 
 fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
 }
 
-fn read_meta<T: for<'a> Deserialize<'a>>(db: &Database, key: &str) -> Result<Option<T>, String> {
-    let tx = db.begin_read().map_err(|e| e.to_string())?;
-    let table = tx.open_table(META).map_err(|e| e.to_string())?;
-    match table.get(key).map_err(|e| e.to_string())? {
-        Some(v) => postcard::from_bytes(v.value())
-            .map(Some)
-            .map_err(|e| e.to_string()),
+fn read_meta<T: for<'a> Deserialize<'a>>(
+    db: &Database,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let tx = db.begin_read()?;
+    let table = tx.open_table(META)?;
+    match table.get(key)? {
+        Some(v) => Ok(Some(postcard::from_bytes(v.value())?)),
         None => Ok(None),
     }
 }
 
-fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), String> {
-    let bytes = postcard::to_stdvec(value).map_err(|e| e.to_string())?;
-    let mut tx = db.begin_write().map_err(|e| e.to_string())?;
-    tx.set_durability(Durability::Immediate)
-        .map_err(|e| e.to_string())?;
+fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), StoreError> {
+    let bytes = postcard::to_stdvec(value)?;
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)?;
     {
-        let mut table = tx.open_table(META).map_err(|e| e.to_string())?;
-        table
-            .insert(key, bytes.as_slice())
-            .map_err(|e| e.to_string())?;
+        let mut table = tx.open_table(META)?;
+        table.insert(key, bytes.as_slice())?;
     }
-    tx.commit().map_err(|e| e.to_string())
+    tx.commit()?;
+    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| format!("storage task failed: {e}"))?
+        .map_err(StoreError::Task)?
 }
 
 /// The Raft log and vote.
@@ -124,21 +162,30 @@ impl LogStore {
         Self { db }
     }
 
-    fn range_sync(&self, lo: u64, hi: Option<u64>) -> Result<Vec<Entry>, String> {
-        let tx = self.db.begin_read().map_err(|e| e.to_string())?;
-        let table = tx.open_table(LOG).map_err(|e| e.to_string())?;
+    fn range_sync(&self, lo: u64, hi: Option<u64>) -> Result<Vec<Entry>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(LOG)?;
         let iter = match hi {
             Some(hi) => table.range(lo..hi),
             None => table.range(lo..),
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
         let mut out = Vec::new();
         for item in iter {
-            let (_, v) = item.map_err(|e| e.to_string())?;
-            out.push(postcard::from_bytes::<Entry>(v.value()).map_err(|e| e.to_string())?);
+            let (_, v) = item?;
+            out.push(postcard::from_bytes::<Entry>(v.value())?);
         }
         Ok(out)
     }
+}
+
+/// The ID of the last entry in the log table, if any.
+fn last_log_id(db: &Database) -> Result<Option<LogId>, StoreError> {
+    let tx = db.begin_read()?;
+    let table = tx.open_table(LOG)?;
+    Ok(match table.last()? {
+        Some((_, v)) => Some(postcard::from_bytes::<Entry>(v.value())?.log_id),
+        None => None,
+    })
 }
 
 fn bounds(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
@@ -170,21 +217,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let err = |e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e);
+        let err = |e: StoreError| io_err(ErrorSubject::Logs, ErrorVerb::Read, e);
         // `purge` writes `Some(log_id)`: read it back as that, not as a bare `LogId`.
         let last_purged: Option<LogId> = read_meta::<Option<LogId>>(&self.db, KEY_PURGED)
             .map_err(err)?
             .flatten();
-        let tx = self.db.begin_read().map_err(|e| err(e.to_string()))?;
-        let table = tx.open_table(LOG).map_err(|e| err(e.to_string()))?;
-        let last = match table.last().map_err(|e| err(e.to_string()))? {
-            Some((_, v)) => Some(
-                postcard::from_bytes::<Entry>(v.value())
-                    .map_err(|e| err(e.to_string()))?
-                    .log_id,
-            ),
-            None => None,
-        };
+        let last = last_log_id(&self.db).map_err(err)?;
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last.or(last_purged),
@@ -239,18 +277,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // One write transaction per batch, fsynced (Durability::Immediate) before the
         // callback tells openraft the entries are durable.
         let res = blocking(move || {
-            let mut tx = db.begin_write().map_err(|e| e.to_string())?;
-            tx.set_durability(Durability::Immediate)
-                .map_err(|e| e.to_string())?;
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
             {
-                let mut table = tx.open_table(LOG).map_err(|e| e.to_string())?;
+                let mut table = tx.open_table(LOG)?;
                 for (index, bytes) in &encoded {
-                    table
-                        .insert(*index, bytes.as_slice())
-                        .map_err(|e| e.to_string())?;
+                    table.insert(*index, bytes.as_slice())?;
                 }
             }
-            tx.commit().map_err(|e| e.to_string())
+            tx.commit()?;
+            Ok(())
         })
         .await;
         match res {
@@ -259,7 +295,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok(())
             }
             Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.clone())));
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
                 Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
             }
         }
@@ -268,16 +304,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let db = self.db.clone();
         blocking(move || {
-            let mut tx = db.begin_write().map_err(|e| e.to_string())?;
-            tx.set_durability(Durability::Immediate)
-                .map_err(|e| e.to_string())?;
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
             {
-                let mut table = tx.open_table(LOG).map_err(|e| e.to_string())?;
-                table
-                    .retain_in(log_id.index.., |_, _| false)
-                    .map_err(|e| e.to_string())?;
+                let mut table = tx.open_table(LOG)?;
+                table.retain_in(log_id.index.., |_, _| false)?;
             }
-            tx.commit().map_err(|e| e.to_string())
+            tx.commit()?;
+            Ok(())
         })
         .await
         .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
@@ -286,20 +320,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let db = self.db.clone();
         blocking(move || {
-            let bytes = postcard::to_stdvec(&Some(log_id)).map_err(|e| e.to_string())?;
-            let mut tx = db.begin_write().map_err(|e| e.to_string())?;
-            tx.set_durability(Durability::Immediate)
-                .map_err(|e| e.to_string())?;
+            let bytes = postcard::to_stdvec(&Some(log_id))?;
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
             {
-                let mut meta = tx.open_table(META).map_err(|e| e.to_string())?;
-                meta.insert(KEY_PURGED, bytes.as_slice())
-                    .map_err(|e| e.to_string())?;
-                let mut table = tx.open_table(LOG).map_err(|e| e.to_string())?;
-                table
-                    .retain_in(..=log_id.index, |_, _| false)
-                    .map_err(|e| e.to_string())?;
+                let mut meta = tx.open_table(META)?;
+                meta.insert(KEY_PURGED, bytes.as_slice())?;
+                let mut table = tx.open_table(LOG)?;
+                table.retain_in(..=log_id.index, |_, _| false)?;
             }
-            tx.commit().map_err(|e| e.to_string())
+            tx.commit()?;
+            Ok(())
         })
         .await
         .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
@@ -331,25 +362,28 @@ pub struct StateMachineStore {
     shared: Arc<RwLock<SmData>>,
 }
 
-fn encode_sm(sm: &SmData) -> Result<Vec<u8>, String> {
+fn encode_sm(sm: &SmData) -> Result<Vec<u8>, StoreError> {
     // The cluster state has its own version byte; the envelope is plain postcard.
-    postcard::to_stdvec(&(sm.last_applied, &sm.membership, sm.state.encode()))
-        .map_err(|e| e.to_string())
+    Ok(postcard::to_stdvec(&(
+        sm.last_applied,
+        &sm.membership,
+        sm.state.encode(),
+    ))?)
 }
 
-fn decode_sm(bytes: &[u8]) -> Result<SmData, String> {
+fn decode_sm(bytes: &[u8]) -> Result<SmData, StoreError> {
     let (last_applied, membership, state): (Option<LogId>, StoredMembership, Vec<u8>) =
-        postcard::from_bytes(bytes).map_err(|e| format!("corrupt snapshot: {e}"))?;
+        postcard::from_bytes(bytes).map_err(StoreError::CorruptSnapshot)?;
     Ok(SmData {
         last_applied,
         membership,
-        state: ClusterState::decode(&state)?,
+        state: ClusterState::decode(&state).map_err(StoreError::State)?,
     })
 }
 
 impl StateMachineStore {
     /// Loads the state machine from the last durable snapshot (or empty).
-    pub fn open(db: Arc<Database>) -> Result<Self, String> {
+    pub fn open(db: Arc<Database>) -> Result<Self, StoreError> {
         let snap: Option<StoredSnapshot> = read_meta(&db, KEY_SNAPSHOT)?;
         let data = match snap {
             Some(s) => decode_sm(&s.data)?,
@@ -513,5 +547,36 @@ mod mode_tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         drop(open_db(&path).unwrap());
         assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn store_errors_keep_their_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        // A file redb cannot read: the start names it and says what not to do.
+        std::fs::write(
+            &path,
+            b"not a redb file, not at all, and long enough to look",
+        )
+        .unwrap();
+        let err = open_db(&path).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{} is corrupt or unreadable (", path.display())));
+        assert!(err.ends_with(
+            "): refusing to start; move it away only if you mean to lose this node's cluster state"
+        ));
+        // A snapshot row that does not decode.
+        std::fs::remove_file(&path).unwrap();
+        let db = open_db(&path).unwrap();
+        write_meta(
+            &db,
+            KEY_SNAPSHOT,
+            &StoredSnapshot {
+                meta: SnapshotMeta::default(),
+                data: vec![0xff; 3],
+            },
+        )
+        .unwrap();
+        let err = StateMachineStore::open(db).err().unwrap().to_string();
+        assert!(err.starts_with("corrupt snapshot: "), "{err}");
     }
 }

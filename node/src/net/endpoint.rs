@@ -314,23 +314,10 @@ impl Endpoint {
         self.inner.close(VarInt::from_u32(0), b"shutdown");
     }
 
-    /// Waits until all connections are cleanly closed (call after [`Endpoint::close`]). This
-    /// can take up to the idle timeout when a half-open handshake lingers; prefer
-    /// [`Endpoint::shutdown`].
-    pub async fn wait_idle(&self) {
-        self.inner.wait_idle().await;
-    }
-
     /// Closes the endpoint and waits at most `grace` (e.g. 1 s) for peers to be told.
     pub async fn shutdown(&self, grace: Duration) {
         self.close();
         let _ = tokio::time::timeout(grace, self.inner.wait_idle()).await;
-    }
-
-    /// The underlying quinn endpoint.
-    #[must_use]
-    pub fn quinn(&self) -> &quinn::Endpoint {
-        &self.inner
     }
 }
 

@@ -13,7 +13,9 @@ use super::NetError;
 pub const FRAME_VERSION: u8 = 1;
 
 /// Largest datagram guaranteed to fit before path-MTU discovery (quinn's initial MTU of 1200
-/// bytes minus overheads). Keep foca's `max_packet_size` ≤ 1100 (trap T2).
+/// bytes minus overheads). Keep foca's `max_packet_size` ≤ 1100 (trap T2). The tests check
+/// a datagram of this size goes through.
+#[cfg(test)]
 pub const MAX_DATAGRAM: usize = 1162;
 
 /// Application code sent with STOP_SENDING when a peer's frame is too large.
@@ -63,7 +65,7 @@ const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 ///
 /// No deadline: this waits as long as the peer is silent, which is what a long-lived session
 /// stream (several frames, far apart) needs. Bound it with a timeout, or use
-/// [`read_frame_within`], when reading a request from a peer that could stall on purpose.
+/// [`read_frame_raw_within`], when reading a request from a peer that could stall on purpose.
 pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut RecvStream,
     max_len: usize,
@@ -74,7 +76,9 @@ pub async fn read_frame<T: DeserializeOwned>(
 }
 
 /// [`read_frame`] bounded by `timeout` for the whole frame (header and body); on expiry the
-/// stream is stopped and [`NetError::ReadTimeout`] returned.
+/// stream is stopped and [`NetError::ReadTimeout`] returned. Only the tests read a typed
+/// frame under a deadline; servers read raw frames and decode by tag.
+#[cfg(test)]
 pub async fn read_frame_within<T: DeserializeOwned>(
     recv: &mut RecvStream,
     max_len: usize,

@@ -6,32 +6,34 @@
 //! `tag: u8 | len: u32 big-endian | body[len]`, where `body = version: u8 (=`[`FRAME_VERSION`]`)
 //! ++ postcard(message)`. Frames larger than the reader's `max_len` are rejected before any
 //! allocation, and a body's buffer grows with the bytes that arrive, not with the announced
-//! length. A request is read under a deadline ([`FRAME_READ_TIMEOUT`], or the caller's with
-//! [`read_header`]/[`read_body`]), so a silent or trickling peer is cut off.
+//! length. A request is read under a deadline ([`frame::FRAME_READ_TIMEOUT`], or the caller's
+//! with [`read_header`]/[`read_body`]), so a silent or trickling peer is cut off.
 //!
 //! Bounds on what a peer can make this node hold (streams, windows, connections per address,
-//! connections without a certificate) are in [`endpoint`](ConnectionLimits) and
+//! connections without a certificate) are in [`endpoint`] (`ConnectionLimits`) and
 //! [`transport_config`].
 
 mod endpoint;
 mod frame;
 mod pool;
 
-pub use endpoint::{
-    Accepted, AcceptedRx, CLOSE_TOO_MANY_CONNECTIONS, CLOSE_UNAUTHENTICATED_EXPIRED,
-    ConnectionLimits, DATAGRAM_RECEIVE_BUFFER, DATAGRAM_SEND_BUFFER, Endpoint, HANDSHAKE_TIMEOUT,
-    IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL, MAX_BIDI_STREAMS, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP,
-    MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_IP, RECEIVE_WINDOW, REFUSAL_LOG_INTERVAL,
-    SEND_WINDOW, STREAM_RECEIVE_WINDOW, UNAUTHENTICATED_BIDI_STREAMS, UNAUTHENTICATED_LIFETIME,
-    UNAUTHENTICATED_RECEIVE_WINDOW, authenticated_budget, peer_node_id, peer_public_key,
-    transport_config,
+// Public: what the cluster tests' rogue peer uses (`tests/src/rogue.rs`).
+pub use endpoint::transport_config;
+pub use frame::{decode_body, read_frame_raw, write_frame};
+
+#[cfg(test)]
+pub(crate) use endpoint::{
+    Accepted, CLOSE_TOO_MANY_CONNECTIONS, CLOSE_UNAUTHENTICATED_EXPIRED, ConnectionLimits,
+    MAX_BIDI_STREAMS, MAX_CONNECTIONS_PER_IP, MAX_UNAUTHENTICATED_PER_IP,
+    UNAUTHENTICATED_BIDI_STREAMS,
 };
-pub use frame::{
-    FRAME_HEADER_LEN, FRAME_READ_TIMEOUT, FRAME_VERSION, MAX_DATAGRAM, decode_body, read_body,
-    read_frame, read_frame_raw, read_frame_raw_within, read_frame_within, read_header, request,
-    respond, send_datagram, write_frame,
+pub(crate) use endpoint::{AcceptedRx, Endpoint, peer_node_id, peer_public_key};
+#[cfg(test)]
+pub(crate) use frame::{FRAME_HEADER_LEN, FRAME_VERSION, MAX_DATAGRAM, read_frame_within};
+pub(crate) use frame::{
+    read_body, read_frame, read_frame_raw_within, read_header, request, respond, send_datagram,
 };
-pub use pool::Pool;
+pub(crate) use pool::Pool;
 
 use std::net::SocketAddr;
 use std::time::Duration;

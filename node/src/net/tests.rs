@@ -4,7 +4,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::*;
+use super::{
+    Accepted, AcceptedRx, CLOSE_TOO_MANY_CONNECTIONS, CLOSE_UNAUTHENTICATED_EXPIRED,
+    ConnectionLimits, Endpoint, FRAME_HEADER_LEN, FRAME_VERSION, MAX_BIDI_STREAMS,
+    MAX_CONNECTIONS_PER_IP, MAX_DATAGRAM, MAX_UNAUTHENTICATED_PER_IP, NetError, Pool,
+    UNAUTHENTICATED_BIDI_STREAMS, decode_body, peer_node_id, peer_public_key, read_body,
+    read_frame, read_frame_raw_within, read_frame_within, read_header, request, respond,
+    send_datagram, write_frame,
+};
 use crate::pki::{self, ClusterCa, NodeKey};
 
 const T: Duration = Duration::from_secs(3);

@@ -1,12 +1,17 @@
 //! Service and task handlers of the control API (run on the leader; followers forward). The
 //! routes are in the table of `handlers.rs`; writes go through [`Node::write`].
 
-use super::*;
+use super::read;
+use crate::api::server::{ApiError, ApiRequest};
 use crate::api::services::{
     ScaleRequest, ServiceInspect, ServiceRef, ServiceRow, ServiceSpecBody, TaskFilter, TaskRow,
     service_rows, task_rows,
 };
+use crate::daemon::node::Node;
+use crate::manager::Manager;
 use crate::manager::services::{ServiceCommand, ServiceMode, ServiceRecord, ServiceSpec};
+use crate::manager::state::Command;
+use crate::util::now_ms;
 
 /// A fresh random service ID: 25 characters of `[0-9a-z]`, like Docker's. Drawn here, by the
 /// handler that proposes the create, so the state machine stays deterministic.
