@@ -9,8 +9,7 @@ use rcgen::{
 };
 use rustls::pki_types::CertificateDer;
 
-use super::der::{self, Reader};
-use super::{CLUSTER_SAN, NodeId, PkiError, node_san, sha256};
+use super::{CLUSTER_SAN, NodeId, PkiError, node_san, parse_cert, sha256};
 
 /// `not_before` of every certificate Shoal makes: far in the past, because a Raspberry Pi has
 /// no RTC and may boot with a wrong clock (DESIGN §3, trap T11).
@@ -22,13 +21,6 @@ pub const DEFAULT_CERT_LIFETIME: std::time::Duration =
 
 /// `not_after` of the CA certificate (rcgen's own default).
 const NOT_AFTER: (i32, u8, u8) = (4096, 1, 1);
-
-/// DER prefix of an ed25519 SubjectPublicKeyInfo; the 32-byte key follows.
-const ED25519_SPKI_PREFIX: [u8; 12] = [
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-];
-const OID_SAN: &[u8] = &[0x55, 0x1d, 0x11];
-const OID_BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
 
 /// The cluster certificate authority: an ed25519 key and a self-signed CA certificate.
 ///
@@ -219,113 +211,4 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// What Shoal reads from a certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertInfo {
-    /// The ed25519 subject public key (raw 32 bytes).
-    pub public_key: [u8; 32],
-    /// DNS subject alternative names.
-    pub dns_names: Vec<String>,
-    /// Number of IP-address SANs (Shoal never issues any).
-    pub ip_sans: usize,
-    /// `notBefore`, Unix seconds.
-    pub not_before: i64,
-    /// `notAfter`, Unix seconds.
-    pub not_after: i64,
-    /// Basic constraints `cA` flag.
-    pub is_ca: bool,
-}
-
-/// Parses the parts of an X.509 DER certificate Shoal cares about. Only ed25519 subject keys
-/// are accepted. Never panics on malformed input.
-pub fn parse_cert(cert_der: &[u8]) -> Result<CertInfo, PkiError> {
-    parse_cert_inner(cert_der).map_err(|e| PkiError::BadCertificate(e.to_owned()))
-}
-
-fn parse_cert_inner(cert_der: &[u8]) -> Result<CertInfo, &'static str> {
-    let mut top = Reader::new(cert_der);
-    let cert = top.expect(der::SEQUENCE)?;
-    if !top.is_empty() {
-        return Err("trailing bytes after the certificate");
-    }
-    let mut cert_r = Reader::new(cert.value);
-    let tbs = cert_r.expect(der::SEQUENCE)?;
-    let mut r = Reader::new(tbs.value);
-    if r.peek_tag() == Some(0xa0) {
-        r.next()?; // version
-    }
-    r.expect(der::INTEGER)?; // serial
-    r.expect(der::SEQUENCE)?; // signature algorithm
-    r.expect(der::SEQUENCE)?; // issuer
-    let validity = r.expect(der::SEQUENCE)?;
-    let mut vr = Reader::new(validity.value);
-    let not_before = der::parse_time(vr.next()?)?;
-    let not_after = der::parse_time(vr.next()?)?;
-    r.expect(der::SEQUENCE)?; // subject
-    let spki = r.expect(der::SEQUENCE)?;
-    let key = spki
-        .raw
-        .strip_prefix(&ED25519_SPKI_PREFIX[..])
-        .filter(|k| k.len() == 32)
-        .ok_or("the subject key is not an ed25519 key")?;
-    let mut public_key = [0u8; 32];
-    public_key.copy_from_slice(key);
-
-    let mut info = CertInfo {
-        public_key,
-        dns_names: Vec::new(),
-        ip_sans: 0,
-        not_before,
-        not_after,
-        is_ca: false,
-    };
-    while !r.is_empty() {
-        let field = r.next()?;
-        if field.tag != 0xa3 {
-            continue; // issuer/subject unique IDs
-        }
-        let mut exts_r = Reader::new(Reader::new(field.value).expect(der::SEQUENCE)?.value);
-        while !exts_r.is_empty() {
-            let ext = exts_r.expect(der::SEQUENCE)?;
-            let mut er = Reader::new(ext.value);
-            let oid = er.expect(der::OID)?;
-            if er.peek_tag() == Some(der::BOOLEAN) {
-                er.next()?;
-            }
-            let value = er.expect(der::OCTET_STRING)?;
-            if oid.value == OID_SAN {
-                let mut names = Reader::new(Reader::new(value.value).expect(der::SEQUENCE)?.value);
-                while !names.is_empty() {
-                    let name = names.next()?;
-                    match name.tag {
-                        0x82 => info.dns_names.push(
-                            std::str::from_utf8(name.value)
-                                .map_err(|_| "bad DNS name")?
-                                .to_owned(),
-                        ),
-                        0x87 => info.ip_sans += 1,
-                        _ => {}
-                    }
-                }
-            } else if oid.value == OID_BASIC_CONSTRAINTS {
-                let mut bc = Reader::new(Reader::new(value.value).expect(der::SEQUENCE)?.value);
-                if bc.peek_tag() == Some(der::BOOLEAN) {
-                    info.is_ca = bc.next()?.value.first().is_some_and(|&b| b != 0);
-                }
-            }
-        }
-    }
-    Ok(info)
-}
-
-/// The raw ed25519 public key of a DER certificate (validates the SPKI algorithm and length).
-pub fn public_key_from_cert(cert_der: &[u8]) -> Result<[u8; 32], PkiError> {
-    Ok(parse_cert(cert_der)?.public_key)
-}
-
-/// The node ID of the key a DER certificate carries.
-pub fn node_id_from_cert(cert_der: &[u8]) -> Result<NodeId, PkiError> {
-    Ok(NodeId::from_public_key(&public_key_from_cert(cert_der)?))
 }

@@ -8,17 +8,17 @@
 //!   own key (ServerAuth + ClientAuth, no IP SANs, `not_before` far in the past).
 //! - [`server_config`], [`client_config`], [`join_client_config`]: rustls/quinn configurations
 //!   (ring provider only, TLS 1.3 only, ALPN [`ALPN`]).
-//! - [`parse_cert`], [`public_key_from_cert`], [`node_id_from_cert`]: small certificate readers.
+//! - [`parse_cert`], [`public_key_from_cert`], [`node_id_from_cert`]: the certificate fields
+//!   Shoal reads (subject key, SANs, validity, CA flag), through `x509-parser`.
 
 mod ca;
-mod der;
+mod cert;
 mod key;
 mod tls;
 pub mod token;
 
-pub use ca::{
-    CertInfo, ClusterCa, DEFAULT_CERT_LIFETIME, node_id_from_cert, parse_cert, public_key_from_cert,
-};
+pub use ca::{ClusterCa, DEFAULT_CERT_LIFETIME};
+pub use cert::{CertInfo, node_id_from_cert, parse_cert, public_key_from_cert};
 pub use key::{NodeId, NodeKey};
 pub use tls::{
     client_config, crypto_provider, join_client_config, server_config, verify_node_cert,

@@ -215,3 +215,168 @@ fn tls_configs_build_and_check_the_key() {
     ));
     assert!(client_config(&cert, b"junk", &node).is_err());
 }
+
+/// A self-signed certificate on a fresh ed25519 key with `exts` as extra extensions (and no
+/// SANs of rcgen's own), to build certificates Shoal never issues.
+fn cert_with_extensions(exts: Vec<rcgen::CustomExtension>) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.custom_extensions = exts;
+    params.self_signed(&key).unwrap().der().to_vec()
+}
+
+fn assert_refused(der: &[u8], what: &str, needle: &str) {
+    let err = parse_cert(der).expect_err(what).to_string();
+    assert!(err.starts_with("invalid certificate: "), "{what}: {err}");
+    assert!(!err.contains('\n'), "{what}: not one line: {err}");
+    assert!(err.contains(needle), "{what}: {err:?} lacks {needle:?}");
+}
+
+#[test]
+fn cert_times_are_read_to_the_second() {
+    let ca = ClusterCa::generate("c1").unwrap();
+    let info = parse_cert(ca.cert_der()).unwrap();
+    assert_eq!(info.not_before, 946_684_800); // 2000-01-01
+    assert_eq!(info.not_after, 67_090_118_400); // 4096-01-01 (GeneralizedTime)
+    let node = NodeKey::generate().unwrap();
+    for (until, expect) in [
+        (now_unix() + 30, now_unix() + 30),
+        (2_524_607_999, 2_524_607_999), // 2049-12-31 23:59:59, the last UTCTime
+        (2_524_608_000, 2_524_608_000), // 2050-01-01, the first GeneralizedTime
+        (0, 946_684_800),               // clamped to 2000-01-01
+        (i64::MAX, 253_402_300_799),    // clamped to 9999-12-31 23:59:59
+    ] {
+        let cert = ca
+            .issue_node_cert_until(&node.public_key(), &node.node_id(), until)
+            .unwrap();
+        let info = parse_cert(&cert).unwrap();
+        assert_eq!(info.not_after, expect, "until {until}");
+        assert_eq!(info.not_before, 946_684_800);
+    }
+}
+
+#[test]
+fn malformed_certificates_are_refused_with_one_line_errors() {
+    let ca = ClusterCa::generate("c1").unwrap();
+    let node = NodeKey::generate().unwrap();
+    let node_cert = ca
+        .issue_node_cert(&node.public_key(), &node.node_id())
+        .unwrap();
+    for der in [ca.cert_der(), &node_cert[..]] {
+        // Every truncation, and anything after the certificate.
+        for n in 0..der.len() {
+            let err = parse_cert(&der[..n]).unwrap_err().to_string();
+            assert!(!err.contains('\n'), "{err}");
+            assert!(public_key_from_cert(&der[..n]).is_err());
+            assert!(node_id_from_cert(&der[..n]).is_err());
+        }
+        let mut long = der.to_vec();
+        long.push(0);
+        assert_refused(&long, "trailing byte", "trailing bytes");
+        // Every byte flipped: an answer, never a panic.
+        for i in 0..der.len() {
+            for mask in [0xff, 0x01, 0x80] {
+                let mut bad = der.to_vec();
+                bad[i] ^= mask;
+                if let Err(e) = parse_cert(&bad) {
+                    assert!(!e.to_string().contains('\n'), "{e}");
+                }
+            }
+        }
+    }
+    for junk in [
+        &[][..],
+        b"junk",
+        &[0x30],
+        &[0x30, 0x00],
+        &[0x30, 0x80, 0x00, 0x00],
+        &[0x30, 0x84, 0xff, 0xff, 0xff, 0xff],
+        &[
+            0x30, 0x89, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ],
+        &[0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+    ] {
+        assert_refused(junk, &format!("{junk:02x?}"), "");
+    }
+
+    // The subject key in anything but its one DER form (x509-parser alone would overlook
+    // these tag bits).
+    let prefix = [
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    let at = node_cert
+        .windows(prefix.len())
+        .position(|w| w == prefix)
+        .unwrap();
+    for (i, mask) in [(0, 0x80), (2, 0x80), (4, 0x01), (4, 0x80), (9, 0x80)] {
+        let mut bad = node_cert.clone();
+        bad[at + i] ^= mask;
+        assert!(
+            parse_cert(&bad).is_err(),
+            "SPKI byte {i} ^ {mask:#x} accepted"
+        );
+    }
+
+    // A well-formed certificate on a key that is not ed25519.
+    let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let params = rcgen::CertificateParams::new(vec![CLUSTER_SAN.to_owned()]).unwrap();
+    let ecdsa = params.self_signed(&p256).unwrap().der().to_vec();
+    assert_refused(&ecdsa, "P-256 key", "not an ed25519 key");
+
+    // The extensions Shoal reads must be well-formed and appear once.
+    let ext = rcgen::CustomExtension::from_oid_content;
+    const SAN: &[u64] = &[2, 5, 29, 17];
+    const BC: &[u64] = &[2, 5, 29, 19];
+    let ok = cert_with_extensions(vec![
+        ext(
+            SAN,
+            vec![0x30, 0x08, 0x82, 0x02, b'a', b'b', 0x87, 0x02, 10, 0],
+        ),
+        ext(BC, vec![0x30, 0x03, 0x01, 0x01, 0xff]),
+    ]);
+    let info = parse_cert(&ok).unwrap();
+    assert_eq!(info.dns_names, ["ab"]);
+    assert_eq!(info.ip_sans, 1);
+    assert!(info.is_ca);
+    let cases: [(&str, Vec<rcgen::CustomExtension>, &str); 6] = [
+        (
+            "SAN not a sequence",
+            vec![ext(SAN, vec![0x04, 0x00])],
+            "subject alternative name",
+        ),
+        (
+            "SAN entry truncated",
+            vec![ext(SAN, vec![0x30, 0x03, 0x82, 0x05, b'a'])],
+            "subject alternative name",
+        ),
+        (
+            "DNS name not UTF-8",
+            vec![ext(SAN, vec![0x30, 0x03, 0x82, 0x01, 0xff])],
+            "bad DNS name",
+        ),
+        (
+            "two SAN extensions",
+            vec![
+                ext(SAN, vec![0x30, 0x03, 0x82, 0x01, b'a']),
+                ext(SAN, vec![0x30, 0x03, 0x82, 0x01, b'b']),
+            ],
+            "duplicate",
+        ),
+        (
+            "basic constraints not a sequence",
+            vec![ext(BC, vec![0x01, 0x01, 0xff])],
+            "basic constraints",
+        ),
+        (
+            "two basic constraints extensions",
+            vec![
+                ext(BC, vec![0x30, 0x00]),
+                ext(BC, vec![0x30, 0x03, 0x01, 0x01, 0xff]),
+            ],
+            "duplicate",
+        ),
+    ];
+    for (what, exts, needle) in cases {
+        assert_refused(&cert_with_extensions(exts), what, needle);
+    }
+}
