@@ -72,15 +72,9 @@ pub enum ToLeader {
 /// Longest task error kept from a worker's report, in characters.
 pub const MAX_REPORT_ERROR: usize = 1024;
 
-/// A worker's report as the manager records it: the state is the same word type; the health
-/// is converted by a `match` until the manager's `TaskHealth` is the scheduler's too.
+/// A worker's report as the manager records it (same words for state and health); the error
+/// text is the worker's and is cleaned and bounded here.
 fn to_service_report(r: TaskReport) -> services::TaskReport {
-    let health = match r.health {
-        worker::TaskHealth::None => services::TaskHealth::None,
-        worker::TaskHealth::Starting => services::TaskHealth::Starting,
-        worker::TaskHealth::Healthy => services::TaskHealth::Healthy,
-        worker::TaskHealth::Unhealthy => services::TaskHealth::Unhealthy,
-    };
     services::TaskReport {
         task_id: r.task_id,
         state: r.state,
@@ -89,7 +83,7 @@ fn to_service_report(r: TaskReport) -> services::TaskReport {
         error: r
             .error
             .map(|e| crate::text::clean_text(&e, MAX_REPORT_ERROR)),
-        health,
+        health: r.health,
         at_ms: r.at_ms,
     }
 }
@@ -370,31 +364,6 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn report_state_and_health_are_converted_word_for_word() {
-        for (health, expected) in [
-            (worker::TaskHealth::None, services::TaskHealth::None),
-            (worker::TaskHealth::Starting, services::TaskHealth::Starting),
-            (worker::TaskHealth::Healthy, services::TaskHealth::Healthy),
-            (
-                worker::TaskHealth::Unhealthy,
-                services::TaskHealth::Unhealthy,
-            ),
-        ] {
-            let r = to_service_report(TaskReport {
-                task_id: "t1".into(),
-                state: worker::TaskState::Running,
-                exit_code: None,
-                error: None,
-                health,
-                at_ms: 7,
-            });
-            assert_eq!(r.health, expected);
-            assert_eq!(r.health.as_str(), health.as_str());
-            assert_eq!((r.state, r.at_ms), (shoal_scheduler::TaskState::Running, 7));
-        }
-    }
 
     #[test]
     fn report_error_from_a_worker_is_bounded_and_stripped() {

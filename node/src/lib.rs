@@ -4,9 +4,7 @@
 //! Public are the modules the binary (`cli`) and the cluster tests' rogue peer (`tests/`)
 //! use; everything else is private to the crate, so the compiler reports what is unused.
 
-// Public only until `api/client.rs` drops `ApiClient::socket` and `ApiClient::stream`, which
-// nothing uses: private, the compiler reports them.
-pub mod api;
+mod api;
 pub mod cli;
 pub mod config;
 mod daemon;

@@ -31,14 +31,23 @@ pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(epoch_ms_clamped(ms)).to_string()
 }
 
-/// A random 25-character lowercase alphanumeric ID (cluster IDs).
+/// RFC 3339 rendering of a millisecond timestamp, to the millisecond (the API's task and
+/// service times); clamped like [`rfc3339`].
+pub fn rfc3339_millis(ms: u64) -> String {
+    humantime::format_rfc3339_millis(epoch_ms_clamped(ms)).to_string()
+}
+
+/// A random 25-character lowercase alphanumeric ID, like Docker's (cluster and service IDs;
+/// drawn by the API layer, never inside the state machine, which stays deterministic).
 pub fn random_id() -> String {
+    static FALLBACK_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut bytes = [0u8; 25];
     getrandom::fill(&mut bytes).unwrap_or_else(|_| {
-        // Without OS randomness, fall back to the clock and pid: still unique enough
-        // for a cluster ID, which is not a secret.
-        let seed = now_ms() ^ u64::from(std::process::id()) << 32;
+        // Without OS randomness, fall back to the clock, the pid and a counter: unique, if
+        // not unpredictable (these IDs are not secrets).
+        let n = FALLBACK_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seed = (now_ms() ^ u64::from(std::process::id()) << 32).wrapping_add(n << 44);
         for (i, b) in bytes.iter_mut().enumerate() {
             *b = (seed >> ((i % 8) * 8)) as u8 ^ i as u8;
         }
@@ -51,7 +60,13 @@ pub fn random_id() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{random_id, rfc3339};
+    use super::{random_id, rfc3339, rfc3339_millis};
+
+    #[test]
+    fn rfc3339_millis_never_panics() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert!(rfc3339_millis(u64::MAX).starts_with("9999-12-31"));
+    }
 
     #[test]
     fn rfc3339_clamps_past_year_9999_instead_of_panicking() {

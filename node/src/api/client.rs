@@ -1,6 +1,6 @@
 //! The control API client the CLI uses: HTTP/1.1 over the daemon's Unix socket.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -47,11 +47,6 @@ impl Client {
         Self {
             socket: socket.into(),
         }
-    }
-
-    /// The socket this client talks to.
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     fn protocol(&self, reason: impl ToString) -> ClientError {
@@ -140,7 +135,9 @@ impl Client {
     }
 
     /// A streamed answer: calls `each` with every JSON value as it arrives, until the
-    /// daemon ends the stream or `each` returns `false`.
+    /// daemon ends the stream or `each` returns `false`. (Only the server's tests read
+    /// streams today; `service logs --follow` will.)
+    #[cfg(test)]
     pub async fn stream<B: Serialize>(
         &self,
         method: Method,

@@ -14,9 +14,8 @@ pub mod services;
 pub mod types;
 
 pub use services::{
-    HealthCheckBody, HealthTestBody, PortBody, ResourcesBody, RestartPolicyBody, ScaleRequest,
-    ServiceInspect, ServiceModeBody, ServiceRef, ServiceRow, ServiceSpecBody, TaskRow,
-    UpdateConfigBody, UpdateStatusRow,
+    HealthCheckBody, PortBody, ScaleRequest, ServiceModeBody, ServiceRef, ServiceRow,
+    ServiceSpecBody, TaskRow,
 };
 pub use types::*;
 

@@ -9,7 +9,6 @@
 //! change; the JSON names its fields, so a new one is `#[serde(default)]` on input.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use shoal_scheduler::{RestartCondition, Slot, Task, TaskState};
@@ -19,7 +18,8 @@ use crate::manager::services::{
     ServiceMode, ServiceRecord, ServiceSpec, ServicesState, UpdateConfig, UpdateOrder,
     mode_replicas, mode_word,
 };
-use crate::manager::state::{Millis, NodeRecord};
+use crate::manager::state::NodeRecord;
+use crate::util::rfc3339_millis;
 
 // ---------------------------------------------------------------------------------------------
 // The spec body
@@ -393,21 +393,6 @@ pub struct ServiceRef {
 // Rows and times
 // ---------------------------------------------------------------------------------------------
 
-/// `ms` milliseconds after the Unix epoch, clamped to the last millisecond of year 9999:
-/// humantime cannot format a later time (it panics), and a timestamp from a peer or the disk
-/// may be anything. Every RFC 3339 rendering goes through this.
-pub fn epoch_ms_clamped(ms: Millis) -> SystemTime {
-    const MAX_MS: u64 = 253_402_300_799_999;
-    SystemTime::UNIX_EPOCH
-        .checked_add(Duration::from_millis(ms.min(MAX_MS)))
-        .unwrap_or(SystemTime::UNIX_EPOCH)
-}
-
-/// Milliseconds since the epoch as RFC 3339 (UTC, millisecond precision).
-pub fn rfc3339(ms: Millis) -> String {
-    humantime::format_rfc3339_millis(epoch_ms_clamped(ms)).to_string()
-}
-
 /// One task as `service ps` / `node ps` show it (DESIGN §8 fields, then extras).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRow {
@@ -448,7 +433,8 @@ pub struct TaskRow {
 /// Which tasks [`task_rows`] lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskFilter<'a> {
-    /// Every task.
+    /// Every task (the tests' view; the API always filters).
+    #[cfg(test)]
     All,
     /// Tasks of this service ID.
     Service(&'a str),
@@ -491,9 +477,9 @@ impl TaskRow {
                 .get(t.id.as_str())
                 .filter(|_| !t.state.is_terminal())
                 .map(|h| h.as_str().to_string()),
-            created_at: rfc3339(t.created_at.0),
-            updated_at: rfc3339(t.updated_at.0),
-            ended_at: t.ended_at.map(|e| rfc3339(e.0)),
+            created_at: rfc3339_millis(t.created_at.0),
+            updated_at: rfc3339_millis(t.updated_at.0),
+            ended_at: t.ended_at.map(|e| rfc3339_millis(e.0)),
         }
     }
 }
@@ -508,6 +494,7 @@ pub fn task_rows(
         .tasks
         .values()
         .filter(|t| match filter {
+            #[cfg(test)]
             TaskFilter::All => true,
             TaskFilter::Service(id) => t.service_id.as_str() == id,
             TaskFilter::Node(id) => t.node_id.as_ref().is_some_and(|n| n.as_str() == id),
@@ -600,14 +587,14 @@ impl ServiceRow {
             ports: rec.spec.ports.iter().map(|&p| PortBody::from(p)).collect(),
             update_status: rec.update_status.as_ref().map(|u| UpdateStatusRow {
                 state: u.state.as_str().to_string(),
-                started_at: u.started_at.map(rfc3339),
-                completed_at: u.completed_at.map(rfc3339),
+                started_at: u.started_at.map(rfc3339_millis),
+                completed_at: u.completed_at.map(rfc3339_millis),
                 message: u.message.clone(),
             }),
             desired_tasks: mode_replicas(rec.spec.mode).unwrap_or(active),
             version: rec.version,
-            created_at: rfc3339(rec.created_at),
-            updated_at: rfc3339(rec.updated_at),
+            created_at: rfc3339_millis(rec.created_at),
+            updated_at: rfc3339_millis(rec.updated_at),
         }
     }
 }
@@ -721,11 +708,5 @@ mod tests {
         // The conversion in validates.
         let err = ServiceSpec::try_from(ServiceSpecBody::new("-web", "img")).unwrap_err();
         assert!(err.contains("invalid service name"), "{err}");
-    }
-
-    #[test]
-    fn rfc3339_never_panics() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert!(rfc3339(u64::MAX).starts_with("9999-12-31"));
     }
 }

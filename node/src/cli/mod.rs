@@ -16,9 +16,6 @@ use crate::api::client::Client;
 /// Default control socket.
 pub const DEFAULT_SOCKET: &str = "/run/shoal/shoal.sock";
 
-/// Default UDP port between nodes.
-pub const DEFAULT_PORT: u16 = 4747;
-
 /// Shoal: a peer-to-peer container orchestrator.
 #[derive(Debug, Parser)]
 #[command(name = "shoal", version, about, propagate_version = true)]

@@ -3,7 +3,7 @@
 
 pub(crate) mod network;
 // Public only until `orchestrator::plan` (used by its tests alone) is `#[cfg(test)]` or goes.
-pub mod orchestrator;
+pub(crate) mod orchestrator;
 pub mod rpc;
 pub mod services;
 pub mod state;

@@ -11,7 +11,7 @@
 //! the orchestrator only reacts to node status.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use openraft::ServerState;
 use shoal_scheduler::{ClusterView, Decision, ReconcileConfig, Timestamp, reconcile};
@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 use super::services::{ServiceCommand, to_view};
 use super::state::{ClusterState, Command};
 use super::{Manager, ManagerError};
+use crate::util::now_ms;
 
 /// Tunables of the orchestrator loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +75,9 @@ pub fn view(state: &ClusterState) -> Option<(ClusterView, ReconcileConfig)> {
 }
 
 /// One reconcile pass over `state` at `now_ms`: the decisions to commit (possibly none) and
-/// when to reconcile again at the latest. `None` before the cluster is initialized.
+/// when to reconcile again at the latest. `None` before the cluster is initialized. (The
+/// loop does the same in two halves: the view under the state lock, the scheduler outside.)
+#[cfg(test)]
 pub fn plan(state: &ClusterState, now_ms: u64) -> Option<(Vec<Decision>, Option<Timestamp>)> {
     let (view, config) = view(state)?;
     let plan = reconcile(&view, Timestamp(now_ms), &config);
@@ -87,12 +90,6 @@ pub fn decisions_command(decisions: Vec<Decision>, now_ms: u64) -> Command {
         decisions,
         now: now_ms,
     })
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The term this node leads with its state caught up (its own first entry of the term is

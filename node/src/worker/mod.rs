@@ -75,7 +75,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use shoal_runtime::Driver;
 use tokio::sync::{mpsc, oneshot};
@@ -85,14 +85,6 @@ pub use types::{
     Assignment, AssignmentSet, DesiredState, TaskHealth, TaskReport, TaskState, TaskView,
     health_word,
 };
-
-/// Milliseconds since the Unix epoch from the system clock (the default time source).
-pub fn system_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 /// How a [`Worker`] is set up.
 #[derive(Clone)]
@@ -139,7 +131,7 @@ impl WorkerConfig {
         Self {
             drivers,
             cache_dir: cache_dir.into(),
-            now_ms: system_now_ms,
+            now_ms: crate::util::now_ms,
             flush_interval: Duration::from_millis(150),
             max_batch: 64,
             resync_interval: Duration::from_secs(10),

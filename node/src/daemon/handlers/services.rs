@@ -13,18 +13,6 @@ use crate::manager::services::{ServiceCommand, ServiceMode, ServiceRecord, Servi
 use crate::manager::state::Command;
 use crate::util::now_ms;
 
-/// A fresh random service ID: 25 characters of `[0-9a-z]`, like Docker's. Drawn here, by the
-/// handler that proposes the create, so the state machine stays deterministic.
-fn new_service_id() -> Result<String, String> {
-    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut bytes = [0u8; 25];
-    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a service ID: {e}"))?;
-    Ok(bytes
-        .iter()
-        .map(|b| char::from(DIGITS[usize::from(*b) % DIGITS.len()]))
-        .collect())
-}
-
 /// The live service `reference` names (ID, name or unique ID prefix).
 async fn resolve(manager: &Manager, reference: &str) -> Result<ServiceRecord, ApiError> {
     read(manager, |s| s.services.resolve_service(reference).cloned())
@@ -44,7 +32,7 @@ impl Node {
                 "publishing ports needs the routing mesh, which this version does not have yet: create the service without -p",
             ));
         }
-        let id = new_service_id().map_err(ApiError::internal)?;
+        let id = crate::util::random_id();
         let name = spec.name.clone();
         let record = ServiceRecord::new(id.clone(), spec, now_ms());
         self.write(Command::Services(ServiceCommand::create(record)))
@@ -144,21 +132,5 @@ impl Node {
         })
         .await?
         .map_err(ApiError::not_found)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn service_ids_are_25_lowercase_alphanumerics() {
-        let id = new_service_id().unwrap();
-        assert_eq!(id.len(), 25);
-        assert!(
-            id.bytes()
-                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
-        );
-        assert_ne!(id, new_service_id().unwrap());
     }
 }

@@ -25,6 +25,3 @@ pub(crate) mod tests;
 pub use spec::*;
 pub use state::*;
 pub use view::*;
-
-/// The time helpers of the API rows, at their old path.
-pub use crate::api::services::{epoch_ms_clamped, rfc3339};

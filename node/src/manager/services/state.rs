@@ -104,38 +104,9 @@ impl ServiceRecord {
     }
 }
 
-/// Health of a task as its worker last reported it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskHealth {
-    /// No health check.
-    #[default]
-    None,
-    /// Not yet healthy.
-    Starting,
-    /// Last check passed.
-    Healthy,
-    /// Failed `retries` checks in a row.
-    Unhealthy,
-}
-
-shoal_scheduler::words!(TaskHealth, "task health", "none, starting, healthy or unhealthy", {
-    TaskHealth::None => "none",
-    TaskHealth::Starting => "starting",
-    TaskHealth::Healthy => "healthy",
-    TaskHealth::Unhealthy => "unhealthy",
-});
-
-impl From<shoal_runtime::Health> for TaskHealth {
-    fn from(h: shoal_runtime::Health) -> Self {
-        match h {
-            shoal_runtime::Health::None => TaskHealth::None,
-            shoal_runtime::Health::Starting => TaskHealth::Starting,
-            shoal_runtime::Health::Healthy => TaskHealth::Healthy,
-            shoal_runtime::Health::Unhealthy => TaskHealth::Unhealthy,
-        }
-    }
-}
+/// Health of a task as its worker last reported it: the scheduler's vocabulary, shared with
+/// the worker's reports.
+pub use shoal_scheduler::TaskHealth;
 
 /// A worker's report of one task's state (batched in [`ServiceCommand::TaskReports`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
