@@ -6,11 +6,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manager::state::{ClusterRecord, ClusterState, NodeRecord, Role};
+use tracing::info;
+
+use crate::daemon::Node;
+use crate::manager::state::{ClusterRecord, ClusterState, Command, NodeRecord, Role};
 use crate::net::{self, Endpoint};
 use crate::pki::token::{JoinToken, TokenPayload, TokenRole};
 use crate::pki::{self, ClusterCa, NodeId};
 use crate::text::clean_text;
+use crate::util::now_ms;
 
 /// Stream tag of the join request: the only request served to a peer without a
 /// client certificate.
@@ -364,6 +368,56 @@ pub(crate) async fn request_join(
         "no manager answered the join request ({})",
         failures.join("; ")
     ))
+}
+
+/// The manager's side of a join handshake: the joiner's proof of possession, its token,
+/// the admission rules, then the record through Raft and a certificate.
+pub(crate) async fn serve(node: &Node, req: JoinRequest, conn: &quinn::Connection) -> JoinResponse {
+    let admitted = match check_proof(&req, conn) {
+        Ok(()) => admit(node, req).await,
+        Err(e) => Err(e),
+    };
+    match admitted {
+        Ok(a) => JoinResponse::Accepted(a),
+        Err(reason) => {
+            info!(%reason, "join refused");
+            JoinResponse::Refused(reason)
+        }
+    }
+}
+
+async fn admit(node: &Node, req: JoinRequest) -> Result<JoinAccepted, String> {
+    let manager = node.manager_opt().await.ok_or_else(|| {
+        "this node is not a manager of a cluster: join through a manager's address".to_string()
+    })?;
+    let cluster = manager
+        .read_local(|s| s.cluster.clone())
+        .ok_or_else(|| "the cluster is not initialized".to_string())?;
+    let role = check_token(&req.token, &cluster, now_ms() / 1000)?;
+    let record = record_for(&req, role, now_ms())?;
+    if record.id == node.node_id {
+        return Err("a node cannot join the cluster it manages".into());
+    }
+    // The state machine has the last word (AdmitNode refuses removed keys and live
+    // records); checking here first gives the joiner the reason without a Raft write.
+    manager.read_local(|s| crate::manager::state::admission(s, &record))?;
+    let id = record.id.clone();
+    node.propose(Command::AdmitNode(record))
+        .await
+        .map_err(|e| e.to_string())?;
+    let ca = ClusterCa::from_der(&cluster.ca_cert_der, &cluster.ca_key_der)
+        .map_err(|e| format!("cannot load the cluster CA: {e}"))?;
+    let node_cert = node
+        .issue_cert(&ca, &req.public_key)
+        .map_err(|e| e.to_string())?;
+    info!(node = %id, hostname = %req.hostname, role = role.as_str(), "node joined");
+    Ok(JoinAccepted {
+        cluster_id: cluster.id.clone(),
+        role,
+        node_cert,
+        ca_cert: cluster.ca_cert_der.clone(),
+        members: manager.read_local(member_hints),
+    })
 }
 
 #[cfg(test)]

@@ -155,7 +155,7 @@ async fn serve_stream(
     match (tag, key) {
         (TAG_JOIN, _) => {
             let req: JoinRequest = net::decode_body(tag, &body)?;
-            let answer = node.handle_join(req, &conn).await;
+            let answer = crate::join::serve(&node, req, &conn).await;
             net::respond(&mut send, tag, &answer).await
         }
         (TAG_PING, _) => net::respond(&mut send, tag, &()).await,

@@ -17,7 +17,7 @@ use super::node::{Membership, Node, REMOVED_REASON, cpus, memory_bytes, platform
 use crate::api::{InitRequest, InitResponse, JoinApiRequest, JoinApiResponse, LeaveRequest};
 use crate::config::{DEFAULT_PORT, SavedCluster, SavedConfig, parse_advertise};
 use crate::gossip::Gossip;
-use crate::join::{self, JoinAccepted, JoinRequest, JoinResponse};
+use crate::join::{self, JoinRequest};
 use crate::manager::network::QuicNetworkFactory;
 use crate::manager::state::{Availability, ClusterRecord, Command, NodeRecord, NodeStatus, Role};
 use crate::manager::{Manager, ManagerError, raft_id_for};
@@ -190,59 +190,6 @@ impl Node {
                 }
             }
         });
-    }
-
-    /// The manager's side of a join handshake.
-    pub(crate) async fn handle_join(
-        &self,
-        req: JoinRequest,
-        conn: &quinn::Connection,
-    ) -> JoinResponse {
-        let admitted = match join::check_proof(&req, conn) {
-            Ok(()) => self.admit(req).await,
-            Err(e) => Err(e),
-        };
-        match admitted {
-            Ok(a) => JoinResponse::Accepted(a),
-            Err(reason) => {
-                info!(%reason, "join refused");
-                JoinResponse::Refused(reason)
-            }
-        }
-    }
-
-    pub(super) async fn admit(&self, req: JoinRequest) -> Result<JoinAccepted, String> {
-        let manager = self.manager().await.map_err(|_| {
-            "this node is not a manager of a cluster: join through a manager's address".to_string()
-        })?;
-        let cluster = manager
-            .read_local(|s| s.cluster.clone())
-            .ok_or_else(|| "the cluster is not initialized".to_string())?;
-        let role = join::check_token(&req.token, &cluster, now_ms() / 1000)?;
-        let record = join::record_for(&req, role, now_ms())?;
-        if record.id == self.node_id {
-            return Err("a node cannot join the cluster it manages".into());
-        }
-        // The state machine has the last word (AdmitNode refuses removed keys and live
-        // records); checking here first gives the joiner the reason without a Raft write.
-        manager.read_local(|s| crate::manager::state::admission(s, &record))?;
-        let id = record.id.clone();
-        self.propose(Command::AdmitNode(record))
-            .await
-            .map_err(|e| e.to_string())?;
-        let ca = ClusterCa::from_der(&cluster.ca_cert_der, &cluster.ca_key_der)
-            .map_err(|e| format!("cannot load the cluster CA: {e}"))?;
-        let node_cert = self
-            .issue_cert(&ca, &req.public_key)
-            .map_err(|e| e.to_string())?;
-        info!(node = %id, hostname = %req.hostname, role = role.as_str(), "node joined");
-        Ok(JoinAccepted {
-            cluster_id: cluster.id.clone(),
-            role,
-            node_cert,
-            ca_cert: cluster.ca_cert_der.clone(),
-            members: manager.read_local(join::member_hints),
-        })
     }
 
     /// Restarts the node's part in the cluster after a daemon restart.
