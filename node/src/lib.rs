@@ -21,6 +21,8 @@ pub mod pki;
 mod quorum;
 mod roles;
 mod state_dir;
+#[cfg(test)]
+mod testutil;
 mod text;
 pub mod trust;
 mod util;

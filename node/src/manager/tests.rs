@@ -26,6 +26,7 @@ use super::state::{
 use super::{Manager, ManagerError, raft_config};
 use crate::net::{self, DEFAULT_DIAL_TIMEOUT, Endpoint, NetError, Pool};
 use crate::pki::{self, ClusterCa, NodeId, NodeKey};
+use crate::testutil::poll_until;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 /// Poll interval of the `wait_until` loops (they always have a deadline).
@@ -198,14 +199,12 @@ async fn launch(
     // A restarted manager may find its database still held by the stopping Raft for a
     // moment: retry the open until the deadline.
     let db = dir.path().join("raft.redb");
-    let deadline = Instant::now() + DEADLINE;
-    let manager = loop {
-        match Manager::open_quic(&db, raft_id, config.clone(), factory.clone()).await {
-            Ok(m) => break Arc::new(m),
-            Err(e) => assert!(Instant::now() < deadline, "cannot reopen: {e}"),
-        }
-        tokio::time::sleep(POLL).await;
-    };
+    let manager = Arc::new(
+        poll_until("the database to reopen", DEADLINE, POLL, || {
+            Manager::open_quic(&db, raft_id, config.clone(), factory.clone())
+        })
+        .await,
+    );
     let serve = tokio::spawn(serve(manager.clone(), pool.clone(), accepted, dialed_rx));
     TestNode {
         ca: ca.clone(),
@@ -250,11 +249,10 @@ fn cluster_record() -> ClusterRecord {
 
 /// Polls `cond` until it holds; panics with `what` at the deadline.
 async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(POLL).await;
-    }
+    poll_until(what, timeout, POLL, || {
+        std::future::ready(if cond() { Ok(()) } else { Err("not yet") })
+    })
+    .await;
 }
 
 /// The index (in `nodes`) of the leader all live `nodes` agree on.

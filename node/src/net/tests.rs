@@ -713,17 +713,19 @@ fn client_at(ca: &ClusterCa, ip: &str) -> Endpoint {
 
 /// Dials `addr` until it is accepted (the server frees a slot when it sees the close).
 async fn connect_eventually(ep: &Endpoint, addr: SocketAddr) -> quinn::Connection {
-    let started = Instant::now();
-    loop {
-        match ep.connect(addr, pki::CLUSTER_SAN, None, T).await {
-            Ok(c) => return c,
-            Err(e) if started.elapsed() < T => {
+    crate::testutil::poll_until(
+        "a free connection slot",
+        T,
+        Duration::from_millis(50),
+        || async {
+            let e = ep.connect(addr, pki::CLUSTER_SAN, None, T).await;
+            if let Err(e) = &e {
                 assert!(matches!(e, NetError::Refused { .. }), "{e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => panic!("still refused after {T:?}: {e}"),
-        }
-    }
+            e
+        },
+    )
+    .await
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal_runtime::docker::{DockerConfig, DockerDriver};
 use shoal_runtime::process::{ProcessConfig, ProcessDriver, ShimCommand};
@@ -327,14 +327,11 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::testutil::poll_until(what, DEADLINE, Duration::from_millis(50), || {
+        let fut = check();
+        async move { fut.await.ok_or("not yet") }
+    })
+    .await
 }
 
 fn full(tasks: Vec<Assignment>) -> AssignmentSet {
