@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
@@ -23,51 +22,15 @@ use crate::manager::services::{self, ServiceCommand};
 use crate::manager::state::Command;
 use crate::net::{self, NetError};
 use crate::pki::NodeId;
-use crate::worker::{self, AssignmentSet, TaskReport, WorkerHandle};
+use crate::session::{self, AssignmentSet, TaskReport};
+use crate::worker::WorkerHandle;
 
 /// Stream tag of a worker session.
 pub const TAG_DISPATCH: u8 = 8;
 /// Largest frame of a session (a full assignment set of a busy node).
 pub const MAX_SESSION_FRAME: usize = 16 << 20;
 
-/// The worker's first frame.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SessionHello {
-    /// The worker's node ID (also proven by its certificate).
-    pub node_id: String,
-    /// Memory in bytes the node offers now.
-    pub memory_bytes: u64,
-    /// CPUs the node offers now.
-    pub cpus: u32,
-    /// Drivers the node offers now.
-    pub drivers: Vec<String>,
-}
-
-/// Leader to worker.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ToWorker {
-    /// Assignments: the full set first, then changes.
-    Assignments(AssignmentSet),
-    /// Who the managers are and which keys were removed: sent first, then on change. The
-    /// worker believes leader hints and become-manager requests only from these managers
-    /// and refuses removed keys on every stream.
-    Trust {
-        /// Managers' public keys.
-        managers: Vec<[u8; 32]>,
-        /// Removed public keys.
-        removed: Vec<[u8; 32]>,
-    },
-    /// A renewed certificate for the worker (DER), issued when a third of its lifetime is
-    /// left.
-    Cert(Vec<u8>),
-}
-
-/// Worker to leader.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum ToLeader {
-    /// Task state changes.
-    Reports(Vec<TaskReport>),
-}
+pub use crate::session::{SessionHello, ToLeader, ToWorker};
 
 /// Longest task error kept from a worker's report, in characters.
 pub const MAX_REPORT_ERROR: usize = 1024;
@@ -92,8 +55,8 @@ fn to_service_report(r: TaskReport) -> services::TaskReport {
 /// that its assignments are `current`: the full set first, then only what changed (tasks
 /// added or changed, ids no longer assigned), or nothing when nothing changed.
 fn assignment_change(
-    sent: Option<&BTreeMap<String, worker::Assignment>>,
-    current: &BTreeMap<String, worker::Assignment>,
+    sent: Option<&BTreeMap<String, session::Assignment>>,
+    current: &BTreeMap<String, session::Assignment>,
 ) -> Option<AssignmentSet> {
     let Some(prev) = sent else {
         return Some(AssignmentSet {
@@ -177,7 +140,7 @@ pub async fn serve_session(
         }
     });
     let mut metrics = manager.metrics();
-    let mut sent: Option<BTreeMap<String, worker::Assignment>> = None;
+    let mut sent: Option<BTreeMap<String, session::Assignment>> = None;
     let mut sent_trust = None;
     let mut renewed = false;
     loop {
@@ -208,7 +171,7 @@ pub async fn serve_session(
                 Err(e) => debug!(node = %node_id, "cannot renew the certificate: {e}"),
             }
         }
-        let current: BTreeMap<String, worker::Assignment> = manager
+        let current: BTreeMap<String, session::Assignment> = manager
             .read_local(|s| services::assignments_for(&s.services, &node_id))
             .into_iter()
             .map(|a| (a.task_id.clone(), a))
@@ -369,10 +332,10 @@ mod tests {
     fn report_error_from_a_worker_is_bounded_and_stripped() {
         let report = TaskReport {
             task_id: "t1".into(),
-            state: worker::TaskState::Failed,
+            state: session::TaskState::Failed,
             exit_code: Some(1),
             error: Some(format!("bad\x1b[2J\r\nthing{}", "e".repeat(5000))),
-            health: worker::TaskHealth::None,
+            health: session::TaskHealth::None,
             at_ms: 1,
         };
         let r = to_service_report(report);
@@ -382,8 +345,8 @@ mod tests {
         assert!(!error.chars().any(char::is_control));
     }
 
-    fn assignment(id: &str, desired: worker::DesiredState) -> (String, worker::Assignment) {
-        let a = worker::Assignment {
+    fn assignment(id: &str, desired: session::DesiredState) -> (String, session::Assignment) {
+        let a = session::Assignment {
             task_id: id.into(),
             service_id: "s1".into(),
             service_name: "web".into(),
@@ -397,7 +360,7 @@ mod tests {
 
     #[test]
     fn a_session_gets_the_full_set_first_then_only_changes() {
-        use worker::DesiredState::{Running, Shutdown};
+        use session::DesiredState::{Running, Shutdown};
         let empty = BTreeMap::new();
         let first = assignment_change(None, &empty).unwrap();
         assert!(first.full && first.tasks.is_empty() && first.removed.is_empty());

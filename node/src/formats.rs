@@ -71,7 +71,7 @@ use crate::manager::store::{LogStore, SmData, StateMachineStore, open_db};
 use crate::manager::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::net::{FRAME_HEADER_LEN, FRAME_VERSION, NetError, decode_body};
 use crate::pki::token::{JoinToken, TOKEN_PREFIX, TokenPayload, TokenRole};
-use crate::worker::{Assignment, AssignmentSet, DesiredState, TaskReport, TaskState};
+use crate::session::{Assignment, AssignmentSet, DesiredState, TaskReport, TaskState};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -525,7 +525,7 @@ fn task_report() -> TaskReport {
         state: TaskState::Failed,
         exit_code: Some(137),
         error: Some("task exited with code 137".into()),
-        health: crate::worker::TaskHealth::Unhealthy,
+        health: crate::session::TaskHealth::Unhealthy,
         at_ms: T0 + 14,
     }
 }

@@ -20,6 +20,7 @@ mod peer;
 pub mod pki;
 mod quorum;
 mod roles;
+pub mod session;
 mod state_dir;
 #[cfg(test)]
 mod testutil;

@@ -12,7 +12,7 @@ use shoal_scheduler::{
 use super::state::{ServiceRecord, ServicesState};
 use crate::manager::state::NodeRecord;
 /// What a worker must run or stop: the worker's own wire type.
-pub use crate::worker::Assignment;
+pub use crate::session::Assignment;
 
 /// The scheduler's node for a node record.
 pub fn view_node(n: &NodeRecord) -> shoal_scheduler::Node {
