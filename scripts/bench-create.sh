@@ -4,15 +4,18 @@
 #   scripts/bench-create.sh [RUNS]     # default 3; prints every run and the medians
 #
 # Release build, Docker driver, the local test image (no registry). Every time is taken from
-# Docker's own `start` events (nanosecond timestamps), never from polling:
+# Docker's own `create` and `start` events (nanosecond timestamps), never from polling:
 #
-#   engine floor  N   `docker run -d IMAGE sleep` N times at once (N CLI processes in
-#                     parallel) → the Nth container's start event. Also one after another
-#                     for 10.
+#   engine floor  N   `docker run -d --network shoal IMAGE sleep` N times at once (N CLI
+#                     processes in parallel; the network Shoal's containers join) → the Nth
+#                     container's start event. Also one container alone (its create and
+#                     start events), and 10 one after another.
 #   fresh  10         a daemon just started and `init`ed, then
-#                     `service create -d --replicas 10 IMAGE sleep 3600` → first and tenth
-#                     start event, counted from the moment the command returned
-#                     ("after ack") and from the moment it was issued ("from issue").
+#                     `service create -d --replicas 10 IMAGE sleep 3600` → the first
+#                     container's create event (Shoal has asked the engine for it: where
+#                     Shoal's part ends), the first and the tenth start event, counted from
+#                     the moment the command returned ("after ack") and from the moment it
+#                     was issued ("from issue").
 #   warm   10         the same create on the same cluster, a few seconds later (another
 #                     service name)
 #   scale  50         three nodes (one manager, two workers, 127.0.43.x), a service of 1
@@ -65,13 +68,15 @@ now_ns() { date +%s%N; }
 # Seconds with nanoseconds, as `docker events --since` takes them.
 ns_to_s() { printf '%d.%09d' $(($1 / 1000000000)) $(($1 % 1000000000)); }
 
-# start_times SINCE_NS FILTER... → the start events' nanosecond times since SINCE_NS, sorted.
-start_times() {
-    local since=$1
-    shift
+# event_times EVENT SINCE_NS FILTER... → the nanosecond times of EVENT (create, start) since
+# SINCE_NS, sorted.
+event_times() {
+    local event=$1 since=$2
+    shift 2
     docker events --since "$(ns_to_s "$since")" --until "$(ns_to_s "$(now_ns)")" \
-        --filter type=container --filter event=start "$@" --format '{{.TimeNano}}' | sort -n
+        --filter type=container --filter "event=$event" "$@" --format '{{.TimeNano}}' | sort -n
 }
+start_times() { event_times start "$@"; }
 
 # wait_starts SINCE_NS COUNT FILTER... → waits (60 s at most) until COUNT containers matching
 # FILTER started since SINCE_NS, then prints their start times.
@@ -102,21 +107,29 @@ engine_floor() { # COUNT MODE(parallel|serial) → ms from issue to the last sta
     if [[ $mode == parallel ]]; then
         local runs=()
         for ((i = 0; i < count; i++)); do
-            docker run -d --label "shoal.bench=$BENCH" "$IMAGE" sleep 3600 >/dev/null &
+            docker run -d --network shoal --label "shoal.bench=$BENCH" "$IMAGE" sleep 3600 \
+                >/dev/null &
             runs+=($!)
         done
         wait "${runs[@]}"
     else
         for ((i = 0; i < count; i++)); do
-            docker run -d --label "shoal.bench=$BENCH" "$IMAGE" sleep 3600 >/dev/null
+            docker run -d --network shoal --label "shoal.bench=$BENCH" "$IMAGE" sleep 3600 \
+                >/dev/null
         done
     fi
     times=$(wait_starts "$t0" "$count" --filter "label=shoal.bench=$BENCH")
     last=$(tail -1 <<<"$times")
+    local created
+    created=$(event_times create "$t0" --filter "label=shoal.bench=$BENCH" | head -1)
     local ids
     ids=$(docker ps -aq --filter "label=shoal.bench=$BENCH")
     [[ -n "$ids" ]] && docker rm -f $ids >/dev/null
-    ms "$last - t0"
+    if ((count == 1)); then
+        echo "$(ms "$created - t0") $(ms "$last - t0")"
+    else
+        ms "$last - t0"
+    fi
 }
 
 start_daemon() { # NAME ADDR
@@ -132,9 +145,10 @@ start_daemon() { # NAME ADDR
 sh_() { local name=$1; shift; "$SHOAL" -H "unix://$DIR/$name.sock" "$@"; }
 cluster_of() { sh_ "$1" info --format json | sed -n 's/.*"cluster_id": *"\([^"]*\)".*/\1/p' | head -1; }
 
-# create_run NAME SERVICE → "after_ack_first after_ack_last from_issue_last" in ms
+# create_run NAME SERVICE → "first_create first_start last_start (after ack) last_start (from
+# issue)" in ms
 create_run() {
-    local node=$1 svc=$2 cluster t0 t1 times first last
+    local node=$1 svc=$2 cluster t0 t1 times first last created
     cluster=$(cluster_of "$node")
     t0=$(now_ns)
     sh_ "$node" service create -d --name "$svc" --replicas 10 "$IMAGE" sleep 3600 >/dev/null
@@ -143,35 +157,43 @@ create_run() {
         --filter "label=shoal.service.name=$svc")
     first=$(head -1 <<<"$times")
     last=$(tail -1 <<<"$times")
-    echo "$(ms "$first - t1") $(ms "$last - t1") $(ms "$last - t0")"
+    created=$(event_times create "$t0" --filter "label=shoal.cluster=$cluster" \
+        --filter "label=shoal.service.name=$svc" | head -1)
+    echo "$(ms "$created - t1") $(ms "$first - t1") $(ms "$last - t1") $(ms "$last - t0")"
 }
+
+docker network inspect shoal >/dev/null 2>&1 ||
+    docker network create --label shoal.network=true shoal >/dev/null
 
 results=$(mktemp)
 for ((run = 1; run <= RUNS; run++)); do
+    read -r one_create one_start <<<"$(engine_floor 1 parallel)"
     floor10=$(engine_floor 10 parallel)
     serial10=$(engine_floor 10 serial)
     floor50=$(engine_floor 50 parallel)
 
     # Fresh cluster of one, then warm.
-    start_daemon solo 127.0.43.10
-    sh_ solo init >/dev/null
-    read -r fa fl fi_ <<<"$(create_run solo fresh)"
+    solo=solo$run
+    start_daemon "$solo" 127.0.43.10
+    sh_ "$solo" init >/dev/null
+    read -r fc fa fl fi_ <<<"$(create_run "$solo" fresh)"
     sleep 2 # let the first service settle before the warm measurement
-    read -r wa wl wi <<<"$(create_run solo warm)"
+    read -r wc wa wl wi <<<"$(create_run "$solo" warm)"
     stop_daemons
 
     # Three nodes: scale 1 → 50.
-    start_daemon m1 127.0.43.1
-    start_daemon w2 127.0.43.2
-    start_daemon w3 127.0.43.3
-    sh_ m1 init >/dev/null
-    token=$(sh_ m1 join-token -q worker)
-    sh_ w2 join --token "$token" >/dev/null
-    sh_ w3 join --token "$token" >/dev/null
-    cluster=$(cluster_of m1)
-    sh_ m1 service create --name web --replicas 1 "$IMAGE" sleep 3600 >/dev/null
+    m1=m$run w2=w${run}a w3=w${run}b
+    start_daemon "$m1" 127.0.43.1
+    start_daemon "$w2" 127.0.43.2
+    start_daemon "$w3" 127.0.43.3
+    sh_ "$m1" init >/dev/null
+    token=$(sh_ "$m1" join-token -q worker)
+    sh_ "$w2" join --token "$token" >/dev/null
+    sh_ "$w3" join --token "$token" >/dev/null
+    cluster=$(cluster_of "$m1")
+    sh_ "$m1" service create --name web --replicas 1 "$IMAGE" sleep 3600 >/dev/null
     t0=$(now_ns)
-    sh_ m1 service scale -d web=50 >/dev/null
+    sh_ "$m1" service scale -d web=50 >/dev/null
     times=$(wait_starts "$t0" 49 --filter "label=shoal.cluster=$cluster" \
         --filter "label=shoal.service.name=web")
     scale50=$(ms "$(tail -1 <<<"$times") - t0")
@@ -180,15 +202,15 @@ for ((run = 1; run <= RUNS; run++)); do
     ratio10=$(awk -v a="$fi_" -v b="$floor10" 'BEGIN { printf "%.2f", a / b }')
     ratio10w=$(awk -v a="$wi" -v b="$floor10" 'BEGIN { printf "%.2f", a / b }')
     ratio50=$(awk -v a="$scale50" -v b="$floor50" 'BEGIN { printf "%.2f", a / b }')
-    printf 'run %d: engine 10 at once %s ms (one after another %s ms), 50 at once %s ms\n' \
-        "$run" "$floor10" "$serial10" "$floor50"
-    printf 'run %d: fresh create 10: first %s ms after ack, tenth %s ms after ack, %s ms from issue (%sx engine)\n' \
-        "$run" "$fa" "$fl" "$fi_" "$ratio10"
-    printf 'run %d: warm  create 10: first %s ms after ack, tenth %s ms after ack, %s ms from issue (%sx engine)\n' \
-        "$run" "$wa" "$wl" "$wi" "$ratio10w"
+    printf 'run %d: engine: one container created %s ms, started %s ms after `docker run`; 10 at once %s ms (one after another %s ms); 50 at once %s ms\n' \
+        "$run" "$one_create" "$one_start" "$floor10" "$serial10" "$floor50"
+    printf 'run %d: fresh create 10: first created %s ms, first started %s ms, tenth started %s ms after ack; tenth %s ms from issue (%sx engine)\n' \
+        "$run" "$fc" "$fa" "$fl" "$fi_" "$ratio10"
+    printf 'run %d: warm  create 10: first created %s ms, first started %s ms, tenth started %s ms after ack; tenth %s ms from issue (%sx engine)\n' \
+        "$run" "$wc" "$wa" "$wl" "$wi" "$ratio10w"
     printf 'run %d: scale 1 -> 50 on 3 nodes: 49th new container %s ms from issue (%sx engine)\n' \
         "$run" "$scale50" "$ratio50"
-    echo "$floor10 $serial10 $floor50 $fa $fl $fi_ $wa $wl $wi $scale50" >>"$results"
+    echo "$floor10 $serial10 $floor50 $fa $fl $fi_ $wa $wl $wi $scale50 $fc $wc $one_create $one_start" >>"$results"
 done
 
 median_col() { # COLUMN
@@ -198,14 +220,15 @@ median_col() { # COLUMN
 m_floor10=$(median_col 1); m_serial10=$(median_col 2); m_floor50=$(median_col 3)
 m_fa=$(median_col 4); m_fl=$(median_col 5); m_fi=$(median_col 6)
 m_wa=$(median_col 7); m_wl=$(median_col 8); m_wi=$(median_col 9); m_s50=$(median_col 10)
+m_fc=$(median_col 11); m_wc=$(median_col 12); m_oc=$(median_col 13); m_os=$(median_col 14)
 echo
 echo "medians over $RUNS runs (ms):"
-printf '  engine floor: 10 at once %s, 10 one after another %s, 50 at once %s\n' \
-    "$m_floor10" "$m_serial10" "$m_floor50"
-printf '  fresh create 10: first after ack %s, tenth after ack %s, tenth from issue %s (%sx engine)\n' \
-    "$m_fa" "$m_fl" "$m_fi" "$(awk -v a="$m_fi" -v b="$m_floor10" 'BEGIN { printf "%.2f", a / b }')"
-printf '  warm  create 10: first after ack %s, tenth after ack %s, tenth from issue %s (%sx engine)\n' \
-    "$m_wa" "$m_wl" "$m_wi" "$(awk -v a="$m_wi" -v b="$m_floor10" 'BEGIN { printf "%.2f", a / b }')"
+printf '  engine floor: one container created %s, started %s; 10 at once %s, 10 one after another %s, 50 at once %s\n' \
+    "$m_oc" "$m_os" "$m_floor10" "$m_serial10" "$m_floor50"
+printf '  fresh create 10: first created %s, first started %s, tenth started %s after ack; tenth from issue %s (%sx engine)\n' \
+    "$m_fc" "$m_fa" "$m_fl" "$m_fi" "$(awk -v a="$m_fi" -v b="$m_floor10" 'BEGIN { printf "%.2f", a / b }')"
+printf '  warm  create 10: first created %s, first started %s, tenth started %s after ack; tenth from issue %s (%sx engine)\n' \
+    "$m_wc" "$m_wa" "$m_wl" "$m_wi" "$(awk -v a="$m_wi" -v b="$m_floor10" 'BEGIN { printf "%.2f", a / b }')"
 printf '  scale 1 -> 50 on 3 nodes: %s from issue (%sx engine for 50)\n' \
     "$m_s50" "$(awk -v a="$m_s50" -v b="$m_floor50" 'BEGIN { printf "%.2f", a / b }')"
 rm -f "$results"

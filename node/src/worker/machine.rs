@@ -877,6 +877,11 @@ impl Machine {
             Event::Disconnected { reason } => {
                 tracing::info!(driver, reason, "driver event stream disconnected");
             }
+            Event::Started { task_id } if self.entries.get(&task_id).is_some_and(|e| e.busy) => {
+                // Our own start in flight: its outcome carries the status, and an inspection
+                // answered while it runs would be dropped as stale. During a burst of starts
+                // this spares the engine one request per container.
+            }
             other => {
                 if let Some(id) = other.task_id() {
                     self.inspect(driver, id);

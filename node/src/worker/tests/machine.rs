@@ -420,6 +420,31 @@ fn an_exit_event_is_inspected_then_reported_and_never_restarted() {
 }
 
 #[test]
+fn a_start_event_of_our_own_start_in_flight_is_not_inspected() {
+    let mut m = machine(vec![]);
+    m.apply(full_set(vec![running("t1")]), T0);
+    assert_eq!(ops(&m.take_effects()), [("t1".to_owned(), "start")]);
+    let started_event = || Event::Started {
+        task_id: "t1".into(),
+    };
+    // The engine reports the start before our start request has returned: its outcome
+    // will carry the status, so nothing is asked of the engine.
+    let stamp = m.stamp();
+    m.event("docker", stamp, started_event(), T0);
+    assert!(inspections(&m.take_effects()).is_empty());
+    m.op_done(
+        "t1",
+        Outcome::Started(Box::new(status("t1", RunState::Running, None))),
+        T0,
+    );
+    m.take_effects();
+    // Once no operation is in flight, a start event is inspected as any other.
+    let stamp = m.stamp();
+    m.event("docker", stamp, started_event(), T0 + 1);
+    assert_eq!(inspections(&m.take_effects()), [("t1".to_owned(), stamp)]);
+}
+
+#[test]
 fn a_task_missing_from_a_listing_is_inspected_before_it_counts_as_gone() {
     let mut m = machine(vec![]);
     started(&mut m, vec![running("t1")], T0);
