@@ -629,31 +629,6 @@ impl ServicesState {
         }
     }
 
-    /// Resolves a task by exact ID or unique ID prefix.
-    pub fn resolve_task(&self, reference: &str) -> Result<&Task, String> {
-        if reference.is_empty() {
-            return Err("a task ID or ID prefix is required".into());
-        }
-        if let Some(t) = self.tasks.get(reference) {
-            return Ok(t);
-        }
-        let mut matches = self
-            .tasks
-            .range::<str, _>((
-                std::ops::Bound::Included(reference),
-                std::ops::Bound::Unbounded,
-            ))
-            .take_while(|(id, _)| id.starts_with(reference))
-            .map(|(_, t)| t);
-        match (matches.next(), matches.next()) {
-            (Some(t), None) => Ok(t),
-            (None, _) => Err(format!("no such task: {reference}")),
-            (Some(_), Some(_)) => Err(format!(
-                "task `{reference}` is ambiguous: give more characters"
-            )),
-        }
-    }
-
     /// Tasks of a service (current and history).
     pub fn tasks_of<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks
