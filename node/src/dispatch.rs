@@ -16,21 +16,20 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::daemon::{Node, now_ms};
+use crate::daemon::Node;
 use crate::manager::network::resolve_in;
 use crate::manager::services::{self, ServiceCommand};
 use crate::manager::state::Command;
 use crate::net::{self, NetError};
 use crate::pki::NodeId;
-use crate::session::{self, AssignmentSet, TaskReport};
+use crate::session::{self, AssignmentSet, SessionHello, TaskReport, ToLeader, ToWorker};
+use crate::util::now_ms;
 use crate::worker::WorkerHandle;
 
 /// Stream tag of a worker session.
 pub const TAG_DISPATCH: u8 = 8;
 /// Largest frame of a session (a full assignment set of a busy node).
 pub const MAX_SESSION_FRAME: usize = 16 << 20;
-
-pub use crate::session::{SessionHello, ToLeader, ToWorker};
 
 /// Longest task error kept from a worker's report, in characters.
 pub const MAX_REPORT_ERROR: usize = 1024;

@@ -51,7 +51,7 @@ use shoal_scheduler::{
 };
 
 use crate::config::{SavedCluster, SavedConfig};
-use crate::dispatch::{SessionHello, TAG_DISPATCH, ToLeader, ToWorker};
+use crate::dispatch::TAG_DISPATCH;
 use crate::forward::{
     BecomeManager, BecomeManagerResult, ForwardedApi, ForwardedReply, ForwardedWrite,
     ForwardedWriteResult, TAG_BECOME_MANAGER, TAG_FORWARD_API, TAG_FORWARD_WRITE,
@@ -72,6 +72,7 @@ use crate::manager::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeCo
 use crate::net::{FRAME_HEADER_LEN, FRAME_VERSION, NetError, decode_body};
 use crate::pki::token::{JoinToken, TOKEN_PREFIX, TokenPayload, TokenRole};
 use crate::session::{Assignment, AssignmentSet, DesiredState, TaskReport, TaskState};
+use crate::session::{SessionHello, ToLeader, ToWorker};
 
 // ---------------------------------------------------------------------------------------------
 // Harness

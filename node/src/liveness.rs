@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use shoal_membership::MemberState;
 use tracing::{debug, info};
 
-use crate::daemon::{Node, now_ms};
+use crate::daemon::Node;
 use crate::manager::state::{Command, NodeRecord, NodeStatus};
 use crate::net;
 use crate::pki::NodeId;
 use crate::trust::TAG_PING;
+use crate::util::now_ms;
 
 /// How long a new leader waits before it declares nodes down.
 pub const GRACE: Duration = Duration::from_secs(3);

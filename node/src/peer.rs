@@ -160,7 +160,7 @@ async fn serve_stream(
         }
         (TAG_PING, _) => net::respond(&mut send, tag, &()).await,
         (crate::dispatch::TAG_DISPATCH, Some(key)) => {
-            let hello: crate::dispatch::SessionHello = net::decode_body(tag, &body)?;
+            let hello: crate::session::SessionHello = net::decode_body(tag, &body)?;
             let cert_not_after = conn
                 .peer_identity()
                 .and_then(|i| {

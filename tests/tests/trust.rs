@@ -20,7 +20,7 @@ use openraft::raft::{
 };
 use openraft::{CommittedLeaderId, EntryPayload, LogId, SnapshotMeta, StoredMembership, Vote};
 use serde_json::Value;
-use shoal::dispatch::{SessionHello, TAG_DISPATCH, ToLeader, ToWorker};
+use shoal::dispatch::TAG_DISPATCH;
 use shoal::forward::{
     BecomeManager, BecomeManagerResult, ForwardedApi, ForwardedReply, ForwardedWrite,
     ForwardedWriteResult, TAG_BECOME_MANAGER, TAG_FORWARD_API, TAG_FORWARD_WRITE,
@@ -33,6 +33,7 @@ use shoal::manager::state::{
 };
 use shoal::manager::types::{Entry, TypeConfig};
 use shoal::pki::NodeKey;
+use shoal::session::{SessionHello, ToLeader, ToWorker};
 use shoal_tests::rogue::{Attacks, Credentials, Outcome, Rogue, TaskReaper, Verdict, join_request};
 use shoal_tests::{Daemon, Poll, join_token, poll_until, start_cluster, tasks};
 

@@ -23,7 +23,6 @@ use anyhow::{Context, Result, bail};
 use tokio::sync::{RwLock, watch};
 use tracing::{info, warn};
 
-pub(crate) use crate::util::now_ms;
 pub use authz::trust_from_state;
 pub use node::{Node, REMOVED_REASON, cpus, memory_bytes};
 
