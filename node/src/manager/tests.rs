@@ -688,10 +688,21 @@ async fn promote_through_node_table_installs_a_chunked_snapshot_then_fails_over(
         .unwrap();
     assert_eq!(a.manager.voters(), voters);
 
+    // A learner's metrics follow its snapshot install asynchronously: wait for them (the
+    // promotion above only returns once the learners caught up).
     for n in [b, c] {
+        let waited = n
+            .manager
+            .raft()
+            .wait(Some(DEADLINE))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= upto),
+                "the snapshot installed",
+            )
+            .await;
         let m = n.manager.raft().metrics().borrow().clone();
         assert!(
-            m.snapshot.is_some_and(|s| s.index >= upto),
+            waited.is_ok(),
             "{} did not install the snapshot: {:?}",
             n.raft_id,
             m.snapshot
