@@ -122,6 +122,10 @@ pub struct UpdateConfigBody {
     pub order: UpdateOrder,
     /// `pause`, `continue` or `rollback`.
     pub failure_action: FailureAction,
+    /// How long after the last task is ready a failure still counts, in milliseconds.
+    pub monitor_ms: u64,
+    /// Failures tolerated, as a fraction of the tasks updated, in parts per million.
+    pub max_failure_ratio_ppm: u32,
 }
 
 impl Default for UpdateConfigBody {
@@ -167,6 +171,12 @@ pub struct ServiceSpecBody {
     pub stop_grace_ms: u64,
     /// Rolling update settings.
     pub update_config: UpdateConfigBody,
+    /// Rollback settings.
+    pub rollback_config: UpdateConfigBody,
+    /// Disable any health check, the image's included.
+    pub no_healthcheck: bool,
+    /// Bumped by `service update --force`.
+    pub force_update: u64,
 }
 
 impl Default for ServiceSpecBody {
@@ -208,6 +218,9 @@ impl TryFrom<ServiceSpecBody> for ServiceSpec {
             labels: b.labels,
             stop_grace_ms: b.stop_grace_ms,
             update_config: b.update_config.into(),
+            rollback_config: b.rollback_config.into(),
+            no_healthcheck: b.no_healthcheck,
+            force_update: b.force_update,
         };
         spec.validate()?;
         Ok(spec)
@@ -237,6 +250,9 @@ impl From<&ServiceSpec> for ServiceSpecBody {
             labels: s.labels.clone(),
             stop_grace_ms: s.stop_grace_ms,
             update_config: s.update_config.into(),
+            rollback_config: s.rollback_config.into(),
+            no_healthcheck: s.no_healthcheck,
+            force_update: s.force_update,
         }
     }
 }
@@ -336,6 +352,8 @@ impl From<UpdateConfigBody> for UpdateConfig {
             delay_ms: u.delay_ms,
             order: u.order,
             failure_action: u.failure_action,
+            monitor_ms: u.monitor_ms,
+            max_failure_ratio_ppm: u.max_failure_ratio_ppm,
         }
     }
 }
@@ -347,6 +365,8 @@ impl From<UpdateConfig> for UpdateConfigBody {
             delay_ms: u.delay_ms,
             order: u.order,
             failure_action: u.failure_action,
+            monitor_ms: u.monitor_ms,
+            max_failure_ratio_ppm: u.max_failure_ratio_ppm,
         }
     }
 }

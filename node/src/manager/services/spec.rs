@@ -159,7 +159,10 @@ shoal_scheduler::words!(FailureAction, "update failure action", "pause, continue
     FailureAction::Rollback => "rollback",
 });
 
-/// `--update-*` flags (stored now; rolling updates use them).
+/// The whole of a failure ratio in [`UpdateConfig::max_failure_ratio_ppm`]: parts per million.
+pub const RATIO_ONE_PPM: u32 = 1_000_000;
+
+/// `--update-*` (and `--rollback-*`) flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateConfig {
     /// Tasks replaced at once (0 = all at once).
@@ -170,16 +173,24 @@ pub struct UpdateConfig {
     pub order: UpdateOrder,
     /// What to do when a new task fails.
     pub failure_action: FailureAction,
+    /// How long after the last task of the update is ready a failure still counts, in
+    /// milliseconds.
+    pub monitor_ms: u64,
+    /// Failures tolerated before the failure action, as a fraction of the tasks updated, in
+    /// parts per million (0..=1 000 000).
+    pub max_failure_ratio_ppm: u32,
 }
 
 impl Default for UpdateConfig {
-    /// Docker's defaults: one at a time, no delay, stop-first, pause.
+    /// Docker's defaults: one at a time, no delay, stop-first, pause, 5 s monitor, ratio 0.
     fn default() -> Self {
         UpdateConfig {
             parallelism: 1,
             delay_ms: 0,
             order: UpdateOrder::StopFirst,
             failure_action: FailureAction::Pause,
+            monitor_ms: 5_000,
+            max_failure_ratio_ppm: 0,
         }
     }
 }
@@ -220,6 +231,12 @@ pub struct ServiceSpec {
     pub stop_grace_ms: u64,
     /// Rolling update settings.
     pub update_config: UpdateConfig,
+    /// Rollback settings (`--rollback-*`; the failure action is pause or continue).
+    pub rollback_config: UpdateConfig,
+    /// `--no-healthcheck`: disable any health check, the image's `HEALTHCHECK` included.
+    pub no_healthcheck: bool,
+    /// Bumped by `service update --force`: a changed value replaces every task.
+    pub force_update: u64,
 }
 
 impl Default for ServiceSpec {
@@ -241,6 +258,9 @@ impl Default for ServiceSpec {
             labels: BTreeMap::new(),
             stop_grace_ms: 10_000,
             update_config: UpdateConfig::default(),
+            rollback_config: UpdateConfig::default(),
+            no_healthcheck: false,
+            force_update: 0,
         }
     }
 }
@@ -387,6 +407,23 @@ impl ServiceSpec {
                 r.nano_cpus, l.nano_cpus
             ));
         }
+        for (what, u) in [
+            ("update", &self.update_config),
+            ("rollback", &self.rollback_config),
+        ] {
+            if u.max_failure_ratio_ppm > RATIO_ONE_PPM {
+                return Err(format!(
+                    "invalid {what} max failure ratio {}: it must be between 0 and 1",
+                    f64::from(u.max_failure_ratio_ppm) / f64::from(RATIO_ONE_PPM)
+                ));
+            }
+        }
+        if self.rollback_config.failure_action == FailureAction::Rollback {
+            return Err("invalid rollback failure action `rollback`: expected pause or continue".into());
+        }
+        if self.no_healthcheck && self.health_check.is_some() {
+            return Err("--no-healthcheck conflicts with the --health-* options".into());
+        }
         if let Some(h) = &self.health_check {
             let empty = match &h.test {
                 HealthTestSpec::Cmd(argv) => argv.first().is_none_or(|a| a.is_empty()),
@@ -403,6 +440,26 @@ impl ServiceSpec {
             }
         }
         Ok(())
+    }
+
+    /// True when a task created from `self` runs what `other` asks for: every field the task
+    /// is made of is equal (image, args, env, driver, ports, reservations, limits, health,
+    /// labels, stop grace, the force counter). Replica count, placement (constraints and max
+    /// per node, which the scheduler applies to running tasks), restart policy and the update
+    /// and rollback settings are not part of a task: changing them alone replaces nothing.
+    pub fn same_task(&self, other: &ServiceSpec) -> bool {
+        self.image == other.image
+            && self.args == other.args
+            && self.env == other.env
+            && self.driver == other.driver
+            && self.ports == other.ports
+            && self.reservations == other.reservations
+            && self.limits == other.limits
+            && self.health_check == other.health_check
+            && self.no_healthcheck == other.no_healthcheck
+            && self.labels == other.labels
+            && self.stop_grace_ms == other.stop_grace_ms
+            && self.force_update == other.force_update
     }
 
     /// The runtime spec of one task of this service.

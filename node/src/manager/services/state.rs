@@ -78,6 +78,10 @@ pub struct ServiceRecord {
     pub updated_at: Millis,
     /// Latest rolling update, if any.
     pub update_status: Option<UpdateStatus>,
+    /// The specs of earlier versions that tasks still run (or ran: history), by version; the
+    /// current and previous specs are in `spec` and `previous_spec` too. Dropped once no task
+    /// of the version is left.
+    pub older_specs: BTreeMap<u64, ServiceSpec>,
 }
 
 impl ServiceRecord {
@@ -91,16 +95,41 @@ impl ServiceRecord {
             created_at: at,
             updated_at: at,
             update_status: None,
+            older_specs: BTreeMap::new(),
         }
     }
 
-    /// The spec a task created from `version` runs: the previous spec for `version - 1`,
-    /// the current one otherwise.
+    /// The spec a task created from `version` runs (the current spec for the current version
+    /// or a version no longer known).
     pub fn spec_for_version(&self, version: u64) -> &ServiceSpec {
-        match &self.previous_spec {
-            Some(prev) if version.saturating_add(1) == self.version => prev,
-            _ => &self.spec,
+        if version == self.version {
+            return &self.spec;
         }
+        self.older_specs.get(&version).unwrap_or(&self.spec)
+    }
+
+    /// The versions whose tasks run what the current spec asks for (the current version, and
+    /// an older one with the same task fields: after a rollback, or an update that changed
+    /// only settings).
+    pub fn current_versions(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .older_specs
+            .iter()
+            .filter(|(_, s)| s.same_task(&self.spec))
+            .map(|(&k, _)| k)
+            .collect();
+        v.push(self.version);
+        v
+    }
+
+    /// True while a rolling update or rollback is replacing tasks (not paused, not done).
+    pub fn update_in_progress(&self) -> bool {
+        self.update_status.as_ref().is_some_and(|u| {
+            matches!(
+                u.state,
+                UpdateState::Updating | UpdateState::RollbackStarted
+            )
+        })
     }
 }
 
@@ -206,6 +235,23 @@ pub enum ServiceCommand {
         /// When.
         at: Millis,
     },
+    /// The orchestrator's verdict on the rolling update (or rollback) of `version`: applied
+    /// only while the service is still at that version with its update in progress, so a
+    /// stale verdict never overrides a newer update. `Completed`/`RollbackCompleted` end it,
+    /// `Paused`/`RollbackPaused` pause it, `RollbackStarted` rolls back to the previous spec
+    /// (the failure action `rollback`). `message` says why.
+    UpdateVerdict {
+        /// Service ID.
+        id: String,
+        /// The spec version the verdict is about.
+        version: u64,
+        /// The new state.
+        state: UpdateState,
+        /// Why (shown by `service inspect` and `service update`).
+        message: String,
+        /// When.
+        at: Millis,
+    },
 }
 
 /// What an applied [`ServiceCommand`] did.
@@ -284,7 +330,9 @@ impl ServicesState {
     ) -> Result<ServiceOutcome, String> {
         match cmd {
             ServiceCommand::Create(record) => self.create(record),
-            ServiceCommand::Update { id, spec, at } => self.update(id, spec, *at),
+            ServiceCommand::Update { id, spec, at } => {
+                self.update(id, spec, *at, false, "update in progress")
+            }
             ServiceCommand::Rollback { id, at } => {
                 let rec = self.services.get(id).ok_or_else(|| no_such_service(id))?;
                 let Some(prev) = rec.previous_spec.clone() else {
@@ -293,7 +341,11 @@ impl ServicesState {
                         rec.spec.name
                     ));
                 };
-                self.update(id, &prev, *at)
+                let message = match &rec.update_status {
+                    Some(u) if u.state == UpdateState::Paused => "rollback of a paused update",
+                    _ => "manually requested rollback",
+                };
+                self.update(id, &prev, *at, true, message)
             }
             ServiceCommand::Scale { id, replicas, at } => {
                 let rec = self
@@ -348,6 +400,13 @@ impl ServicesState {
                 rec.updated_at = *at;
                 Ok(ServiceOutcome::StatusSet)
             }
+            ServiceCommand::UpdateVerdict {
+                id,
+                version,
+                state,
+                message,
+                at,
+            } => self.verdict(id, *version, *state, message, *at),
             ServiceCommand::ApplyDecisions { decisions, now } => {
                 Ok(self.apply_decisions(decisions, Timestamp(*now), nodes))
             }
@@ -378,11 +437,15 @@ impl ServicesState {
         })
     }
 
+    /// A new spec for service `id` (an update, or with `rollback` the previous spec back),
+    /// starting a rolling update (or rollback) whose status says `message`.
     fn update(
         &mut self,
         id: &str,
         spec: &ServiceSpec,
         at: Millis,
+        rollback: bool,
+        message: &str,
     ) -> Result<ServiceOutcome, String> {
         spec.validate()?;
         let rec = self.services.get(id).ok_or_else(|| no_such_service(id))?;
@@ -406,13 +469,79 @@ impl ServicesState {
             .get_mut(id)
             .ok_or_else(|| no_such_service(id))?;
         let old = std::mem::replace(&mut rec.spec, spec.clone());
+        rec.older_specs.insert(rec.version, old.clone());
         rec.previous_spec = Some(old);
         rec.version = rec.version.saturating_add(1);
         rec.updated_at = at;
+        rec.update_status = Some(UpdateStatus {
+            state: if rollback {
+                UpdateState::RollbackStarted
+            } else {
+                UpdateState::Updating
+            },
+            started_at: Some(at),
+            completed_at: None,
+            message: message.to_string(),
+        });
+        let id = id.to_string();
+        self.prune_specs(&id);
+        let rec = self.services.get(&id).ok_or_else(|| no_such_service(&id))?;
         Ok(ServiceOutcome::Updated {
-            id: id.to_string(),
+            id,
             version: rec.version,
         })
+    }
+
+    fn verdict(
+        &mut self,
+        id: &str,
+        version: u64,
+        state: UpdateState,
+        message: &str,
+        at: Millis,
+    ) -> Result<ServiceOutcome, String> {
+        let rec = self.services.get(id).ok_or_else(|| no_such_service(id))?;
+        if rec.version != version || !rec.update_in_progress() {
+            return Err(format!(
+                "service `{}` is no longer updating version {version}",
+                rec.spec.name
+            ));
+        }
+        if state == UpdateState::RollbackStarted {
+            let prev = rec.previous_spec.clone().ok_or_else(|| {
+                format!(
+                    "service `{}` has no previous spec to roll back to",
+                    rec.spec.name
+                )
+            })?;
+            return self.update(id, &prev, at, true, message);
+        }
+        if state == UpdateState::Updating {
+            return Err("a verdict cannot start an update".into());
+        }
+        let rec = self
+            .services
+            .get_mut(id)
+            .ok_or_else(|| no_such_service(id))?;
+        let done = matches!(
+            state,
+            UpdateState::Completed | UpdateState::RollbackCompleted
+        );
+        if let Some(u) = rec.update_status.as_mut() {
+            u.state = state;
+            u.message = message.to_string();
+            u.completed_at = done.then_some(at);
+        }
+        rec.updated_at = at;
+        Ok(ServiceOutcome::StatusSet)
+    }
+
+    /// Drops the older specs of service `id` that no task runs any more.
+    fn prune_specs(&mut self, id: &str) {
+        let used: BTreeSet<u64> = self.tasks_of(id).map(|t| t.spec_version).collect();
+        if let Some(rec) = self.services.get_mut(id) {
+            rec.older_specs.retain(|v, _| used.contains(v));
+        }
     }
 
     /// Refuses a published port that another live service already publishes.
@@ -526,6 +655,19 @@ impl ServicesState {
                 applied += 1;
             } else {
                 skipped += 1;
+            }
+        }
+        if removed_any {
+            let mut used: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+            for t in self.tasks.values() {
+                used.entry(t.service_id.as_str())
+                    .or_default()
+                    .insert(t.spec_version);
+            }
+            for (id, rec) in &mut self.services {
+                let used = used.get(id.as_str());
+                rec.older_specs
+                    .retain(|v, _| used.is_some_and(|u| u.contains(v)));
             }
         }
         if removed_any && !self.removed.is_empty() {
