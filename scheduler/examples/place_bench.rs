@@ -83,12 +83,14 @@ fn cluster() -> ClusterView {
             max_replicas_per_node: if i % 7 == 0 { Some(2) } else { None },
             restart_policy: RestartPolicy::default(),
             spec_version: 1,
+            update: None,
         })
         .collect();
     ClusterView {
         nodes,
         services,
         tasks: Vec::new(),
+        health: Default::default(),
     }
 }
 

@@ -53,8 +53,9 @@
 //!     max_replicas_per_node: None,
 //!     restart_policy: RestartPolicy::default(),
 //!     spec_version: 1,
+//!     update: None,
 //! };
-//! let mut view = ClusterView { nodes: vec![node], services: vec![service], tasks: vec![] };
+//! let mut view = ClusterView { nodes: vec![node], services: vec![service], tasks: vec![], health: Default::default() };
 //! let now = Timestamp(1_000);
 //! let plan = reconcile(&view, now, &ReconcileConfig::default());
 //! assert_eq!(plan.decisions.len(), 2); // two CreateTask, both assigned to n1
@@ -68,6 +69,7 @@ mod ids;
 mod model;
 mod placement;
 mod reconcile;
+mod update;
 mod words;
 
 pub use apply::{ApplyError, sim};
@@ -77,13 +79,14 @@ pub use constraint::{
 pub use ids::derive_task_id;
 pub use model::{
     Availability, ClusterView, DesiredState, Node, NodeId, NodeRole, NodeStatus, Resources,
-    RestartCondition, RestartPolicy, Service, ServiceId, ServiceMode, Slot, Task, TaskHealth,
-    TaskId, TaskState, Timestamp,
+    RestartCondition, RestartPolicy, RollingUpdate, Service, ServiceId, ServiceMode, Slot, Task,
+    TaskHealth, TaskId, TaskState, Timestamp,
 };
 pub use placement::{
     FilterCount, FilterFailure, PendingReason, check_dynamic, check_static, must_leave,
 };
 pub use reconcile::{Decision, Plan, ReconcileConfig, ShutdownReason, reconcile, restart_due};
+pub use update::{UpdateAssessment, assess, task_ready};
 pub use words::{AmountError, UnknownWord, parse_cpus, parse_memory};
 
 #[cfg(test)]

@@ -243,6 +243,44 @@ pub struct Service {
     pub restart_policy: RestartPolicy,
     /// Spec version; copied into every task created for it.
     pub spec_version: u64,
+    /// The rolling update (or rollback) in progress or paused, if any: without one, tasks
+    /// of older spec versions are left alone.
+    pub update: Option<RollingUpdate>,
+}
+
+/// A rolling update (or rollback) of a service: which task versions are up to date and how
+/// fast the others are replaced. The service's `spec_version` is always up to date.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollingUpdate {
+    /// Spec versions whose tasks run what the current spec asks for (besides
+    /// `spec_version`): after a rollback, the version rolled back to; after an update that
+    /// changed only settings, the one before. Tasks of any other version are replaced.
+    pub current_versions: Vec<u64>,
+    /// Slots replaced at once (0: all at once).
+    pub parallelism: u64,
+    /// Wait between a batch being ready and the next batch, in milliseconds.
+    pub delay_ms: u64,
+    /// Start the new task before stopping the old one (otherwise stop first).
+    pub start_first: bool,
+    /// Paused after a failure: no further slot is started (a started one still finishes).
+    pub paused: bool,
+    /// When the update began: tasks created since are its work.
+    pub started_at: Timestamp,
+    /// How long after the last slot is ready a failure still counts, in milliseconds.
+    pub monitor_ms: u64,
+    /// Failures tolerated as a fraction of the slots, in parts per million.
+    pub max_failure_ratio_ppm: u32,
+    /// The current spec has a health check: an updated task is ready only once `healthy`.
+    pub require_healthy: bool,
+}
+
+impl RollingUpdate {
+    /// True when a task of spec `version` runs the current spec of a service at
+    /// `spec_version`.
+    #[must_use]
+    pub fn is_current(&self, spec_version: u64, version: u64) -> bool {
+        version == spec_version || self.current_versions.contains(&version)
+    }
 }
 
 /// Which part of a service a task implements.
@@ -400,4 +438,6 @@ pub struct ClusterView {
     pub services: Vec<Service>,
     /// All tasks (including history).
     pub tasks: Vec<Task>,
+    /// The last reported health of running tasks that have a health check (others: none).
+    pub health: BTreeMap<TaskId, TaskHealth>,
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{encode, task_hash};
 use crate::model::{
     ClusterView, DesiredState, Node, NodeStatus, Resources, RestartCondition, RestartPolicy,
-    Service, ServiceMode, Slot, Task, TaskId, TaskState, Timestamp,
+    RollingUpdate, Service, ServiceMode, Slot, Task, TaskHealth, TaskId, TaskState, Timestamp,
 };
 use crate::placement::{
     FilterFailure, PendingReason, ServicePlacer, Usage, check_dynamic, check_static, must_leave,
@@ -63,6 +63,8 @@ pub enum ShutdownReason {
     /// Its slot kind does not match the service's mode (replica slot in a global service or the
     /// other way round, or a global task assigned to another node).
     SlotMismatch,
+    /// A rolling update replaces it with a task of the current spec.
+    Updated,
 }
 
 impl ShutdownReason {
@@ -89,6 +91,7 @@ impl fmt::Display for ShutdownReason {
             Self::ServiceRemoved => "service removed",
             Self::Requested => "shutdown requested",
             Self::SlotMismatch => "slot does not match the service mode",
+            Self::Updated => "replaced by a rolling update",
         })
     }
 }
@@ -208,8 +211,22 @@ struct Pass<'a> {
     /// Hashes of the IDs created in this pass. Membership tests only: its iteration order is
     /// never used.
     created_ids: HashSet<u128, FnvBuild>,
+    /// Reported health of running tasks with a check.
+    health: &'a BTreeMap<TaskId, TaskHealth>,
     decisions: Vec<Decision>,
     wakeup: Option<Timestamp>,
+}
+
+/// Where one slot stands in a rolling update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotUpdate {
+    /// Nothing to replace, and no replacement still starting.
+    Clean,
+    /// Runs an outdated task and nothing is replacing it yet.
+    Waiting,
+    /// Being replaced: an outdated task is stopping or handing over, or its replacement is
+    /// not ready yet.
+    InFlight,
 }
 
 impl<'a> Pass<'a> {
@@ -281,6 +298,7 @@ impl<'a> Pass<'a> {
             service_counts: vec![0; n],
             leave_cache: vec![None; n],
             created_ids: HashSet::default(),
+            health: &view.health,
             decisions: Vec::new(),
             wakeup: None,
         }
@@ -506,6 +524,154 @@ impl<'a> Pass<'a> {
         reason
     }
 
+    /// True when task `i` runs the current spec of `service` (always, without an update).
+    fn is_current(&self, service: &Service, i: usize) -> bool {
+        service
+            .update
+            .as_ref()
+            .is_none_or(|u| u.is_current(service.spec_version, self.tasks[i].spec_version))
+    }
+
+    /// True when task `i` is running and, as far as its health check says, ready to serve:
+    /// not `starting` or `unhealthy`, and `healthy` when the update requires it.
+    fn is_ready(&self, u: &RollingUpdate, i: usize) -> bool {
+        if self.state[i] != TaskState::Running {
+            return false;
+        }
+        match self.health.get(&self.tasks[i].id) {
+            Some(TaskHealth::Healthy) => true,
+            Some(TaskHealth::Starting | TaskHealth::Unhealthy) => false,
+            Some(TaskHealth::None) | None => !u.require_healthy,
+        }
+    }
+
+    /// Where the slot made of tasks `v` stands in the update `u` of `service`, and when its
+    /// updated task became ready (if it is).
+    fn slot_update(
+        &self,
+        service: &Service,
+        u: &RollingUpdate,
+        v: &[usize],
+    ) -> (SlotUpdate, Option<Timestamp>) {
+        let mut old_active = false;
+        let mut old_stopping = false;
+        let mut new_active = false;
+        let mut new_starting = false;
+        let mut ready_at = None;
+        for &i in v {
+            if self.state[i].is_terminal() {
+                continue;
+            }
+            if self.is_current(service, i) {
+                if self.is_active(i) {
+                    new_active = true;
+                    let ours = self.tasks[i].created_at >= u.started_at;
+                    if self.is_ready(u, i) {
+                        if ours {
+                            ready_at = ready_at.max(Some(self.tasks[i].updated_at));
+                        }
+                    } else if ours {
+                        new_starting = true;
+                    }
+                }
+            } else if self.is_active(i) {
+                old_active = true;
+            } else if self.is_assigned(i) {
+                old_stopping = true;
+            }
+        }
+        let status = if old_stopping || ((old_active) && new_active) || new_starting {
+            SlotUpdate::InFlight
+        } else if old_active {
+            SlotUpdate::Waiting
+        } else {
+            SlotUpdate::Clean
+        };
+        (status, ready_at)
+    }
+
+    /// How many waiting slots of `service` may start being replaced in this pass, given the
+    /// slots' standing (`slots`: each slot's tasks).
+    fn update_budget<'s>(
+        &mut self,
+        service: &Service,
+        slots: impl Iterator<Item = &'s [usize]>,
+    ) -> u64 {
+        let Some(u) = service.update.as_ref() else {
+            return 0;
+        };
+        let (mut in_flight, mut last_ready) = (0u64, None);
+        for v in slots {
+            let (status, ready_at) = self.slot_update(service, u, v);
+            in_flight += u64::from(status == SlotUpdate::InFlight);
+            last_ready = last_ready.max(ready_at);
+        }
+        if u.paused {
+            return 0;
+        }
+        let width = if u.parallelism == 0 {
+            u64::MAX
+        } else {
+            u.parallelism
+        };
+        if u.delay_ms == 0 {
+            return width.saturating_sub(in_flight);
+        }
+        // With a delay, batch by batch: the next batch starts `delay` after the last one is
+        // ready.
+        if in_flight > 0 {
+            return 0;
+        }
+        if let Some(at) = last_ready.map(|t| t.plus_ms(u.delay_ms))
+            && self.now < at
+        {
+            self.wake(at);
+            return 0;
+        }
+        width
+    }
+
+    /// Splits the active tasks `keepers` of one slot: with an update, the current ones stay
+    /// in `keepers` and the outdated ones move to `old` — unless no current one is active,
+    /// when the outdated ones stay keepers (they still serve the slot).
+    fn split_outdated(&self, service: &Service, keepers: &mut Vec<usize>, old: &mut Vec<usize>) {
+        old.clear();
+        if service.update.is_none() || !keepers.iter().any(|&i| self.is_current(service, i)) {
+            return;
+        }
+        keepers.retain(|&i| {
+            let current = self.is_current(service, i);
+            if !current {
+                old.push(i);
+            }
+            current
+        });
+    }
+
+    /// An outdated task that a current keeper replaces: stopped once the keeper is ready.
+    fn hand_over(&mut self, service: &Service, keeper: Option<usize>, old: &[usize]) {
+        let (Some(u), Some(k)) = (service.update.as_ref(), keeper) else {
+            return;
+        };
+        if self.is_assigned(k) && self.is_ready(u, k) {
+            for &o in old {
+                self.stop(o, ShutdownReason::Updated);
+            }
+        }
+    }
+
+    /// True when, in an update, the slot made of tasks `v` has an outdated task still
+    /// stopping: stop-first, so its replacement waits.
+    fn old_stopping(&self, service: &Service, v: &[usize]) -> bool {
+        service.update.is_some()
+            && v.iter().any(|&i| {
+                !self.state[i].is_terminal()
+                    && self.desired[i] == DesiredState::Shutdown
+                    && self.is_assigned(i)
+                    && !self.is_current(service, i)
+            })
+    }
+
     fn replicated(&mut self, service: &'a Service, replicas: u64, idxs: &[usize]) {
         let mut by_slot: Vec<(u64, usize)> = Vec::with_capacity(idxs.len());
         for &i in idxs {
@@ -528,14 +694,22 @@ impl<'a> Pass<'a> {
         }
         let mut to_place = Vec::new();
         let mut keepers = Vec::new();
+        let mut old = Vec::new();
         let mut movers = Vec::new();
+        // Each wanted slot's range in `slot_idx` (empty for a slot without tasks).
+        let mut ranges = Vec::new();
         let mut cursor = by_slot.partition_point(|&(s, _)| s < 1);
         for slot in 1..=replicas {
             let start = cursor;
             while cursor < by_slot.len() && by_slot[cursor].0 == slot {
                 cursor += 1;
             }
-            let v = &slot_idx[start..cursor];
+            ranges.push((slot, start, cursor));
+        }
+        let mut budget =
+            self.update_budget(service, ranges.iter().map(|&(_, a, b)| &slot_idx[a..b]));
+        for &(slot, start, end) in &ranges {
+            let v = &slot_idx[start..end];
             keepers.clear();
             movers.clear();
             for &i in v {
@@ -551,11 +725,30 @@ impl<'a> Pass<'a> {
                     None => keepers.push(i),
                 }
             }
-            let keeper = if keepers.len() == 1 {
+            self.split_outdated(service, &mut keepers, &mut old);
+            let mut keeper = if keepers.len() == 1 {
                 Some(keepers[0])
             } else {
                 self.dedup(&mut keepers)
             };
+            self.hand_over(service, keeper, &old);
+            let mut start_new = false;
+            if let Some(k) = keeper
+                && !self.is_current(service, k)
+                && movers.is_empty()
+                && !self.old_stopping(service, v)
+                && budget > 0
+            {
+                // A waiting slot's turn in the update.
+                budget -= 1;
+                let start_first = service.update.as_ref().is_some_and(|u| u.start_first);
+                if start_first && self.is_assigned(k) {
+                    start_new = true;
+                } else {
+                    self.stop(k, ShutdownReason::Updated);
+                    keeper = None;
+                }
+            }
             if keeper.is_some() || !movers.is_empty() {
                 for &i in v {
                     if self.state[i].is_terminal() && self.desired[i] == DesiredState::Running {
@@ -565,7 +758,26 @@ impl<'a> Pass<'a> {
             }
             match keeper {
                 Some(k) if !self.is_assigned(k) => to_place.push(Placement::Existing(k)),
+                Some(_) if start_new => {
+                    let latest = self.latest(v.iter().copied());
+                    let attempt = latest.map_or(0, |i| self.tasks[i].attempt + 1);
+                    let history = latest.map_or_else(Vec::new, |i| {
+                        prune(
+                            &self.tasks[i].restart_history,
+                            self.now,
+                            &service.restart_policy,
+                        )
+                    });
+                    to_place.push(Placement::New {
+                        slot: Slot::Replica(slot),
+                        attempt,
+                        restart_history: history,
+                    });
+                }
                 Some(_) => {}
+                None if movers.is_empty() && self.old_stopping(service, v) => {
+                    // Stop first: the replacement waits until the old task has stopped.
+                }
                 None if !movers.is_empty() => {
                     // Start first: the replacement is created now; the moving task keeps
                     // running until the replacement runs (or the handover times out).
@@ -764,6 +976,8 @@ impl<'a> Pass<'a> {
         let mut keys: BTreeSet<&'a str> = by_node.keys().copied().collect();
         keys.extend(self.nodes.iter().map(|n| n.id.as_str()));
         let empty = Vec::new();
+        let mut budget = self.update_budget(service, by_node.values().map(Vec::as_slice));
+        let mut old = Vec::new();
         for key in keys {
             let v = by_node.get(key).unwrap_or(&empty);
             let node = self.node_index.get(key).copied();
@@ -789,7 +1003,24 @@ impl<'a> Pass<'a> {
                     }
                 }
             }
-            let keeper = self.dedup(&mut keepers);
+            self.split_outdated(service, &mut keepers, &mut old);
+            let mut keeper = self.dedup(&mut keepers);
+            self.hand_over(service, keeper, &old);
+            let mut start_new = false;
+            if let Some(k) = keeper
+                && !self.is_current(service, k)
+                && !self.old_stopping(service, v)
+                && budget > 0
+            {
+                budget -= 1;
+                let start_first = service.update.as_ref().is_some_and(|u| u.start_first);
+                if start_first && self.is_assigned(k) {
+                    start_new = true;
+                } else {
+                    self.stop(k, ShutdownReason::Updated);
+                    keeper = None;
+                }
+            }
             if keeper.is_some() {
                 for &i in v {
                     if self.state[i].is_terminal() && self.desired[i] == DesiredState::Running {
@@ -804,7 +1035,22 @@ impl<'a> Pass<'a> {
                     let result = self.place_on(k, need, service);
                     self.settle_placement(service, Placement::Existing(i), result);
                 }
+                Some(_) if start_new => {
+                    if placeable != Some(Ok(())) {
+                        continue;
+                    }
+                    let latest = self.latest(v.iter().copied());
+                    let attempt = latest.map_or(0, |i| self.tasks[i].attempt + 1);
+                    let p = Placement::New {
+                        slot: Slot::Node(self.nodes[k].id.clone()),
+                        attempt,
+                        restart_history: Vec::new(),
+                    };
+                    let result = self.place_on(k, service.reservations, service);
+                    self.settle_placement(service, p, result);
+                }
                 Some(_) => {}
+                None if self.old_stopping(service, v) => {}
                 None => {
                     if placeable != Some(Ok(())) {
                         continue;

@@ -43,6 +43,7 @@ fn base_service(i: usize, mode: ServiceMode) -> Service {
             ..RestartPolicy::default()
         },
         spec_version: 1,
+        update: None,
     }
 }
 
@@ -372,6 +373,7 @@ proptest! {
             nodes: node_specs.into_iter().enumerate().map(|(i, s)| make_node(i, s)).collect(),
             services: service_specs.into_iter().enumerate().map(|(i, s)| make_service(i, s)).collect(),
             tasks: Vec::new(),
+            health: Default::default(),
         };
         let mut next_node = v.nodes.len();
         let mut now = drive(&mut v, T0)?;
@@ -394,6 +396,7 @@ proptest! {
             nodes: (0..node_count).map(base_node).collect(),
             services: Vec::new(),
             tasks: Vec::new(),
+            health: Default::default(),
         };
         let mut now = T0;
         for (round, step) in steps.iter().enumerate() {

@@ -14,12 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
-use shoal_scheduler::{ClusterView, Decision, ReconcileConfig, Timestamp, reconcile};
+use shoal_scheduler::{
+    ClusterView, Decision, ReconcileConfig, Timestamp, UpdateAssessment, assess, reconcile,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::services::{ServiceCommand, to_view};
+use super::services::{FailureAction, ServiceCommand, UpdateState, to_view};
 use super::state::{ClusterState, Command};
 use super::{Manager, ManagerError};
 use crate::util::now_ms;
@@ -65,13 +67,108 @@ pub fn reconcile_config(state: &ClusterState) -> ReconcileConfig {
     config
 }
 
-/// The scheduler's input for `state`, or `None` before `init`.
-pub fn view(state: &ClusterState) -> Option<(ClusterView, ReconcileConfig)> {
+/// A rolling update (or rollback) in progress that the orchestrator judges on every pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateWatch {
+    /// Service ID.
+    pub id: String,
+    /// The spec version being rolled out.
+    pub version: u64,
+    /// A rollback (else an update).
+    pub rollback: bool,
+    /// What a failure leads to.
+    pub failure_action: FailureAction,
+}
+
+/// The updates in progress (not paused, not done) in `state`.
+pub fn update_watches(state: &ClusterState) -> Vec<UpdateWatch> {
+    state
+        .services
+        .services
+        .values()
+        .filter(|r| r.update_in_progress())
+        .map(|r| {
+            let rollback = r
+                .update_status
+                .as_ref()
+                .is_some_and(|u| u.state == UpdateState::RollbackStarted);
+            let config = if rollback {
+                &r.spec.rollback_config
+            } else {
+                &r.spec.update_config
+            };
+            UpdateWatch {
+                id: r.id.clone(),
+                version: r.version,
+                rollback,
+                failure_action: config.failure_action,
+            }
+        })
+        .collect()
+}
+
+/// The scheduler's input for `state` and the updates to judge, or `None` before `init`.
+pub fn view(state: &ClusterState) -> Option<(ClusterView, ReconcileConfig, Vec<UpdateWatch>)> {
     state.cluster.as_ref()?;
     Some((
         to_view(&state.services, &state.nodes),
         reconcile_config(state),
+        update_watches(state),
     ))
+}
+
+/// The verdicts on the updates `watches` at `now` (completed, paused, rolled back: commands
+/// to commit) and the earliest time to judge again (a monitor window ending).
+pub fn verdicts(
+    view: &ClusterView,
+    watches: &[UpdateWatch],
+    now: Timestamp,
+) -> (Vec<ServiceCommand>, Option<Timestamp>) {
+    let mut commands = Vec::new();
+    let mut wakeup: Option<Timestamp> = None;
+    for w in watches {
+        let Some(service) = view.services.iter().find(|s| s.id.as_str() == w.id) else {
+            continue;
+        };
+        let verdict = |state: UpdateState, message: String| ServiceCommand::UpdateVerdict {
+            id: w.id.clone(),
+            version: w.version,
+            state,
+            message,
+            at: now.0,
+        };
+        match assess(view, service, now) {
+            None => {}
+            Some(UpdateAssessment::InProgress { wakeup: at, .. }) => {
+                if let Some(at) = at {
+                    wakeup = Some(wakeup.map_or(at, |w| w.min(at)));
+                }
+            }
+            Some(UpdateAssessment::Completed) => commands.push(if w.rollback {
+                verdict(UpdateState::RollbackCompleted, "rollback completed".into())
+            } else {
+                verdict(UpdateState::Completed, "update completed".into())
+            }),
+            Some(UpdateAssessment::Failed { message, .. }) => {
+                let why = format!("due to failure or early termination of {message}");
+                match (w.rollback, w.failure_action) {
+                    (_, FailureAction::Continue) => {}
+                    (false, FailureAction::Pause) => {
+                        commands.push(verdict(UpdateState::Paused, format!("update paused {why}")))
+                    }
+                    (false, FailureAction::Rollback) => commands.push(verdict(
+                        UpdateState::RollbackStarted,
+                        format!("update rolled back {why}"),
+                    )),
+                    (true, _) => commands.push(verdict(
+                        UpdateState::RollbackPaused,
+                        format!("rollback paused {why}"),
+                    )),
+                }
+            }
+        }
+    }
+    (commands, wakeup)
 }
 
 /// One reconcile pass over `state` at `now_ms`: the decisions to commit (possibly none) and
@@ -79,7 +176,7 @@ pub fn view(state: &ClusterState) -> Option<(ClusterView, ReconcileConfig)> {
 /// loop does the same in two halves: the view under the state lock, the scheduler outside.)
 #[cfg(test)]
 pub fn plan(state: &ClusterState, now_ms: u64) -> Option<(Vec<Decision>, Option<Timestamp>)> {
-    let (view, config) = view(state)?;
+    let (view, config, _) = view(state)?;
     let plan = reconcile(&view, Timestamp(now_ms), &config);
     Some((plan.decisions, plan.next_wakeup))
 }
@@ -109,19 +206,36 @@ async fn step(
     config: &OrchestratorConfig,
 ) -> Result<(usize, Option<Timestamp>), ManagerError> {
     let now = now_ms();
-    let Some((view, rconfig)) = manager.read_local(view) else {
+    let Some((view, rconfig, watches)) = manager.read_local(view) else {
         return Ok((0, None));
     };
-    let plan = tokio::task::spawn_blocking(move || reconcile(&view, Timestamp(now), &rconfig))
-        .await
-        .map_err(|e| ManagerError::Fatal(format!("the scheduler failed: {e}")))?;
-    let count = plan.decisions.len();
+    let (plan, (judged, judge_again)) = tokio::task::spawn_blocking(move || {
+        let plan = reconcile(&view, Timestamp(now), &rconfig);
+        (plan, verdicts(&view, &watches, Timestamp(now)))
+    })
+    .await
+    .map_err(|e| ManagerError::Fatal(format!("the scheduler failed: {e}")))?;
+    let count = plan.decisions.len() + judged.len();
     for chunk in plan.decisions.chunks(config.max_batch.max(1)) {
         manager
             .write(decisions_command(chunk.to_vec(), now))
             .await?;
     }
-    Ok((count, plan.next_wakeup))
+    for cmd in judged {
+        // A verdict that no longer applies (the user updated again) is refused: fine.
+        match manager.write(Command::Services(cmd)).await {
+            Ok(_) => {}
+            Err(ManagerError::Refused(why)) => {
+                debug!("orchestrator: update verdict not applied: {why}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let wakeup = match (plan.next_wakeup, judge_again) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok((count, wakeup))
 }
 
 /// Where the loop stands while this node leads.

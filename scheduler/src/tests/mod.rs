@@ -44,6 +44,7 @@ pub(crate) fn service(id: &str, replicas: u64) -> Service {
         max_replicas_per_node: None,
         restart_policy: RestartPolicy::default(),
         spec_version: 1,
+        update: None,
     }
 }
 
@@ -63,6 +64,7 @@ pub(crate) fn view(nodes: Vec<Node>, services: Vec<Service>) -> ClusterView {
         nodes,
         services,
         tasks: Vec::new(),
+        health: Default::default(),
     }
 }
 

@@ -419,7 +419,9 @@ impl ServiceSpec {
             }
         }
         if self.rollback_config.failure_action == FailureAction::Rollback {
-            return Err("invalid rollback failure action `rollback`: expected pause or continue".into());
+            return Err(
+                "invalid rollback failure action `rollback`: expected pause or continue".into(),
+            );
         }
         if self.no_healthcheck && self.health_check.is_some() {
             return Err("--no-healthcheck conflicts with the --health-* options".into());

@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 
 use shoal_scheduler::{
     ClusterView, Constraint, ConstraintField, ConstraintOp, DesiredState, NodeId, ServiceId, Slot,
+    TaskId, Timestamp,
 };
 
-use super::state::{ServiceRecord, ServicesState};
+use super::spec::UpdateOrder;
+use super::state::{ServiceRecord, ServicesState, UpdateState};
 use crate::manager::state::NodeRecord;
 /// What a worker must run or stop: the worker's own wire type.
 pub use crate::session::Assignment;
@@ -62,7 +64,32 @@ pub fn view_service(rec: &ServiceRecord) -> shoal_scheduler::Service {
             window_ms: p.window_ms,
         },
         spec_version: rec.version,
+        update: rolling_update(rec),
     }
+}
+
+/// The scheduler's rolling update for a record whose update is in progress or paused
+/// (`None` once completed, or before any update).
+pub fn rolling_update(rec: &ServiceRecord) -> Option<shoal_scheduler::RollingUpdate> {
+    let status = rec.update_status.as_ref()?;
+    let (config, paused) = match status.state {
+        UpdateState::Updating => (&rec.spec.update_config, false),
+        UpdateState::Paused => (&rec.spec.update_config, true),
+        UpdateState::RollbackStarted => (&rec.spec.rollback_config, false),
+        UpdateState::RollbackPaused => (&rec.spec.rollback_config, true),
+        UpdateState::Completed | UpdateState::RollbackCompleted => return None,
+    };
+    Some(shoal_scheduler::RollingUpdate {
+        current_versions: rec.current_versions(),
+        parallelism: config.parallelism,
+        delay_ms: config.delay_ms,
+        start_first: config.order == UpdateOrder::StartFirst,
+        paused,
+        started_at: Timestamp(status.started_at.unwrap_or(rec.updated_at)),
+        monitor_ms: config.monitor_ms,
+        max_failure_ratio_ppm: config.max_failure_ratio_ppm,
+        require_healthy: rec.spec.health_check.is_some() && !rec.spec.no_healthcheck,
+    })
 }
 
 /// Everything the scheduler reads: nodes, live services, all tasks.
@@ -71,6 +98,11 @@ pub fn to_view(state: &ServicesState, nodes: &BTreeMap<String, NodeRecord>) -> C
         nodes: nodes.values().map(view_node).collect(),
         services: state.services.values().map(view_service).collect(),
         tasks: state.tasks.values().cloned().collect(),
+        health: state
+            .health
+            .iter()
+            .map(|(id, h)| (TaskId(id.clone()), *h))
+            .collect(),
     }
 }
 
