@@ -580,7 +580,14 @@ impl<'a> Pass<'a> {
                 old_stopping = true;
             }
         }
-        let status = if old_stopping || ((old_active) && new_active) || new_starting {
+        // An empty slot whose last task was an outdated one stopped by the update (stop
+        // first) is between its old task and the new one.
+        let emptied = !old_active
+            && !new_active
+            && self.latest(v.iter().copied()).is_some_and(|i| {
+                self.state[i] == TaskState::Shutdown && !self.is_current(service, i)
+            });
+        let status = if old_stopping || (old_active && new_active) || new_starting || emptied {
             SlotUpdate::InFlight
         } else if old_active {
             SlotUpdate::Waiting

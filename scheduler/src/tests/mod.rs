@@ -7,6 +7,7 @@ use crate::*;
 mod constraints;
 mod placement;
 mod reconcile;
+mod update;
 mod words;
 
 pub(crate) const T0: Timestamp = Timestamp(1_700_000_000_000);
