@@ -335,7 +335,9 @@ fn service_spec() -> ServiceSpec {
             delay_ms: 500,
             order: UpdateOrder::StartFirst,
             failure_action: FailureAction::Rollback,
+            ..UpdateConfig::default()
         },
+        ..ServiceSpec::default()
     }
 }
 
@@ -353,6 +355,7 @@ fn service_record() -> ServiceRecord {
             completed_at: Some(T0 + 10),
             message: "update completed".into(),
         }),
+        older_specs: BTreeMap::new(),
     }
 }
 

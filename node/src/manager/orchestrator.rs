@@ -117,6 +117,26 @@ pub fn view(state: &ClusterState) -> Option<(ClusterView, ReconcileConfig, Vec<U
     ))
 }
 
+/// Pauses, in `view`, the updates that `judged` stops (paused, rolled back): a failed update
+/// starts no further slot in the same pass that judges it.
+pub fn hold_failed(view: &mut ClusterView, judged: &[ServiceCommand]) {
+    for cmd in judged {
+        if let ServiceCommand::UpdateVerdict { id, state, .. } = cmd
+            && matches!(
+                state,
+                UpdateState::Paused | UpdateState::RollbackStarted | UpdateState::RollbackPaused
+            )
+            && let Some(u) = view
+                .services
+                .iter_mut()
+                .find(|s| s.id.as_str() == id)
+                .and_then(|s| s.update.as_mut())
+        {
+            u.paused = true;
+        }
+    }
+}
+
 /// The verdicts on the updates `watches` at `now` (completed, paused, rolled back: commands
 /// to commit) and the earliest time to judge again (a monitor window ending).
 pub fn verdicts(
@@ -139,11 +159,12 @@ pub fn verdicts(
         };
         match assess(view, service, now) {
             None => {}
-            Some(UpdateAssessment::InProgress { wakeup: at, .. }) => {
-                if let Some(at) = at {
-                    wakeup = Some(wakeup.map_or(at, |w| w.min(at)));
-                }
+            Some(UpdateAssessment::InProgress {
+                wakeup: Some(at), ..
+            }) => {
+                wakeup = Some(wakeup.map_or(at, |w| w.min(at)));
             }
+            Some(UpdateAssessment::InProgress { wakeup: None, .. }) => {}
             Some(UpdateAssessment::Completed) => commands.push(if w.rollback {
                 verdict(UpdateState::RollbackCompleted, "rollback completed".into())
             } else {
@@ -154,7 +175,7 @@ pub fn verdicts(
                 match (w.rollback, w.failure_action) {
                     (_, FailureAction::Continue) => {}
                     (false, FailureAction::Pause) => {
-                        commands.push(verdict(UpdateState::Paused, format!("update paused {why}")))
+                        commands.push(verdict(UpdateState::Paused, format!("update paused {why}")));
                     }
                     (false, FailureAction::Rollback) => commands.push(verdict(
                         UpdateState::RollbackStarted,
@@ -210,8 +231,10 @@ async fn step(
         return Ok((0, None));
     };
     let (plan, (judged, judge_again)) = tokio::task::spawn_blocking(move || {
-        let plan = reconcile(&view, Timestamp(now), &rconfig);
-        (plan, verdicts(&view, &watches, Timestamp(now)))
+        let mut view = view;
+        let judged = verdicts(&view, &watches, Timestamp(now));
+        hold_failed(&mut view, &judged.0);
+        (reconcile(&view, Timestamp(now), &rconfig), judged)
     })
     .await
     .map_err(|e| ManagerError::Fatal(format!("the scheduler failed: {e}")))?;

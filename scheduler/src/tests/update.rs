@@ -301,7 +301,7 @@ fn assess_counts_failures_of_the_new_spec_but_not_orphans() {
         other => panic!("{other:?}"),
     }
     // One failure of two slots is within a ratio of 0.5.
-    let mut lenient = svc.clone();
+    let mut lenient = svc;
     if let Some(u) = lenient.update.as_mut() {
         u.max_failure_ratio_ppm = 500_000;
     }

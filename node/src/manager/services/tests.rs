@@ -84,11 +84,20 @@ pub(crate) fn report(task: &str, state: TaskState) -> TaskReport {
 }
 
 /// Commits one orchestrator pass; returns how many decisions it had.
+/// The update verdicts it commits count too.
 pub(crate) fn orchestrate(s: &mut ClusterState, now: u64) -> usize {
-    let (decisions, _) = plan(s, now).expect("initialized");
-    let n = decisions.len();
-    if n > 0 {
+    let (mut view, config, watches) = crate::manager::orchestrator::view(s).expect("initialized");
+    let (judged, _) =
+        crate::manager::orchestrator::verdicts(&view, &watches, shoal_scheduler::Timestamp(now));
+    crate::manager::orchestrator::hold_failed(&mut view, &judged);
+    let decisions =
+        shoal_scheduler::reconcile(&view, shoal_scheduler::Timestamp(now), &config).decisions;
+    let n = decisions.len() + judged.len();
+    if !decisions.is_empty() {
         let cmd = ServiceCommand::ApplyDecisions { decisions, now };
+        assert_eq!(svc(s, cmd), CommandResult::Done);
+    }
+    for cmd in judged {
         assert_eq!(svc(s, cmd), CommandResult::Done);
     }
     n
@@ -719,4 +728,178 @@ fn cluster_with_service() -> ClusterState {
     let mut s = cluster();
     create(&mut s, "s1", replicated("web", 2));
     s
+}
+
+/// Versions of the running tasks of `service`, sorted.
+fn running_versions(s: &ClusterState, service: &str) -> Vec<u64> {
+    let mut v: Vec<u64> = s
+        .services
+        .tasks_of(service)
+        .filter(|t| t.is_active() && t.state == TaskState::Running)
+        .map(|t| t.spec_version)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+fn update_state(s: &ClusterState, service: &str) -> (UpdateState, String) {
+    let u = s.services.services[service]
+        .update_status
+        .clone()
+        .expect("an update status");
+    (u.state, u.message)
+}
+
+/// Orchestrator and workers, where the workers' tasks of version `broken` exit at once.
+/// Sixty rounds one second apart (restart delays pass; a broken slot keeps being restarted
+/// by its restart policy, as in Swarm, so there is no fixed point to wait for).
+fn converge_with_broken(s: &mut ClusterState, mut now: u64, broken: u64) -> u64 {
+    for _ in 0..60 {
+        let decided = orchestrate(s, now);
+        let mut reported = run_workers(s, now);
+        let failing: Vec<(String, String)> = s
+            .services
+            .tasks
+            .values()
+            .filter(|t| t.spec_version == broken && t.is_active() && t.state == TaskState::Running)
+            .map(|t| (t.id.0.clone(), t.node_id.clone().expect("node").0))
+            .collect();
+        for (task, node) in failing {
+            let mut r = report(&task, TaskState::Failed);
+            r.exit_code = Some(1);
+            let cmd = ServiceCommand::TaskReports {
+                node_id: node,
+                reports: vec![r],
+                at: now,
+            };
+            assert_eq!(svc(s, cmd), CommandResult::Done);
+            reported += 1;
+        }
+        let _ = (decided, reported);
+        now += 1_000;
+    }
+    now
+}
+
+#[test]
+fn update_rolls_out_completes_and_a_broken_version_pauses_then_rolls_back_only_its_tasks() {
+    let mut s = cluster();
+    let mut spec = replicated("web", 3);
+    spec.update_config.monitor_ms = 0;
+    spec.rollback_config.monitor_ms = 0;
+    create(&mut s, "s1", spec.clone());
+    let now = converge(&mut s, 1_000);
+    assert_eq!(running_versions(&s, "s1"), vec![1, 1, 1]);
+
+    // A new image rolls out to every slot and the update completes.
+    spec.image = "shoal-test/busybox:v2".into();
+    assert_eq!(
+        svc(&mut s, ServiceCommand::update("s1", spec.clone(), now)),
+        CommandResult::Done
+    );
+    assert_eq!(update_state(&s, "s1").0, UpdateState::Updating);
+    let now = converge(&mut s, now + 10);
+    assert_eq!(running_versions(&s, "s1"), vec![2, 2, 2]);
+    assert_eq!(
+        update_state(&s, "s1"),
+        (UpdateState::Completed, "update completed".into())
+    );
+
+    // Settings alone (and the replica count) replace nothing.
+    spec.update_config.parallelism = 2;
+    svc(&mut s, ServiceCommand::update("s1", spec.clone(), now));
+    let now = converge(&mut s, now + 10);
+    assert_eq!(running_versions(&s, "s1"), vec![2, 2, 2]);
+    assert_eq!(update_state(&s, "s1").0, UpdateState::Completed);
+
+    // Version 4 exits at once: the update pauses with the reason, the good tasks stay.
+    spec.update_config.parallelism = 1;
+    spec.image = "shoal-test/busybox:broken".into();
+    svc(&mut s, ServiceCommand::update("s1", spec, now));
+    let now = converge_with_broken(&mut s, now + 10, 4);
+    let (state, message) = update_state(&s, "s1");
+    assert_eq!(state, UpdateState::Paused, "{message}");
+    assert!(
+        message.starts_with("update paused due to failure or early termination of task"),
+        "{message}"
+    );
+    // Version 3 changed only settings: its tasks are still version 2's.
+    assert_eq!(
+        running_versions(&s, "s1"),
+        vec![2, 2],
+        "two good slots untouched"
+    );
+    let good: Vec<String> = s
+        .services
+        .tasks_of("s1")
+        .filter(|t| t.is_active() && t.spec_version == 2)
+        .map(|t| t.id.0.clone())
+        .collect();
+
+    // Rollback: only the broken slot is replaced; the good tasks keep running.
+    svc(
+        &mut s,
+        ServiceCommand::Rollback {
+            id: "s1".into(),
+            at: now,
+        },
+    );
+    assert_eq!(update_state(&s, "s1").0, UpdateState::RollbackStarted);
+    converge_with_broken(&mut s, now + 10, 4);
+    assert_eq!(update_state(&s, "s1").0, UpdateState::RollbackCompleted);
+    let versions = running_versions(&s, "s1");
+    assert_eq!(versions, vec![2, 2, 5]);
+    for id in &good {
+        assert!(
+            s.services.tasks[id].is_active(),
+            "good task {id} was replaced"
+        );
+    }
+    assert_eq!(
+        s.services.services["s1"].spec.image,
+        "shoal-test/busybox:v2"
+    );
+}
+
+#[test]
+fn a_failed_update_rolls_back_by_itself_when_so_configured() {
+    let mut s = cluster();
+    let mut spec = replicated("web", 2);
+    spec.update_config.failure_action = FailureAction::Rollback;
+    spec.update_config.monitor_ms = 0;
+    spec.rollback_config.monitor_ms = 0;
+    create(&mut s, "s1", spec.clone());
+    let now = converge(&mut s, 1_000);
+    spec.image = "shoal-test/busybox:broken".into();
+    svc(&mut s, ServiceCommand::update("s1", spec, now));
+    converge_with_broken(&mut s, now + 10, 2);
+    let (state, message) = update_state(&s, "s1");
+    assert_eq!(state, UpdateState::RollbackCompleted, "{message}");
+    assert_eq!(
+        s.services.services["s1"].spec.image,
+        "shoal-test/busybox:latest"
+    );
+    // The good task was never stopped: once the update failed, no further slot started.
+    assert_eq!(running_versions(&s, "s1"), vec![1, 3]);
+}
+
+#[test]
+fn a_stale_verdict_never_overrides_a_newer_update() {
+    let mut s = cluster();
+    create(&mut s, "s1", replicated("web", 1));
+    let now = converge(&mut s, 1_000);
+    let mut spec = replicated("web", 1);
+    spec.image = "a:2".into();
+    svc(&mut s, ServiceCommand::update("s1", spec.clone(), now));
+    spec.image = "a:3".into();
+    svc(&mut s, ServiceCommand::update("s1", spec, now));
+    let stale = ServiceCommand::UpdateVerdict {
+        id: "s1".into(),
+        version: 2,
+        state: UpdateState::Completed,
+        message: "update completed".into(),
+        at: now,
+    };
+    assert!(matches!(svc(&mut s, stale), CommandResult::Refused(_)));
+    assert_eq!(update_state(&s, "s1").0, UpdateState::Updating);
 }
