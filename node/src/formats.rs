@@ -58,14 +58,17 @@ use crate::forward::{
 };
 use crate::join::{JoinAccepted, JoinRequest, JoinResponse, MemberHint, TAG_JOIN};
 use crate::manager::rpc::{TAG_RAFT_APPEND, TAG_RAFT_SNAPSHOT, TAG_RAFT_VOTE};
+use crate::manager::services::legacy::{
+    ServiceRecordV1, ServiceSpecV1, ServicesStateV1, UpdateConfigV1,
+};
 use crate::manager::services::{
     FailureAction, HealthCheckSpec, HealthTestSpec, PortSpec, ResourceSpec, RestartCondition,
     RestartPolicySpec, ServiceCommand, ServiceMode, ServiceRecord, ServiceSpec, ServicesState,
     TaskHealth, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 use crate::manager::state::{
-    Availability, ClusterRecord, ClusterState, Command, CommandResult, NodeRecord, NodeStatus,
-    Role, STATE_VERSION,
+    Availability, ClusterRecord, ClusterState, ClusterStateV1, Command, CommandResult, NodeRecord,
+    NodeStatus, Role, STATE_VERSION, STATE_VERSION_V1,
 };
 use crate::manager::store::{LogStore, SmData, StateMachineStore, open_db};
 use crate::manager::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
@@ -292,7 +295,94 @@ fn worker_record() -> NodeRecord {
     }
 }
 
-/// A spec with every field away from its default.
+/// A spec as version 1 stored it (the log's `Create` and `Update`, state version 1), with
+/// every field away from its default.
+fn service_spec_v1() -> ServiceSpecV1 {
+    ServiceSpecV1 {
+        name: "web".into(),
+        image: "/usr/bin/python3".into(),
+        args: vec!["-m".into(), "http.server".into()],
+        env: BTreeMap::from([("MODE".into(), "prod".into())]),
+        driver: "process".into(),
+        mode: ServiceMode::Replicated { replicas: 2 },
+        ports: vec![PortSpec {
+            published: 8080,
+            target: 80,
+        }],
+        constraints: vec!["node.labels.zone==attic".into()],
+        reservations: ResourceSpec {
+            memory_bytes: 64 << 20,
+            nano_cpus: 500_000_000,
+        },
+        limits: ResourceSpec {
+            memory_bytes: 128 << 20,
+            nano_cpus: 1_000_000_000,
+        },
+        restart_policy: RestartPolicySpec {
+            condition: RestartCondition::OnFailure,
+            delay_ms: 1_000,
+            max_attempts: 3,
+            window_ms: 60_000,
+        },
+        max_replicas_per_node: 1,
+        health_check: Some(HealthCheckSpec {
+            test: HealthTestSpec::Cmd(vec!["/bin/true".into()]),
+            interval_ms: 5_000,
+            timeout_ms: 1_000,
+            retries: 2,
+            start_period_ms: 10_000,
+        }),
+        labels: BTreeMap::from([("team".into(), "ops".into())]),
+        stop_grace_ms: 3_000,
+        update_config: UpdateConfigV1 {
+            parallelism: 2,
+            delay_ms: 500,
+            order: UpdateOrder::StartFirst,
+            failure_action: FailureAction::Rollback,
+        },
+    }
+}
+
+/// What version 1's `ServiceSpec::new(name, image)` made: its defaults (Docker's).
+fn spec_v1(name: &str, image: &str) -> ServiceSpecV1 {
+    ServiceSpecV1 {
+        name: name.into(),
+        image: image.into(),
+        args: Vec::new(),
+        env: BTreeMap::new(),
+        driver: "docker".into(),
+        mode: ServiceMode::Replicated { replicas: 1 },
+        ports: Vec::new(),
+        constraints: Vec::new(),
+        reservations: ResourceSpec {
+            memory_bytes: 0,
+            nano_cpus: 0,
+        },
+        limits: ResourceSpec {
+            memory_bytes: 0,
+            nano_cpus: 0,
+        },
+        restart_policy: RestartPolicySpec {
+            condition: RestartCondition::Any,
+            delay_ms: 5_000,
+            max_attempts: 0,
+            window_ms: 0,
+        },
+        max_replicas_per_node: 0,
+        health_check: None,
+        labels: BTreeMap::new(),
+        stop_grace_ms: 10_000,
+        update_config: UpdateConfigV1 {
+            parallelism: 1,
+            delay_ms: 0,
+            order: UpdateOrder::StopFirst,
+            failure_action: FailureAction::Pause,
+        },
+    }
+}
+
+/// Today's spec with every field away from its default, the later ones included — but
+/// `no_healthcheck`, which a health check excludes (see [`service_spec_no_health`]).
 fn service_spec() -> ServiceSpec {
     ServiceSpec {
         name: "web".into(),
@@ -335,18 +425,40 @@ fn service_spec() -> ServiceSpec {
             delay_ms: 500,
             order: UpdateOrder::StartFirst,
             failure_action: FailureAction::Rollback,
-            ..UpdateConfig::default()
+            monitor_ms: 30_000,
+            max_failure_ratio_ppm: 200_000,
         },
-        ..ServiceSpec::default()
+        rollback_config: UpdateConfig {
+            parallelism: 3,
+            delay_ms: 250,
+            order: UpdateOrder::StartFirst,
+            failure_action: FailureAction::Continue,
+            monitor_ms: 10_000,
+            max_failure_ratio_ppm: 500_000,
+        },
+        no_healthcheck: false,
+        force_update: 4,
     }
 }
 
-fn service_record() -> ServiceRecord {
-    ServiceRecord {
+/// Today's spec with `--no-healthcheck` (and no health check), the rest as [`service_spec`]
+/// but an older force counter.
+fn service_spec_no_health() -> ServiceSpec {
+    ServiceSpec {
+        health_check: None,
+        no_healthcheck: true,
+        force_update: 3,
+        ..service_spec()
+    }
+}
+
+/// A record as version 1 stored it.
+fn service_record_v1() -> ServiceRecordV1 {
+    ServiceRecordV1 {
         id: SERVICE_ID.into(),
-        spec: service_spec(),
+        spec: service_spec_v1(),
         version: 2,
-        previous_spec: Some(ServiceSpec::new("web", "/bin/true")),
+        previous_spec: Some(spec_v1("web", "/bin/true")),
         created_at: T0,
         updated_at: T0 + 10,
         update_status: Some(UpdateStatus {
@@ -355,7 +467,28 @@ fn service_record() -> ServiceRecord {
             completed_at: Some(T0 + 10),
             message: "update completed".into(),
         }),
-        older_specs: BTreeMap::new(),
+    }
+}
+
+/// Today's record, with older specs.
+fn service_record() -> ServiceRecord {
+    ServiceRecord {
+        id: SERVICE_ID.into(),
+        spec: service_spec(),
+        version: 3,
+        previous_spec: Some(service_spec_no_health()),
+        created_at: T0,
+        updated_at: T0 + 10,
+        update_status: Some(UpdateStatus {
+            state: UpdateState::Completed,
+            started_at: Some(T0 + 5),
+            completed_at: Some(T0 + 10),
+            message: "update completed".into(),
+        }),
+        older_specs: BTreeMap::from([
+            (1, ServiceSpec::new("web", "/bin/true")),
+            (2, service_spec_no_health()),
+        ]),
     }
 }
 
@@ -439,6 +572,7 @@ fn full_state() -> ClusterState {
     removed.spec = ServiceSpec::new("old", "nginx:1");
     removed.previous_spec = None;
     removed.update_status = None;
+    removed.older_specs = BTreeMap::new();
     ClusterState {
         cluster: Some(cluster_record()),
         nodes: BTreeMap::from([
@@ -459,6 +593,28 @@ fn full_state() -> ClusterState {
     }
 }
 
+/// [`full_state`] as version 1 held it (version-1 records, the same nodes and tasks).
+fn full_state_v1() -> ClusterStateV1 {
+    let today = full_state();
+    let mut removed = service_record_v1();
+    removed.id = "s00000000000000000000000b".into();
+    removed.spec = spec_v1("old", "nginx:1");
+    removed.previous_spec = None;
+    removed.update_status = None;
+    ClusterStateV1 {
+        cluster: today.cluster,
+        nodes: today.nodes,
+        raft_ids: today.raft_ids,
+        removed_keys: today.removed_keys,
+        services: ServicesStateV1 {
+            services: BTreeMap::from([(SERVICE_ID.into(), service_record_v1())]),
+            tasks: today.services.tasks,
+            removed: BTreeMap::from([(removed.id.clone(), removed)]),
+            health: today.services.health,
+        },
+    }
+}
+
 /// A small state: the cluster and its manager.
 fn small_state() -> ClusterState {
     ClusterState {
@@ -466,6 +622,42 @@ fn small_state() -> ClusterState {
         nodes: BTreeMap::from([(MANAGER_ID.into(), manager_record())]),
         raft_ids: BTreeMap::from([(0x0707_0707_0707_0707, MANAGER_ID.into())]),
         ..ClusterState::default()
+    }
+}
+
+/// [`small_state`] as version 1 held it.
+fn small_state_v1() -> ClusterStateV1 {
+    ClusterStateV1 {
+        cluster: Some(cluster_record()),
+        nodes: BTreeMap::from([(MANAGER_ID.into(), manager_record())]),
+        raft_ids: BTreeMap::from([(0x0707_0707_0707_0707, MANAGER_ID.into())]),
+        ..ClusterStateV1::default()
+    }
+}
+
+/// [`small_state`] with today's service record: every later field set.
+fn restore_state() -> ClusterState {
+    let mut s = small_state();
+    s.services
+        .services
+        .insert(SERVICE_ID.into(), service_record());
+    s
+}
+
+/// A version-1 state as version 1 wrote it: its version byte, then postcard.
+fn encode_state_v1(s: &ClusterStateV1) -> Vec<u8> {
+    let mut out = vec![STATE_VERSION_V1];
+    out.extend(postcard::to_stdvec(s).expect("encode"));
+    out
+}
+
+/// Reads a state of version 1 as version 1 did (today's reader converts it: see
+/// `old_bytes_decode_into_todays_types`).
+fn decode_state_v1(bytes: &[u8]) -> Result<ClusterStateV1, String> {
+    match bytes.split_first() {
+        Some((&STATE_VERSION_V1, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("state version {v} instead of {STATE_VERSION_V1}")),
+        None => Err("empty".into()),
     }
 }
 
@@ -618,6 +810,60 @@ const CMD_SERVICE_ROLLBACK: &str = "\
 const CMD_SERVICE_SET_UPDATE_STATUS: &str = "\
     09071973303030303030303030303030303030303030303030303061010401bad095ffbc31001370\
     61757365643a207461736b206661696c6564bbd095ffbc31";
+// Version 2 of the service records (the rollback settings, `--no-healthcheck`, the force
+// counter, the older specs): `CMD_SERVICE_CREATE`, `CMD_SERVICE_UPDATE` and `CMD_RESTORE`
+// above are version 1's, decoded into the `…V1` types and applied converted.
+const CMD_SERVICE_UPDATE_VERDICT: &str = "\
+    0908197330303030303030303030303030303030303030303030306103032d757064617465206661\
+    696c65643a2032206f662034207461736b732028726174696f20302e35203e20302e3229bdd095ff\
+    bc31";
+const CMD_SERVICE_CREATE_V2: &str = "\
+    0909197330303030303030303030303030303030303030303030306103776562102f7573722f6269\
+    6e2f707974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f640770726f\
+    63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d61747469638080802080\
+    cab5ee01808080408094ebdc0301e80703e0d40301010001092f62696e2f747275658827e8070290\
+    4e01047465616d036f7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e000403010377\
+    6562102f7573722f62696e2f707974686f6e3302022d6d0b687474702e73657276657201044d4f44\
+    450470726f640770726f63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d\
+    61747469638080802080cab5ee01808080408094ebdc0301e80703e0d403010001047465616d036f\
+    7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e010380d095ffbc318ad095ffbc3101\
+    020185d095ffbc31018ad095ffbc311075706461746520636f6d706c65746564020103776562092f\
+    62696e2f74727565000006646f636b657200010000000000000088270000000000904e0100000088\
+    27000100000088270000000203776562102f7573722f62696e2f707974686f6e3302022d6d0b6874\
+    74702e73657276657201044d4f44450470726f640770726f63657373000201903f5001176e6f6465\
+    2e6c6162656c732e7a6f6e653d3d61747469638080802080cab5ee01808080408094ebdc0301e807\
+    03e0d403010001047465616d036f7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e01\
+    03";
+const CMD_SERVICE_UPDATE_V2: &str = "\
+    090a197330303030303030303030303030303030303030303030306103776562102f7573722f6269\
+    6e2f707974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f640770726f\
+    63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d61747469638080802080\
+    cab5ee01808080408094ebdc0301e80703e0d403010001047465616d036f7073b81702f4030102b0\
+    ea01c09a0c03fa010101904ea0c21e0103bed095ffbc31";
+const CMD_RESTORE_V2: &str = "\
+    0c01196330666665653063306666656530633066666565306330666680d095ffbc31043082010204\
+    302e030401020501196d303030303030303030303030303030303030303030306d31196d30303030\
+    3030303030303030303030303030303030306d310707070707070707070707070707070707070707\
+    070707070707070707070707878e9cb8f0e0c183070470692d310d31302e302e302e313a34373437\
+    000000000d6c696e75782f616172636836348080808020040206646f636b65720770726f63657373\
+    05302e312e3080d095ffbc3180d095ffbc3101878e9cb8f0e0c18307196d30303030303030303030\
+    3030303030303030303030306d310001197330303030303030303030303030303030303030303030\
+    3061197330303030303030303030303030303030303030303030306103776562102f7573722f6269\
+    6e2f707974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f640770726f\
+    63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d61747469638080802080\
+    cab5ee01808080408094ebdc0301e80703e0d40301010001092f62696e2f747275658827e8070290\
+    4e01047465616d036f7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e000403010377\
+    6562102f7573722f62696e2f707974686f6e3302022d6d0b687474702e73657276657201044d4f44\
+    450470726f640770726f63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d\
+    61747469638080802080cab5ee01808080408094ebdc0301e80703e0d403010001047465616d036f\
+    7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e010380d095ffbc318ad095ffbc3101\
+    020185d095ffbc31018ad095ffbc311075706461746520636f6d706c65746564020103776562092f\
+    62696e2f74727565000006646f636b657200010000000000000088270000000000904e0100000088\
+    27000100000088270000000203776562102f7573722f62696e2f707974686f6e3302022d6d0b6874\
+    74702e73657276657201044d4f44450470726f640770726f63657373000201903f5001176e6f6465\
+    2e6c6162656c732e7a6f6e653d3d61747469638080802080cab5ee01808080408094ebdc0301e807\
+    03e0d403010001047465616d036f7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e01\
+    03000000";
 
 #[test]
 fn raft_log_commands_keep_their_bytes() {
@@ -693,7 +939,7 @@ fn raft_log_commands_keep_their_bytes() {
         ),
         (
             "CMD_RESTORE",
-            Command::Restore(Box::new(small_state())),
+            Command::Restore(Box::new(small_state_v1())),
             CMD_RESTORE,
         ),
         (
@@ -707,18 +953,23 @@ fn raft_log_commands_keep_their_bytes() {
             },
             CMD_SET_NODE_RESOURCES,
         ),
+        (
+            "CMD_RESTORE_V2",
+            Command::RestoreV2(Box::new(restore_state())),
+            CMD_RESTORE_V2,
+        ),
     ];
     let service_commands = [
         (
             "CMD_SERVICE_CREATE",
-            ServiceCommand::create(service_record()),
+            ServiceCommand::Create(Box::new(service_record_v1())),
             CMD_SERVICE_CREATE,
         ),
         (
             "CMD_SERVICE_UPDATE",
             ServiceCommand::Update {
                 id: SERVICE_ID.into(),
-                spec: Box::new(ServiceSpec::new("web", "/bin/false")),
+                spec: Box::new(spec_v1("web", "/bin/false")),
                 at: T0 + 50,
             },
             CMD_SERVICE_UPDATE,
@@ -825,6 +1076,27 @@ fn raft_log_commands_keep_their_bytes() {
                 at: T0 + 59,
             },
             CMD_SERVICE_SET_UPDATE_STATUS,
+        ),
+        (
+            "CMD_SERVICE_UPDATE_VERDICT",
+            ServiceCommand::UpdateVerdict {
+                id: SERVICE_ID.into(),
+                version: 3,
+                state: UpdateState::RollbackStarted,
+                message: "update failed: 2 of 4 tasks (ratio 0.5 > 0.2)".into(),
+                at: T0 + 61,
+            },
+            CMD_SERVICE_UPDATE_VERDICT,
+        ),
+        (
+            "CMD_SERVICE_CREATE_V2",
+            ServiceCommand::create(service_record()),
+            CMD_SERVICE_CREATE_V2,
+        ),
+        (
+            "CMD_SERVICE_UPDATE_V2",
+            ServiceCommand::update(SERVICE_ID, service_spec_no_health(), T0 + 62),
+            CMD_SERVICE_UPDATE_V2,
         ),
     ];
     let all = node_commands.into_iter().chain(
@@ -1099,17 +1371,90 @@ const SNAPSHOT_STORED: &str = "\
     65720770726f6365737305302e312e3080d095ffbc3180d095ffbc3101878e9cb8f0e0c18307196d\
     303030303030303030303030303030303030303030306d310000000000";
 
+// Version 2 (`STATE_VERSION` 2): the service records' later fields. `STATE_FULL`,
+// `SNAPSHOT_DATA` and `SNAPSHOT_STORED` above are version 1's: they still load, converted.
+const STATE_FULL_V2: &str = "\
+    0201196330666665653063306666656530633066666565306330666680d095ffbc31043082010204\
+    302e030401020502196d303030303030303030303030303030303030303030306d31196d30303030\
+    3030303030303030303030303030303030306d310707070707070707070707070707070707070707\
+    070707070707070707070707878e9cb8f0e0c183070470692d310d31302e302e302e313a34373437\
+    000000000d6c696e75782f616172636836348080808020040206646f636b65720770726f63657373\
+    05302e312e3080d095ffbc3180d095ffbc3119773030303030303030303030303030303030303030\
+    30307732197730303030303030303030303030303030303030303030773208080808080808080808\
+    080808080808080808080808080808080808080808088890a0c080818284080470692d320d31302e\
+    302e302e323a3437343701020101047a6f6e650561747469630c6c696e75782f7838365f36348080\
+    80800401010770726f6365737305302e312e3081d095ffbc3182d095ffbc3101878e9cb8f0e0c183\
+    07196d303030303030303030303030303030303030303030306d3101090909090909090909090909\
+    09090909090909090909090909090909090909090119733030303030303030303030303030303030\
+    30303030303061197330303030303030303030303030303030303030303030306103776562102f75\
+    73722f62696e2f707974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f\
+    640770726f63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d6174746963\
+    8080802080cab5ee01808080408094ebdc0301e80703e0d40301010001092f62696e2f7472756588\
+    27e80702904e01047465616d036f7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e00\
+    04030103776562102f7573722f62696e2f707974686f6e3302022d6d0b687474702e736572766572\
+    01044d4f44450470726f640770726f63657373000201903f5001176e6f64652e6c6162656c732e7a\
+    6f6e653d3d61747469638080802080cab5ee01808080408094ebdc0301e80703e0d4030100010474\
+    65616d036f7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e010380d095ffbc318ad0\
+    95ffbc3101020185d095ffbc31018ad095ffbc311075706461746520636f6d706c65746564020103\
+    776562092f62696e2f74727565000006646f636b657200010000000000000088270000000000904e\
+    010000008827000100000088270000000203776562102f7573722f62696e2f707974686f6e330202\
+    2d6d0b687474702e73657276657201044d4f44450470726f640770726f63657373000201903f5001\
+    176e6f64652e6c6162656c732e7a6f6e653d3d61747469638080802080cab5ee01808080408094eb\
+    dc0301e80703e0d403010001047465616d036f7073b81702f4030102b0ea01c09a0c03fa01010190\
+    4ea0c21e010303187430303030303030303030303030303030303030303030301874303030303030\
+    30303030303030303030303030303030301973303030303030303030303030303030303030303030\
+    30306100010001196d303030303030303030303030303030303030303030306d3101070280808020\
+    80cab5ee0194d095ffbc319ed095ffbc31018ed095ffbc3101920201197461736b20657869746564\
+    207769746820636f6465203133370000187430303030303030303030303030303030303030303030\
+    31187430303030303030303030303030303030303030303030311973303030303030303030303030\
+    30303030303030303030306100010101196d30303030303030303030303030303030303030303030\
+    6d310005028080802080cab5ee0194d095ffbc319ed095ffbc3100000000018fd095ffbc31187430\
+    30303030303030303030303030303030303030303032187430303030303030303030303030303030\
+    30303030303032197330303030303030303030303030303030303030303030306101197730303030\
+    303030303030303030303030303030303030773200000001028080802080cab5ee0194d095ffbc31\
+    9ed095ffbc310000000102020403047a6f6e65000561747469630107808080200100011973303030\
+    30303030303030303030303030303030303030306219733030303030303030303030303030303030\
+    30303030303062036f6c64076e67696e783a31000006646f636b6572000100000000000000882700\
+    00000000904e01000000882700010000008827000000030080d095ffbc318ad095ffbc3100000118\
+    74303030303030303030303030303030303030303030303102";
+const SNAPSHOT_DATA_V2: &str = "\
+    01030107010301060103010203030102038302020119633066666565306330666665653063306666\
+    6565306330666680d095ffbc31043082010204302e030401020501196d3030303030303030303030\
+    30303030303030303030306d31196d303030303030303030303030303030303030303030306d3107\
+    07070707070707070707070707070707070707070707070707070707070707878e9cb8f0e0c18307\
+    0470692d310d31302e302e302e313a34373437000000000d6c696e75782f61617263683634808080\
+    8020040206646f636b65720770726f6365737305302e312e3080d095ffbc3180d095ffbc3101878e\
+    9cb8f0e0c18307196d303030303030303030303030303030303030303030306d310000000000";
+const SNAPSHOT_STORED_V2: &str = "\
+    01030107010301060103010203030102030b54332d4e312d372d3237389602010301070103010601\
+    030102030301020383020201196330666665653063306666656530633066666565306330666680d0\
+    95ffbc31043082010204302e030401020501196d3030303030303030303030303030303030303030\
+    30306d31196d303030303030303030303030303030303030303030306d3107070707070707070707\
+    07070707070707070707070707070707070707070707878e9cb8f0e0c183070470692d310d31302e\
+    302e302e313a34373437000000000d6c696e75782f616172636836348080808020040206646f636b\
+    65720770726f6365737305302e312e3080d095ffbc3180d095ffbc3101878e9cb8f0e0c18307196d\
+    303030303030303030303030303030303030303030306d310000000000";
+
 #[test]
 fn cluster_state_keeps_its_bytes() {
     let mut g = Golden::default();
     assert_eq!(
-        STATE_VERSION, 1,
+        STATE_VERSION, 2,
         "a new state version needs a migration and a new case"
     );
+    // Version 1, as version 1 wrote and read it (today's reader converts it: see
+    // `old_bytes_decode_into_todays_types`).
     g.case(
         "STATE_FULL",
-        &full_state(),
+        &full_state_v1(),
         STATE_FULL,
+        encode_state_v1,
+        decode_state_v1,
+    );
+    g.case(
+        "STATE_FULL_V2",
+        &full_state(),
+        STATE_FULL_V2,
         ClusterState::encode,
         ClusterState::decode,
     );
@@ -1124,6 +1469,21 @@ fn sm_data() -> SmData {
     }
 }
 
+/// The snapshot bytes of `state` (already encoded with its version byte) as the store writes
+/// them: `SNAPSHOT_DATA` is `postcard((last_applied, membership, state))` and the stored row
+/// `postcard((meta, data))`, the snapshot ID ending with the data's length.
+fn snapshot_rows(state: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+    let sm = sm_data();
+    let data = postcard::to_stdvec(&(sm.last_applied, &sm.membership, state)).expect("encode data");
+    let meta = SnapshotMeta {
+        last_log_id: sm.last_applied,
+        last_membership: sm.membership,
+        snapshot_id: format!("T3-N1-7-{}", data.len()),
+    };
+    let stored = postcard::to_stdvec(&(meta, &data)).expect("encode row");
+    (data, stored)
+}
+
 #[tokio::test]
 async fn raft_snapshot_keeps_its_bytes() {
     let mut g = Golden::default();
@@ -1134,23 +1494,203 @@ async fn raft_snapshot_keeps_its_bytes() {
     let mut sm = StateMachineStore::open(db.clone()).expect("open");
     *sm.shared().write().expect("lock") = sm_data();
     let snapshot = sm.build_snapshot().await.expect("build");
-    g.bytes("SNAPSHOT_DATA", snapshot.snapshot.get_ref(), SNAPSHOT_DATA);
+    g.bytes(
+        "SNAPSHOT_DATA_V2",
+        snapshot.snapshot.get_ref(),
+        SNAPSHOT_DATA_V2,
+    );
     let stored = read_meta_row(&db, "snapshot");
-    g.bytes("SNAPSHOT_STORED", &stored, SNAPSHOT_STORED);
+    g.bytes("SNAPSHOT_STORED_V2", &stored, SNAPSHOT_STORED_V2);
+    // The same layout as the mirror that pins version 1's rows below.
+    let (data, row) = snapshot_rows(small_state().encode());
+    if data != snapshot.snapshot.get_ref().as_slice() || row != stored {
+        g.fail(
+            "SNAPSHOT_*",
+            "the store no longer writes `(last_applied, membership, state)` in `(meta, data)`",
+        );
+    }
 
-    // The checked-in row loads at start.
-    let db = open_db(&dir.path().join("load.redb")).expect("db");
-    write_row(&db, None, "snapshot", &unhex(SNAPSHOT_STORED));
-    match StateMachineStore::open(db) {
-        Ok(sm) => {
-            let back = sm.shared().read().expect("lock").clone();
-            if format!("{back:?}") != format!("{:?}", sm_data()) {
-                g.fail("SNAPSHOT_STORED", format_args!("loads as {back:?}"));
+    // Version 1's rows: the same layout around a version-1 state.
+    let (data, row) = snapshot_rows(encode_state_v1(&small_state_v1()));
+    g.bytes("SNAPSHOT_DATA", &data, SNAPSHOT_DATA);
+    g.bytes("SNAPSHOT_STORED", &row, SNAPSHOT_STORED);
+
+    // The checked-in rows load at start, version 1's converted.
+    for (i, (name, golden)) in [
+        ("SNAPSHOT_STORED", SNAPSHOT_STORED),
+        ("SNAPSHOT_STORED_V2", SNAPSHOT_STORED_V2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let db = open_db(&dir.path().join(format!("load-{i}.redb"))).expect("db");
+        write_row(&db, None, "snapshot", &unhex(golden));
+        match StateMachineStore::open(db) {
+            Ok(sm) => {
+                let back = sm.shared().read().expect("lock").clone();
+                if format!("{back:?}") != format!("{:?}", sm_data()) {
+                    g.fail(name, format_args!("loads as {back:?}"));
+                }
             }
+            Err(e) => g.fail(name, format_args!("no longer loads: {e}")),
         }
-        Err(e) => g.fail("SNAPSHOT_STORED", format_args!("no longer loads: {e}")),
     }
     g.finish();
+}
+
+/// Bytes version 1 wrote (the log's `Create`, `Update` and `Restore`, a snapshot's state)
+/// decode through today's readers into today's types: the later fields take Docker's
+/// defaults, the previous spec is also the older spec of `version - 1`, and applying an old
+/// command does what applying its `…V2` of the converted value does.
+#[test]
+fn old_bytes_decode_into_todays_types() {
+    let decode = |name: &str, golden: &str| -> Command {
+        postcard::from_bytes(&unhex(golden)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    // What version 1's values are today.
+    let update_defaults = |u: UpdateConfigV1| UpdateConfig {
+        parallelism: u.parallelism,
+        delay_ms: u.delay_ms,
+        order: u.order,
+        failure_action: u.failure_action,
+        monitor_ms: 5_000,
+        max_failure_ratio_ppm: 0,
+    };
+    let spec_today = |s: ServiceSpecV1| ServiceSpec {
+        name: s.name,
+        image: s.image,
+        args: s.args,
+        env: s.env,
+        driver: s.driver,
+        mode: s.mode,
+        ports: s.ports,
+        constraints: s.constraints,
+        reservations: s.reservations,
+        limits: s.limits,
+        restart_policy: s.restart_policy,
+        max_replicas_per_node: s.max_replicas_per_node,
+        health_check: s.health_check,
+        labels: s.labels,
+        stop_grace_ms: s.stop_grace_ms,
+        update_config: update_defaults(s.update_config),
+        rollback_config: UpdateConfig::default(),
+        no_healthcheck: false,
+        force_update: 0,
+    };
+    let old = service_record_v1();
+    let record_today = ServiceRecord {
+        id: old.id.clone(),
+        spec: spec_today(old.spec.clone()),
+        version: 2,
+        previous_spec: Some(ServiceSpec::new("web", "/bin/true")),
+        created_at: old.created_at,
+        updated_at: old.updated_at,
+        update_status: old.update_status.clone(),
+        older_specs: BTreeMap::from([(1, ServiceSpec::new("web", "/bin/true"))]),
+    };
+    assert_eq!(ServiceRecord::from(old), record_today);
+    assert_eq!(
+        UpdateConfig::from(spec_v1("web", "/bin/true").update_config),
+        UpdateConfig::default()
+    );
+    assert_eq!(
+        ServiceSpec::from(spec_v1("web", "/bin/false")),
+        ServiceSpec::new("web", "/bin/false")
+    );
+    assert_eq!(record_today.spec.update_config.monitor_ms, 5_000);
+    assert_eq!(record_today.spec.update_config.max_failure_ratio_ppm, 0);
+    assert_eq!(
+        record_today.spec_for_version(1),
+        &ServiceSpec::new("web", "/bin/true")
+    );
+    assert_eq!(record_today.spec_for_version(2), &record_today.spec);
+
+    // A cluster to apply the commands to.
+    let mut base = ClusterState::default();
+    base.apply(&Command::InitCluster {
+        cluster: cluster_record(),
+        node: manager_record(),
+    });
+    let apply_both = |old: &Command, new: &Command, base: &ClusterState| {
+        let (mut a, mut b) = (base.clone(), base.clone());
+        let (ra, rb) = (a.apply(old), b.apply(new));
+        assert_eq!(ra, rb, "{old:?}");
+        assert_eq!(a, b, "{old:?}");
+        a
+    };
+
+    // `Create`: the record converted.
+    let create = decode("CMD_SERVICE_CREATE", CMD_SERVICE_CREATE);
+    let Command::Services(ServiceCommand::Create(rec)) = &create else {
+        panic!("CMD_SERVICE_CREATE decodes to {create:?}");
+    };
+    assert_eq!(ServiceRecord::from((**rec).clone()), record_today);
+    let created = apply_both(
+        &create,
+        &Command::Services(ServiceCommand::create(record_today.clone())),
+        &base,
+    );
+    assert_eq!(
+        created.services.services.get(SERVICE_ID),
+        Some(&record_today)
+    );
+
+    // `Update`: the spec converted, applied as an update to it.
+    let update = decode("CMD_SERVICE_UPDATE", CMD_SERVICE_UPDATE);
+    let Command::Services(ServiceCommand::Update { id, spec, at }) = &update else {
+        panic!("CMD_SERVICE_UPDATE decodes to {update:?}");
+    };
+    let new_spec = ServiceSpec::new("web", "/bin/false");
+    assert_eq!(ServiceSpec::from((**spec).clone()), new_spec);
+    assert_eq!((id.as_str(), *at), (SERVICE_ID, T0 + 50));
+    let mut running = base.clone();
+    running.apply(&Command::Services(ServiceCommand::create(
+        ServiceRecord::new(SERVICE_ID, ServiceSpec::new("web", "/bin/true"), T0),
+    )));
+    let updated = apply_both(
+        &update,
+        &Command::Services(ServiceCommand::update(
+            SERVICE_ID,
+            new_spec.clone(),
+            T0 + 50,
+        )),
+        &running,
+    );
+    let rec = &updated.services.services[SERVICE_ID];
+    assert_eq!((rec.version, &rec.spec), (2, &new_spec));
+
+    // `Restore`: the state converted.
+    let restore = decode("CMD_RESTORE", CMD_RESTORE);
+    let Command::Restore(state) = &restore else {
+        panic!("CMD_RESTORE decodes to {restore:?}");
+    };
+    assert_eq!(ClusterState::from((**state).clone()), small_state());
+    let restored = apply_both(
+        &restore,
+        &Command::RestoreV2(Box::new(small_state())),
+        &created,
+    );
+    assert_eq!(restored, small_state());
+
+    // A version-1 snapshot's state: every record converted, the rest as it was.
+    let state = ClusterState::decode(&unhex(STATE_FULL)).expect("STATE_FULL decodes");
+    let mut want = full_state_v1();
+    let removed_v1 = want.services.removed.clone();
+    want.services.removed = BTreeMap::new();
+    want.services.services = BTreeMap::new();
+    let mut want = ClusterState::from(want);
+    want.services
+        .services
+        .insert(SERVICE_ID.into(), record_today);
+    for (id, r) in removed_v1 {
+        let mut today = ServiceRecord::new(r.id, spec_today(r.spec), r.created_at);
+        today.version = r.version;
+        today.updated_at = r.updated_at;
+        want.services.removed.insert(id, today);
+    }
+    assert_eq!(state, want);
+    assert_eq!(state, ClusterState::from(full_state_v1()));
+    assert_eq!(state.services.tasks, full_state().services.tasks);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ use shoal::join::{JoinResponse, TAG_JOIN};
 use shoal::manager::rpc::{TAG_RAFT_APPEND, TAG_RAFT_SNAPSHOT, TAG_RAFT_VOTE};
 use shoal::manager::services::{ServiceCommand, ServiceSpec};
 use shoal::manager::state::{
-    Availability, ClusterRecord, ClusterState, Command, CommandResult, NodeRecord, NodeStatus, Role,
+    Availability, ClusterRecord, ClusterState, ClusterStateV1, Command, CommandResult, NodeRecord,
+    NodeStatus, Role,
 };
 use shoal::manager::types::{Entry, TypeConfig};
 use shoal::pki::NodeKey;
@@ -835,7 +836,7 @@ fn issue_14_worker_certificate_cannot_forward_raft_commands() -> Result<()> {
         ),
         (
             "Restore a state where w1 is the only manager",
-            Command::Restore(Box::new(state.clone())),
+            Command::RestoreV2(Box::new(state.clone())),
         ),
     ];
     rogue_reaches_leader(&rogue, leader, &w1_id)?;
@@ -851,20 +852,28 @@ fn issue_14_worker_certificate_cannot_forward_raft_commands() -> Result<()> {
             judge_write(&o),
         );
     }
-    // Restore is never accepted forwarded, whoever sends it.
-    if attacks.broken().is_none() {
-        let m_creds = Credentials::from_state_dir(&follower.state_dir)?;
-        let m_rogue = Rogue::with_credentials("a manager's real key and certificate", &m_creds)?;
-        let o = m_rogue.try_tag(
-            leader.addr,
-            TAG_FORWARD_WRITE,
-            &ForwardedWrite {
-                command: Command::Restore(Box::new(state)),
-            },
-        );
+    // Restore is never accepted forwarded, whoever sends it, in today's shape or version 1's.
+    let old_state = ClusterStateV1 {
+        cluster: state.cluster.clone(),
+        nodes: state.nodes.clone(),
+        raft_ids: state.raft_ids.clone(),
+        removed_keys: state.removed_keys.clone(),
+        ..ClusterStateV1::default()
+    };
+    let restores = [
+        ("RestoreV2", Command::RestoreV2(Box::new(state))),
+        ("Restore (version 1)", Command::Restore(Box::new(old_state))),
+    ];
+    let m_creds = Credentials::from_state_dir(&follower.state_dir)?;
+    let m_rogue = Rogue::with_credentials("a manager's real key and certificate", &m_creds)?;
+    for (what, command) in restores {
+        if attacks.broken().is_some() {
+            break;
+        }
+        let o = m_rogue.try_tag(leader.addr, TAG_FORWARD_WRITE, &ForwardedWrite { command });
         attacks.record(
             &format!(
-                "manager {} cert -> {}: tag 6 forwarded Restore (w1 the only manager)",
+                "manager {} cert -> {}: tag 6 forwarded {what} (w1 the only manager)",
                 follower.name, leader.name
             ),
             judge_write(&o),

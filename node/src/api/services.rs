@@ -682,10 +682,29 @@ mod tests {
                 r#""max_replicas_per_node":0,"#,
                 r#""health_check":{"test":{"shell":"true"},"interval_ms":30000,"timeout_ms":30000,"retries":3,"start_period_ms":0},"#,
                 r#""labels":{},"stop_grace_ms":10000,"#,
-                r#""update_config":{"parallelism":1,"delay_ms":0,"order":"start-first","failure_action":"rollback"}}"#,
+                r#""update_config":{"parallelism":1,"delay_ms":0,"order":"start-first","failure_action":"rollback","#,
+                r#""monitor_ms":5000,"max_failure_ratio_ppm":0},"#,
+                r#""rollback_config":{"parallelism":1,"delay_ms":0,"order":"stop-first","failure_action":"pause","#,
+                r#""monitor_ms":5000,"max_failure_ratio_ppm":0},"#,
+                r#""no_healthcheck":false,"force_update":0}"#,
             )
         );
         let back = serde_json::from_str::<ServiceSpecBody>(&json).unwrap();
+        assert_eq!(ServiceSpec::try_from(back), Ok(spec.clone()));
+        // The JSON of a client from before the update monitor, the rollback settings,
+        // `--no-healthcheck` and the force counter: those take their defaults.
+        let older = concat!(
+            r#"{"name":"web","image":"img:1","args":[],"env":{},"driver":"docker","#,
+            r#""mode":{"replicated":{"replicas":2}},"ports":[{"published":8080,"target":80}],"#,
+            r#""constraints":[],"reservations":{"memory_bytes":0,"nano_cpus":0},"#,
+            r#""limits":{"memory_bytes":0,"nano_cpus":0},"#,
+            r#""restart_policy":{"condition":"on-failure","delay_ms":5000,"max_attempts":0,"window_ms":0},"#,
+            r#""max_replicas_per_node":0,"#,
+            r#""health_check":{"test":{"shell":"true"},"interval_ms":30000,"timeout_ms":30000,"retries":3,"start_period_ms":0},"#,
+            r#""labels":{},"stop_grace_ms":10000,"#,
+            r#""update_config":{"parallelism":1,"delay_ms":0,"order":"start-first","failure_action":"rollback"}}"#,
+        );
+        let back = serde_json::from_str::<ServiceSpecBody>(older).unwrap();
         assert_eq!(ServiceSpec::try_from(back), Ok(spec));
 
         // Missing fields take Docker's defaults, at every level.

@@ -8,10 +8,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::services::legacy::ServicesStateV1;
 use super::services::{ServiceCommand, ServicesState};
 
-/// Version byte that starts every encoded [`ClusterState`].
-pub const STATE_VERSION: u8 = 1;
+/// Version byte that starts every encoded [`ClusterState`]. Version 1 ([`ClusterStateV1`],
+/// services without the rollback settings, `--no-healthcheck`, the force counter and the
+/// older specs) is still read, and converted.
+pub const STATE_VERSION: u8 = 2;
+
+/// The version byte of a [`ClusterStateV1`].
+pub const STATE_VERSION_V1: u8 = 1;
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
@@ -93,6 +99,41 @@ pub struct ClusterState {
     pub services: ServicesState,
 }
 
+/// [`ClusterState`] as version 1 stored it (in snapshots after the byte
+/// [`STATE_VERSION_V1`], and in [`Command::Restore`]): services of the version-1 shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStateV1 {
+    /// Set by `init`.
+    pub cluster: Option<ClusterRecord>,
+    /// Nodes by ID.
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// Raft IDs to node IDs.
+    pub raft_ids: BTreeMap<u64, String>,
+    /// Keys of removed nodes.
+    pub removed_keys: BTreeSet<[u8; 32]>,
+    /// Services and tasks.
+    pub services: ServicesStateV1,
+}
+
+impl From<ClusterStateV1> for ClusterState {
+    fn from(s: ClusterStateV1) -> Self {
+        let ClusterStateV1 {
+            cluster,
+            nodes,
+            raft_ids,
+            removed_keys,
+            services,
+        } = s;
+        ClusterState {
+            cluster,
+            nodes,
+            raft_ids,
+            removed_keys,
+            services: services.into(),
+        }
+    }
+}
+
 /// A change to the cluster state, proposed through Raft.
 ///
 /// New variants are only ever appended: the log holds encoded commands.
@@ -164,9 +205,9 @@ pub enum Command {
     },
     /// Services and tasks: see [`ServiceCommand`].
     Services(ServiceCommand),
-    /// `init --force-new-cluster`: a new Raft group starts from this whole state, taken
-    /// from the surviving manager (its other managers already dropped from it).
-    Restore(Box<ClusterState>),
+    /// `init --force-new-cluster` as version 1 wrote it (a state of version 1): applied as
+    /// [`Command::RestoreV2`] of the converted state. Kept for the log; not proposed.
+    Restore(Box<ClusterStateV1>),
     /// A node reported capacity or drivers different from its record.
     SetNodeResources {
         /// Node ID.
@@ -180,6 +221,9 @@ pub enum Command {
         /// When.
         at: Millis,
     },
+    /// `init --force-new-cluster`: a new Raft group starts from this whole state, taken
+    /// from the surviving manager (its other managers already dropped from it).
+    RestoreV2(Box<ClusterState>),
 }
 
 /// Whether a joiner's `record` may be admitted: never for a removed key (a join does not
@@ -347,6 +391,10 @@ impl ClusterState {
                 None => unknown_node(id),
             },
             Command::Restore(state) => {
+                *self = ClusterState::from((**state).clone());
+                CommandResult::Done
+            }
+            Command::RestoreV2(state) => {
                 *self = (**state).clone();
                 CommandResult::Done
             }
@@ -420,12 +468,16 @@ impl ClusterState {
         out
     }
 
-    /// Decodes a state written by [`ClusterState::encode`].
+    /// Decodes a state written by [`ClusterState::encode`], or by an earlier version (then
+    /// converted into today's).
     pub fn decode(bytes: &[u8]) -> Result<ClusterState, String> {
         match bytes.split_first() {
             Some((&STATE_VERSION, rest)) => {
                 postcard::from_bytes(rest).map_err(|e| format!("corrupt cluster state: {e}"))
             }
+            Some((&STATE_VERSION_V1, rest)) => postcard::from_bytes::<ClusterStateV1>(rest)
+                .map(ClusterState::from)
+                .map_err(|e| format!("corrupt cluster state (version {STATE_VERSION_V1}): {e}")),
             Some((v, _)) => Err(format!(
                 "cluster state version {v} is not supported by this shoal (expects {STATE_VERSION})"
             )),

@@ -6,6 +6,9 @@
 //!   services and tasks) and its deterministic [`ServicesState::apply`] for
 //!   [`ServiceCommand`]s. Every timestamp and ID comes inside the command; nothing reads a
 //!   clock, draws randomness or iterates a hash map.
+//! - [`legacy`]: the records as version 1 of the log and state stored them
+//!   ([`legacy::ServiceSpecV1`], [`legacy::ServiceRecordV1`], …) and their conversions into
+//!   today's, so that old entries and snapshots still decode.
 //! - [`view`]: [`to_view`], the scheduler's [`shoal_scheduler::ClusterView`] of the state for
 //!   the orchestrator, and [`assignments_for`], what a node's worker must run or stop.
 //!
@@ -15,6 +18,7 @@
 //! Encoded with postcard inside the Raft log and snapshots: a changed record needs a new
 //! command variant and a migration (golden bytes in `formats.rs`).
 
+pub mod legacy;
 pub mod spec;
 pub mod state;
 pub mod view;

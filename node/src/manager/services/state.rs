@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use shoal_scheduler::{Decision, DesiredState, Task, TaskState, Timestamp};
 
+use super::legacy::{ServiceRecordV1, ServiceSpecV1};
 use super::spec::{
     MAX_REPLICAS, MAX_TASK_ERROR_LEN, ServiceMode, ServiceSpec, mode_word, validate_ident,
 };
@@ -172,15 +173,16 @@ pub struct ServicesState {
 /// `Command::Services`. Variants are only ever appended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServiceCommand {
-    /// `service create`: unique ID and name; the spec must validate.
-    Create(Box<ServiceRecord>),
-    /// `service update`: a new spec (same name and mode kind); bumps the version and keeps
-    /// the old spec for rollback.
+    /// `service create` as version 1 wrote it (a record without the later fields): applied as
+    /// [`ServiceCommand::CreateV2`] of the converted record. Kept for the log; not proposed.
+    Create(Box<ServiceRecordV1>),
+    /// `service update` as version 1 wrote it: applied as [`ServiceCommand::UpdateV2`] of the
+    /// converted spec. Kept for the log; not proposed.
     Update {
         /// Service ID.
         id: String,
         /// The whole new spec.
-        spec: Box<ServiceSpec>,
+        spec: Box<ServiceSpecV1>,
         /// When.
         at: Millis,
     },
@@ -252,6 +254,18 @@ pub enum ServiceCommand {
         /// When.
         at: Millis,
     },
+    /// `service create`: unique ID and name; the spec must validate.
+    CreateV2(Box<ServiceRecord>),
+    /// `service update`: a new spec (same name and mode kind); bumps the version and keeps
+    /// the old spec for rollback.
+    UpdateV2 {
+        /// Service ID.
+        id: String,
+        /// The whole new spec.
+        spec: Box<ServiceSpec>,
+        /// When.
+        at: Millis,
+    },
 }
 
 /// What an applied [`ServiceCommand`] did.
@@ -302,14 +316,14 @@ pub enum ServiceOutcome {
 }
 
 impl ServiceCommand {
-    /// [`ServiceCommand::Create`] for `record`.
+    /// [`ServiceCommand::CreateV2`] for `record`.
     pub fn create(record: ServiceRecord) -> Self {
-        ServiceCommand::Create(Box::new(record))
+        ServiceCommand::CreateV2(Box::new(record))
     }
 
-    /// [`ServiceCommand::Update`] of service `id` to `spec`.
+    /// [`ServiceCommand::UpdateV2`] of service `id` to `spec`.
     pub fn update(id: impl Into<String>, spec: ServiceSpec, at: Millis) -> Self {
-        ServiceCommand::Update {
+        ServiceCommand::UpdateV2 {
             id: id.into(),
             spec: Box::new(spec),
             at,
@@ -329,8 +343,13 @@ impl ServicesState {
         nodes: &BTreeMap<String, NodeRecord>,
     ) -> Result<ServiceOutcome, String> {
         match cmd {
-            ServiceCommand::Create(record) => self.create(record),
+            ServiceCommand::Create(record) => self.create(&ServiceRecord::from((**record).clone())),
+            ServiceCommand::CreateV2(record) => self.create(record),
             ServiceCommand::Update { id, spec, at } => {
+                let spec = ServiceSpec::from((**spec).clone());
+                self.update(id, &spec, *at, false, "update in progress")
+            }
+            ServiceCommand::UpdateV2 { id, spec, at } => {
                 self.update(id, spec, *at, false, "update in progress")
             }
             ServiceCommand::Rollback { id, at } => {

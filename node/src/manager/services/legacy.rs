@@ -1,0 +1,222 @@
+//! The service types as version 1 of the Raft log and of the cluster state stored them
+//! (before the rollback settings, `--no-healthcheck`, the force counter and the older specs),
+//! kept so that every entry and snapshot written then still decodes, and converted into
+//! today's types with Docker's defaults for what they lack.
+//!
+//! Postcard is not self-describing: these are the old field lists, in the old order, with the
+//! old types. Never change them (golden bytes in `formats.rs`); a later change of the records
+//! adds `…V2` types here the same way. They appear in the old command variants
+//! ([`super::ServiceCommand::Create`], [`super::ServiceCommand::Update`]), in
+//! `Command::Restore` and in the version-1 cluster state (`ClusterStateV1`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use shoal_scheduler::Task;
+
+use super::spec::{
+    FailureAction, HealthCheckSpec, PortSpec, ResourceSpec, RestartPolicySpec, ServiceMode,
+    ServiceSpec, UpdateConfig, UpdateOrder,
+};
+use super::state::{ServiceRecord, ServicesState, TaskHealth, UpdateStatus};
+use crate::manager::state::Millis;
+
+/// [`UpdateConfig`] before `monitor_ms` and `max_failure_ratio_ppm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateConfigV1 {
+    /// Tasks replaced at once (0 = all at once).
+    pub parallelism: u64,
+    /// Pause between batches, in milliseconds.
+    pub delay_ms: u64,
+    /// Stop-first or start-first.
+    pub order: UpdateOrder,
+    /// What to do when a new task fails.
+    pub failure_action: FailureAction,
+}
+
+impl From<UpdateConfigV1> for UpdateConfig {
+    /// Docker's defaults for the rest: a 5 s monitor, a failure ratio of 0.
+    fn from(u: UpdateConfigV1) -> Self {
+        let UpdateConfigV1 {
+            parallelism,
+            delay_ms,
+            order,
+            failure_action,
+        } = u;
+        UpdateConfig {
+            parallelism,
+            delay_ms,
+            order,
+            failure_action,
+            ..UpdateConfig::default()
+        }
+    }
+}
+
+/// [`ServiceSpec`] before `rollback_config`, `no_healthcheck` and `force_update`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpecV1 {
+    /// Unique name.
+    pub name: String,
+    /// Docker: image reference. Process: absolute path of the program.
+    pub image: String,
+    /// Command arguments.
+    pub args: Vec<String>,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// `docker` or `process`.
+    pub driver: String,
+    /// Replicated or global.
+    pub mode: ServiceMode,
+    /// Published ports.
+    pub ports: Vec<PortSpec>,
+    /// Placement constraints.
+    pub constraints: Vec<String>,
+    /// Reserved per task.
+    pub reservations: ResourceSpec,
+    /// Limits per task.
+    pub limits: ResourceSpec,
+    /// Restart policy.
+    pub restart_policy: RestartPolicySpec,
+    /// At most this many tasks per node (0 = unlimited).
+    pub max_replicas_per_node: u64,
+    /// Health check.
+    pub health_check: Option<HealthCheckSpec>,
+    /// Labels put on the tasks.
+    pub labels: BTreeMap<String, String>,
+    /// Time between the stop signal and SIGKILL, in milliseconds.
+    pub stop_grace_ms: u64,
+    /// Rolling update settings.
+    pub update_config: UpdateConfigV1,
+}
+
+impl From<ServiceSpecV1> for ServiceSpec {
+    /// Docker's defaults for the rest: default rollback settings, the health check as the spec
+    /// (or the image) says, the force counter at 0.
+    fn from(s: ServiceSpecV1) -> Self {
+        let ServiceSpecV1 {
+            name,
+            image,
+            args,
+            env,
+            driver,
+            mode,
+            ports,
+            constraints,
+            reservations,
+            limits,
+            restart_policy,
+            max_replicas_per_node,
+            health_check,
+            labels,
+            stop_grace_ms,
+            update_config,
+        } = s;
+        ServiceSpec {
+            name,
+            image,
+            args,
+            env,
+            driver,
+            mode,
+            ports,
+            constraints,
+            reservations,
+            limits,
+            restart_policy,
+            max_replicas_per_node,
+            health_check,
+            labels,
+            stop_grace_ms,
+            update_config: update_config.into(),
+            rollback_config: UpdateConfig::default(),
+            no_healthcheck: false,
+            force_update: 0,
+        }
+    }
+}
+
+/// [`ServiceRecord`] before `older_specs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecordV1 {
+    /// Service ID.
+    pub id: String,
+    /// Current spec.
+    pub spec: ServiceSpecV1,
+    /// Spec version.
+    pub version: u64,
+    /// The spec before the last update: what tasks of `version - 1` run.
+    pub previous_spec: Option<ServiceSpecV1>,
+    /// When it was created.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+    /// Latest rolling update, if any.
+    pub update_status: Option<UpdateStatus>,
+}
+
+impl From<ServiceRecordV1> for ServiceRecord {
+    /// The previous spec is also the older spec of `version - 1`: in version 1 a task of that
+    /// version ran the previous spec, and a task of any other version the current one.
+    fn from(r: ServiceRecordV1) -> Self {
+        let ServiceRecordV1 {
+            id,
+            spec,
+            version,
+            previous_spec,
+            created_at,
+            updated_at,
+            update_status,
+        } = r;
+        let previous_spec = previous_spec.map(ServiceSpec::from);
+        let older_specs = match (&previous_spec, version.checked_sub(1)) {
+            (Some(prev), Some(v)) => BTreeMap::from([(v, prev.clone())]),
+            _ => BTreeMap::new(),
+        };
+        ServiceRecord {
+            id,
+            spec: spec.into(),
+            version,
+            previous_spec,
+            created_at,
+            updated_at,
+            update_status,
+            older_specs,
+        }
+    }
+}
+
+/// [`ServicesState`] holding version-1 records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicesStateV1 {
+    /// Live services by ID.
+    pub services: BTreeMap<String, ServiceRecordV1>,
+    /// Every task (current and history) by ID.
+    pub tasks: BTreeMap<String, Task>,
+    /// Removed services whose tasks still exist.
+    pub removed: BTreeMap<String, ServiceRecordV1>,
+    /// Last reported health of running tasks that have a health check.
+    pub health: BTreeMap<String, TaskHealth>,
+}
+
+impl From<ServicesStateV1> for ServicesState {
+    fn from(s: ServicesStateV1) -> Self {
+        let ServicesStateV1 {
+            services,
+            tasks,
+            removed,
+            health,
+        } = s;
+        let records = |m: BTreeMap<String, ServiceRecordV1>| {
+            m.into_iter()
+                .map(|(id, r)| (id, ServiceRecord::from(r)))
+                .collect()
+        };
+        ServicesState {
+            services: records(services),
+            tasks,
+            removed: records(removed),
+            health,
+        }
+    }
+}
