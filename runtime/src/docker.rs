@@ -32,8 +32,8 @@ use tokio::sync::{Mutex, OnceCell, mpsc};
 use crate::driver::{Availability, BoxFuture, BoxStream, Driver, DriverKind};
 use crate::error::RuntimeError;
 use crate::spec::{
-    HealthTest, LABEL_CLUSTER, LABEL_NODE, LABEL_PREFIX, LABEL_SERVICE, LABEL_SERVICE_NAME,
-    LABEL_SLOT, LABEL_TASK, MountKind, Scope, TaskSpec,
+    HealthCheck, HealthTest, LABEL_CLUSTER, LABEL_NODE, LABEL_PREFIX, LABEL_SERVICE,
+    LABEL_SERVICE_NAME, LABEL_SLOT, LABEL_TASK, MountKind, Scope, TaskSpec,
 };
 use crate::status::{
     Event, Health, LogChunk, LogOptions, LogStream, PortEndpoint, RunState, TaskStatus,
@@ -187,6 +187,31 @@ fn whole_seconds_up(d: Duration) -> u64 {
 
 fn duration_ns(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// Docker's form of a health check; [`HealthTest::None`] is `["NONE"]`, which disables the
+/// image's `HEALTHCHECK` too.
+fn health_config(h: &HealthCheck) -> HealthConfig {
+    let test = match &h.test {
+        HealthTest::Cmd(argv) => std::iter::once("CMD".to_owned())
+            .chain(argv.iter().cloned())
+            .collect(),
+        HealthTest::Shell(s) => vec!["CMD-SHELL".to_owned(), s.clone()],
+        HealthTest::None => {
+            return HealthConfig {
+                test: Some(vec!["NONE".to_owned()]),
+                ..Default::default()
+            };
+        }
+    };
+    HealthConfig {
+        test: Some(test),
+        interval: Some(duration_ns(h.interval)),
+        timeout: Some(duration_ns(h.timeout)),
+        retries: Some(i64::from(h.retries)),
+        start_period: Some(duration_ns(h.start_period)),
+        ..Default::default()
+    }
 }
 
 /// True when a pull failed because no registry could be reached (as opposed to refused).
@@ -524,19 +549,9 @@ impl Inner {
         labels.insert(LABEL_SERVICE_NAME.into(), spec.service_name.clone());
         labels.insert(LABEL_SLOT.into(), spec.slot.to_string());
         labels.insert(LABEL_TASK.into(), spec.task_id.clone());
-        let healthcheck = spec.health.as_ref().map(|h| HealthConfig {
-            test: Some(match &h.test {
-                HealthTest::Cmd(argv) => std::iter::once("CMD".to_owned())
-                    .chain(argv.iter().cloned())
-                    .collect(),
-                HealthTest::Shell(s) => vec!["CMD-SHELL".to_owned(), s.clone()],
-            }),
-            interval: Some(duration_ns(h.interval)),
-            timeout: Some(duration_ns(h.timeout)),
-            retries: Some(i64::from(h.retries)),
-            start_period: Some(duration_ns(h.start_period)),
-            ..Default::default()
-        });
+        // No check in the spec: the image's own `HEALTHCHECK` applies (reported from the
+        // container's `State.Health`, as any check).
+        let healthcheck = spec.health.as_ref().map(health_config);
         let mounts: Vec<DockerMount> = spec
             .mounts
             .iter()
@@ -1094,6 +1109,34 @@ mod tests {
         assert!(!is_unreachable_registry(
             "pull access denied for x, repository does not exist"
         ));
+    }
+
+    #[test]
+    fn health_checks_map_to_docker() {
+        let mut check = HealthCheck::new(HealthTest::Shell("true".into()));
+        check.interval = Duration::from_millis(250);
+        check.retries = 2;
+        let c = health_config(&check);
+        assert_eq!(
+            c.test,
+            Some(vec!["CMD-SHELL".to_owned(), "true".to_owned()])
+        );
+        assert_eq!(c.interval, Some(250_000_000));
+        assert_eq!(c.retries, Some(2));
+        let c = health_config(&HealthCheck::new(HealthTest::Cmd(vec![
+            "a".into(),
+            "b".into(),
+        ])));
+        assert_eq!(c.test, Some(vec!["CMD".into(), "a".into(), "b".into()]));
+        // `--no-healthcheck`: Docker's NONE, nothing else set.
+        let c = health_config(&HealthCheck::new(HealthTest::None));
+        assert_eq!(
+            c,
+            HealthConfig {
+                test: Some(vec!["NONE".to_owned()]),
+                ..Default::default()
+            }
+        );
     }
 
     #[test]

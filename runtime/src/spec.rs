@@ -77,7 +77,8 @@ pub struct TaskSpec {
     /// Memory and CPU limits (enforced by Docker; recorded but not enforced by the process
     /// driver, like Nomad's `raw_exec`).
     pub resources: Resources,
-    /// Health check, if any.
+    /// Health check. `None`: the image's own (Docker `HEALTHCHECK`), if any; a check whose test
+    /// is [`HealthTest::None`]: no check at all.
     pub health: Option<HealthCheck>,
     /// Signal sent to stop the task (`SIGTERM`, `TERM` or a number); `None` means SIGTERM.
     pub stop_signal: Option<String>,
@@ -89,6 +90,11 @@ pub struct TaskSpec {
 }
 
 impl TaskSpec {
+    /// The check to run, if any: [`HealthTest::None`] is none.
+    pub fn active_health(&self) -> Option<&HealthCheck> {
+        self.health.as_ref().filter(|h| h.is_enabled())
+    }
+
     /// A spec with the given identity and image/program and defaults elsewhere (no args, no env,
     /// no ports, no limits, no health check, SIGTERM with a 10 s grace period).
     pub fn new(
@@ -185,6 +191,12 @@ pub enum HealthTest {
     Cmd(Vec<String>),
     /// Run this string with `/bin/sh -c` (Docker `CMD-SHELL`).
     Shell(String),
+    /// No check at all, the image's own `HEALTHCHECK` disabled too (`--no-healthcheck`; Docker
+    /// `NONE`). The task's health stays [`crate::Health::None`].
+    ///
+    /// Last variant on purpose: postcard encodes a variant as its index, so new variants go at
+    /// the end only (ARCHITECTURE.md, "Formats and upgrades").
+    None,
 }
 
 /// A periodic health check. Exit status 0 is healthy; `retries` consecutive failures (not counting
@@ -218,10 +230,17 @@ impl HealthCheck {
         }
     }
 
+    /// False for [`HealthTest::None`]: nothing runs, and no image check either.
+    pub fn is_enabled(&self) -> bool {
+        !matches!(self.test, HealthTest::None)
+    }
+
     fn validate(&self) -> Result<(), RuntimeError> {
         let empty = match &self.test {
             HealthTest::Cmd(argv) => argv.is_empty() || argv[0].is_empty(),
             HealthTest::Shell(s) => s.trim().is_empty(),
+            // Nothing runs: interval, timeout and retries do not matter.
+            HealthTest::None => return Ok(()),
         };
         if empty {
             return Err(RuntimeError::InvalidSpec(
@@ -305,6 +324,34 @@ mod tests {
             ..HealthCheck::new(HealthTest::Shell("true".into()))
         });
         assert!(matches!(bad.validate(), Err(RuntimeError::InvalidSpec(_))));
+    }
+
+    #[test]
+    fn no_healthcheck_is_valid_and_inactive() {
+        let mut spec = TaskSpec::new("t1", "s1", "web", 1, "img");
+        // Nothing runs, so the timings do not matter either.
+        spec.health = Some(HealthCheck {
+            retries: 0,
+            interval: Duration::ZERO,
+            ..HealthCheck::new(HealthTest::None)
+        });
+        assert!(spec.validate().is_ok());
+        assert!(spec.active_health().is_none());
+        spec.health = Some(HealthCheck::new(HealthTest::Shell("true".into())));
+        assert!(spec.active_health().is_some());
+    }
+
+    /// `HealthTest` travels in postcard (inside the worker session's assignments and the Raft
+    /// log's task specs): a variant is its index, so the old variants keep theirs and `None`
+    /// comes last.
+    #[test]
+    fn health_test_variants_keep_their_postcard_indexes() {
+        let bytes = |t: &HealthTest| postcard::to_allocvec(t).expect("encode");
+        assert_eq!(bytes(&HealthTest::Cmd(vec!["x".into()])), [0, 1, 1, b'x']);
+        assert_eq!(bytes(&HealthTest::Shell("x".into())), [1, 1, b'x']);
+        assert_eq!(bytes(&HealthTest::None), [2]);
+        let back: HealthTest = postcard::from_bytes(&[2]).expect("decode");
+        assert_eq!(back, HealthTest::None);
     }
 
     #[test]

@@ -620,6 +620,75 @@ async fn health_states(fx: &Fixture) {
     );
 }
 
+/// Interval of the short health checks below.
+const CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A check that always fails makes the task unhealthy after `retries` failures in a row, not
+/// at the first; the driver reports it and leaves the task running (the worker stops it).
+async fn failing_check_is_unhealthy_after_retries(fx: &Fixture) {
+    let d = fx.driver("node-a");
+    let mut events = d.events();
+    next_event(&mut events, "resync", |e| matches!(e, Event::Resynced(_))).await;
+    let mut spec = fx.shell("sick", &format!("trap 'exit 0' TERM; {LOOP_FOREVER}"));
+    let mut check = HealthCheck::new(HealthTest::Shell("exit 1".into()));
+    check.interval = CHECK_INTERVAL;
+    check.timeout = Duration::from_secs(2);
+    check.retries = 3;
+    spec.health = Some(check);
+    d.prepare(&spec).await.expect("prepare");
+    let started = d.start(&spec).await.expect("start");
+    let since_start = Instant::now();
+    assert_eq!(started.health, Health::Starting);
+    let changed = next_event(&mut events, "a health change", |e| {
+        matches!(e, Event::Health { task_id, health } if task_id == "sick" && *health != Health::Starting)
+    })
+    .await;
+    let elapsed = since_start.elapsed();
+    assert!(
+        matches!(
+            changed,
+            Event::Health {
+                health: Health::Unhealthy,
+                ..
+            }
+        ),
+        "{changed:?}"
+    );
+    // The first check runs one interval after the start: three failures take three intervals;
+    // one failure counting as unhealthy would take one.
+    assert!(
+        elapsed >= CHECK_INTERVAL * 2,
+        "unhealthy after {elapsed:?}, before 3 checks at {CHECK_INTERVAL:?} could fail"
+    );
+    let s = d.inspect("sick").await.expect("inspect");
+    assert_eq!((s.state, s.health), (RunState::Running, Health::Unhealthy));
+}
+
+/// `HealthTest::None` (`--no-healthcheck`): no check runs, the health stays `None`.
+async fn no_healthcheck_runs_no_check(fx: &Fixture) {
+    let d = fx.driver("node-a");
+    let mut events = d.events();
+    next_event(&mut events, "resync", |e| matches!(e, Event::Resynced(_))).await;
+    let mut spec = fx.shell("unchecked", &format!("trap 'exit 0' TERM; {LOOP_FOREVER}"));
+    spec.health = Some(HealthCheck::new(HealthTest::None));
+    d.prepare(&spec).await.expect("prepare");
+    let started = d.start(&spec).await.expect("start");
+    assert_eq!(started.health, Health::None);
+    // Long enough for a check every 250 ms to have failed or passed a few times.
+    let heard = tokio::time::timeout(
+        CHECK_INTERVAL * 4,
+        next_event(
+            &mut events,
+            "a health event",
+            |e| matches!(e, Event::Health { task_id, .. } if task_id == "unchecked"),
+        ),
+    )
+    .await;
+    assert!(heard.is_err(), "{heard:?}");
+    let s = d.inspect("unchecked").await.expect("inspect");
+    assert_eq!((s.state, s.health), (RunState::Running, Health::None));
+}
+
 /// Two node ids sharing one engine / state root never see or touch each other's tasks.
 async fn label_isolation(fx: &Fixture) {
     let a = fx.driver("node-a");
@@ -797,6 +866,8 @@ conformance!(
     logs_capture_both_streams,
     adoption_after_recreate,
     health_states,
+    failing_check_is_unhealthy_after_retries,
+    no_healthcheck_runs_no_check,
     label_isolation,
     idempotent_start_and_remove,
     missing_image_or_program,
@@ -1162,4 +1233,151 @@ async fn docker_oom_is_reported() {
     let s = wait_state(d.as_ref(), "hog", RunState::Exited).await;
     assert!(s.oom_killed, "{s:?}");
     assert_eq!(s.exit_code, Some(137));
+}
+
+/// A test image derived from `shoal-test/busybox:latest` with a `HEALTHCHECK`, built offline
+/// from a Dockerfile in a temporary directory. Dropping it removes the fixture's containers
+/// (they use the image) and then the image, even when the test failed.
+struct HealthImage {
+    name: String,
+    cluster: String,
+}
+
+impl HealthImage {
+    /// `healthcheck`: what follows `HEALTHCHECK` in the Dockerfile.
+    fn build(fx: &Fixture, healthcheck: &str) -> HealthImage {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("shoal-test/busybox-health:{}-{n}", std::process::id());
+        let image = HealthImage {
+            name,
+            cluster: fx.cluster.clone(),
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            format!("FROM {TEST_IMAGE}\nHEALTHCHECK {healthcheck}\n"),
+        )
+        .expect("write the Dockerfile");
+        let out = std::process::Command::new("docker")
+            .args(["build", "-q", "-t", &image.name])
+            .arg(dir.path())
+            .output()
+            .expect("run docker build");
+        assert!(
+            out.status.success(),
+            "docker build failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        image
+    }
+}
+
+impl Drop for HealthImage {
+    fn drop(&mut self) {
+        let cluster = self.cluster.clone();
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(remove_cluster_containers(&cluster));
+        });
+        let _ = cleanup.join();
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", &self.name])
+            .output();
+    }
+}
+
+/// With no check in the spec, the image's own `HEALTHCHECK` runs and is reported like any
+/// check: starting, then healthy, then unhealthy, through events and inspect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_image_healthcheck_is_reported_without_a_check() {
+    let Some(fx) = Fixture::docker("image_healthcheck").await else {
+        return;
+    };
+    let image = HealthImage::build(
+        &fx,
+        "--interval=250ms --timeout=2s --retries=2 CMD test -f /tmp/ok",
+    );
+    let d = fx.driver("node-a");
+    let mut events = d.events();
+    next_event(&mut events, "resync", |e| matches!(e, Event::Resynced(_))).await;
+    let mut spec = fx.shell(
+        "imagecheck",
+        &format!("touch /tmp/ok; sleep 2; rm /tmp/ok; trap 'exit 0' TERM; {LOOP_FOREVER}"),
+    );
+    spec.image.clone_from(&image.name);
+    assert!(spec.health.is_none());
+    d.prepare(&spec).await.expect("prepare");
+    let started = d.start(&spec).await.expect("start");
+    assert_eq!(started.health, Health::Starting);
+    let healthy = |e: &Event| matches!(e, Event::Health { task_id, health: Health::Healthy } if task_id == "imagecheck");
+    next_event(&mut events, "healthy", healthy).await;
+    assert_eq!(
+        d.inspect("imagecheck").await.expect("inspect").health,
+        Health::Healthy
+    );
+    let unhealthy = |e: &Event| matches!(e, Event::Health { task_id, health: Health::Unhealthy } if task_id == "imagecheck");
+    next_event(&mut events, "unhealthy", unhealthy).await;
+    assert_eq!(
+        d.inspect("imagecheck").await.expect("inspect").health,
+        Health::Unhealthy
+    );
+}
+
+/// `HealthTest::None` disables the image's `HEALTHCHECK` (Docker's `NONE`): the health stays
+/// `None` while a task of the same image without a check goes unhealthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_no_healthcheck_disables_the_image_check() {
+    let Some(fx) = Fixture::docker("no_healthcheck").await else {
+        return;
+    };
+    let image = HealthImage::build(&fx, "--interval=250ms --timeout=2s --retries=1 CMD false");
+    let d = fx.driver("node-a");
+    let mut events = d.events();
+    next_event(&mut events, "resync", |e| matches!(e, Event::Resynced(_))).await;
+    let script = format!("trap 'exit 0' TERM; {LOOP_FOREVER}");
+    let mut disabled = fx.shell("disabled", &script);
+    disabled.image.clone_from(&image.name);
+    disabled.health = Some(HealthCheck::new(HealthTest::None));
+    let mut control = fx.shell("control", &script);
+    control.image.clone_from(&image.name);
+    d.prepare(&disabled).await.expect("prepare");
+    let started = d.start(&disabled).await.expect("start disabled");
+    assert_eq!(started.health, Health::None);
+    d.start(&control).await.expect("start control");
+    // The image's check runs where it is not disabled...
+    let unhealthy = |e: &Event| matches!(e, Event::Health { task_id, health: Health::Unhealthy } if task_id == "control");
+    next_event(&mut events, "control unhealthy", unhealthy).await;
+    // ...and not where it is: by now it would have failed there too.
+    tokio::time::sleep(CHECK_INTERVAL * 2).await;
+    let s = d.inspect("disabled").await.expect("inspect");
+    assert_eq!((s.state, s.health), (RunState::Running, Health::None));
+    let docker = bollard::Docker::connect_with_local_defaults()
+        .expect("docker")
+        .negotiate_version()
+        .await
+        .expect("version");
+    let info = docker
+        .inspect_container(&s.runtime_id, None)
+        .await
+        .expect("inspect container");
+    let test = info.config.and_then(|c| c.healthcheck).and_then(|h| h.test);
+    assert_eq!(test, Some(vec!["NONE".to_owned()]));
+    // No health event about it was ever sent.
+    d.stop("disabled", Some(Duration::from_secs(1)))
+        .await
+        .expect("stop");
+    let heard = tokio::time::timeout(
+        Duration::from_millis(300),
+        next_event(
+            &mut events,
+            "a health event of disabled",
+            |e| matches!(e, Event::Health { task_id, .. } if task_id == "disabled"),
+        ),
+    )
+    .await;
+    assert!(heard.is_err(), "{heard:?}");
 }

@@ -266,7 +266,10 @@ impl Actor {
         tokio::spawn(async move {
             let outcome = match op {
                 Op::Start(spec) => op_start(driver.as_ref(), &spec, &tx).await,
-                Op::Stop => op_stop(driver.as_ref(), &task_id).await,
+                Op::Stop => op_stop(driver.as_ref(), &task_id, None).await,
+                Op::StopUnhealthy { grace } => {
+                    op_stop(driver.as_ref(), &task_id, Some(grace)).await
+                }
                 Op::StopRemove => op_stop_remove(driver.as_ref(), &task_id).await,
                 Op::Remove => match driver.remove(&task_id).await {
                     Ok(()) => Outcome::Removed,
@@ -377,8 +380,9 @@ async fn op_start(
     }
 }
 
-async fn op_stop(driver: &dyn Driver, task_id: &str) -> Outcome {
-    match driver.stop(task_id, None).await {
+/// Stops with `grace` (`None`: the spec's, as the driver recorded it), then inspects.
+async fn op_stop(driver: &dyn Driver, task_id: &str, grace: Option<Duration>) -> Outcome {
+    match driver.stop(task_id, grace).await {
         Ok(()) => {}
         Err(e) if e.is_not_found() => return Outcome::Stopped(Seen::Absent),
         Err(e) => return Outcome::Failed(e.to_string()),

@@ -12,6 +12,7 @@
 //! confirms it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Duration;
 
 use shoal_runtime::{Event, Health, RunState, RuntimeError, TaskSpec, TaskStatus};
 
@@ -22,6 +23,8 @@ use super::types::{
 
 /// How long a failed stop/remove waits before it is tried again, in milliseconds.
 pub(super) const RETRY_AFTER_MS: u64 = 2_000;
+/// The error of a task stopped because its health check failed (Swarm: "unhealthy container").
+pub(super) const UNHEALTHY_ERROR: &str = "unhealthy container";
 /// How long a dropped task's id keeps stale observations from resurrecting it, in milliseconds.
 pub(super) const TOMBSTONE_TTL_MS: u64 = 120_000;
 
@@ -84,6 +87,9 @@ pub(super) enum Op {
     Start(Box<TaskSpec>),
     /// Stop, then inspect what is left.
     Stop,
+    /// Stop a running task whose health check failed, with its spec's grace period, then
+    /// inspect what is left; it is then reported `failed` (never restarted in place).
+    StopUnhealthy { grace: Duration },
     /// Stop (if it runs) and remove.
     StopRemove,
     /// Remove an ended task.
@@ -95,6 +101,7 @@ impl Op {
         match self {
             Op::Start(_) => "start",
             Op::Stop => "stop",
+            Op::StopUnhealthy { .. } => "stop-unhealthy",
             Op::StopRemove => "stop+remove",
             Op::Remove => "remove",
         }
@@ -190,6 +197,8 @@ struct Entry {
     retry_at_ms: Option<u64>,
     /// Said once that the task cannot be stopped because its driver is missing.
     driver_missing_warned: bool,
+    /// The operation in flight is an [`Op::StopUnhealthy`].
+    stopping_unhealthy: bool,
 }
 
 /// The runtime's health as the worker reports it.
@@ -283,6 +292,7 @@ impl Entry {
             last_reported: None,
             retry_at_ms: None,
             driver_missing_warned: false,
+            stopping_unhealthy: false,
         }
     }
 
@@ -364,15 +374,50 @@ impl Entry {
         }
     }
 
-    /// Desired `running`: follow what the runtime shows; start it when nothing runs.
+    /// Desired `running`: follow what the runtime shows; start it when nothing runs; stop it
+    /// when its health check says unhealthy (it is then reported `failed`, and the manager's
+    /// restart policy replaces it).
     fn settle_running(&mut self, means: Means) -> Next {
         if self.state.is_terminal() {
             return Next::Wait;
         }
-        if !self.follow_runtime(means.now) || !self.confirmed {
+        let needs_start = self.follow_runtime(means.now);
+        if !self.confirmed {
+            // Before a manager spoke (after a restart) nothing is started or stopped.
             return Next::Wait;
         }
-        self.start(means)
+        if needs_start {
+            return self.start(means);
+        }
+        if self.is_unhealthy() {
+            return self.stop_unhealthy(means);
+        }
+        Next::Wait
+    }
+
+    /// Running, and the runtime's health check says unhealthy.
+    fn is_unhealthy(&self) -> bool {
+        self.state == TaskState::Running
+            && matches!(&self.seen, Seen::Present(s)
+                if s.state == RunState::Running && s.health == Health::Unhealthy)
+    }
+
+    /// Stops an unhealthy task with its spec's grace period.
+    fn stop_unhealthy(&mut self, means: Means) -> Next {
+        let Some(a) = self.assignment.as_ref() else {
+            return Next::Wait;
+        };
+        if !means.driver || means.retry_wait {
+            return Next::Wait;
+        }
+        tracing::info!(
+            task_id = %self.task_id,
+            "the task's health check failed: stopping it ({UNHEALTHY_ERROR})"
+        );
+        self.stopping_unhealthy = true;
+        Next::Run(Op::StopUnhealthy {
+            grace: a.spec.stop_grace,
+        })
     }
 
     /// Takes a non-ended task's state from the runtime; true if it needs starting.
@@ -511,6 +556,7 @@ impl Entry {
 
     /// Takes an operation's outcome; returns whether a report is due even if unassigned.
     fn op_done(&mut self, outcome: Outcome, now: u64) -> bool {
+        let unhealthy = std::mem::take(&mut self.stopping_unhealthy);
         match outcome {
             Outcome::Started(status) => {
                 if self.state < TaskState::Starting && !self.state.is_terminal() {
@@ -538,6 +584,25 @@ impl Entry {
                 self.seen = seen;
                 if self.state.is_terminal() {
                     return false;
+                }
+                if unhealthy {
+                    if self.seen.may_run() {
+                        // Still running: stopped again after the retry delay, and reported
+                        // `failed` once it has ended.
+                        return false;
+                    }
+                    let exit_code = match &self.seen {
+                        Seen::Present(s) => s.exit_code,
+                        Seen::Unknown | Seen::Absent => None,
+                    };
+                    self.set_ended(
+                        TaskState::Failed,
+                        exit_code,
+                        Some(UNHEALTHY_ERROR.to_owned()),
+                        now,
+                    );
+                    // Reported even if it got unassigned while stopping.
+                    return true;
                 }
                 self.set_ended(TaskState::Shutdown, None, None, now);
                 // Reported even if it got unassigned while stopping.

@@ -17,6 +17,10 @@
 //!   stopped.
 //! - Never restarts a task in place: an exit is reported `complete` (code 0) or `failed` (code,
 //!   error), and the orchestrator makes a new task.
+//! - Stops a running task whose health check says `unhealthy` (the check failed `retries`
+//!   times; Docker's own check, an image's `HEALTHCHECK` included, or the process driver's),
+//!   with its spec's stop grace, and reports it `failed` with the error `unhealthy container`
+//!   and the exit code the stop gave: the manager's restart policy replaces it, as Swarm does.
 //! - Learns about exits, OOM kills and health changes from the drivers' event streams, plus a
 //!   periodic level-triggered resync (`list`), so nothing is missed.
 //! - Keeps running what it has when no manager is reachable (edge autonomy): nothing here

@@ -95,6 +95,8 @@ async fn run_check(
             c.arg("-c").arg(script);
             c
         }
+        // Never started for such a check (`TaskSpec::active_health`); nothing to fail.
+        HealthTest::None => return true,
     };
     command
         .env_clear()

@@ -328,7 +328,7 @@ impl Inner {
                 }
             }
         }
-        if record.spec.health.is_some() {
+        if record.spec.active_health().is_some() {
             let saved: Option<Health> = read_json(&dir.join(HEALTH_FILE)).unwrap_or(None);
             status.health = saved.unwrap_or(Health::Starting);
         }
@@ -391,7 +391,7 @@ impl Inner {
                 return;
             }
         }
-        if let Some(check) = record.spec.health.clone() {
+        if let Some(check) = record.spec.active_health().cloned() {
             tokio::spawn(health::run(Arc::downgrade(self), record.clone(), check));
         }
         let weak = Arc::downgrade(self);

@@ -485,6 +485,10 @@ impl ServiceSpec {
             retries: h.retries,
             start_period: Duration::from_millis(h.start_period_ms),
         });
+        if self.no_healthcheck {
+            // `--no-healthcheck`: no check, the image's HEALTHCHECK disabled too.
+            spec.health = Some(HealthCheck::new(HealthTest::None));
+        }
         spec.stop_grace = Duration::from_millis(self.stop_grace_ms);
         spec
     }

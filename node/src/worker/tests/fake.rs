@@ -7,7 +7,8 @@
 //! - A spec whose args are `["exit", CODE]` ends at once with that code; an image the engine
 //!   was told to refuse fails `prepare` with `ProgramNotFound`; a task id with `..` is an
 //!   invalid spec.
-//! - `stop` of a running task exits it with 143, of a created one does nothing; `remove` kills.
+//! - `stop` of a running task exits it with 143, of a created one does nothing (every stop and
+//!   its grace is recorded: [`FakeEngine::stops`]); `remove` kills.
 //! - Events: the listing at subscription, then only what the test does to the engine
 //!   ([`FakeEngine::kill`], [`FakeEngine::set_health`]): a start by another driver instance is
 //!   heard of by no one, as a process driver that did not launch a task hears nothing of it.
@@ -84,6 +85,8 @@ struct FakeState {
     creates: BTreeMap<String, u32>,
     refused_images: BTreeSet<String>,
     failures: BTreeMap<(FailOp, String), u32>,
+    /// Every stop asked for, with its grace.
+    stops: Vec<(String, Option<Duration>)>,
     subscribers: Vec<mpsc::UnboundedSender<Event>>,
 }
 
@@ -172,6 +175,11 @@ impl FakeEngine {
             task_id: task_id.to_owned(),
             exit_code: Some(code),
         });
+    }
+
+    /// Every stop asked for so far, as `(task, grace)`.
+    pub(super) fn stops(&self) -> Vec<(String, Option<Duration>)> {
+        self.lock().stops.clone()
     }
 
     /// The task is gone from the engine, and nobody is told.
@@ -333,10 +341,11 @@ impl Driver for FakeDriver {
     fn stop<'a>(
         &'a self,
         task_id: &'a str,
-        _grace: Option<Duration>,
+        grace: Option<Duration>,
     ) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
             let mut st = self.0.lock();
+            st.stops.push((task_id.to_owned(), grace));
             if st.take_failure(FailOp::Stop, task_id) {
                 return Err(RuntimeError::StartFailed {
                     task_id: task_id.to_owned(),

@@ -548,6 +548,175 @@ fn a_stray_running_copy_of_an_ended_task_is_stopped() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Health
+// ---------------------------------------------------------------------------------------------
+
+fn unhealthy(task_id: &str) -> TaskStatus {
+    let mut s = status(task_id, RunState::Running, None);
+    s.health = Health::Unhealthy;
+    s
+}
+
+fn stopped_unhealthy(task_id: &str, exit_code: i64) -> Outcome {
+    let mut s = status(task_id, RunState::Exited, Some(exit_code));
+    s.health = Health::Unhealthy;
+    Outcome::Stopped(Seen::Present(Box::new(s)))
+}
+
+/// The grace of the one `stop-unhealthy` among the effects.
+fn unhealthy_stop_grace(effects: &[Effect]) -> Option<std::time::Duration> {
+    let graces: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Op {
+                op: Op::StopUnhealthy { grace },
+                ..
+            } => Some(*grace),
+            _ => None,
+        })
+        .collect();
+    assert!(graces.len() <= 1, "{effects:?}");
+    graces.first().copied()
+}
+
+#[test]
+fn an_unhealthy_task_is_stopped_with_its_grace_and_reported_failed_once() {
+    let mut m = machine(vec![]);
+    let mut a = running("t1");
+    a.spec.stop_grace = std::time::Duration::from_millis(2_500);
+    started(&mut m, vec![a], T0);
+    m.listed("docker", m.stamp(), vec![unhealthy("t1")], T0);
+    let effects = m.take_effects();
+    assert_eq!(ops(&effects), [op("t1", "stop-unhealthy")]);
+    assert_eq!(
+        unhealthy_stop_grace(&effects),
+        Some(std::time::Duration::from_millis(2_500))
+    );
+    // Still running while it stops: only the health changed.
+    let r = m.next_batch(usize::MAX).expect("report");
+    assert_eq!(
+        (r.len(), r[0].state, r[0].health),
+        (1, TaskState::Running, TaskHealth::Unhealthy)
+    );
+    // Observations made while it stops change nothing (nor start a second stop).
+    let stamp = m.stamp();
+    m.listed("docker", stamp, vec![unhealthy("t1")], T0);
+    m.event(
+        "docker",
+        stamp,
+        Event::Exited {
+            task_id: "t1".into(),
+            exit_code: Some(143),
+        },
+        T0,
+    );
+    assert!(ops(&m.take_effects()).is_empty());
+
+    m.op_done("t1", stopped_unhealthy("t1", 143), T0 + 10);
+    let r = m.next_batch(usize::MAX).expect("report");
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(
+        (
+            r[0].state,
+            r[0].exit_code,
+            r[0].error.as_deref(),
+            r[0].health
+        ),
+        (
+            TaskState::Failed,
+            Some(143),
+            Some("unhealthy container"),
+            TaskHealth::Unhealthy
+        )
+    );
+    // Never restarted in place, never reported twice: not by the exit event's inspection, not
+    // by a resync, not by a later desired `shutdown` (the manager's replacement).
+    let stamp = m.stamp();
+    m.inspected(
+        "docker",
+        "t1",
+        stamp,
+        Inspection::Found(Box::new(status("t1", RunState::Exited, Some(143)))),
+        T0 + 11,
+    );
+    m.listed(
+        "docker",
+        m.stamp(),
+        vec![status("t1", RunState::Exited, Some(143))],
+        T0 + 12,
+    );
+    m.tick(T0 + 13);
+    m.apply(
+        AssignmentSet {
+            full: false,
+            tasks: vec![assignment("t1", DesiredState::Shutdown)],
+            removed: vec![],
+        },
+        T0 + 14,
+    );
+    assert!(ops(&m.take_effects()).is_empty());
+    assert!(sent(&mut m).is_empty());
+    assert_eq!(state_of(&m, "t1"), Some(TaskState::Failed));
+    // The manager lets it go: removed, never reported again.
+    m.apply(full_set(vec![]), T0 + 15);
+    assert_eq!(ops(&m.take_effects()), [op("t1", "stop+remove")]);
+    m.op_done("t1", Outcome::StopRemoved { found: true }, T0 + 16);
+    assert!(sent(&mut m).is_empty());
+}
+
+#[test]
+fn an_unhealthy_stop_that_fails_or_leaves_it_running_is_retried_then_shutdown_wins() {
+    let mut m = machine(vec![]);
+    started(&mut m, vec![running("t1")], T0);
+    m.listed("docker", m.stamp(), vec![unhealthy("t1")], T0);
+    assert_eq!(ops(&m.take_effects()), [op("t1", "stop-unhealthy")]);
+    m.op_done("t1", Outcome::Failed("engine said no".into()), T0);
+    m.tick(T0 + RETRY_AFTER_MS - 1);
+    assert!(ops(&m.take_effects()).is_empty(), "retried too early");
+    m.tick(T0 + RETRY_AFTER_MS);
+    assert_eq!(ops(&m.take_effects()), [op("t1", "stop-unhealthy")]);
+    // It still runs after the stop: not reported failed while it runs.
+    m.op_done(
+        "t1",
+        Outcome::Stopped(Seen::Present(Box::new(unhealthy("t1")))),
+        T0 + RETRY_AFTER_MS,
+    );
+    assert!(ops(&m.take_effects()).is_empty());
+    let states: Vec<TaskState> = sent(&mut m).into_iter().map(|(_, s)| s).collect();
+    assert!(
+        states.iter().all(|s| *s == TaskState::Running),
+        "{states:?}"
+    );
+    // Meanwhile the manager wants it shut down: a plain stop, reported `shutdown`.
+    m.apply(
+        AssignmentSet {
+            full: false,
+            tasks: vec![assignment("t1", DesiredState::Shutdown)],
+            removed: vec![],
+        },
+        T0 + 2 * RETRY_AFTER_MS,
+    );
+    assert_eq!(ops(&m.take_effects()), [op("t1", "stop")]);
+    m.op_done("t1", stopped_unhealthy("t1", 137), T0 + 2 * RETRY_AFTER_MS);
+    let r = m.next_batch(usize::MAX).expect("report");
+    assert_eq!(
+        (r.len(), r[0].state, r[0].error.as_deref()),
+        (1, TaskState::Shutdown, None)
+    );
+}
+
+#[test]
+fn an_unhealthy_task_is_not_stopped_before_a_manager_speaks() {
+    // After a restart: adopted from the cache, unhealthy, no full set yet.
+    let mut m = machine(vec![cached("t1", TaskState::Running)]);
+    m.listed("docker", m.stamp(), vec![unhealthy("t1")], T0);
+    assert!(ops(&m.take_effects()).is_empty());
+    // The manager confirms it: now it is stopped.
+    m.apply(full_set(vec![running("t1")]), T0);
+    assert_eq!(ops(&m.take_effects()), [op("t1", "stop-unhealthy")]);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Restarts, tombstones, retention
 // ---------------------------------------------------------------------------------------------
 

@@ -544,6 +544,59 @@ async fn health_changes_are_reported() {
     handle.shutdown().await.expect("shutdown");
 }
 
+/// The process driver's check fails `retries` times: the worker stops the task with its grace
+/// and reports it failed (`unhealthy container`, the stop's exit code), once, and starts
+/// nothing in its place (the manager's restart policy does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_task_is_stopped_and_reported_failed() {
+    let fx = Fixture::process("unhealthy");
+    let driver = fx.driver();
+    let (handle, mut reports) = fx.start_worker(driver.clone());
+    let mut a = fx.shell("u1", 1, SLEEP_FOREVER);
+    let mut check =
+        shoal_runtime::HealthCheck::new(shoal_runtime::HealthTest::Shell("test -e healthy".into()));
+    check.interval = Duration::from_millis(200);
+    check.timeout = Duration::from_secs(2);
+    check.retries = 2;
+    a.spec.health = Some(check);
+    a.spec.stop_grace = Duration::from_secs(5);
+    // Healthy for a second, then the check fails; TERM ends it at once with 143.
+    a.spec.args = vec![
+        "-c".into(),
+        format!("touch healthy; sleep 1; rm healthy; {SLEEP_FOREVER}"),
+    ];
+    handle.apply(full(vec![a])).await.expect("apply");
+    let r = reports.wait("u1", TaskState::Failed).await;
+    assert_eq!(
+        (r.exit_code, r.error.as_deref(), r.health),
+        (
+            Some(143),
+            Some("unhealthy container"),
+            TaskHealth::Unhealthy
+        )
+    );
+    let s = driver.inspect("u1").await.expect("kept");
+    assert_eq!(s.state, RunState::Exited);
+    handle.resync().await.expect("resync");
+    handle.flush().await.expect("flush");
+    reports.drain();
+    let failed = reports
+        .all
+        .iter()
+        .filter(|r| r.task_id == "u1" && r.state == TaskState::Failed)
+        .count();
+    assert_eq!(failed, 1, "{:?}", reports.all);
+    assert!(
+        reports
+            .all
+            .iter()
+            .any(|r| r.task_id == "u1" && r.health == TaskHealth::Healthy),
+        "{:?}",
+        reports.all
+    );
+    handle.shutdown().await.expect("shutdown");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Docker driver
 // ---------------------------------------------------------------------------------------------

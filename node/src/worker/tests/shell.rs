@@ -546,6 +546,68 @@ async fn a_lagging_receiver_gets_the_latest_state_of_every_task() {
 }
 
 #[tokio::test]
+async fn an_unhealthy_task_is_stopped_and_reported_failed_then_replaced() {
+    let engine = FakeEngine::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (handle, mut reports) = fake_worker(&engine, &["docker"], dir.path());
+    let mut a = fake_assignment("h1", 1);
+    a.spec.stop_grace = Duration::from_millis(1_500);
+    handle.apply(full(vec![a.clone()])).await.expect("apply");
+    reports.wait("h1", TaskState::Running).await;
+    engine.set_health("h1", Health::Healthy);
+    settled_reports(&handle, &mut reports).await;
+    assert!(engine.stops().is_empty(), "a healthy task was stopped");
+
+    // The check failed `retries` times: stopped with its grace, reported failed.
+    engine.set_health("h1", Health::Unhealthy);
+    let r = reports.wait("h1", TaskState::Failed).await;
+    assert_eq!(
+        (r.exit_code, r.error.as_deref(), r.health),
+        (
+            Some(143),
+            Some("unhealthy container"),
+            TaskHealth::Unhealthy
+        )
+    );
+    assert_eq!(
+        engine.stops(),
+        [("h1".to_owned(), Some(Duration::from_millis(1_500)))]
+    );
+    // Kept (its logs), not restarted in place.
+    assert_eq!(engine.state_of("h1"), Some(RunState::Exited));
+    assert_eq!(engine.creates("h1"), 1);
+
+    // The manager replaces it: h1 desired shutdown, h2 in its slot.
+    let mut old = a;
+    old.desired = DesiredState::Shutdown;
+    handle
+        .apply(full(vec![old, fake_assignment("h2", 1)]))
+        .await
+        .expect("apply");
+    reports.wait("h2", TaskState::Running).await;
+    settled_reports(&handle, &mut reports).await;
+    assert_eq!(
+        reports.states_of("h1"),
+        [
+            TaskState::Preparing,
+            TaskState::Starting,
+            TaskState::Running,
+            TaskState::Running,
+            TaskState::Running,
+            TaskState::Failed
+        ],
+        "{:?}",
+        reports.all
+    );
+    assert_eq!(engine.stops().len(), 1, "{:?}", engine.stops());
+    assert_eq!(
+        view(&handle, "h1").await.expect("h1 kept").state,
+        TaskState::Failed
+    );
+    handle.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
 async fn a_failed_stop_is_retried() {
     let engine = FakeEngine::new();
     let dir = tempfile::tempdir().expect("tempdir");
