@@ -621,3 +621,44 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod update_tests {
+    use super::*;
+
+    /// `--no-healthcheck` reaches the runtime as a disabled check (the image's too).
+    #[test]
+    fn no_healthcheck_disables_every_check_in_the_task_spec() {
+        let mut s = ServiceSpec::new("web", "img");
+        assert_eq!(s.task_spec("t", "s", 1).health, None);
+        s.no_healthcheck = true;
+        let h = s.task_spec("t", "s", 1).health.expect("a disabled check");
+        assert_eq!(h.test, HealthTest::None);
+    }
+
+    /// Only what a task is made of makes tasks outdated.
+    #[test]
+    fn same_task_ignores_replicas_placement_restart_and_update_settings() {
+        let a = ServiceSpec::new("web", "img:1");
+        let mut b = a.clone();
+        b.mode = ServiceMode::Replicated { replicas: 9 };
+        b.constraints = vec!["node.role==manager".into()];
+        b.max_replicas_per_node = 2;
+        b.restart_policy.delay_ms = 1;
+        b.update_config.parallelism = 4;
+        b.rollback_config.order = UpdateOrder::StartFirst;
+        assert!(a.same_task(&b));
+        let changes: [&dyn Fn(&mut ServiceSpec); 5] = [
+            &|s| s.image = "img:2".into(),
+            &|s| s.force_update += 1,
+            &|s| drop(s.env.insert("A".into(), "1".into())),
+            &|s| s.stop_grace_ms += 1,
+            &|s| s.no_healthcheck = true,
+        ];
+        for change in changes {
+            let mut c = a.clone();
+            change(&mut c);
+            assert!(!a.same_task(&c), "{c:?}");
+        }
+    }
+}
