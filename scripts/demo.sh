@@ -2,8 +2,9 @@
 # A local Shoal cluster serving a real service:
 #   three daemons on 127.0.42.1-3 (one manager, two workers), a web service of three
 #   busybox httpd replicas on Docker spread across them (each answered over the shoal
-#   bridge network: the routing mesh for published ports is not built yet), then a node killed with
-#   kill -9 and its task running elsewhere within seconds.
+#   bridge network: the routing mesh for published ports is not built yet), a rolling
+#   update (start-first, with a health check) that changes the greeting without downtime,
+#   then a node killed with kill -9 and its task running elsewhere within seconds.
 # Everything lives in a temp dir; Ctrl-C (or the end of the demo) stops the daemons,
 # removes their containers and the temp dir.
 set -euo pipefail
@@ -53,17 +54,28 @@ if ! docker image inspect shoal-test/busybox:latest >/dev/null 2>&1; then
     scripts/test-image.sh
 fi
 
-sh_ service create --name web --replicas 3 shoal-test/busybox:latest \
-    sh -c 'mkdir -p /www && echo "hello from $(hostname)" > /www/index.html && httpd -f -p 8080 -h /www'
+sh_ service create --name web --replicas 3 -e GREETING=hello shoal-test/busybox:latest \
+    sh -c 'mkdir -p /www && echo "$GREETING from $(hostname)" > /www/index.html && httpd -f -p 8080 -h /www'
 sh_ service ls
 sh_ service ps web
 
-step "curl each replica on the shoal bridge network"
-for c in $(docker ps -q --filter "label=shoal.cluster=$CLUSTER" --filter label=shoal.service); do
-    ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$c")
-    printf '%s -> ' "$ip"
-    wget -qO- "http://$ip:8080/" 2>/dev/null || curl -s "http://$ip:8080/" || echo "(no answer)"
-done
+curl_replicas() {
+    step "curl each replica on the shoal bridge network"
+    for c in $(docker ps -q --filter "label=shoal.cluster=$CLUSTER" --filter label=shoal.service); do
+        ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$c")
+        printf '%s -> ' "$ip"
+        wget -qO- "http://$ip:8080/" 2>/dev/null || curl -s "http://$ip:8080/" || echo "(no answer)"
+    done
+}
+curl_replicas
+
+# A rolling update: each new task starts beside the old one and replaces it only once its
+# health check passes.
+sh_ service update --env-add GREETING=bonjour --update-order start-first \
+    --health-cmd 'wget -qO- http://127.0.0.1:8080/ >/dev/null' --health-interval 500ms \
+    --health-retries 2 web
+sh_ service ps web
+curl_replicas
 
 step "kill -9 node-3's daemon"
 { kill -9 "${PIDS[2]}" && wait "${PIDS[2]}"; } 2>/dev/null || true
