@@ -1,4 +1,8 @@
-//! `service create | ls | ps | inspect | scale | rm`.
+//! `service create | ls | ps | inspect | scale | update | rollback | rm`; `update` and the
+//! flags it shares with `create` are in [`update`], following an update in [`progress`].
+
+mod progress;
+mod update;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -9,10 +13,11 @@ use anyhow::{Result, bail};
 use super::node::encode;
 use super::{Format, output};
 use crate::api::client::Client;
+use crate::api::services::ServiceUpdateResponse;
 use crate::api::{
-    HealthCheckBody, PortBody, ScaleRequest, ServiceModeBody, ServiceRef, ServiceRow,
-    ServiceSpecBody, TaskRow,
+    PortBody, ScaleRequest, ServiceModeBody, ServiceRef, ServiceRow, ServiceSpecBody, TaskRow,
 };
+use progress::Watch;
 
 /// `shoal service ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -55,6 +60,16 @@ pub enum ServiceCmd {
         /// Return at once instead of waiting for the tasks.
         #[arg(short, long)]
         detach: bool,
+    },
+    /// Update a service: a rolling update, unless only --replicas is given.
+    Update(Box<update::UpdateArgs>),
+    /// Revert a service to its previous spec (a rolling update back).
+    Rollback {
+        /// Return at once instead of following the rollback.
+        #[arg(short, long)]
+        detach: bool,
+        /// ID, unique ID prefix or name.
+        service: String,
     },
     /// Remove services.
     #[command(alias = "remove")]
@@ -116,9 +131,12 @@ pub struct CreateArgs {
     /// Window over which restarts are counted.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub restart_window: Option<Duration>,
-    /// Health check command (run with sh -c).
-    #[arg(long)]
-    pub health_cmd: Option<String>,
+    /// Health check flags.
+    #[command(flatten)]
+    pub health: update::HealthFlags,
+    /// Rolling update and rollback settings.
+    #[command(flatten)]
+    pub settings: update::UpdateSettingsFlags,
     /// Time between the stop signal and SIGKILL.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub stop_grace_period: Option<Duration>,
@@ -194,9 +212,8 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpecBody> {
     if let Some(w) = a.restart_window {
         spec.restart_policy.window_ms = w.as_millis() as u64;
     }
-    if let Some(cmd) = &a.health_cmd {
-        spec.health_check = Some(HealthCheckBody::shell(cmd.clone()));
-    }
+    a.health.apply_to_spec(&mut spec)?;
+    a.settings.apply_to_spec(&mut spec)?;
     if let Some(g) = a.stop_grace_period {
         spec.stop_grace_ms = g.as_millis() as u64;
     }
@@ -310,6 +327,37 @@ pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
             }
             Ok(())
         }
+        ServiceCmd::Update(args) => {
+            let body = update::body_of(&args)?;
+            let r: ServiceUpdateResponse = client
+                .post(
+                    &format!("/v1/services/{}/update", encode(&args.service)),
+                    &body,
+                )
+                .await?;
+            println!("{}", r.id);
+            if args.detach {
+                return Ok(());
+            }
+            if r.rolling {
+                progress::follow(client, &r.id, Watch::Update { version: r.version }).await
+            } else {
+                wait_converged(client, &r.id).await
+            }
+        }
+        ServiceCmd::Rollback { detach, service } => {
+            let r: ServiceUpdateResponse = client
+                .post(
+                    &format!("/v1/services/{}/rollback", encode(&service)),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            println!("{}", r.id);
+            if detach {
+                return Ok(());
+            }
+            progress::follow(client, &r.id, Watch::Rollback { version: r.version }).await
+        }
         ServiceCmd::Rm { services } => {
             let mut failed = Vec::new();
             for s in services {
@@ -365,6 +413,7 @@ pub(super) fn print_tasks(rows: &[TaskRow], quiet: bool, format: Format) -> Resu
                 r.id.chars().take(12).collect(),
                 name,
                 r.image.clone(),
+                r.version.to_string(),
                 r.node.clone().unwrap_or_default(),
                 title(&r.desired_state),
                 title(&r.state),
@@ -379,6 +428,7 @@ pub(super) fn print_tasks(rows: &[TaskRow], quiet: bool, format: Format) -> Resu
                 "ID",
                 "NAME",
                 "IMAGE",
+                "VERSION",
                 "NODE",
                 "DESIRED STATE",
                 "CURRENT STATE",
