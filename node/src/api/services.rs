@@ -1022,7 +1022,7 @@ mod tests {
 
     fn update(json: &str, current: &ServiceSpec) -> Result<UpdatePlan, String> {
         serde_json::from_str::<ServiceUpdateBody>(json)
-            .unwrap()
+            .map_err(|e| e.to_string())?
             .plan(current)
     }
 

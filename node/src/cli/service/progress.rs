@@ -152,6 +152,9 @@ struct Printer {
 
 impl Printer {
     fn show(&mut self, lines: &[String]) {
+        if lines == self.last.as_slice() {
+            return;
+        }
         let mut out = std::io::stdout().lock();
         if self.tty {
             if !self.last.is_empty() {
