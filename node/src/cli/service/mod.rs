@@ -13,9 +13,9 @@ use anyhow::{Result, bail};
 use super::node::encode;
 use super::{Format, output};
 use crate::api::client::Client;
-use crate::api::services::ServiceUpdateResponse;
 use crate::api::{
-    PortBody, ScaleRequest, ServiceModeBody, ServiceRef, ServiceRow, ServiceSpecBody, TaskRow,
+    PortBody, ScaleRequest, ServiceModeBody, ServiceRef, ServiceRow, ServiceSpecBody,
+    ServiceUpdateResponse, TaskRow,
 };
 use progress::Watch;
 

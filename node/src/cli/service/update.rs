@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use anyhow::{Result, anyhow, bail};
 
-use crate::api::services::{ServiceUpdateBody, UpdateConfigBody, UpdateConfigPatch};
-use crate::api::{HealthCheckBody, ServiceSpecBody};
+use crate::api::services::UpdateConfigBody;
+use crate::api::{HealthCheckBody, ServiceSpecBody, ServiceUpdateBody, UpdateConfigPatch};
 use crate::manager::services::{FailureAction, RATIO_ONE_PPM, UpdateOrder};
 
 /// `--update-*` and `--rollback-*` flags (on `create` and `update`).
