@@ -15,7 +15,7 @@ pub mod types;
 
 pub use services::{
     HealthCheckBody, PortBody, ScaleRequest, ServiceModeBody, ServiceRef, ServiceRow,
-    ServiceSpecBody, TaskRow,
+    ServiceSpecBody, ServiceUpdateBody, ServiceUpdateResponse, TaskRow, UpdateConfigPatch,
 };
 pub use types::*;
 

@@ -400,6 +400,283 @@ pub struct ScaleRequest {
     pub replicas: u64,
 }
 
+/// The `--update-*` (or `--rollback-*`) settings a `service update` changes; a missing
+/// field keeps the current value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpdateConfigPatch {
+    /// Tasks replaced at once (0 = all at once).
+    pub parallelism: Option<u64>,
+    /// Pause between batches, in milliseconds.
+    pub delay_ms: Option<u64>,
+    /// `stop-first` or `start-first`.
+    pub order: Option<UpdateOrder>,
+    /// `pause`, `continue` or `rollback` (rollback settings: `pause` or `continue`).
+    pub failure_action: Option<FailureAction>,
+    /// How long after a task is ready a failure still counts, in milliseconds.
+    pub monitor_ms: Option<u64>,
+    /// Failures tolerated, as a fraction of the tasks updated, in parts per million.
+    pub max_failure_ratio_ppm: Option<u32>,
+}
+
+impl UpdateConfigPatch {
+    /// True when nothing is asked.
+    pub fn is_empty(&self) -> bool {
+        *self == UpdateConfigPatch::default()
+    }
+
+    /// `c` with the asked fields changed.
+    pub fn apply_to(&self, c: &mut UpdateConfig) {
+        if let Some(v) = self.parallelism {
+            c.parallelism = v;
+        }
+        if let Some(v) = self.delay_ms {
+            c.delay_ms = v;
+        }
+        if let Some(v) = self.order {
+            c.order = v;
+        }
+        if let Some(v) = self.failure_action {
+            c.failure_action = v;
+        }
+        if let Some(v) = self.monitor_ms {
+            c.monitor_ms = v;
+        }
+        if let Some(v) = self.max_failure_ratio_ppm {
+            c.max_failure_ratio_ppm = v;
+        }
+    }
+}
+
+/// `POST /v1/services/{ref}/update`: the changes `service update` asks for; a missing field
+/// keeps the current value. The handler applies them to the current spec
+/// ([`ServiceUpdateBody::plan`]) and proposes a scale when only `replicas` is given, a
+/// rolling update otherwise.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceUpdateBody {
+    /// New image (or program path).
+    pub image: Option<String>,
+    /// New arguments (replacing all of them).
+    pub args: Option<Vec<String>>,
+    /// Environment variables added or replaced.
+    pub env_add: BTreeMap<String, String>,
+    /// Environment variables removed (by name).
+    pub env_rm: Vec<String>,
+    /// Labels added or replaced.
+    pub label_add: BTreeMap<String, String>,
+    /// Labels removed (by key).
+    pub label_rm: Vec<String>,
+    /// Placement constraints added.
+    pub constraint_add: Vec<String>,
+    /// Placement constraints removed (the exact expression).
+    pub constraint_rm: Vec<String>,
+    /// New replica count (replicated services only).
+    pub replicas: Option<u64>,
+    /// New cap of tasks per node (0 = unlimited).
+    pub max_replicas_per_node: Option<u64>,
+    /// New memory reservation in bytes.
+    pub reserve_memory_bytes: Option<u64>,
+    /// New CPU reservation in nano-CPUs.
+    pub reserve_nano_cpus: Option<u64>,
+    /// New memory limit in bytes.
+    pub limit_memory_bytes: Option<u64>,
+    /// New CPU limit in nano-CPUs.
+    pub limit_nano_cpus: Option<u64>,
+    /// New restart condition: `any`, `on-failure` or `none`.
+    pub restart_condition: Option<String>,
+    /// New restart delay, in milliseconds.
+    pub restart_delay_ms: Option<u64>,
+    /// New restart attempt cap (0 = unlimited).
+    pub restart_max_attempts: Option<u64>,
+    /// New restart window, in milliseconds.
+    pub restart_window_ms: Option<u64>,
+    /// New health check command (run with `sh -c`); creates a check with Docker's defaults
+    /// when the service has none.
+    pub health_cmd: Option<String>,
+    /// New health check interval, in milliseconds.
+    pub health_interval_ms: Option<u64>,
+    /// New health check timeout, in milliseconds.
+    pub health_timeout_ms: Option<u64>,
+    /// New health check retries.
+    pub health_retries: Option<u32>,
+    /// New health check start period, in milliseconds.
+    pub health_start_period_ms: Option<u64>,
+    /// `--no-healthcheck`: drop the health check (and the image's).
+    pub no_healthcheck: bool,
+    /// New time between the stop signal and SIGKILL, in milliseconds.
+    pub stop_grace_ms: Option<u64>,
+    /// `--force`: replace every task even when nothing else changes.
+    pub force: bool,
+    /// Rolling update settings changed.
+    pub update_config: UpdateConfigPatch,
+    /// Rollback settings changed.
+    pub rollback_config: UpdateConfigPatch,
+}
+
+/// What a [`ServiceUpdateBody`] becomes against the current spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdatePlan {
+    /// Only the replica count changes: a scale, not a rolling update.
+    Scale(u64),
+    /// A new spec (validated): a rolling update, even when it equals the current one.
+    Update(Box<ServiceSpec>),
+}
+
+impl ServiceUpdateBody {
+    /// True when the body asks for a replica count and nothing else.
+    fn replicas_only(&self) -> bool {
+        self.replicas.is_some()
+            && ServiceUpdateBody {
+                replicas: None,
+                ..self.clone()
+            } == ServiceUpdateBody::default()
+    }
+
+    /// The changes applied to `current`: a scale when only the replica count is asked, else
+    /// the new spec, validated ([`ServiceSpec::validate`]); the error is one line.
+    pub fn plan(&self, current: &ServiceSpec) -> Result<UpdatePlan, String> {
+        if self.replicas.is_some() && current.mode == ServiceMode::Global {
+            return Err(format!(
+                "service `{}` is global: --replicas applies to replicated services only",
+                current.name
+            ));
+        }
+        if let Some(r) = self.replicas.filter(|_| self.replicas_only()) {
+            if r > crate::manager::services::MAX_REPLICAS {
+                return Err(format!(
+                    "invalid replicas {r}: at most {}",
+                    crate::manager::services::MAX_REPLICAS
+                ));
+            }
+            return Ok(UpdatePlan::Scale(r));
+        }
+        let mut s = current.clone();
+        if let Some(image) = &self.image {
+            s.image.clone_from(image);
+        }
+        if let Some(args) = &self.args {
+            s.args.clone_from(args);
+        }
+        for k in &self.env_rm {
+            s.env.remove(k);
+        }
+        s.env
+            .extend(self.env_add.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for k in &self.label_rm {
+            s.labels.remove(k);
+        }
+        s.labels
+            .extend(self.label_add.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for c in &self.constraint_rm {
+            let c = c.trim();
+            s.constraints.retain(|x| x.trim() != c);
+        }
+        for c in &self.constraint_add {
+            if !s.constraints.iter().any(|x| x.trim() == c.trim()) {
+                s.constraints.push(c.clone());
+            }
+        }
+        if let Some(r) = self.replicas {
+            s.mode = ServiceMode::Replicated { replicas: r };
+        }
+        if let Some(v) = self.max_replicas_per_node {
+            s.max_replicas_per_node = v;
+        }
+        if let Some(v) = self.reserve_memory_bytes {
+            s.reservations.memory_bytes = v;
+        }
+        if let Some(v) = self.reserve_nano_cpus {
+            s.reservations.nano_cpus = v;
+        }
+        if let Some(v) = self.limit_memory_bytes {
+            s.limits.memory_bytes = v;
+        }
+        if let Some(v) = self.limit_nano_cpus {
+            s.limits.nano_cpus = v;
+        }
+        if let Some(c) = &self.restart_condition {
+            s.restart_policy.condition = c.parse().map_err(|e| format!("{e}"))?;
+        }
+        if let Some(v) = self.restart_delay_ms {
+            s.restart_policy.delay_ms = v;
+        }
+        if let Some(v) = self.restart_max_attempts {
+            s.restart_policy.max_attempts = v;
+        }
+        if let Some(v) = self.restart_window_ms {
+            s.restart_policy.window_ms = v;
+        }
+        self.apply_health(&mut s)?;
+        if let Some(v) = self.stop_grace_ms {
+            s.stop_grace_ms = v;
+        }
+        if self.force {
+            s.force_update = s.force_update.wrapping_add(1);
+        }
+        self.update_config.apply_to(&mut s.update_config);
+        self.rollback_config.apply_to(&mut s.rollback_config);
+        s.validate()?;
+        Ok(UpdatePlan::Update(Box::new(s)))
+    }
+
+    fn apply_health(&self, s: &mut ServiceSpec) -> Result<(), String> {
+        let tuning = self.health_interval_ms.is_some()
+            || self.health_timeout_ms.is_some()
+            || self.health_retries.is_some()
+            || self.health_start_period_ms.is_some();
+        if self.no_healthcheck {
+            if self.health_cmd.is_some() || tuning {
+                return Err("--no-healthcheck conflicts with the --health-* options".into());
+            }
+            s.health_check = None;
+            s.no_healthcheck = true;
+            return Ok(());
+        }
+        if let Some(cmd) = &self.health_cmd {
+            match &mut s.health_check {
+                Some(h) => h.test = HealthTestSpec::Shell(cmd.clone()),
+                None => s.health_check = Some(HealthCheckSpec::shell(cmd.clone())),
+            }
+            s.no_healthcheck = false;
+        }
+        if tuning {
+            let Some(h) = s.health_check.as_mut() else {
+                return Err(format!(
+                    "service `{}` has no health check to tune: give --health-cmd too",
+                    s.name
+                ));
+            };
+            if let Some(v) = self.health_interval_ms {
+                h.interval_ms = v;
+            }
+            if let Some(v) = self.health_timeout_ms {
+                h.timeout_ms = v;
+            }
+            if let Some(v) = self.health_retries {
+                h.retries = v;
+            }
+            if let Some(v) = self.health_start_period_ms {
+                h.start_period_ms = v;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Answer to `service update` and `service rollback`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceUpdateResponse {
+    /// Service ID.
+    pub id: String,
+    /// Service name.
+    pub name: String,
+    /// The spec version after the change (unchanged by a scale).
+    pub version: u64,
+    /// True when a rolling update (or rollback) was started; false for a scale.
+    pub rolling: bool,
+}
+
 /// Answer to create/scale/rm.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceRef {
@@ -448,6 +725,13 @@ pub struct TaskRow {
     pub updated_at: String,
     /// End time, RFC 3339.
     pub ended_at: Option<String>,
+    /// The spec version the task was created from.
+    #[serde(default)]
+    pub version: u64,
+    /// True when the task runs what the current spec asks for (its version is one of the
+    /// service's current versions).
+    #[serde(default)]
+    pub up_to_date: bool,
 }
 
 /// Which tasks [`task_rows`] lists.
@@ -500,6 +784,8 @@ impl TaskRow {
             created_at: rfc3339_millis(t.created_at.0),
             updated_at: rfc3339_millis(t.updated_at.0),
             ended_at: t.ended_at.map(|e| rfc3339_millis(e.0)),
+            version: t.spec_version,
+            up_to_date: rec.is_some_and(|r| r.current_versions().contains(&t.spec_version)),
         }
     }
 }
@@ -747,5 +1033,111 @@ mod tests {
         // The conversion in validates.
         let err = ServiceSpec::try_from(ServiceSpecBody::new("-web", "img")).unwrap_err();
         assert!(err.contains("invalid service name"), "{err}");
+    }
+
+    fn update(json: &str, current: &ServiceSpec) -> Result<UpdatePlan, String> {
+        serde_json::from_str::<ServiceUpdateBody>(json)
+            .map_err(|e| e.to_string())?
+            .plan(current)
+    }
+
+    fn updated(json: &str, current: &ServiceSpec) -> ServiceSpec {
+        match update(json, current) {
+            Ok(UpdatePlan::Update(s)) => *s,
+            other => panic!("expected an update, got {other:?}"),
+        }
+    }
+
+    /// The changes of `service update` land on the current spec; scaling alone is a scale.
+    #[test]
+    fn update_body_applies_to_the_spec() {
+        let mut cur = ServiceSpec::new("web", "img:1");
+        cur.mode = ServiceMode::Replicated { replicas: 2 };
+        cur.env.insert("A".into(), "1".into());
+        cur.env.insert("B".into(), "2".into());
+        cur.labels.insert("x".into(), "1".into());
+        cur.constraints = vec!["node.role==manager".into(), "node.labels.z==a".into()];
+
+        assert_eq!(update(r#"{"replicas":5}"#, &cur), Ok(UpdatePlan::Scale(5)));
+        assert!(
+            update(r#"{"replicas":20000}"#, &cur)
+                .unwrap_err()
+                .contains("at most")
+        );
+
+        let s = updated(
+            r#"{"image":"img:2","env_add":{"C":"3","A":"9"},"env_rm":["B"],
+                "label_add":{"y":"2"},"label_rm":["x"],
+                "constraint_rm":["node.role==manager"],"constraint_add":["node.labels.z==a","node.hostname!=h"],
+                "replicas":3,"args":["sh","-c","x y"],"stop_grace_ms":1000,
+                "update_config":{"parallelism":2,"order":"start-first"},
+                "rollback_config":{"failure_action":"continue","max_failure_ratio_ppm":500000}}"#,
+            &cur,
+        );
+        assert_eq!(s.image, "img:2");
+        assert_eq!(
+            s.env.iter().collect::<Vec<_>>(),
+            [(&"A".into(), &"9".into()), (&"C".into(), &"3".into())]
+        );
+        assert_eq!(s.labels.keys().collect::<Vec<_>>(), ["y"]);
+        assert_eq!(s.constraints, ["node.labels.z==a", "node.hostname!=h"]);
+        assert_eq!(s.mode, ServiceMode::Replicated { replicas: 3 });
+        assert_eq!(s.args, ["sh", "-c", "x y"]);
+        assert_eq!(s.stop_grace_ms, 1000);
+        assert_eq!(s.update_config.parallelism, 2);
+        assert_eq!(s.update_config.order, UpdateOrder::StartFirst);
+        assert_eq!(s.update_config.failure_action, FailureAction::Pause);
+        assert_eq!(s.rollback_config.failure_action, FailureAction::Continue);
+        assert_eq!(s.rollback_config.max_failure_ratio_ppm, 500_000);
+        assert_eq!(s.force_update, 0);
+
+        // --force bumps the counter; an empty body is still an update (version moves on).
+        assert_eq!(updated(r#"{"force":true}"#, &cur).force_update, 1);
+        assert_eq!(updated("{}", &cur), cur);
+        assert!(matches!(
+            update(r#"{"replicas":2,"force":true}"#, &cur),
+            Ok(UpdatePlan::Update(_))
+        ));
+
+        // Health: a command makes a check with Docker's defaults, tuning changes it, and
+        // --no-healthcheck drops it.
+        let h = updated(r#"{"health_cmd":"true","health_retries":5}"#, &cur);
+        let check = h.health_check.clone().unwrap();
+        assert_eq!((check.retries, check.interval_ms), (5, 30_000));
+        let h2 = updated(r#"{"health_interval_ms":1000}"#, &h);
+        assert_eq!(h2.health_check.unwrap().interval_ms, 1000);
+        let none = updated(r#"{"no_healthcheck":true}"#, &h);
+        assert_eq!((none.health_check, none.no_healthcheck), (None, true));
+        assert!(
+            update(r#"{"health_timeout_ms":1000}"#, &cur)
+                .unwrap_err()
+                .contains("no health check")
+        );
+
+        // Validation gives one line, and a global service has no replicas.
+        for (body, needle) in [
+            (
+                r#"{"update_config":{"max_failure_ratio_ppm":1500000}}"#,
+                "between 0 and 1",
+            ),
+            (
+                r#"{"rollback_config":{"failure_action":"rollback"}}"#,
+                "pause or continue",
+            ),
+            (r#"{"constraint_add":["node.color==red"]}"#, "unknown field"),
+            (r#"{"restart_condition":"sometimes"}"#, "restart condition"),
+            (r#"{"image":"a b"}"#, "invalid image"),
+            (r#"{"label_add":{"shoal.x":"1"}}"#, "reserved prefix"),
+        ] {
+            let err = update(body, &cur).unwrap_err();
+            assert!(err.contains(needle) && !err.contains('\n'), "{body}: {err}");
+        }
+        let mut global = cur.clone();
+        global.mode = ServiceMode::Global;
+        assert!(
+            update(r#"{"replicas":1}"#, &global)
+                .unwrap_err()
+                .contains("global")
+        );
     }
 }

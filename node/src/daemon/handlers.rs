@@ -111,6 +111,12 @@ impl Node {
             (&Method::POST, ["v1", "services", reference, "scale"]) => {
                 Reply::json(&self.service_scale(reference, &req).await?)
             }
+            (&Method::POST, ["v1", "services", reference, "update"]) => {
+                Reply::json(&self.service_update(reference, &req).await?)
+            }
+            (&Method::POST, ["v1", "services", reference, "rollback"]) => {
+                Reply::json(&self.service_rollback(reference).await?)
+            }
             (&Method::DELETE, ["v1", "services", reference]) => {
                 Reply::json(&self.service_remove(reference).await?)
             }

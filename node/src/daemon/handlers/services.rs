@@ -4,8 +4,8 @@
 use super::read;
 use crate::api::server::{ApiError, ApiRequest};
 use crate::api::services::{
-    ScaleRequest, ServiceInspect, ServiceRef, ServiceRow, ServiceSpecBody, TaskFilter, TaskRow,
-    service_rows, task_rows,
+    ScaleRequest, ServiceInspect, ServiceRef, ServiceRow, ServiceSpecBody, ServiceUpdateBody,
+    ServiceUpdateResponse, TaskFilter, TaskRow, UpdatePlan, service_rows, task_rows,
 };
 use crate::daemon::node::Node;
 use crate::manager::Manager;
@@ -100,6 +100,81 @@ impl Node {
         Ok(ServiceRef {
             id: rec.id,
             name: rec.spec.name,
+        })
+    }
+
+    /// `POST /v1/services/{ref}/update`: applies the body's changes to the current spec and
+    /// proposes a scale when only the replica count is asked (scaling alone is not a rolling
+    /// update), else an update (even of an unchanged spec: the version moves on and a paused
+    /// update starts again, as Docker does).
+    pub(super) async fn service_update(
+        &self,
+        reference: &str,
+        req: &ApiRequest,
+    ) -> Result<ServiceUpdateResponse, ApiError> {
+        let manager = self.manager().await?;
+        let body: ServiceUpdateBody = req.json()?;
+        let rec = resolve(&manager, reference).await?;
+        let plan = body.plan(&rec.spec).map_err(ApiError::bad_request)?;
+        if let UpdatePlan::Update(spec) = &plan
+            && !spec.ports.is_empty()
+            && spec.ports != rec.spec.ports
+        {
+            return Err(ApiError::bad_request(
+                "publishing ports needs the routing mesh, which this version does not have yet",
+            ));
+        }
+        let rolling = matches!(plan, UpdatePlan::Update(_));
+        let cmd = match plan {
+            UpdatePlan::Scale(replicas) => ServiceCommand::Scale {
+                id: rec.id.clone(),
+                replicas,
+                at: now_ms(),
+            },
+            UpdatePlan::Update(spec) => ServiceCommand::update(rec.id.clone(), *spec, now_ms()),
+        };
+        self.write(Command::Services(cmd)).await?;
+        self.changed(&manager, rec, rolling).await
+    }
+
+    /// `POST /v1/services/{ref}/rollback`: back to the previous spec.
+    pub(super) async fn service_rollback(
+        &self,
+        reference: &str,
+    ) -> Result<ServiceUpdateResponse, ApiError> {
+        let manager = self.manager().await?;
+        let rec = resolve(&manager, reference).await?;
+        if rec.previous_spec.is_none() {
+            return Err(ApiError::conflict(format!(
+                "service `{}` has no previous spec to roll back to",
+                rec.spec.name
+            )));
+        }
+        self.write(Command::Services(ServiceCommand::Rollback {
+            id: rec.id.clone(),
+            at: now_ms(),
+        }))
+        .await?;
+        self.changed(&manager, rec, true).await
+    }
+
+    /// The answer after a write to service `rec`: its version as now read.
+    async fn changed(
+        &self,
+        manager: &Manager,
+        rec: ServiceRecord,
+        rolling: bool,
+    ) -> Result<ServiceUpdateResponse, ApiError> {
+        let version = read(manager, |s| {
+            s.services.services.get(&rec.id).map(|r| r.version)
+        })
+        .await?
+        .unwrap_or(rec.version + u64::from(rolling));
+        Ok(ServiceUpdateResponse {
+            id: rec.id,
+            name: rec.spec.name,
+            version,
+            rolling,
         })
     }
 

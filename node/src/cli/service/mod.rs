@@ -1,4 +1,8 @@
-//! `service create | ls | ps | inspect | scale | rm`.
+//! `service create | ls | ps | inspect | scale | update | rollback | rm`; `update` and the
+//! flags it shares with `create` are in [`update`], following an update in [`progress`].
+
+mod progress;
+mod update;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -10,9 +14,10 @@ use super::node::encode;
 use super::{Format, output};
 use crate::api::client::Client;
 use crate::api::{
-    HealthCheckBody, PortBody, ScaleRequest, ServiceModeBody, ServiceRef, ServiceRow,
-    ServiceSpecBody, TaskRow,
+    PortBody, ScaleRequest, ServiceModeBody, ServiceRef, ServiceRow, ServiceSpecBody,
+    ServiceUpdateResponse, TaskRow,
 };
+use progress::Watch;
 
 /// `shoal service ...`.
 #[derive(Debug, clap::Subcommand)]
@@ -56,6 +61,16 @@ pub enum ServiceCmd {
         #[arg(short, long)]
         detach: bool,
     },
+    /// Update a service: a rolling update, unless only --replicas is given.
+    Update(Box<update::UpdateArgs>),
+    /// Revert a service to its previous spec (a rolling update back).
+    Rollback {
+        /// Return at once instead of following the rollback.
+        #[arg(short, long)]
+        detach: bool,
+        /// ID, unique ID prefix or name.
+        service: String,
+    },
     /// Remove services.
     #[command(alias = "remove")]
     Rm {
@@ -72,8 +87,8 @@ pub struct CreateArgs {
     #[arg(long)]
     pub name: String,
     /// Number of tasks (replicated mode).
-    #[arg(long)]
-    pub replicas: Option<u64>,
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub replicas: Option<String>,
     /// replicated or global.
     #[arg(long, value_parser = ["replicated", "global"], default_value = "replicated")]
     pub mode: String,
@@ -90,8 +105,8 @@ pub struct CreateArgs {
     #[arg(long)]
     pub constraint: Vec<String>,
     /// At most this many tasks on one node.
-    #[arg(long)]
-    pub replicas_max_per_node: Option<u64>,
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub replicas_max_per_node: Option<String>,
     /// Memory reserved per task (e.g. 64m).
     #[arg(long)]
     pub reserve_memory: Option<String>,
@@ -104,24 +119,27 @@ pub struct CreateArgs {
     /// CPU limit per task.
     #[arg(long)]
     pub limit_cpu: Option<String>,
-    /// Restart condition.
-    #[arg(long, value_parser = ["any", "on-failure", "none"])]
+    /// Restart condition: any, on-failure or none.
+    #[arg(long)]
     pub restart_condition: Option<String>,
     /// Delay before a restart (e.g. 5s).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub restart_delay: Option<Duration>,
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub restart_delay: Option<String>,
     /// Restarts allowed within the window (0 = unlimited).
-    #[arg(long)]
-    pub restart_max_attempts: Option<u64>,
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub restart_max_attempts: Option<String>,
     /// Window over which restarts are counted.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub restart_window: Option<Duration>,
-    /// Health check command (run with sh -c).
-    #[arg(long)]
-    pub health_cmd: Option<String>,
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub restart_window: Option<String>,
+    /// Health check flags.
+    #[command(flatten)]
+    pub health: update::HealthFlags,
+    /// Rolling update and rollback settings.
+    #[command(flatten)]
+    pub settings: update::UpdateSettingsFlags,
     /// Time between the stop signal and SIGKILL.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub stop_grace_period: Option<Duration>,
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub stop_grace_period: Option<String>,
     /// Task labels (K=V).
     #[arg(long = "label")]
     pub labels: Vec<String>,
@@ -152,7 +170,12 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpecBody> {
     spec.driver = a.driver.clone().unwrap_or_else(|| "docker".into());
     spec.env = pairs(&a.env, "environment variable")?;
     spec.labels = pairs(&a.labels, "label")?;
-    spec.mode = match (a.mode.as_str(), a.replicas) {
+    let replicas = a
+        .replicas
+        .as_deref()
+        .map(|s| update::count("replicas", s))
+        .transpose()?;
+    spec.mode = match (a.mode.as_str(), replicas) {
         ("global", Some(_)) => bail!("--replicas cannot be used with --mode global"),
         ("global", None) => ServiceModeBody::Global,
         (_, r) => ServiceModeBody::Replicated {
@@ -167,7 +190,9 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpecBody> {
         spec.ports.push(PortBody { published, target });
     }
     spec.constraints.clone_from(&a.constraint);
-    spec.max_replicas_per_node = a.replicas_max_per_node.unwrap_or(0);
+    if let Some(n) = &a.replicas_max_per_node {
+        spec.max_replicas_per_node = update::count("replicas-max-per-node", n)?;
+    }
     let mem = |s: &Option<String>| -> Result<u64> {
         s.as_deref().map_or(Ok(0), |v| {
             shoal_scheduler::parse_memory(v).map_err(|e| anyhow::anyhow!("{e}"))
@@ -185,20 +210,19 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpecBody> {
     if let Some(c) = &a.restart_condition {
         spec.restart_policy.condition = c.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    if let Some(d) = a.restart_delay {
-        spec.restart_policy.delay_ms = d.as_millis() as u64;
+    if let Some(d) = &a.restart_delay {
+        spec.restart_policy.delay_ms = update::duration_ms("restart-delay", d)?;
     }
-    if let Some(n) = a.restart_max_attempts {
-        spec.restart_policy.max_attempts = n;
+    if let Some(n) = &a.restart_max_attempts {
+        spec.restart_policy.max_attempts = update::count("restart-max-attempts", n)?;
     }
-    if let Some(w) = a.restart_window {
-        spec.restart_policy.window_ms = w.as_millis() as u64;
+    if let Some(w) = &a.restart_window {
+        spec.restart_policy.window_ms = update::duration_ms("restart-window", w)?;
     }
-    if let Some(cmd) = &a.health_cmd {
-        spec.health_check = Some(HealthCheckBody::shell(cmd.clone()));
-    }
-    if let Some(g) = a.stop_grace_period {
-        spec.stop_grace_ms = g.as_millis() as u64;
+    a.health.apply_to_spec(&mut spec)?;
+    a.settings.apply_to_spec(&mut spec)?;
+    if let Some(g) = &a.stop_grace_period {
+        spec.stop_grace_ms = update::duration_ms("stop-grace-period", g)?;
     }
     Ok(spec)
 }
@@ -310,6 +334,37 @@ pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
             }
             Ok(())
         }
+        ServiceCmd::Update(args) => {
+            let body = update::body_of(&args)?;
+            let r: ServiceUpdateResponse = client
+                .post(
+                    &format!("/v1/services/{}/update", encode(&args.service)),
+                    &body,
+                )
+                .await?;
+            println!("{}", r.id);
+            if args.detach {
+                return Ok(());
+            }
+            if r.rolling {
+                progress::follow(client, &r.id, Watch::Update { version: r.version }).await
+            } else {
+                wait_converged(client, &r.id).await
+            }
+        }
+        ServiceCmd::Rollback { detach, service } => {
+            let r: ServiceUpdateResponse = client
+                .post(
+                    &format!("/v1/services/{}/rollback", encode(&service)),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            println!("{}", r.id);
+            if detach {
+                return Ok(());
+            }
+            progress::follow(client, &r.id, Watch::Rollback { version: r.version }).await
+        }
         ServiceCmd::Rm { services } => {
             let mut failed = Vec::new();
             for s in services {
@@ -365,6 +420,7 @@ pub(super) fn print_tasks(rows: &[TaskRow], quiet: bool, format: Format) -> Resu
                 r.id.chars().take(12).collect(),
                 name,
                 r.image.clone(),
+                r.version.to_string(),
                 r.node.clone().unwrap_or_default(),
                 title(&r.desired_state),
                 title(&r.state),
@@ -379,6 +435,7 @@ pub(super) fn print_tasks(rows: &[TaskRow], quiet: bool, format: Format) -> Resu
                 "ID",
                 "NAME",
                 "IMAGE",
+                "VERSION",
                 "NODE",
                 "DESIRED STATE",
                 "CURRENT STATE",
@@ -440,5 +497,57 @@ async fn wait_converged(client: &Client, id: &str) -> Result<()> {
             converged_since = None;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Cmd};
+    use clap::Parser;
+
+    fn create(line: &[&str]) -> Result<ServiceSpecBody> {
+        let mut argv = vec!["shoal", "service", "create", "--name", "web"];
+        argv.extend_from_slice(line);
+        match Cli::try_parse_from(argv)?.command {
+            Cmd::Service(ServiceCmd::Create(a)) => spec_of(&a),
+            other => panic!("not a create: {other:?}"),
+        }
+    }
+
+    /// Bad numbers and durations on `create` are one line, as on `update`.
+    #[test]
+    fn create_flags_give_one_line_errors() {
+        for (flags, needle) in [
+            (&["--replicas", "-1"][..], "--replicas `-1`"),
+            (&["--restart-delay", "soon"], "--restart-delay `soon`"),
+            (
+                &["--restart-max-attempts", "x"],
+                "--restart-max-attempts `x`",
+            ),
+            (&["--stop-grace-period", "-1s"], "--stop-grace-period"),
+            (&["--restart-condition", "sometimes"], "restart condition"),
+            (&["--update-parallelism", "-3"], "--update-parallelism `-3`"),
+        ] {
+            let mut line = flags.to_vec();
+            line.push("img");
+            let e = create(&line).unwrap_err().to_string();
+            assert!(e.contains(needle) && !e.contains('\n'), "{flags:?}: {e}");
+        }
+        let s = create(&[
+            "--replicas",
+            "3",
+            "--restart-delay",
+            "2s",
+            "--stop-grace-period",
+            "0",
+            "img",
+            "sleep",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(s.mode, ServiceModeBody::Replicated { replicas: 3 });
+        assert_eq!((s.restart_policy.delay_ms, s.stop_grace_ms), (2_000, 0));
+        assert_eq!(s.args, ["sleep", "1"]);
     }
 }

@@ -1,0 +1,675 @@
+//! `service update` and the flags it shares with `service create`: the rolling update and
+//! rollback settings and the health check. Numbers, durations and words are taken as text
+//! and parsed here, so a bad value is one line on stderr (clap's errors are several) and
+//! nothing is sent to the daemon.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, anyhow, bail};
+
+use crate::api::services::UpdateConfigBody;
+use crate::api::{HealthCheckBody, ServiceSpecBody, ServiceUpdateBody, UpdateConfigPatch};
+use crate::manager::services::{FailureAction, RATIO_ONE_PPM, UpdateOrder};
+
+/// `--update-*` and `--rollback-*` flags (on `create` and `update`).
+#[derive(Debug, Default, clap::Args)]
+pub struct UpdateSettingsFlags {
+    /// Tasks updated at once (0 = all at once).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub update_parallelism: Option<String>,
+    /// Delay between updates of batches (e.g. 10s).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub update_delay: Option<String>,
+    /// How long to watch each updated task for failure (e.g. 5s).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub update_monitor: Option<String>,
+    /// stop-first or start-first.
+    #[arg(long, value_name = "ORDER")]
+    pub update_order: Option<String>,
+    /// pause, continue or rollback.
+    #[arg(long, value_name = "ACTION")]
+    pub update_failure_action: Option<String>,
+    /// Failure rate tolerated during an update (0 to 1).
+    #[arg(long, value_name = "RATIO", allow_hyphen_values = true)]
+    pub update_max_failure_ratio: Option<String>,
+    /// Tasks rolled back at once (0 = all at once).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub rollback_parallelism: Option<String>,
+    /// Delay between rollbacks of batches.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub rollback_delay: Option<String>,
+    /// How long to watch each rolled back task for failure.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub rollback_monitor: Option<String>,
+    /// stop-first or start-first.
+    #[arg(long, value_name = "ORDER")]
+    pub rollback_order: Option<String>,
+    /// pause or continue.
+    #[arg(long, value_name = "ACTION")]
+    pub rollback_failure_action: Option<String>,
+    /// Failure rate tolerated during a rollback (0 to 1).
+    #[arg(long, value_name = "RATIO", allow_hyphen_values = true)]
+    pub rollback_max_failure_ratio: Option<String>,
+}
+
+/// `--health-*` and `--no-healthcheck` (on `create` and `update`).
+#[derive(Debug, Default, clap::Args)]
+pub struct HealthFlags {
+    /// Health check command (run with sh -c).
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Time between health checks (e.g. 30s).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub health_interval: Option<String>,
+    /// A check running longer fails (e.g. 30s).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub health_timeout: Option<String>,
+    /// Consecutive failures that make a task unhealthy.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub health_retries: Option<String>,
+    /// Failures during this time after start do not count.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub health_start_period: Option<String>,
+    /// Disable any health check (the image's included).
+    #[arg(long)]
+    pub no_healthcheck: bool,
+}
+
+/// `service update` flags.
+#[derive(Debug, clap::Args)]
+pub struct UpdateArgs {
+    /// New image (or program path, with the process driver).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// New arguments, as one string split like a shell would ("sh -c 'echo hi'").
+    #[arg(long, allow_hyphen_values = true)]
+    pub args: Option<String>,
+    /// Add or replace an environment variable (K=V), repeatable.
+    #[arg(long = "env-add", value_name = "K=V")]
+    pub env_add: Vec<String>,
+    /// Remove an environment variable (K), repeatable.
+    #[arg(long = "env-rm", value_name = "K")]
+    pub env_rm: Vec<String>,
+    /// Add or replace a task label (K=V), repeatable.
+    #[arg(long = "label-add", value_name = "K=V")]
+    pub label_add: Vec<String>,
+    /// Remove a task label (K), repeatable.
+    #[arg(long = "label-rm", value_name = "K")]
+    pub label_rm: Vec<String>,
+    /// Add a placement constraint, repeatable.
+    #[arg(long = "constraint-add", value_name = "EXPR")]
+    pub constraint_add: Vec<String>,
+    /// Remove a placement constraint (the exact expression), repeatable.
+    #[arg(long = "constraint-rm", value_name = "EXPR")]
+    pub constraint_rm: Vec<String>,
+    /// Number of tasks (alone: a scale, not a rolling update).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub replicas: Option<String>,
+    /// At most this many tasks on one node (0 = unlimited).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub replicas_max_per_node: Option<String>,
+    /// Memory reserved per task (e.g. 64m; 0: none).
+    #[arg(long)]
+    pub reserve_memory: Option<String>,
+    /// CPUs reserved per task (e.g. 0.5; 0: none).
+    #[arg(long)]
+    pub reserve_cpu: Option<String>,
+    /// Memory limit per task (0: none).
+    #[arg(long)]
+    pub limit_memory: Option<String>,
+    /// CPU limit per task (0: none).
+    #[arg(long)]
+    pub limit_cpu: Option<String>,
+    /// Restart condition: any, on-failure or none.
+    #[arg(long)]
+    pub restart_condition: Option<String>,
+    /// Delay before a restart (e.g. 5s).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub restart_delay: Option<String>,
+    /// Restarts allowed within the window (0 = unlimited).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub restart_max_attempts: Option<String>,
+    /// Window over which restarts are counted.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub restart_window: Option<String>,
+    /// Health check flags.
+    #[command(flatten)]
+    pub health: HealthFlags,
+    /// Time between the stop signal and SIGKILL.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub stop_grace_period: Option<String>,
+    /// Replace every task, even when nothing changes.
+    #[arg(long)]
+    pub force: bool,
+    /// Rolling update and rollback settings.
+    #[command(flatten)]
+    pub settings: UpdateSettingsFlags,
+    /// Return at once instead of following the update.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// ID, unique ID prefix or name.
+    pub service: String,
+}
+
+/// A whole number `>= 0` given to `--flag`.
+pub(super) fn count(flag: &str, v: &str) -> Result<u64> {
+    v.trim()
+        .parse()
+        .map_err(|_| anyhow!("invalid --{flag} `{v}`: expected a whole number, 0 or more"))
+}
+
+/// A duration given to `--flag` (`10s`, `500ms`, `1m`, `0`), in milliseconds.
+pub(super) fn duration_ms(flag: &str, v: &str) -> Result<u64> {
+    let t = v.trim();
+    let d = if t == "0" {
+        Ok(std::time::Duration::ZERO)
+    } else {
+        humantime::parse_duration(t)
+    };
+    d.ok()
+        .and_then(|d| u64::try_from(d.as_millis()).ok())
+        .ok_or_else(|| {
+            anyhow!("invalid --{flag} `{v}`: expected a duration such as 10s, 500ms or 1m")
+        })
+}
+
+/// A fraction 0..=1 given to `--flag`, in parts per million.
+pub(super) fn ratio_ppm(flag: &str, v: &str) -> Result<u32> {
+    let r: f64 = v
+        .trim()
+        .parse()
+        .ok()
+        .filter(|r: &f64| r.is_finite() && (0.0..=1.0).contains(r))
+        .ok_or_else(|| anyhow!("invalid --{flag} `{v}`: expected a number between 0 and 1"))?;
+    // In range 0..=1, so the product fits.
+    Ok((r * f64::from(RATIO_ONE_PPM)).round() as u32)
+}
+
+fn word<T: std::str::FromStr>(v: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    v.trim().parse().map_err(|e| anyhow!("{e}"))
+}
+
+impl UpdateSettingsFlags {
+    /// The `--update-*` and `--rollback-*` changes asked.
+    pub fn patches(&self) -> Result<(UpdateConfigPatch, UpdateConfigPatch)> {
+        let update = patch(
+            "update",
+            [
+                &self.update_parallelism,
+                &self.update_delay,
+                &self.update_monitor,
+                &self.update_order,
+                &self.update_failure_action,
+                &self.update_max_failure_ratio,
+            ],
+        )?;
+        let rollback = patch(
+            "rollback",
+            [
+                &self.rollback_parallelism,
+                &self.rollback_delay,
+                &self.rollback_monitor,
+                &self.rollback_order,
+                &self.rollback_failure_action,
+                &self.rollback_max_failure_ratio,
+            ],
+        )?;
+        if rollback.failure_action == Some(FailureAction::Rollback) {
+            bail!("invalid --rollback-failure-action `rollback`: expected pause or continue");
+        }
+        Ok((update, rollback))
+    }
+
+    /// `spec` with the settings asked on `create`.
+    pub fn apply_to_spec(&self, spec: &mut ServiceSpecBody) -> Result<()> {
+        let (u, r) = self.patches()?;
+        apply_patch(&u, &mut spec.update_config);
+        apply_patch(&r, &mut spec.rollback_config);
+        Ok(())
+    }
+}
+
+/// Parses one group: parallelism, delay, monitor, order, failure action, ratio.
+fn patch(prefix: &str, v: [&Option<String>; 6]) -> Result<UpdateConfigPatch> {
+    let f = |name: &str| format!("{prefix}-{name}");
+    Ok(UpdateConfigPatch {
+        parallelism: v[0]
+            .as_deref()
+            .map(|s| count(&f("parallelism"), s))
+            .transpose()?,
+        delay_ms: v[1]
+            .as_deref()
+            .map(|s| duration_ms(&f("delay"), s))
+            .transpose()?,
+        monitor_ms: v[2]
+            .as_deref()
+            .map(|s| duration_ms(&f("monitor"), s))
+            .transpose()?,
+        order: v[3].as_deref().map(word::<UpdateOrder>).transpose()?,
+        failure_action: v[4].as_deref().map(word::<FailureAction>).transpose()?,
+        max_failure_ratio_ppm: v[5]
+            .as_deref()
+            .map(|s| ratio_ppm(&f("max-failure-ratio"), s))
+            .transpose()?,
+    })
+}
+
+fn apply_patch(p: &UpdateConfigPatch, c: &mut UpdateConfigBody) {
+    let mut spec: crate::manager::services::UpdateConfig = (*c).into();
+    p.apply_to(&mut spec);
+    *c = spec.into();
+}
+
+/// The parsed `--health-*` values: (interval, timeout, retries, start period).
+type HealthTuning = (Option<u64>, Option<u64>, Option<u32>, Option<u64>);
+
+impl HealthFlags {
+    fn tuning(&self) -> Result<HealthTuning> {
+        let retries = self
+            .health_retries
+            .as_deref()
+            .map(|s| {
+                count("health-retries", s).and_then(|n| {
+                    u32::try_from(n)
+                        .map_err(|_| anyhow!("invalid --health-retries `{s}`: too large"))
+                })
+            })
+            .transpose()?;
+        Ok((
+            self.health_interval
+                .as_deref()
+                .map(|s| duration_ms("health-interval", s))
+                .transpose()?,
+            self.health_timeout
+                .as_deref()
+                .map(|s| duration_ms("health-timeout", s))
+                .transpose()?,
+            retries,
+            self.health_start_period
+                .as_deref()
+                .map(|s| duration_ms("health-start-period", s))
+                .transpose()?,
+        ))
+    }
+
+    fn check_conflict(&self, t: &HealthTuning) -> Result<()> {
+        let tuned = t.0.is_some() || t.1.is_some() || t.2.is_some() || t.3.is_some();
+        if self.no_healthcheck && (tuned || self.health_cmd.is_some()) {
+            bail!("--no-healthcheck conflicts with the --health-* options");
+        }
+        Ok(())
+    }
+
+    /// `spec` with the health flags asked on `create`.
+    pub fn apply_to_spec(&self, spec: &mut ServiceSpecBody) -> Result<()> {
+        let t = self.tuning()?;
+        self.check_conflict(&t)?;
+        spec.no_healthcheck = self.no_healthcheck;
+        let tuned = t.0.is_some() || t.1.is_some() || t.2.is_some() || t.3.is_some();
+        match &self.health_cmd {
+            None if tuned => bail!("the --health-* options need --health-cmd"),
+            None => {}
+            Some(cmd) => {
+                let mut h = HealthCheckBody::shell(cmd.clone());
+                h.interval_ms = t.0.unwrap_or(h.interval_ms);
+                h.timeout_ms = t.1.unwrap_or(h.timeout_ms);
+                h.retries = t.2.unwrap_or(h.retries);
+                h.start_period_ms = t.3.unwrap_or(h.start_period_ms);
+                spec.health_check = Some(h);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_to_body(&self, b: &mut ServiceUpdateBody) -> Result<()> {
+        let t = self.tuning()?;
+        self.check_conflict(&t)?;
+        b.health_cmd.clone_from(&self.health_cmd);
+        (
+            b.health_interval_ms,
+            b.health_timeout_ms,
+            b.health_retries,
+            b.health_start_period_ms,
+        ) = t;
+        b.no_healthcheck = self.no_healthcheck;
+        Ok(())
+    }
+}
+
+fn pairs(items: &[String], flag: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let Some((k, v)) = item.split_once('=') else {
+            bail!("invalid --{flag} `{item}`: expected KEY=VALUE");
+        };
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn amount(v: &Option<String>, parse: fn(&str) -> Result<u64, String>) -> Result<Option<u64>> {
+    v.as_deref()
+        .map(|s| if s.trim() == "0" { Ok(0) } else { parse(s) })
+        .transpose()
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// The request body of `service update` (everything checked that can be checked here).
+pub fn body_of(a: &UpdateArgs) -> Result<ServiceUpdateBody> {
+    let mut b = ServiceUpdateBody {
+        image: a.image.clone(),
+        args: a.args.as_deref().map(split_args).transpose()?,
+        env_add: pairs(&a.env_add, "env-add")?,
+        env_rm: a.env_rm.clone(),
+        label_add: pairs(&a.label_add, "label-add")?,
+        label_rm: a.label_rm.clone(),
+        constraint_add: a.constraint_add.clone(),
+        constraint_rm: a.constraint_rm.clone(),
+        replicas: a
+            .replicas
+            .as_deref()
+            .map(|s| count("replicas", s))
+            .transpose()?,
+        max_replicas_per_node: a
+            .replicas_max_per_node
+            .as_deref()
+            .map(|s| count("replicas-max-per-node", s))
+            .transpose()?,
+        reserve_memory_bytes: amount(&a.reserve_memory, |s| {
+            shoal_scheduler::parse_memory(s).map_err(|e| e.to_string())
+        })?,
+        reserve_nano_cpus: amount(&a.reserve_cpu, |s| {
+            shoal_scheduler::parse_cpus(s).map_err(|e| e.to_string())
+        })?,
+        limit_memory_bytes: amount(&a.limit_memory, |s| {
+            shoal_scheduler::parse_memory(s).map_err(|e| e.to_string())
+        })?,
+        limit_nano_cpus: amount(&a.limit_cpu, |s| {
+            shoal_scheduler::parse_cpus(s).map_err(|e| e.to_string())
+        })?,
+        restart_condition: a
+            .restart_condition
+            .as_deref()
+            .map(|s| word::<shoal_scheduler::RestartCondition>(s).map(|c| c.as_str().to_string()))
+            .transpose()?,
+        restart_delay_ms: a
+            .restart_delay
+            .as_deref()
+            .map(|s| duration_ms("restart-delay", s))
+            .transpose()?,
+        restart_max_attempts: a
+            .restart_max_attempts
+            .as_deref()
+            .map(|s| count("restart-max-attempts", s))
+            .transpose()?,
+        restart_window_ms: a
+            .restart_window
+            .as_deref()
+            .map(|s| duration_ms("restart-window", s))
+            .transpose()?,
+        stop_grace_ms: a
+            .stop_grace_period
+            .as_deref()
+            .map(|s| duration_ms("stop-grace-period", s))
+            .transpose()?,
+        force: a.force,
+        ..ServiceUpdateBody::default()
+    };
+    a.health.apply_to_body(&mut b)?;
+    (b.update_config, b.rollback_config) = a.settings.patches()?;
+    if let Some(image) = &b.image
+        && image.trim().is_empty()
+    {
+        bail!("invalid --image: it may not be empty");
+    }
+    Ok(b)
+}
+
+/// Splits `line` into words as a POSIX shell would (without expansions): blanks separate
+/// words, single quotes keep everything literally, double quotes keep everything but `\"`,
+/// `\\`, `` \` `` and `\$`, and a backslash outside quotes keeps the next character.
+pub fn split_args(line: &str) -> Result<Vec<String>> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => cur.push(c),
+                        None => bail!("invalid --args: unterminated single quote"),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '`' | '$')) => cur.push(c),
+                            Some('\n') => {}
+                            Some(c) => {
+                                cur.push('\\');
+                                cur.push(c);
+                            }
+                            None => bail!("invalid --args: unterminated double quote"),
+                        },
+                        Some(c) => cur.push(c),
+                        None => bail!("invalid --args: unterminated double quote"),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some('\n') => {}
+                    Some(c) => cur.push(c),
+                    None => bail!("invalid --args: a trailing backslash escapes nothing"),
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Cmd};
+    use clap::Parser;
+
+    fn args(line: &[&str]) -> UpdateArgs {
+        let mut argv = vec!["shoal", "service", "update"];
+        argv.extend_from_slice(line);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Cmd::Service(super::super::ServiceCmd::Update(a)) => *a,
+            other => panic!("not an update: {other:?}"),
+        }
+    }
+
+    fn err(line: &[&str]) -> String {
+        let e = body_of(&args(line)).unwrap_err().to_string();
+        assert!(!e.contains('\n'), "one line: {e}");
+        e
+    }
+
+    #[test]
+    fn splitter_respects_quotes() {
+        let s = |l: &str| split_args(l).unwrap();
+        assert_eq!(s("sh -c 'x y'"), ["sh", "-c", "x y"]);
+        assert_eq!(s("  a   b  "), ["a", "b"]);
+        assert_eq!(
+            s(r#"echo "a \"b\" $c" d\ e"#),
+            ["echo", r#"a "b" $c"#, "d e"]
+        );
+        assert_eq!(s("a''b '' \"\""), ["ab", "", ""]);
+        assert_eq!(s(r#""it's" 'say "hi"'"#), ["it's", r#"say "hi""#]);
+        assert_eq!(s(r#""a\nb""#), [r"a\nb"]);
+        assert!(s("").is_empty());
+        assert!(split_args("'open").is_err());
+        assert!(split_args("\"open").is_err());
+        assert!(split_args("x\\").is_err());
+    }
+
+    #[test]
+    fn flags_become_the_body() {
+        let b = body_of(&args(&[
+            "--image",
+            "/bin/true",
+            "--args",
+            "sh -c 'sleep 1'",
+            "--env-add",
+            "A=1",
+            "--env-rm",
+            "B",
+            "--label-add",
+            "x=y",
+            "--constraint-rm",
+            "node.role==manager",
+            "--force",
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "1m",
+            "--update-monitor",
+            "500ms",
+            "--update-order",
+            "start-first",
+            "--update-failure-action",
+            "rollback",
+            "--update-max-failure-ratio",
+            "0.25",
+            "--rollback-failure-action",
+            "continue",
+            "--health-cmd",
+            "true",
+            "--health-retries",
+            "5",
+            "--stop-grace-period",
+            "3s",
+            "web",
+        ]))
+        .unwrap();
+        assert_eq!(b.image.as_deref(), Some("/bin/true"));
+        assert_eq!(
+            b.args,
+            Some(vec!["sh".into(), "-c".into(), "sleep 1".into()])
+        );
+        assert_eq!(b.env_add["A"], "1");
+        assert_eq!(b.env_rm, ["B"]);
+        assert_eq!(b.label_add["x"], "y");
+        assert_eq!(b.constraint_rm, ["node.role==manager"]);
+        assert!(b.force);
+        let u = b.update_config;
+        assert_eq!(u.parallelism, Some(2));
+        assert_eq!(u.delay_ms, Some(60_000));
+        assert_eq!(u.monitor_ms, Some(500));
+        assert_eq!(u.order, Some(UpdateOrder::StartFirst));
+        assert_eq!(u.failure_action, Some(FailureAction::Rollback));
+        assert_eq!(u.max_failure_ratio_ppm, Some(250_000));
+        assert_eq!(
+            b.rollback_config.failure_action,
+            Some(FailureAction::Continue)
+        );
+        assert_eq!(b.rollback_config.parallelism, None);
+        assert_eq!(b.health_cmd.as_deref(), Some("true"));
+        assert_eq!(b.health_retries, Some(5));
+        assert_eq!(b.stop_grace_ms, Some(3_000));
+        assert_eq!(b.replicas, None);
+    }
+
+    #[test]
+    fn bad_flags_are_one_line_errors() {
+        assert_eq!(
+            err(&["--update-parallelism", "-1", "web"]),
+            "invalid --update-parallelism `-1`: expected a whole number, 0 or more"
+        );
+        assert_eq!(
+            err(&["--update-parallelism=x", "web"]),
+            "invalid --update-parallelism `x`: expected a whole number, 0 or more"
+        );
+        assert_eq!(
+            err(&["--update-max-failure-ratio", "1.5", "web"]),
+            "invalid --update-max-failure-ratio `1.5`: expected a number between 0 and 1"
+        );
+        assert!(err(&["--rollback-max-failure-ratio", "-0.1", "web"]).contains("between 0 and 1"));
+        assert!(err(&["--update-delay", "soon", "web"]).contains("--update-delay `soon`"));
+        assert!(err(&["--update-monitor", "-5s", "web"]).contains("--update-monitor"));
+        assert_eq!(
+            err(&["--update-order", "whenever", "web"]),
+            "invalid update order `whenever`: expected stop-first or start-first"
+        );
+        assert!(err(&["--update-failure-action", "panic", "web"]).contains("pause, continue"));
+        assert!(
+            err(&["--rollback-failure-action", "rollback", "web"]).contains("pause or continue")
+        );
+        assert!(err(&["--replicas", "-2", "web"]).contains("--replicas `-2`"));
+        assert!(err(&["--env-add", "A", "web"]).contains("KEY=VALUE"));
+        assert!(err(&["--restart-condition", "sometimes", "web"]).contains("restart condition"));
+        assert!(err(&["--health-retries", "-1", "web"]).contains("--health-retries"));
+        assert!(err(&["--no-healthcheck", "--health-cmd", "true", "web"]).contains("conflicts"));
+        assert!(err(&["--args", "sh -c 'x", "web"]).contains("unterminated"));
+        assert!(err(&["--limit-memory", "lots", "web"]).contains("lots"));
+        // Zero is a value, not an error.
+        let b = body_of(&args(&[
+            "--update-delay",
+            "0",
+            "--update-parallelism",
+            "0",
+            "web",
+        ]))
+        .unwrap();
+        assert_eq!(b.update_config.delay_ms, Some(0));
+        assert_eq!(b.update_config.parallelism, Some(0));
+    }
+
+    #[test]
+    fn create_flags_fill_the_spec() {
+        let mut spec = ServiceSpecBody::new("web", "img");
+        let flags = UpdateSettingsFlags {
+            update_parallelism: Some("3".into()),
+            update_failure_action: Some("continue".into()),
+            rollback_monitor: Some("2s".into()),
+            ..UpdateSettingsFlags::default()
+        };
+        flags.apply_to_spec(&mut spec).unwrap();
+        assert_eq!(spec.update_config.parallelism, 3);
+        assert_eq!(spec.update_config.failure_action, FailureAction::Continue);
+        assert_eq!(spec.update_config.monitor_ms, 5_000);
+        assert_eq!(spec.rollback_config.monitor_ms, 2_000);
+        let health = HealthFlags {
+            health_cmd: Some("curl -f localhost".into()),
+            health_interval: Some("2s".into()),
+            ..HealthFlags::default()
+        };
+        health.apply_to_spec(&mut spec).unwrap();
+        let h = spec.health_check.clone().unwrap();
+        assert_eq!((h.interval_ms, h.retries), (2_000, 3));
+        let lonely = HealthFlags {
+            health_timeout: Some("2s".into()),
+            ..HealthFlags::default()
+        };
+        assert!(lonely.apply_to_spec(&mut spec).is_err());
+    }
+}
