@@ -489,6 +489,21 @@ impl<'a> Pass<'a> {
                 self.stop(other, ShutdownReason::Replaced);
             }
         }
+        if service.update.as_ref().is_some_and(|u| !u.paused) && !self.is_current(service, e) {
+            // An ended task of an outdated spec (a rollback's failed new version): the update
+            // replaces it now; restarting it is not the restart policy's business.
+            self.stop(e, ShutdownReason::Updated);
+            let history = prune(
+                &self.tasks[e].restart_history,
+                self.now,
+                &service.restart_policy,
+            );
+            return Some(Placement::New {
+                slot,
+                attempt,
+                restart_history: history,
+            });
+        }
         let due = restart_due(self.tasks[e], &service.restart_policy)?;
         if self.now < due {
             self.wake(due);

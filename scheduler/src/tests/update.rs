@@ -342,3 +342,30 @@ fn assess_completes_only_after_the_monitor_window() {
         Some(UpdateAssessment::Completed)
     );
 }
+
+#[test]
+fn rollback_replaces_a_failed_new_task_at_once_without_the_restart_delay() {
+    let mut v = view(nodes(&["a"]), vec![service("s", 1)]);
+    let now = settle(&mut v, T0);
+    begin(&mut v, "s", 2, rolling(1, false, now));
+    let mut now = now;
+    while versions(&v, "s") != vec![2] || task_in_slot(&v, "s", 1).state != TaskState::Running {
+        let plan = reconcile(&v, now, &cfg());
+        v.apply(&plan.decisions, now).expect("apply");
+        work(&mut v, now, &[]);
+        now = now.plus_ms(100);
+    }
+    let new = task_in_slot(&v, "s", 1).id.clone();
+    sim::end_task(&mut v, &new, TaskState::Failed, Some(1), now).expect("end");
+    // Rolled back to version 1's spec (as version 3).
+    let mut u = rolling(1, false, now);
+    u.current_versions = vec![1];
+    begin(&mut v, "s", 3, u);
+    let plan = reconcile(&v, now, &cfg());
+    assert!(
+        plan.decisions
+            .iter()
+            .any(|d| matches!(d, Decision::CreateTask(t) if t.spec_version == 3)),
+        "{plan:?}"
+    );
+}

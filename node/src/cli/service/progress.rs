@@ -120,14 +120,12 @@ pub fn render(service: &ServiceRow, rows: &[TaskRow], watch: Watch) -> Frame {
     };
     let outcome = match watch {
         Watch::Update { version } => match state {
-            "paused" if service.version == version => {
-                Some(Err(format!("update paused: {message}")))
-            }
+            "paused" if service.version == version => Some(Err(said("update paused", message))),
             "rollback_paused" if service.version <= version + 1 => {
-                Some(Err(format!("update paused: {message}")))
+                Some(Err(said("update paused", message)))
             }
             "rollback_completed" if service.version <= version + 1 => {
-                Some(Err(format!("update rolled back: {message}")))
+                Some(Err(said("update rolled back", message)))
             }
             "rollback_started" if service.version <= version + 1 => None,
             _ if service.version != version => superseded(),
@@ -136,12 +134,22 @@ pub fn render(service: &ServiceRow, rows: &[TaskRow], watch: Watch) -> Frame {
         },
         Watch::Rollback { version } => match state {
             _ if service.version != version => superseded(),
-            "rollback_paused" => Some(Err(format!("rollback paused: {message}"))),
+            "rollback_paused" => Some(Err(said("rollback paused", message))),
             "rollback_completed" | "completed" | "" if converged => Some(Ok(())),
             _ => None,
         },
     };
     Frame { lines, outcome }
+}
+
+/// `what: message`, or the message alone when it already says `what` (the leader's own
+/// messages do: "update paused due to failure or early termination of task …").
+fn said(what: &str, message: &str) -> String {
+    if message.starts_with(what) {
+        message.to_string()
+    } else {
+        format!("{what}: {message}")
+    }
 }
 
 /// Prints frames: redrawn in place on a terminal; otherwise only the lines that changed.
