@@ -1108,3 +1108,253 @@ mod tests {
         assert!(!mentions(b"/tmp/shoal-t-ab/s.sock", dir));
     }
 }
+
+// ---- Rolling updates (issue 17) -------------------------------------------------------
+
+/// A `shoal` CLI call left running in the background (e.g. a `service update` that follows
+/// the update's progress while the test samples the cluster). Dropping it kills the call.
+pub struct BackgroundCli {
+    what: String,
+    child: Option<Child>,
+    stdout: Option<mpsc::Receiver<Vec<u8>>>,
+    stderr: Option<mpsc::Receiver<Vec<u8>>>,
+}
+
+impl Daemon {
+    /// Starts `shoal -H unix://SOCKET args...` without waiting for it.
+    pub fn spawn_cli(&self, args: &[&str]) -> Result<BackgroundCli> {
+        let what = format!("shoal {}", args.join(" "));
+        let mut child = Command::new(shoal_bin())
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run `{what}`"))?;
+        let stdout = child.stdout.take().map(read_to_end_in_thread);
+        let stderr = child.stderr.take().map(read_to_end_in_thread);
+        Ok(BackgroundCli {
+            what,
+            child: Some(child),
+            stdout,
+            stderr,
+        })
+    }
+}
+
+impl BackgroundCli {
+    /// The call's output once it has ended, `None` while it runs.
+    pub fn try_output(&mut self) -> Result<Option<Output>> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("`{}`: output already taken", self.what);
+        };
+        let Some(status) = child.try_wait()? else {
+            return Ok(None);
+        };
+        self.child = None;
+        let what = &self.what;
+        let collect = |rx: Option<mpsc::Receiver<Vec<u8>>>| -> Result<Vec<u8>> {
+            let Some(rx) = rx else {
+                return Ok(Vec::new());
+            };
+            rx.recv_timeout(Duration::from_secs(10))
+                .map_err(|_| anyhow::anyhow!("`{what}` exited but its output stayed open"))
+        };
+        let stdout = collect(self.stdout.take())?;
+        let stderr = collect(self.stderr.take())?;
+        Ok(Some(Output {
+            status,
+            stdout,
+            stderr,
+        }))
+    }
+
+    /// Waits up to `deadline` for the call to end; one still running then is killed and
+    /// fails.
+    pub fn wait(mut self, deadline: Duration) -> Result<Output> {
+        let what = self.what.clone();
+        Poll::new(&what, deadline)
+            .every(Duration::from_millis(20))
+            .backoff_to(Duration::from_millis(200))
+            .until(|| self.try_output())
+            .with_context(|| format!("`{what}` did not end within {deadline:?}"))
+    }
+}
+
+impl Drop for BackgroundCli {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take()
+            && !matches!(child.try_wait(), Ok(Some(_)))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A tag of the test image under another name (`docker tag`: same image ID, a new name),
+/// removed when dropped. Declare it before the [`ClusterContainers`] guard of the cluster
+/// that uses it, so the containers go first.
+pub struct ImageTag(pub String);
+
+impl ImageTag {
+    /// Tags [`TEST_IMAGE`] as `shoal-test/busybox:{prefix}-{pid}-{n}` (unique per call).
+    pub fn new(prefix: &str) -> Result<ImageTag> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let name = format!(
+            "shoal-test/busybox:{prefix}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let out = output_within(
+            Command::new("docker")
+                .args(["tag", TEST_IMAGE, &name])
+                .stdin(Stdio::null()),
+            DOCKER_DEADLINE,
+        )?;
+        if !out.status.success() {
+            bail!(
+                "docker tag {TEST_IMAGE} {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(ImageTag(name))
+    }
+
+    /// The tagged name.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for ImageTag {
+    fn drop(&mut self) {
+        let mut rmi = Command::new("docker");
+        rmi.args(["rmi", &self.0]).stdin(Stdio::null());
+        match output_within(&mut rmi, DOCKER_DEADLINE) {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "warning: cannot remove the tag {}: {}",
+                self.0,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => eprintln!("warning: cannot remove the tag {}: {e:#}", self.0),
+        }
+    }
+}
+
+/// One running container of a service, as `docker ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceContainer {
+    /// Container ID.
+    pub id: String,
+    /// The image *name* it was created from (a tag, not the image ID).
+    pub image: String,
+    /// Its `shoal.slot` label.
+    pub slot: String,
+    /// Its `shoal.task` label.
+    pub task: String,
+}
+
+/// The running containers of service `service` (by name) of `cluster`.
+pub fn service_containers(cluster: &str, service: &str) -> Result<Vec<ServiceContainer>> {
+    let out = output_within(
+        Command::new("docker")
+            .args([
+                "ps",
+                "--no-trunc",
+                "--filter",
+                &format!("label=shoal.cluster={cluster}"),
+                "--filter",
+                &format!("label=shoal.service.name={service}"),
+                "--format",
+                r#"{{.ID}}|{{.Image}}|{{.Label "shoal.slot"}}|{{.Label "shoal.task"}}"#,
+            ])
+            .stdin(Stdio::null()),
+        DOCKER_DEADLINE,
+    )?;
+    if !out.status.success() {
+        bail!("docker ps failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.splitn(4, '|').map(str::to_string);
+            ServiceContainer {
+                id: f.next().unwrap_or_default(),
+                image: f.next().unwrap_or_default(),
+                slot: f.next().unwrap_or_default(),
+                task: f.next().unwrap_or_default(),
+            }
+        })
+        .collect())
+}
+
+/// Runs `docker ARGS...` (with a deadline); fails with its stderr unless it succeeds.
+pub fn docker(args: &[&str]) -> Result<String> {
+    let out = output_within(
+        Command::new("docker").args(args).stdin(Stdio::null()),
+        DOCKER_DEADLINE,
+    )?;
+    if !out.status.success() {
+        bail!(
+            "`docker {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The cluster ID `d` belongs to.
+pub fn cluster_id(d: &Daemon) -> Result<String> {
+    let id = d.json(&["info"])?["cluster_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    anyhow::ensure!(!id.is_empty(), "{} is in no cluster", d.name);
+    Ok(id)
+}
+
+/// [`start_cluster`] on `127.0.{block}.{first}` and up instead of `.1` and up, so that
+/// several tests can share a block: managers `{prefix}m{i}` first, then workers
+/// `{prefix}w{i}`; the first manager `init`s, the others join it by its address.
+pub fn start_cluster_from(
+    prefix: &str,
+    block: u8,
+    first: u8,
+    managers: usize,
+    workers: usize,
+) -> Result<(Vec<Daemon>, Vec<Daemon>)> {
+    let host = |i: usize| -> Result<String> {
+        let h = usize::from(first) + i;
+        anyhow::ensure!(h <= 254, "host number {h} out of range");
+        Ok(format!("127.0.{block}.{h}:4747"))
+    };
+    let mut ms: Vec<Daemon> = (0..managers)
+        .map(|i| Daemon::new(&format!("{prefix}m{}", i + 1), &host(i)?))
+        .collect::<Result<_>>()?;
+    let mut ws: Vec<Daemon> = (0..workers)
+        .map(|i| Daemon::new(&format!("{prefix}w{}", i + 1), &host(managers + i)?))
+        .collect::<Result<_>>()?;
+    for d in ms.iter_mut().chain(ws.iter_mut()) {
+        d.start()?;
+    }
+    ms[0].ok(&["init"])?;
+    let first_addr = ms[0].addr.to_string();
+    let mt = join_token(&ms[0], "manager")?;
+    let wt = join_token(&ms[0], "worker")?;
+    for d in &ms[1..] {
+        let out = d.ok(&["join", "--token", &mt, &first_addr])?;
+        if !out.contains("joined the cluster as a manager") {
+            bail!("{} did not join as a manager: {out}", d.name);
+        }
+    }
+    for d in &ws {
+        d.ok(&["join", "--token", &wt, &first_addr])?;
+    }
+    Ok((ms, ws))
+}
