@@ -780,7 +780,12 @@ impl<'a> Pass<'a> {
             }
             match keeper {
                 Some(k) if !self.is_assigned(k) => to_place.push(Placement::Existing(k)),
-                Some(_) if start_new => {
+                Some(k) if start_new => {
+                    // The old task leaves once its replacement is ready: spread the
+                    // replacement as if it were gone already, so the update keeps the spread.
+                    if let Some(n) = self.node_of(k) {
+                        self.service_counts[n] = self.service_counts[n].saturating_sub(1);
+                    }
                     let latest = self.latest(v.iter().copied());
                     let attempt = latest.map_or(0, |i| self.tasks[i].attempt + 1);
                     let history = latest.map_or_else(Vec::new, |i| {

@@ -369,3 +369,14 @@ fn rollback_replaces_a_failed_new_task_at_once_without_the_restart_delay() {
         "{plan:?}"
     );
 }
+
+#[test]
+fn start_first_update_keeps_the_spread() {
+    let mut v = view(nodes(&["a", "b", "c"]), vec![service("s", 3)]);
+    let now = settle(&mut v, T0);
+    assert_eq!(spread(&v, "s"), counts(&[("a", 1), ("b", 1), ("c", 1)]));
+    begin(&mut v, "s", 2, rolling(1, true, now));
+    assert!(drive(&mut v, "s", now, 200, &[], |_| {}).is_some());
+    assert_eq!(versions(&v, "s"), vec![2; 3]);
+    assert_eq!(spread(&v, "s"), counts(&[("a", 1), ("b", 1), ("c", 1)]));
+}
