@@ -15,7 +15,7 @@
 //! 100 ms — `service ps --format json` and, for Docker, `docker ps` filtered by the
 //! service's labels (for the process driver, the tasks' processes found by a marker in
 //! their command line) — and fails at the first sample that breaks the bound. Every sample
-//! also checks that no slot has two running tasks (or containers) of one version.
+//! also checks that no slot has two running tasks (or containers) of one spec version.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
@@ -159,6 +159,8 @@ struct Watch {
     /// Tasks to follow: the IDs of those seen not running at some sample.
     tracked: BTreeSet<String>,
     stopped: BTreeSet<String>,
+    /// The version of every task seen in `service ps`.
+    versions: BTreeMap<String, u64>,
     /// Whether a failed `service ps` (an election under way) is skipped rather than fatal.
     tolerate_cli_errors: bool,
     seen: Seen,
@@ -173,6 +175,7 @@ impl Watch {
             must_run: BTreeSet::new(),
             tracked: BTreeSet::new(),
             stopped: BTreeSet::new(),
+            versions: BTreeMap::new(),
             tolerate_cli_errors: false,
             seen: Seen::default(),
         }
@@ -201,9 +204,15 @@ impl Watch {
     /// One sample through `d`; fails when it breaks a rule.
     fn sample(&mut self, d: &Daemon) -> Result<()> {
         match tasks(d, &self.service) {
-            Ok(rows) => self
-                .check_rows(&rows)
-                .with_context(|| format!("service ps: {}", brief(&rows)))?,
+            Ok(rows) => {
+                for t in &rows {
+                    if let (Some(id), Some(v)) = (t["id"].as_str(), t["version"].as_u64()) {
+                        self.versions.insert(id.to_string(), v);
+                    }
+                }
+                self.check_rows(&rows)
+                    .with_context(|| format!("service ps: {}", brief(&rows)))?;
+            }
             Err(e) if self.tolerate_cli_errors => {
                 self.seen.cli_misses += 1;
                 let _ = e;
@@ -213,12 +222,21 @@ impl Watch {
         match &self.source {
             Source::Docker { cluster } => {
                 let cs = service_containers(cluster, &self.service)?;
-                let mut per_slot: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+                // A container's version is its task's (the image name alone does not tell
+                // versions that differ by their arguments apart); a task not yet seen in
+                // `service ps` counts as a version of its own.
+                let mut per_slot: BTreeMap<(&str, String), usize> = BTreeMap::new();
                 for c in &cs {
-                    *per_slot.entry((&c.slot, &c.image)).or_default() += 1;
+                    let version = self
+                        .versions
+                        .get(&c.task)
+                        .map_or_else(|| format!("of task {}", c.task), |v| v.to_string());
+                    *per_slot.entry((&c.slot, version)).or_default() += 1;
                 }
-                if let Some(((slot, image), n)) = per_slot.iter().find(|(_, n)| **n > 1) {
-                    bail!("docker ps: slot {slot} has {n} running containers of {image}: {cs:?}");
+                if let Some(((slot, version), n)) = per_slot.iter().find(|(_, n)| **n > 1) {
+                    bail!(
+                        "docker ps: slot {slot} has {n} running containers of version {version}: {cs:?}"
+                    );
                 }
                 self.bound
                     .check("containers", cs.len(), None)
@@ -1528,7 +1546,7 @@ fn bad_update_flags_fail_in_one_line_and_change_nothing() -> Result<()> {
 /// Issue 17: three managers, two workers (the tasks run on the workers), a start-first
 /// update with a 2 s delay between slots; the leader is killed (`kill -9`) once the first
 /// slot is updated. The update completes under the new leader, and at no sample does a slot
-/// have two running tasks of one version (nor two running containers of one image).
+/// have two running tasks of one version (nor two running containers of one version).
 #[test]
 fn leader_killed_mid_update_completes_without_two_tasks_of_one_version_in_a_slot() -> Result<()> {
     if !docker_ready()? {
