@@ -492,12 +492,17 @@ fn check_containers(
     Ok(())
 }
 
-/// The process-driver tasks whose command line holds `marker`: their pid and the value of
-/// `UPD_V` in their environment.
+/// The process-driver tasks running `/bin/sh` whose command line holds `marker`: their pid
+/// and the value of `UPD_V` in their environment. (A broken version's `/bin/false` gets the
+/// same arguments, marker included: it is not counted, however briefly it lives.)
 fn processes(marker: &str) -> Vec<(i32, String)> {
     all_pids()
         .into_iter()
-        .filter(|pid| cmdline(*pid).is_some_and(|a| a.iter().any(|s| s.contains(marker))))
+        .filter(|pid| {
+            cmdline(*pid).is_some_and(|a| {
+                a.first().is_some_and(|p| p == "/bin/sh") && a.iter().any(|s| s.contains(marker))
+            })
+        })
         .map(|pid| {
             let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
             let v = env
