@@ -161,6 +161,8 @@ struct Watch {
     stopped: BTreeSet<String>,
     /// The version of every task seen in `service ps`.
     versions: BTreeMap<String, u64>,
+    /// The last `service ps`, for failure messages.
+    last_rows: String,
     /// Whether a failed `service ps` (an election under way) is skipped rather than fatal.
     tolerate_cli_errors: bool,
     seen: Seen,
@@ -176,6 +178,7 @@ impl Watch {
             tracked: BTreeSet::new(),
             stopped: BTreeSet::new(),
             versions: BTreeMap::new(),
+            last_rows: String::new(),
             tolerate_cli_errors: false,
             seen: Seen::default(),
         }
@@ -210,8 +213,9 @@ impl Watch {
                         self.versions.insert(id.to_string(), v);
                     }
                 }
+                self.last_rows = brief(&rows);
                 self.check_rows(&rows)
-                    .with_context(|| format!("service ps: {}", brief(&rows)))?;
+                    .with_context(|| format!("service ps: {}", self.last_rows))?;
             }
             Err(e) if self.tolerate_cli_errors => {
                 self.seen.cli_misses += 1;
@@ -240,7 +244,12 @@ impl Watch {
                 }
                 self.bound
                     .check("containers", cs.len(), None)
-                    .with_context(|| format!("docker ps: {cs:?}"))?;
+                    .with_context(|| {
+                        format!(
+                            "docker ps: {cs:?}\nservice ps just before: {}",
+                            self.last_rows
+                        )
+                    })?;
                 for id in &self.must_run {
                     ensure!(
                         cs.iter().any(|c| &c.task == id),
@@ -254,7 +263,12 @@ impl Watch {
                 let procs = processes(marker);
                 self.bound
                     .check("processes", procs.len(), None)
-                    .with_context(|| format!("processes: {procs:?}"))?;
+                    .with_context(|| {
+                        format!(
+                            "processes: {procs:?}\nservice ps just before: {}",
+                            self.last_rows
+                        )
+                    })?;
                 lower(&mut self.seen.min_engine, procs.len());
                 raise(&mut self.seen.max_engine, procs.len());
             }
