@@ -1249,6 +1249,9 @@ fn broken_version_failing_its_health_check_is_rolled_back_when_so_configured() -
         },
     )?;
     watch.report("unhealthy version rolled back, start-first");
+    eprintln!("update status: {}", i["update_status"]);
+    // The command says why the update was rolled back: the new task was unhealthy.
+    assert!(err.contains("unhealthy"), "no reason in {err:?}");
     assert!(
         !i["update_status"]["message"]
             .as_str()
@@ -1324,6 +1327,9 @@ fn process_driver_broken_version_is_rolled_back_when_so_configured() -> Result<(
         "the update of a broken version succeeded"
     );
     let i = wait_update_state(m, "loop", "rollback_completed")?;
+    eprintln!("update status: {}", i["update_status"]);
+    // The command says why the update was rolled back: the new task exited.
+    assert!(err.contains("exit"), "no reason in {err:?}");
     assert_eq!(i["spec"]["image"], "/bin/sh", "{i}");
     let rows = watch_until(
         "4 tasks of the good version running",
