@@ -85,7 +85,9 @@ pub use model::{
 pub use placement::{
     FilterCount, FilterFailure, PendingReason, check_dynamic, check_static, must_leave,
 };
-pub use reconcile::{Decision, Plan, ReconcileConfig, ShutdownReason, reconcile, restart_due};
+pub use reconcile::{
+    CANARY_SETTLE_MS, Decision, Plan, ReconcileConfig, ShutdownReason, reconcile, restart_due,
+};
 pub use update::{UpdateAssessment, assess, task_ready};
 pub use words::{AmountError, UnknownWord, parse_cpus, parse_memory};
 

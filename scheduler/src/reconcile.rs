@@ -217,6 +217,11 @@ struct Pass<'a> {
     wakeup: Option<Timestamp>,
 }
 
+/// How long the first new task of a rolling update must stay ready (at most the monitor
+/// window) before the update replaces further slots: a version that dies at once fails on
+/// its first slot instead of taking several good tasks down with it.
+pub const CANARY_SETTLE_MS: u64 = 1_000;
+
 /// Where one slot stands in a rolling update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SlotUpdate {
@@ -623,10 +628,28 @@ impl<'a> Pass<'a> {
             return 0;
         };
         let (mut in_flight, mut last_ready) = (0u64, None);
+        // The canary: until one new task has stayed ready for the settle time, a slot whose
+        // new task is ready more recently still counts as in flight.
+        let settle = u.monitor_ms.min(CANARY_SETTLE_MS);
+        let mut proven = settle == 0;
+        let mut settling = Vec::new();
         for v in slots {
             let (status, ready_at) = self.slot_update(service, u, v);
             in_flight += u64::from(status == SlotUpdate::InFlight);
             last_ready = last_ready.max(ready_at);
+            if let (SlotUpdate::Clean, Some(at)) = (status, ready_at) {
+                if at.plus_ms(settle) <= self.now {
+                    proven = true;
+                } else {
+                    settling.push(at.plus_ms(settle));
+                }
+            }
+        }
+        if !proven {
+            in_flight += settling.len() as u64;
+            for at in settling {
+                self.wake(at);
+            }
         }
         if u.paused {
             return 0;

@@ -78,6 +78,8 @@ pub struct UpdateWatch {
     pub rollback: bool,
     /// What a failure leads to.
     pub failure_action: FailureAction,
+    /// The status message so far (an automatic rollback's says why it began).
+    pub message: String,
 }
 
 /// The updates in progress (not paused, not done) in `state`.
@@ -102,6 +104,11 @@ pub fn update_watches(state: &ClusterState) -> Vec<UpdateWatch> {
                 version: r.version,
                 rollback,
                 failure_action: config.failure_action,
+                message: r
+                    .update_status
+                    .as_ref()
+                    .map(|u| u.message.clone())
+                    .unwrap_or_default(),
             }
         })
         .collect()
@@ -166,7 +173,13 @@ pub fn verdicts(
             }
             Some(UpdateAssessment::InProgress { wakeup: None, .. }) => {}
             Some(UpdateAssessment::Completed) => commands.push(if w.rollback {
-                verdict(UpdateState::RollbackCompleted, "rollback completed".into())
+                // An automatic rollback keeps saying why it happened.
+                let message = if w.message.starts_with("update rolled back") {
+                    format!("{} (rollback completed)", w.message)
+                } else {
+                    "rollback completed".into()
+                };
+                verdict(UpdateState::RollbackCompleted, message)
             } else {
                 verdict(UpdateState::Completed, "update completed".into())
             }),

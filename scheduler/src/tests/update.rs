@@ -380,3 +380,51 @@ fn start_first_update_keeps_the_spread() {
     assert_eq!(versions(&v, "s"), vec![2; 3]);
     assert_eq!(spread(&v, "s"), counts(&[("a", 1), ("b", 1), ("c", 1)]));
 }
+
+#[test]
+fn a_version_that_dies_just_after_starting_takes_down_only_the_first_slot() {
+    let mut v = view(nodes(&["a", "b"]), vec![service("s", 4)]);
+    let now = settle(&mut v, T0);
+    let mut u = rolling(1, false, now);
+    u.monitor_ms = 5_000;
+    begin(&mut v, "s", 2, u);
+    let mut now = now;
+    for _ in 0..30 {
+        let plan = reconcile(&v, now, &cfg());
+        v.apply(&plan.decisions, now).expect("apply");
+        work(&mut v, now, &[]);
+        // Version 2 runs for 300 ms, then exits.
+        let dying: Vec<TaskId> = v
+            .tasks
+            .iter()
+            .filter(|t| {
+                t.spec_version == 2
+                    && t.state == TaskState::Running
+                    && t.updated_at.plus_ms(300) <= now
+            })
+            .map(|t| t.id.clone())
+            .collect();
+        for id in dying {
+            sim::end_task(&mut v, &id, TaskState::Failed, Some(1), now).expect("end");
+        }
+        // The orchestrator pauses a failed update.
+        let svc = v.services[0].clone();
+        if let Some(UpdateAssessment::Failed { .. }) = assess(&v, &svc, now) {
+            service_mut(&mut v, "s")
+                .update
+                .as_mut()
+                .expect("update")
+                .paused = true;
+        }
+        now = now.plus_ms(100);
+    }
+    let stopped_good = v
+        .tasks
+        .iter()
+        .filter(|t| t.spec_version == 1 && t.desired_state == DesiredState::Shutdown)
+        .count();
+    assert_eq!(
+        stopped_good, 1,
+        "good tasks stopped before the first new one proved itself"
+    );
+}

@@ -875,6 +875,12 @@ fn a_failed_update_rolls_back_by_itself_when_so_configured() {
     converge_with_broken(&mut s, now + 10, 2);
     let (state, message) = update_state(&s, "s1");
     assert_eq!(state, UpdateState::RollbackCompleted, "{message}");
+    assert!(
+        message.starts_with("update rolled back due to failure or early termination of task")
+            && message.contains("exit code 1")
+            && message.ends_with("(rollback completed)"),
+        "{message}"
+    );
     assert_eq!(
         s.services.services["s1"].spec.image,
         "shoal-test/busybox:latest"
