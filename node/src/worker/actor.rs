@@ -129,6 +129,10 @@ impl Actor {
             tokio::time::interval(self.config.resync_interval.max(Duration::from_millis(10)));
         resync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown_reply = None;
+        // Reports go out at once when none went out for a flush interval (a lone change,
+        // such as a task stopping in a rolling update, waits for nothing); a burst after
+        // that is batched by the tick.
+        let mut last_flush = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 cmd = cmd_rx.recv() => match cmd {
@@ -141,6 +145,9 @@ impl Actor {
                 },
                 Some(msg) = internal_rx.recv() => self.internal(msg),
                 _ = flush_tick.tick() => {
+                    if self.machine.pending_len() > 0 {
+                        last_flush = tokio::time::Instant::now();
+                    }
                     self.flush();
                     if let Some(rows) = self.machine.persist_if_dirty() {
                         self.persist(rows);
@@ -152,7 +159,11 @@ impl Actor {
                 }
             }
             self.carry_out();
-            if self.machine.pending_len() >= self.config.max_batch {
+            let pending = self.machine.pending_len();
+            if pending >= self.config.max_batch
+                || (pending > 0 && last_flush.elapsed() >= self.config.flush_interval)
+            {
+                last_flush = tokio::time::Instant::now();
                 self.flush();
             }
         }
