@@ -217,10 +217,10 @@ struct Pass<'a> {
     wakeup: Option<Timestamp>,
 }
 
-/// How long the first new task of a rolling update must stay ready (at most the monitor
+/// How long (500 ms) the first new task of a rolling update must stay ready (at most the monitor
 /// window) before the update replaces further slots: a version that dies at once fails on
 /// its first slot instead of taking several good tasks down with it.
-pub const CANARY_SETTLE_MS: u64 = 1_000;
+pub const CANARY_SETTLE_MS: u64 = 500;
 
 /// Where one slot stands in a rolling update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
