@@ -278,6 +278,24 @@ async fn dispatch(client: &Client, command: Cmd) -> Result<()> {
     }
 }
 
+/// A bad flag value found by Shoal's own parsing (not clap's): the command exits with code 2,
+/// as for clap's usage errors.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Marks `e` as a usage error (exit code 2).
+pub(crate) fn usage(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(UsageError(format!("{e:#}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,9 +153,11 @@ pub struct UpdateArgs {
 
 /// A whole number `>= 0` given to `--flag`.
 pub(super) fn count(flag: &str, v: &str) -> Result<u64> {
-    v.trim()
-        .parse()
-        .map_err(|_| anyhow!("invalid --{flag} `{v}`: expected a whole number, 0 or more"))
+    v.trim().parse().map_err(|_| {
+        crate::cli::usage(anyhow!(
+            "invalid --{flag} `{v}`: expected a whole number, 0 or more"
+        ))
+    })
 }
 
 /// A duration given to `--flag` (`10s`, `500ms`, `1m`, `0`), in milliseconds.
@@ -169,7 +171,9 @@ pub(super) fn duration_ms(flag: &str, v: &str) -> Result<u64> {
     d.ok()
         .and_then(|d| u64::try_from(d.as_millis()).ok())
         .ok_or_else(|| {
-            anyhow!("invalid --{flag} `{v}`: expected a duration such as 10s, 500ms or 1m")
+            crate::cli::usage(anyhow!(
+                "invalid --{flag} `{v}`: expected a duration such as 10s, 500ms or 1m"
+            ))
         })
 }
 
@@ -180,7 +184,11 @@ pub(super) fn ratio_ppm(flag: &str, v: &str) -> Result<u32> {
         .parse()
         .ok()
         .filter(|r: &f64| r.is_finite() && (0.0..=1.0).contains(r))
-        .ok_or_else(|| anyhow!("invalid --{flag} `{v}`: expected a number between 0 and 1"))?;
+        .ok_or_else(|| {
+            crate::cli::usage(anyhow!(
+                "invalid --{flag} `{v}`: expected a number between 0 and 1"
+            ))
+        })?;
     // In range 0..=1, so the product fits.
     Ok((r * f64::from(RATIO_ONE_PPM)).round() as u32)
 }
