@@ -307,6 +307,7 @@ async fn session(
                         tracing::warn!("{e}");
                     }
                 }
+                Some(ToWorker::Endpoints(_table)) => {}
                 None => break Ok(()),
             },
             batch = reports.recv() => match batch {

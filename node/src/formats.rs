@@ -305,10 +305,7 @@ fn service_spec_v1() -> ServiceSpecV1 {
         env: BTreeMap::from([("MODE".into(), "prod".into())]),
         driver: "process".into(),
         mode: ServiceMode::Replicated { replicas: 2 },
-        ports: vec![PortSpec {
-            published: 8080,
-            target: 80,
-        }],
+        ports: vec![PortSpec::tcp(8080, 80)],
         constraints: vec!["node.labels.zone==attic".into()],
         reservations: ResourceSpec {
             memory_bytes: 64 << 20,
@@ -391,10 +388,7 @@ fn service_spec() -> ServiceSpec {
         env: BTreeMap::from([("MODE".into(), "prod".into())]),
         driver: "process".into(),
         mode: ServiceMode::Replicated { replicas: 2 },
-        ports: vec![PortSpec {
-            published: 8080,
-            target: 80,
-        }],
+        ports: vec![PortSpec::tcp(8080, 80)],
         constraints: vec!["node.labels.zone==attic".into()],
         reservations: ResourceSpec {
             memory_bytes: 64 << 20,

@@ -15,6 +15,7 @@ mod gossip;
 pub mod join;
 mod liveness;
 pub mod manager;
+pub mod mesh;
 pub mod net;
 mod peer;
 pub mod pki;

@@ -44,6 +44,9 @@ pub enum ToWorker {
     /// A renewed certificate for the worker (DER), issued when a third of its lifetime is
     /// left.
     Cert(Vec<u8>),
+    /// The routing mesh's endpoint table (every published service's running tasks, on every
+    /// node): sent first, then whenever it changes.
+    Endpoints(crate::mesh::EndpointTable),
 }
 
 /// Worker to leader.
@@ -51,6 +54,20 @@ pub enum ToWorker {
 pub enum ToLeader {
     /// Task state changes.
     Reports(Vec<TaskReport>),
+    /// The published ports this node cannot listen on and why (all of them, each time the
+    /// set changes; empty: every port listens). Sent first on a session when not empty.
+    PublishProblems(Vec<PublishProblem>),
+}
+
+/// A published port a node cannot listen on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishProblem {
+    /// The published port.
+    pub published: u16,
+    /// The service that publishes it.
+    pub service_id: String,
+    /// Why (the bind error, e.g. "address already in use").
+    pub error: String,
 }
 
 /// One task assigned to this node.

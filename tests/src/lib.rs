@@ -679,6 +679,8 @@ impl Daemon {
             .arg(&self.socket)
             .arg("--listen-addr")
             .arg(self.addr.to_string())
+            .arg("--publish-addr")
+            .arg(self.addr.ip().to_string())
             .arg("--hostname")
             .arg(&self.name)
             .args(&self.extra)

@@ -39,13 +39,31 @@ pub enum ServiceModeBody {
     Global,
 }
 
-/// A published port: `-p PUBLISHED:TARGET`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// A published port: `-p PUBLISHED:TARGET` or the long form `--publish
+/// published=P,target=T,protocol=tcp,mode=ingress|host,proxy-protocol=v2`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortBody {
-    /// The port every node listens on (routing mesh).
+    /// The port the nodes listen on.
     pub published: u16,
     /// The port the task listens on.
     pub target: u16,
+    /// `tcp` (the only one the routing mesh carries).
+    #[serde(default = "tcp_word")]
+    pub protocol: String,
+    /// `ingress` (every node) or `host` (the task's node only).
+    #[serde(default = "ingress_word")]
+    pub mode: String,
+    /// `v2`: the task gets a PROXY protocol v2 header first; `null`: none.
+    #[serde(default)]
+    pub proxy_protocol: Option<String>,
+}
+
+fn tcp_word() -> String {
+    "tcp".into()
+}
+
+fn ingress_word() -> String {
+    "ingress".into()
 }
 
 /// Memory and CPU amounts; zero means none.
@@ -208,7 +226,11 @@ impl TryFrom<ServiceSpecBody> for ServiceSpec {
                 ServiceModeBody::Replicated { replicas } => ServiceMode::Replicated { replicas },
                 ServiceModeBody::Global => ServiceMode::Global,
             },
-            ports: b.ports.into_iter().map(PortSpec::from).collect(),
+            ports: b
+                .ports
+                .into_iter()
+                .map(PortSpec::try_from)
+                .collect::<Result<_, _>>()?,
             constraints: b.constraints,
             reservations: b.reservations.into(),
             limits: b.limits.into(),
@@ -257,12 +279,26 @@ impl From<&ServiceSpec> for ServiceSpecBody {
     }
 }
 
-impl From<PortBody> for PortSpec {
-    fn from(p: PortBody) -> Self {
-        PortSpec {
+impl TryFrom<PortBody> for PortSpec {
+    type Error = String;
+
+    fn try_from(p: PortBody) -> Result<Self, String> {
+        let proxy_protocol = match p.proxy_protocol.as_deref() {
+            None | Some("" | "none") => false,
+            Some("v2") => true,
+            Some(other) => {
+                return Err(format!(
+                    "invalid proxy protocol `{other}`: expected v2 (PROXY protocol version 2)"
+                ));
+            }
+        };
+        Ok(PortSpec {
             published: p.published,
             target: p.target,
-        }
+            protocol: p.protocol.parse().map_err(|e| format!("{e}"))?,
+            mode: p.mode.parse().map_err(|e| format!("{e}"))?,
+            proxy_protocol,
+        })
     }
 }
 
@@ -271,6 +307,9 @@ impl From<PortSpec> for PortBody {
         PortBody {
             published: p.published,
             target: p.target,
+            protocol: p.protocol.to_string(),
+            mode: p.mode.to_string(),
+            proxy_protocol: p.proxy_protocol.then(|| "v2".to_owned()),
         }
     }
 }
@@ -948,10 +987,7 @@ mod tests {
 
         let mut spec = ServiceSpec::new("web", "img:1");
         spec.mode = ServiceMode::Replicated { replicas: 2 };
-        spec.ports = vec![PortSpec {
-            published: 8080,
-            target: 80,
-        }];
+        spec.ports = vec![PortSpec::tcp(8080, 80)];
         spec.restart_policy.condition = RestartCondition::OnFailure;
         spec.health_check = Some(HealthCheckSpec::shell("true"));
         spec.update_config.order = UpdateOrder::StartFirst;

@@ -145,6 +145,10 @@ pub struct DaemonArgs {
     /// --cert-expiry); nodes renew theirs when a third of it is left.
     #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
     pub cert_expiry: std::time::Duration,
+    /// Address published ports listen on (the routing mesh and `mode=host`); default: every
+    /// address. Several nodes on one machine each take their own (127.0.0.x).
+    #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
+    pub publish_addr: std::net::IpAddr,
 }
 
 /// `shoal node ...`.

@@ -28,6 +28,7 @@ pub(super) fn daemon(runtime: &tokio::runtime::Runtime, args: DaemonArgs) -> Res
         raft_timing_scale: args.raft_timing_scale,
         drivers: args.drivers,
         cert_expiry: args.cert_expiry,
+        publish_addr: args.publish_addr,
     }))
 }
 

@@ -57,6 +57,8 @@ pub struct DaemonOptions {
     pub drivers: Option<Vec<String>>,
     /// Lifetime of the node certificates this node issues as a manager (`--cert-expiry`).
     pub cert_expiry: Duration,
+    /// Where published ports listen (`--publish-addr`).
+    pub publish_addr: std::net::IpAddr,
 }
 
 /// The task drivers this machine offers: `process` always, `docker` when an engine

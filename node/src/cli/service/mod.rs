@@ -187,7 +187,13 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpecBody> {
             .split_once(':')
             .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
             .ok_or_else(|| anyhow::anyhow!("invalid port `{p}`: expected PUBLISHED:TARGET"))?;
-        spec.ports.push(PortBody { published, target });
+        spec.ports.push(PortBody {
+            published,
+            target,
+            protocol: "tcp".into(),
+            mode: "ingress".into(),
+            proxy_protocol: None,
+        });
     }
     spec.constraints.clone_from(&a.constraint);
     if let Some(n) = &a.replicas_max_per_node {

@@ -39,13 +39,136 @@ pub fn mode_replicas(mode: ServiceMode) -> Option<u64> {
     }
 }
 
-/// A published port: `-p PUBLISHED:TARGET`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// The transport of a published port. Only TCP is carried by the routing mesh; the type
+/// leaves room for UDP without another format change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    /// TCP.
+    #[default]
+    Tcp,
+}
+
+shoal_scheduler::words!(PortProtocol, "protocol", "tcp (the routing mesh carries TCP only)", {
+    PortProtocol::Tcp => "tcp",
+});
+
+/// Where a published port listens (`--publish mode=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// On every node, forwarded to any task of the service (the routing mesh; Docker's default).
+    #[default]
+    Ingress,
+    /// Only on the nodes that run a task of the service, to that node's task.
+    Host,
+}
+
+shoal_scheduler::words!(PublishMode, "publish mode", "ingress or host", {
+    PublishMode::Ingress => "ingress",
+    PublishMode::Host => "host",
+});
+
+/// A published port: `-p PUBLISHED:TARGET` or
+/// `--publish published=P,target=T,protocol=tcp,mode=ingress|host,proxy-protocol=v2`.
+///
+/// On the wire and on disk it keeps the bytes it had before protocol, mode and PROXY
+/// protocol existed: `published` then `target` as postcard varints, with the new settings in
+/// the bits above the target's 16 (see [`PortSpecWire`]). A varint of a `u16` reads as the
+/// same `u32`, so every stored `{published, target}` still decodes — as TCP, ingress, no
+/// PROXY header, which is what it meant — and the default settings encode to the old bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "PortSpecWire", into = "PortSpecWire")]
 pub struct PortSpec {
-    /// The port every node listens on (routing mesh).
+    /// The port the nodes listen on.
     pub published: u16,
     /// The port the task listens on.
     pub target: u16,
+    /// TCP.
+    pub protocol: PortProtocol,
+    /// Every node (ingress) or the task's node only (host).
+    pub mode: PublishMode,
+    /// Send a PROXY protocol v2 header to the task before the client's bytes.
+    pub proxy_protocol: bool,
+}
+
+/// [`PortSpec`]'s stored shape: the target port in the low 16 bits of `target`, and above
+/// them [`HOST_MODE_BIT`] and [`PROXY_V2_BIT`] (a set bit this release does not know is
+/// refused, so a newer setting is never silently dropped).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct PortSpecWire {
+    /// The published port.
+    pub published: u16,
+    /// The target port and the setting bits.
+    pub target: u32,
+}
+
+/// `mode=host` in [`PortSpecWire::target`].
+pub const HOST_MODE_BIT: u32 = 1 << 16;
+/// `proxy-protocol=v2` in [`PortSpecWire::target`].
+pub const PROXY_V2_BIT: u32 = 1 << 17;
+
+impl From<PortSpec> for PortSpecWire {
+    fn from(p: PortSpec) -> Self {
+        let PortProtocol::Tcp = p.protocol;
+        let mut target = u32::from(p.target);
+        if p.mode == PublishMode::Host {
+            target |= HOST_MODE_BIT;
+        }
+        if p.proxy_protocol {
+            target |= PROXY_V2_BIT;
+        }
+        PortSpecWire {
+            published: p.published,
+            target,
+        }
+    }
+}
+
+impl TryFrom<PortSpecWire> for PortSpec {
+    type Error = String;
+
+    fn try_from(w: PortSpecWire) -> Result<Self, String> {
+        let unknown = w.target & !(0xffff | HOST_MODE_BIT | PROXY_V2_BIT);
+        if unknown != 0 {
+            return Err(format!(
+                "published port {} has settings this release does not know ({unknown:#x})",
+                w.published
+            ));
+        }
+        Ok(PortSpec {
+            published: w.published,
+            target: u16::try_from(w.target & 0xffff).unwrap_or_default(),
+            protocol: PortProtocol::Tcp,
+            mode: if w.target & HOST_MODE_BIT == 0 {
+                PublishMode::Ingress
+            } else {
+                PublishMode::Host
+            },
+            proxy_protocol: w.target & PROXY_V2_BIT != 0,
+        })
+    }
+}
+
+impl PortSpec {
+    /// An ingress TCP port without PROXY protocol.
+    #[must_use]
+    pub fn tcp(published: u16, target: u16) -> Self {
+        PortSpec {
+            published,
+            target,
+            protocol: PortProtocol::Tcp,
+            mode: PublishMode::Ingress,
+            proxy_protocol: false,
+        }
+    }
+}
+
+impl std::fmt::Display for PortSpec {
+    /// Docker's `service ls` form: `*:8080->80/tcp`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "*:{}->{}/{}", self.published, self.target, self.protocol)
+    }
 }
 
 /// Memory and CPU amounts; zero means none.
@@ -531,10 +654,7 @@ mod tests {
             "node.role==manager".into(),
             "node.labels.zone != attic".into(),
         ];
-        ok.ports = vec![PortSpec {
-            published: 8080,
-            target: 80,
-        }];
+        ok.ports = vec![PortSpec::tcp(8080, 80)];
         ok.health_check = Some(HealthCheckSpec::shell("true"));
         assert_eq!(ok.validate(), Ok(()));
         let mut p = ServiceSpec::new("p", "/bin/sleep");
@@ -570,24 +690,15 @@ mod tests {
         );
         bad(
             &|s| {
-                s.ports = vec![PortSpec {
-                    published: 0,
-                    target: 80,
-                }];
+                s.ports = vec![PortSpec::tcp(0, 80)];
             },
             "invalid port mapping",
         );
         bad(
             &|s| {
                 s.ports = vec![
-                    PortSpec {
-                        published: 80,
-                        target: 80,
-                    },
-                    PortSpec {
-                        published: 80,
-                        target: 81,
-                    },
+                    PortSpec::tcp(80, 80),
+                    PortSpec::tcp(80, 81),
                 ];
             },
             "published twice",

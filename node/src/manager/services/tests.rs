@@ -239,10 +239,7 @@ fn create_scale_update_remove() {
 
     // Ports: one publisher per port.
     let mut p1 = replicated("p1", 1);
-    p1.ports = vec![PortSpec {
-        published: 8080,
-        target: 80,
-    }];
+    p1.ports = vec![PortSpec::tcp(8080, 80)];
     assert_eq!(create(&mut s, "p1", p1.clone()), CommandResult::Done);
     p1.name = "p2".into();
     assert!(

@@ -174,10 +174,7 @@ mod tests {
         spec.args = vec!["httpd".into(), "-f".into()];
         spec.env.insert("A".into(), "1".into());
         spec.labels.insert("team".into(), "x".into());
-        spec.ports = vec![PortSpec {
-            published: 8080,
-            target: 80,
-        }];
+        spec.ports = vec![PortSpec::tcp(8080, 80)];
         spec.limits = ResourceSpec {
             memory_bytes: 64 << 20,
             nano_cpus: 0,
