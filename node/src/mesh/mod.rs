@@ -7,8 +7,15 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+mod forward;
+mod listen;
+mod proxy;
 mod table;
+#[cfg(test)]
+mod tests;
 
+pub use forward::{LocalTasks, Mesh, Peers};
+pub use proxy::v2_header;
 pub use table::{EndpointTable, PublishedService, TaskEndpoint};
 
 /// Stream tag of a mesh connection: the ingress node asks the task's node to connect.
