@@ -127,17 +127,31 @@ pub async fn serve_session(
             debug!(node = %node_id, "cannot record node resources: {e}");
         }
     }
-    // Reports arrive on their own task: a frame read must not be cut by the select.
+    // Reports arrive on their own task: a frame read must not be cut by the select. The
+    // ports the node cannot publish are soft state, kept while the session lasts.
     let (reports_tx, mut reports_rx) = mpsc::channel::<Vec<TaskReport>>(64);
-    tokio::spawn(async move {
-        while let Ok((_, ToLeader::Reports(r))) =
-            net::read_frame::<ToLeader>(&mut recv, MAX_SESSION_FRAME).await
-        {
-            if reports_tx.send(r).await.is_err() {
-                return;
+    {
+        let node = node.clone();
+        let node_id = node_id.clone();
+        tokio::spawn(async move {
+            while let Ok((_, msg)) =
+                net::read_frame::<ToLeader>(&mut recv, MAX_SESSION_FRAME).await
+            {
+                match msg {
+                    ToLeader::Reports(r) => {
+                        if reports_tx.send(r).await.is_err() {
+                            break;
+                        }
+                    }
+                    ToLeader::PublishProblems(problems) => {
+                        node.record_publish_problems(&node_id, problems);
+                    }
+                }
             }
-        }
-    });
+            node.record_publish_problems(&node_id, Vec::new());
+        });
+    }
+    let mut sent_endpoints: Option<crate::mesh::EndpointTable> = None;
     let mut metrics = manager.metrics();
     let mut sent: Option<BTreeMap<String, session::Assignment>> = None;
     let mut sent_trust = None;
@@ -175,6 +189,18 @@ pub async fn serve_session(
             .into_iter()
             .map(|a| (a.task_id.clone(), a))
             .collect();
+        // The endpoint table goes first: a task that leaves rotation does so on every node
+        // no later than its own node hears it is to stop.
+        let endpoints = manager.read_local(|s| services::endpoint_table(&s.services, &s.nodes));
+        if sent_endpoints.as_ref() != Some(&endpoints) {
+            net::write_frame(
+                &mut send,
+                TAG_DISPATCH,
+                &ToWorker::Endpoints(endpoints.clone()),
+            )
+            .await?;
+            sent_endpoints = Some(endpoints);
+        }
         if let Some(set) = assignment_change(sent.as_ref(), &current) {
             net::write_frame(&mut send, TAG_DISPATCH, &ToWorker::Assignments(set)).await?;
             sent = Some(current);
@@ -287,8 +313,24 @@ async fn session(
         }
     });
     info!(%leader, "worker session to the leader established");
+    let mut problems = node.mesh.problems();
+    let initial = problems.borrow_and_update().clone();
+    if !initial.is_empty() {
+        net::write_frame(&mut send, TAG_DISPATCH, &ToLeader::PublishProblems(initial))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let result = loop {
         tokio::select! {
+            changed = problems.changed() => {
+                if changed.is_err() {
+                    break Ok(());
+                }
+                let now = problems.borrow_and_update().clone();
+                if let Err(e) = net::write_frame(&mut send, TAG_DISPATCH, &ToLeader::PublishProblems(now)).await {
+                    break Err(e.to_string());
+                }
+            }
             msg = sets_rx.recv() => match msg {
                 Some(ToWorker::Assignments(set)) => {
                     if let Err(e) = worker.apply(set).await {
@@ -307,7 +349,7 @@ async fn session(
                         tracing::warn!("{e}");
                     }
                 }
-                Some(ToWorker::Endpoints(_table)) => {}
+                Some(ToWorker::Endpoints(table)) => node.mesh.set_table(table),
                 None => break Ok(()),
             },
             batch = reports.recv() => match batch {

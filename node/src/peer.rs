@@ -175,6 +175,10 @@ async fn serve_stream(
                 .map(|info| info.not_after);
             crate::dispatch::serve_session(node, key, cert_not_after, hello, send, recv).await
         }
+        (crate::mesh::TAG_MESH, Some(_)) => {
+            let open: crate::mesh::MeshOpen = net::decode_body(tag, &body)?;
+            node.mesh.serve_stream(open, send, recv).await
+        }
         (_, Some(key)) => node.handle_peer_request(key, tag, &body, send).await,
         (_, None) => {
             refuse(&mut send, &mut recv);

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use crate::dispatch::TAG_DISPATCH;
 use crate::forward::{TAG_BECOME_MANAGER, TAG_FORWARD_API, TAG_FORWARD_WRITE};
 use crate::join::{MAX_JOIN_REQUEST, TAG_JOIN};
+use crate::mesh::{MAX_MESH_OPEN, TAG_MESH};
 use crate::manager::rpc::{
     MAX_APPEND_FRAME, MAX_SNAPSHOT_FRAME, MAX_VOTE_FRAME, TAG_RAFT_APPEND, TAG_RAFT_SNAPSHOT,
     TAG_RAFT_VOTE,
@@ -108,13 +109,17 @@ pub(crate) fn stream_rule(tag: u8) -> Option<Rule> {
         TAG_BECOME_MANAGER => rule("become manager", Sender::Leader, MAX_BECOME_MANAGER, false),
         TAG_DISPATCH => rule("worker session", Sender::Member, MAX_SESSION_HELLO, true),
         TAG_PING => rule("ping", Sender::Member, MAX_PING, false),
+        // Any member may be the ingress node of a published port; what the stream may reach
+        // is checked by the serving node's own endpoint table (`Mesh::serve_stream`): only
+        // a task running here, of a service that publishes the port asked for.
+        TAG_MESH => rule("mesh stream", Sender::Member, MAX_MESH_OPEN, false),
         _ => return None,
     })
 }
 
 /// Every tag with a rule (for the tests).
 #[cfg(test)]
-const TAGS: [u8; 9] = [
+const TAGS: [u8; 10] = [
     TAG_JOIN,
     TAG_RAFT_APPEND,
     TAG_RAFT_VOTE,
@@ -124,6 +129,7 @@ const TAGS: [u8; 9] = [
     TAG_BECOME_MANAGER,
     TAG_DISPATCH,
     TAG_PING,
+    TAG_MESH,
 ];
 
 /// What this node knows about a peer when it asks for something.

@@ -43,6 +43,12 @@ pub struct Info {
     /// Task drivers this node offers (`docker`, `process`).
     #[serde(default)]
     pub drivers: Vec<String>,
+    /// Where published ports listen on this node (`daemon --publish-addr`).
+    #[serde(default)]
+    pub publish_addr: String,
+    /// The routing mesh's counters on this node since it started.
+    #[serde(default)]
+    pub mesh: crate::mesh::MeshCounters,
 }
 
 /// `POST /v1/init`.

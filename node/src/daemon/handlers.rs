@@ -151,6 +151,8 @@ impl Node {
             managers: None,
             nodes: None,
             drivers: self.drivers.clone(),
+            publish_addr: self.mesh.publish_addr().to_string(),
+            mesh: self.mesh.counters(),
             warning: self
                 .removed_notice
                 .lock()

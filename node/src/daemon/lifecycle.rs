@@ -71,6 +71,7 @@ impl Node {
                 Err(e) => warn!("docker driver unavailable: {e}"),
             }
         }
+        self.mesh_tasks.set(drivers.clone());
         let config = WorkerConfig::new(drivers, self.state_dir.root().join("worker"));
         let (handle, reports) = Worker::start(config)
             .map_err(|e| LifecycleError::Start(format!("cannot start the worker: {e}")))?;
@@ -94,6 +95,10 @@ impl Node {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
+        if stop_tasks {
+            // Leaving: this node serves no published port any more.
+            self.mesh.set_table(crate::mesh::EndpointTable::default());
+        }
         if let Some(h) = handle {
             if stop_tasks {
                 let _ = h

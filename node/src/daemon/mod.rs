@@ -10,6 +10,7 @@ mod error;
 pub mod forward;
 mod handlers;
 mod lifecycle;
+mod mesh;
 mod node;
 
 use std::net::SocketAddr;
@@ -158,7 +159,18 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
 
     let (dialed_tx, dialed_rx) = tokio::sync::mpsc::unbounded_channel();
     let pool = Pool::with_dial_listener(endpoint.clone(), DEFAULT_DIAL_TIMEOUT, dialed_tx.clone());
+    let mesh_tasks = Arc::new(mesh::DriverTasks::default());
+    let mesh = crate::mesh::Mesh::new(
+        node_id.clone(),
+        opts.publish_addr,
+        mesh_tasks.clone(),
+        Arc::new(mesh::PoolPeers(pool.clone())),
+    );
+    mesh.start();
     let node = Arc::new(Node {
+        mesh,
+        mesh_tasks,
+        publish_problems: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         pool,
         dialed_tx,
         gossip: std::sync::RwLock::new(None),

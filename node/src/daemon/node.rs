@@ -81,6 +81,14 @@ pub struct Node {
     /// Whether the worker may use Docker (not excluded by `--drivers`), whether or not the
     /// engine answered at start.
     pub(crate) docker_allowed: bool,
+    /// The routing mesh: this node's published ports.
+    pub(crate) mesh: crate::mesh::Mesh,
+    /// The drivers the mesh finds this node's tasks with (set when the worker starts).
+    pub(crate) mesh_tasks: Arc<super::mesh::DriverTasks>,
+    /// On the leader: the published ports each node reported it cannot listen on (soft
+    /// state, sent again by every worker session; `service inspect` and `ps` show them).
+    pub(crate) publish_problems:
+        std::sync::Mutex<std::collections::BTreeMap<String, Vec<crate::session::PublishProblem>>>,
 }
 
 impl Node {
@@ -99,6 +107,45 @@ impl Node {
     }
 
     /// The connection pool to other nodes.
+    /// On the leader: what node `node_id` reported it cannot publish (empty: nothing).
+    pub(crate) fn record_publish_problems(
+        &self,
+        node_id: &str,
+        problems: Vec<crate::session::PublishProblem>,
+    ) {
+        let mut all = self
+            .publish_problems
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for p in &problems {
+            let known = all
+                .get(node_id)
+                .is_some_and(|old| old.iter().any(|o| o == p));
+            if !known {
+                tracing::warn!(node = %node_id, port = p.published, service = %p.service_id, "a node cannot publish a port: {}", p.error);
+            }
+        }
+        if problems.is_empty() {
+            all.remove(node_id);
+        } else {
+            all.insert(node_id.to_owned(), problems);
+        }
+    }
+
+    /// On the leader: the nodes that cannot publish a port of `service_id`, and why.
+    pub(crate) fn publish_problems_of(&self, service_id: &str) -> Vec<(String, crate::session::PublishProblem)> {
+        self.publish_problems
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .flat_map(|(node, ps)| {
+                ps.iter()
+                    .filter(|p| p.service_id == service_id)
+                    .map(move |p| (node.clone(), p.clone()))
+            })
+            .collect()
+    }
+
     pub(crate) fn pool(&self) -> &Pool {
         &self.pool
     }

@@ -151,6 +151,12 @@ impl Mesh {
         });
     }
 
+    /// Where published ports listen.
+    #[must_use]
+    pub fn publish_addr(&self) -> IpAddr {
+        self.inner.publish_addr
+    }
+
     /// The table served from.
     #[must_use]
     pub fn table(&self) -> Arc<EndpointTable> {

@@ -18,6 +18,12 @@ use super::machine::{Effect, Inspection, Machine, Op, Outcome, Seen, is_rejectio
 use super::types::{TaskReport, TaskState};
 use super::{Command, WorkerConfig};
 
+/// How long the stop of a published service's task waits for the mesh: the endpoint table
+/// that takes it out of rotation goes out to every node with the stop itself, and a
+/// connection forwarded to it just before then gets this long to be answered before the
+/// task is signalled.
+pub(crate) const MESH_DRAIN: Duration = Duration::from_millis(500);
+
 /// What the spawned observations and operations send back to the loop.
 enum Internal {
     Event {
@@ -246,7 +252,10 @@ impl Actor {
                     task_id,
                     driver,
                     op,
-                } => self.spawn_op(task_id, &driver, op),
+                } => {
+                    let drain = matches!(op, Op::Stop) && self.machine.publishes(&task_id);
+                    self.spawn_op(task_id, &driver, op, drain);
+                }
                 Effect::Resync { stamp } => self.spawn_resync(stamp, None),
                 Effect::Inspect {
                     driver,
@@ -266,7 +275,10 @@ impl Actor {
         }
     }
 
-    fn spawn_op(&self, task_id: String, driver_name: &str, op: Op) {
+    /// Runs `op` on its own task. With `drain`, a stop first waits [`MESH_DRAIN`]: the
+    /// task of a published service left every node's rotation when its stop was decided,
+    /// and connections the mesh handed it just before then still get their answer.
+    fn spawn_op(&self, task_id: String, driver_name: &str, op: Op, drain: bool) {
         let tx = self.internal_tx.clone();
         let Some(driver) = self.config.drivers.get(driver_name).cloned() else {
             // The machine only acts through drivers it was told exist.
@@ -275,6 +287,9 @@ impl Actor {
             return;
         };
         tokio::spawn(async move {
+            if drain {
+                tokio::time::sleep(MESH_DRAIN).await;
+            }
             let outcome = match op {
                 Op::Start(spec) => op_start(driver.as_ref(), &spec, &tx).await,
                 Op::Stop => op_stop(driver.as_ref(), &task_id, None).await,

@@ -751,6 +751,15 @@ impl Machine {
     // -----------------------------------------------------------------------------------------
 
     /// Every task it knows.
+    /// Whether the task is assigned with ports the routing mesh publishes (its stop waits
+    /// for other nodes to take it out of rotation first).
+    pub(super) fn publishes(&self, task_id: &str) -> bool {
+        self.entries
+            .get(task_id)
+            .and_then(|e| e.assignment.as_ref())
+            .is_some_and(|a| !a.spec.ports.is_empty())
+    }
+
     pub(super) fn snapshot(&self) -> Vec<TaskView> {
         self.entries.values().map(Entry::view).collect()
     }

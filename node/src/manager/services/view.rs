@@ -149,6 +149,66 @@ pub fn assignments_for(state: &ServicesState, node_id: &str) -> Vec<Assignment> 
         .collect()
 }
 
+/// The routing mesh's endpoint table: every live service with published ports and its
+/// tasks that are running and meant to (a task the orchestrator stops has left the table
+/// before its worker stops it), on nodes not known to be down, with their node's address.
+/// `ready` is the scheduler's readiness: a task with a health check is in rotation only once
+/// healthy.
+pub fn endpoint_table(
+    state: &ServicesState,
+    nodes: &BTreeMap<String, NodeRecord>,
+) -> crate::mesh::EndpointTable {
+    let services = state
+        .services
+        .values()
+        .filter(|rec| !rec.spec.ports.is_empty())
+        .map(|rec| {
+            let tasks = state
+                .tasks
+                .values()
+                .filter(|t| {
+                    t.service_id.0 == rec.id
+                        && t.desired_state == DesiredState::Running
+                        && t.state == shoal_scheduler::TaskState::Running
+                })
+                .filter_map(|t| {
+                    let node = nodes.get(t.node_id.as_ref()?.0.as_str())?;
+                    if node.status == shoal_scheduler::NodeStatus::Down {
+                        return None;
+                    }
+                    let node_addr = node.addr.parse().ok()?;
+                    // The task's own spec says whether it has a check: during an update
+                    // that adds one, the old tasks still serve.
+                    let spec = rec.spec_for_version(t.spec_version);
+                    let require_healthy = spec.health_check.is_some() && !spec.no_healthcheck;
+                    let ready = match state.health.get(t.id.as_str()) {
+                        Some(shoal_scheduler::TaskHealth::Healthy) => true,
+                        Some(
+                            shoal_scheduler::TaskHealth::Starting
+                            | shoal_scheduler::TaskHealth::Unhealthy,
+                        ) => false,
+                        Some(shoal_scheduler::TaskHealth::None) | None => !require_healthy,
+                    };
+                    Some(crate::mesh::TaskEndpoint {
+                        task_id: t.id.0.clone(),
+                        node_id: node.id.clone(),
+                        node_addr,
+                        driver: spec.driver.clone(),
+                        ready,
+                    })
+                })
+                .collect();
+            crate::mesh::PublishedService {
+                service_id: rec.id.clone(),
+                name: rec.spec.name.clone(),
+                ports: rec.spec.ports.clone(),
+                tasks,
+            }
+        })
+        .collect();
+    crate::mesh::EndpointTable { services }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -1,0 +1,80 @@
+//! The routing mesh's seams on a real node: task addresses from the runtime drivers, streams
+//! to other nodes from the QUIC pool.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use shoal_runtime::{Driver, RunState};
+
+use crate::mesh::{LocalTasks, Peers};
+use crate::net::Pool;
+use crate::pki::NodeId;
+
+type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The worker's drivers, set when the worker starts (none before: no task runs here).
+#[derive(Default)]
+pub(crate) struct DriverTasks {
+    drivers: RwLock<BTreeMap<String, Arc<dyn Driver>>>,
+}
+
+impl DriverTasks {
+    /// The drivers the worker runs tasks with.
+    pub(crate) fn set(&self, drivers: BTreeMap<String, Arc<dyn Driver>>) {
+        *self
+            .drivers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = drivers;
+    }
+}
+
+impl LocalTasks for DriverTasks {
+    fn endpoint<'a>(
+        &'a self,
+        task_id: &'a str,
+        driver: &'a str,
+        target: u16,
+    ) -> BoxFut<'a, Option<SocketAddr>> {
+        let driver = self
+            .drivers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(driver)
+            .cloned();
+        Box::pin(async move {
+            let status = driver?.inspect(task_id).await.ok()?;
+            if status.state != RunState::Running {
+                return None;
+            }
+            status
+                .ports
+                .iter()
+                .find(|p| p.target == target)
+                .map(|p| p.addr)
+        })
+    }
+}
+
+/// Mesh streams over the node's QUIC pool.
+pub(crate) struct PoolPeers(pub(crate) Pool);
+
+impl Peers for PoolPeers {
+    fn open<'a>(
+        &'a self,
+        node_id: &'a str,
+        addr: SocketAddr,
+    ) -> BoxFut<'a, Result<(quinn::SendStream, quinn::RecvStream), String>> {
+        Box::pin(async move {
+            let id: NodeId = node_id
+                .parse()
+                .map_err(|e| format!("bad node ID {node_id}: {e}"))?;
+            let conn = self
+                .0
+                .get_or_dial(&id, addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            conn.open_bi().await.map_err(|e| e.to_string())
+        })
+    }
+}
