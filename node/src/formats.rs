@@ -62,10 +62,14 @@ use crate::manager::services::legacy::{
     ServiceRecordV1, ServiceSpecV1, ServicesStateV1, UpdateConfigV1,
 };
 use crate::manager::services::{
-    FailureAction, HealthCheckSpec, HealthTestSpec, PortSpec, ResourceSpec, RestartCondition,
+    FailureAction, HealthCheckSpec, HealthTestSpec, PortSpec, PublishMode, ResourceSpec, RestartCondition,
     RestartPolicySpec, ServiceCommand, ServiceMode, ServiceRecord, ServiceSpec, ServicesState,
     TaskHealth, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
+use crate::mesh::{
+    EndpointTable, MeshOpen, MeshReply, PublishedService, TAG_MESH, TaskEndpoint,
+};
+use crate::session::PublishProblem;
 use crate::manager::state::{
     Availability, ClusterRecord, ClusterState, ClusterStateV1, Command, CommandResult, NodeRecord,
     NodeStatus, Role, STATE_VERSION, STATE_VERSION_V1,
@@ -1870,7 +1874,107 @@ fn worker_session_frames_keep_their_bytes() {
         &ToLeader::Reports(vec![task_report()]),
         TO_LEADER_REPORTS,
     );
+    g.frame(
+        "TO_WORKER_ENDPOINTS",
+        TAG_DISPATCH,
+        &ToWorker::Endpoints(endpoint_table()),
+        TO_WORKER_ENDPOINTS,
+    );
+    g.frame(
+        "TO_LEADER_PUBLISH_PROBLEMS",
+        TAG_DISPATCH,
+        &ToLeader::PublishProblems(vec![PublishProblem {
+            published: 8080,
+            service_id: SERVICE_ID.into(),
+            error: "cannot listen on 10.0.0.2:8080: Address in use (os error 98)".into(),
+        }]),
+        TO_LEADER_PUBLISH_PROBLEMS,
+    );
     g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing mesh (tag 10) and published ports
+// ---------------------------------------------------------------------------------------------
+
+// When one of these fails: nodes of two versions cannot forward published ports to each
+// other, or stored services with ports no longer decode.
+const PORT_SPEC_PLAIN: &str = "\
+    903f50";
+const PORT_SPEC_HOST_PROXY: &str = "\
+    903fd0800c";
+const TO_WORKER_ENDPOINTS: &str = "\
+    080000006d0103011973303030303030303030303030303030303030303030303061037765620290\
+    3f50a846a8c60c011874303030303030303030303030303030303030303030303119773030303030\
+    30303030303030303030303030303030307732000a0000028b2506646f636b657201";
+const TO_LEADER_PUBLISH_PROBLEMS: &str = "\
+    080000005c010101903f19733030303030303030303030303030303030303030303030613c63616e\
+    6e6f74206c697374656e206f6e2031302e302e302e323a383038303a204164647265737320696e20\
+    75736520286f73206572726f7220393829";
+const MESH_OPEN: &str = "\
+    0a000000450119733030303030303030303030303030303030303030303030611874303030303030\
+    3030303030303030303030303030303031903f00c0000207b88e03000a000001903f";
+const MESH_CONNECTED: &str = "\
+    0a000000020100";
+const MESH_REFUSED: &str = "\
+    0a0000002101011e6e6f2073657276696365207075626c697368657320706f72742038303830";
+
+fn endpoint_table() -> EndpointTable {
+    let mut host = PortSpec::tcp(9000, 9000);
+    host.mode = PublishMode::Host;
+    host.proxy_protocol = true;
+    EndpointTable {
+        services: vec![PublishedService {
+            service_id: SERVICE_ID.into(),
+            name: "web".into(),
+            ports: vec![PortSpec::tcp(8080, 80), host],
+            tasks: vec![TaskEndpoint {
+                task_id: "t00000000000000000000001".into(),
+                node_id: WORKER_ID.into(),
+                node_addr: "10.0.0.2:4747".parse().expect("address"),
+                driver: "docker".into(),
+                ready: true,
+            }],
+        }],
+    }
+}
+
+#[test]
+fn mesh_frames_and_published_ports_keep_their_bytes() {
+    let mut g = Golden::default();
+    // `-p 8080:80` keeps the bytes `{published, target}` had before the mesh.
+    g.plain("PORT_SPEC_PLAIN", &PortSpec::tcp(8080, 80), PORT_SPEC_PLAIN);
+    let mut host = PortSpec::tcp(8080, 80);
+    host.mode = PublishMode::Host;
+    host.proxy_protocol = true;
+    g.plain("PORT_SPEC_HOST_PROXY", &host, PORT_SPEC_HOST_PROXY);
+    let open = MeshOpen {
+        service_id: SERVICE_ID.into(),
+        task_id: "t00000000000000000000001".into(),
+        published: 8080,
+        client: "192.0.2.7:51000".parse().expect("address"),
+        ingress: "10.0.0.1:8080".parse().expect("address"),
+    };
+    g.frame("MESH_OPEN", TAG_MESH, &open, MESH_OPEN);
+    g.frame("MESH_CONNECTED", TAG_MESH, &MeshReply::Connected, MESH_CONNECTED);
+    g.frame(
+        "MESH_REFUSED",
+        TAG_MESH,
+        &MeshReply::Refused("no service publishes port 8080".into()),
+        MESH_REFUSED,
+    );
+    g.finish();
+}
+
+#[test]
+fn a_port_stored_before_the_mesh_reads_as_tcp_ingress_and_unknown_settings_are_refused() {
+    let old = postcard::to_allocvec(&(8080u16, 80u16)).expect("encode");
+    assert_eq!(
+        postcard::from_bytes::<PortSpec>(&old).expect("decode"),
+        PortSpec::tcp(8080, 80)
+    );
+    let newer = postcard::to_allocvec(&(8080u16, 80u32 | (1 << 20))).expect("encode");
+    assert!(postcard::from_bytes::<PortSpec>(&newer).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------
