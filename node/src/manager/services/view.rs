@@ -227,6 +227,62 @@ mod tests {
     };
     use crate::manager::state::Command;
 
+    /// The routing mesh's table: only published services; only tasks running and meant to;
+    /// readiness by each task's own spec's health check; a down node's tasks left out.
+    #[test]
+    fn the_endpoint_table_lists_running_tasks_of_published_services_and_their_readiness() {
+        let mut s = cluster();
+        let mut web = replicated("web", 3);
+        web.ports = vec![PortSpec::tcp(8080, 80)];
+        create(&mut s, "s1", web);
+        create(&mut s, "s2", replicated("quiet", 2));
+        let now = converge(&mut s, 1_000);
+        let table = endpoint_table(&s.services, &s.nodes);
+        assert_eq!(table.services.len(), 1, "only services with published ports");
+        let web = &table.services[0];
+        assert_eq!((web.service_id.as_str(), web.name.as_str()), ("s1", "web"));
+        assert_eq!(web.ports, [PortSpec::tcp(8080, 80)]);
+        assert_eq!(web.tasks.len(), 3);
+        assert!(web.tasks.iter().all(|t| t.ready && t.driver == "docker"));
+        let nodes: std::collections::BTreeSet<_> =
+            web.tasks.iter().map(|t| t.node_id.as_str()).collect();
+        assert_eq!(nodes.len(), 3, "spread over the three nodes");
+
+        // A health check added by an update: the old tasks (no check) still serve, the new
+        // ones only once healthy.
+        let mut checked = s.services.services["s1"].spec.clone();
+        checked.health_check = Some(HealthCheckSpec::shell("true"));
+        checked.update_config.order = crate::manager::services::UpdateOrder::StartFirst;
+        let cmd = ServiceCommand::update("s1", checked, now);
+        assert_eq!(svc(&mut s, cmd), crate::manager::state::CommandResult::Done);
+        orchestrate(&mut s, now + 10);
+        crate::manager::services::tests::run_workers(&mut s, now + 10);
+        let table = endpoint_table(&s.services, &s.nodes);
+        let tasks = &table.services[0].tasks;
+        let new: Vec<_> = tasks
+            .iter()
+            .filter(|t| s.services.tasks[&t.task_id].spec_version == 2)
+            .collect();
+        let old: Vec<_> = tasks
+            .iter()
+            .filter(|t| s.services.tasks[&t.task_id].spec_version == 1)
+            .collect();
+        assert!(!new.is_empty(), "the update started a task: {tasks:?}");
+        assert!(new.iter().all(|t| !t.ready), "not healthy yet: {new:?}");
+        assert_eq!(old.len(), 3);
+        assert!(old.iter().all(|t| t.ready), "old tasks stay in rotation: {old:?}");
+
+        // A task to stop leaves the table; so do the tasks of a node known to be down.
+        let victim = old[0].task_id.clone();
+        s.services.tasks.get_mut(&victim).unwrap().desired_state = DesiredState::Shutdown;
+        let down = old[1].node_id.clone();
+        s.nodes.get_mut(&down).unwrap().status = shoal_scheduler::NodeStatus::Down;
+        let table = endpoint_table(&s.services, &s.nodes);
+        let tasks = &table.services[0].tasks;
+        assert!(tasks.iter().all(|t| t.task_id != victim), "{tasks:?}");
+        assert!(tasks.iter().all(|t| t.node_id != down), "{tasks:?}");
+    }
+
     #[test]
     fn assignments_carry_runtime_specs() {
         let mut s = cluster();
