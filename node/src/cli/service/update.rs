@@ -104,8 +104,8 @@ pub struct UpdateArgs {
     /// Remove a placement constraint (the exact expression), repeatable.
     #[arg(long = "constraint-rm", value_name = "EXPR")]
     pub constraint_rm: Vec<String>,
-    /// Publish a port (PUBLISHED:TARGET[/tcp] or published=P,target=T[,mode=ingress|host]
-    /// [,proxy-protocol=v2]), replacing the entry with the same published port; repeatable.
+    /// Publish a port, replacing the entry with the same published port; repeatable:
+    /// PUBLISHED:TARGET[/tcp] or published=P,target=T[,mode=ingress|host][,proxy-protocol=v2]
     #[arg(long = "publish-add", value_name = "SPEC", allow_hyphen_values = true)]
     pub publish_add: Vec<String>,
     /// Stop publishing a port (PUBLISHED or PUBLISHED:TARGET), repeatable.
