@@ -510,6 +510,12 @@ pub struct ServiceUpdateBody {
     pub constraint_add: Vec<String>,
     /// Placement constraints removed (the exact expression).
     pub constraint_rm: Vec<String>,
+    /// Ports published (`--publish-add`), each replacing the entry with the same published
+    /// port if there is one.
+    pub publish_add: Vec<PortBody>,
+    /// Published ports removed, by published port (`--publish-rm`); applied before
+    /// `publish_add`. A port not published is ignored, as `env_rm` ignores a missing name.
+    pub publish_rm: Vec<u16>,
     /// New replica count (replicated services only).
     pub replicas: Option<u64>,
     /// New cap of tasks per node (0 = unlimited).
@@ -614,6 +620,14 @@ impl ServiceUpdateBody {
         for c in &self.constraint_add {
             if !s.constraints.iter().any(|x| x.trim() == c.trim()) {
                 s.constraints.push(c.clone());
+            }
+        }
+        s.ports.retain(|p| !self.publish_rm.contains(&p.published));
+        for p in &self.publish_add {
+            let p = PortSpec::try_from(p.clone())?;
+            match s.ports.iter_mut().find(|q| q.published == p.published) {
+                Some(q) => *q = p,
+                None => s.ports.push(p),
             }
         }
         if let Some(r) = self.replicas {
@@ -997,7 +1011,8 @@ mod tests {
             json,
             concat!(
                 r#"{"name":"web","image":"img:1","args":[],"env":{},"driver":"docker","#,
-                r#""mode":{"replicated":{"replicas":2}},"ports":[{"published":8080,"target":80}],"#,
+                r#""mode":{"replicated":{"replicas":2}},"#,
+                r#""ports":[{"published":8080,"target":80,"protocol":"tcp","mode":"ingress","proxy_protocol":null}],"#,
                 r#""constraints":[],"reservations":{"memory_bytes":0,"nano_cpus":0},"#,
                 r#""limits":{"memory_bytes":0,"nano_cpus":0},"#,
                 r#""restart_policy":{"condition":"on-failure","delay_ms":5000,"max_attempts":0,"window_ms":0},"#,
@@ -1014,7 +1029,8 @@ mod tests {
         let back = serde_json::from_str::<ServiceSpecBody>(&json).unwrap();
         assert_eq!(ServiceSpec::try_from(back), Ok(spec.clone()));
         // The JSON of a client from before the update monitor, the rollback settings,
-        // `--no-healthcheck` and the force counter: those take their defaults.
+        // `--no-healthcheck`, the force counter and the ports' protocol, mode and PROXY
+        // protocol: those take their defaults.
         let older = concat!(
             r#"{"name":"web","image":"img:1","args":[],"env":{},"driver":"docker","#,
             r#""mode":{"replicated":{"replicas":2}},"ports":[{"published":8080,"target":80}],"#,
@@ -1071,6 +1087,39 @@ mod tests {
         assert!(err.contains("invalid service name"), "{err}");
     }
 
+    /// A port's JSON: the words of protocol, mode and PROXY protocol, and one-line refusals.
+    #[test]
+    fn port_body_json() {
+        use crate::manager::services::PublishMode;
+
+        let p: PortBody = serde_json::from_str(
+            r#"{"published":8080,"target":80,"mode":"host","proxy_protocol":"v2"}"#,
+        )
+        .unwrap();
+        let spec = PortSpec::try_from(p.clone()).unwrap();
+        assert_eq!(spec.mode, PublishMode::Host);
+        assert!(spec.proxy_protocol);
+        assert_eq!(PortBody::from(spec), p);
+        for (json, needle) in [
+            (
+                r#"{"published":53,"target":53,"protocol":"udp"}"#,
+                "the routing mesh carries TCP only",
+            ),
+            (
+                r#"{"published":1,"target":1,"mode":"both"}"#,
+                "ingress or host",
+            ),
+            (
+                r#"{"published":1,"target":1,"proxy_protocol":"v1"}"#,
+                "expected v2",
+            ),
+        ] {
+            let p: PortBody = serde_json::from_str(json).unwrap();
+            let err = PortSpec::try_from(p).unwrap_err();
+            assert!(err.contains(needle) && !err.contains('\n'), "{json}: {err}");
+        }
+    }
+
     fn update(json: &str, current: &ServiceSpec) -> Result<UpdatePlan, String> {
         serde_json::from_str::<ServiceUpdateBody>(json)
             .map_err(|e| e.to_string())?
@@ -1082,6 +1131,67 @@ mod tests {
             Ok(UpdatePlan::Update(s)) => *s,
             other => panic!("expected an update, got {other:?}"),
         }
+    }
+
+    /// `publish_rm` drops by published port, then `publish_add` replaces the entry with the
+    /// same published port in place or appends; the result is validated.
+    #[test]
+    fn update_body_publishes_and_unpublishes() {
+        use crate::manager::services::PublishMode;
+
+        let mut cur = ServiceSpec::new("web", "img:1");
+        cur.ports = vec![PortSpec::tcp(8080, 80), PortSpec::tcp(8443, 443)];
+        let s = updated(
+            r#"{"publish_add":[{"published":8080,"target":81},{"published":9000,"target":90}]}"#,
+            &cur,
+        );
+        assert_eq!(
+            s.ports,
+            [
+                PortSpec::tcp(8080, 81),
+                PortSpec::tcp(8443, 443),
+                PortSpec::tcp(9000, 90)
+            ]
+        );
+        let s = updated(r#"{"publish_rm":[8080,1234]}"#, &cur);
+        assert_eq!(s.ports, [PortSpec::tcp(8443, 443)]);
+        // Removed, then added again: the new entry.
+        let s = updated(
+            r#"{"publish_rm":[8443],"publish_add":[{"published":8443,"target":8443,"proxy_protocol":"v2"}]}"#,
+            &cur,
+        );
+        assert_eq!(s.ports[1].target, 8443);
+        assert!(s.ports[1].proxy_protocol);
+        // Nothing about ports: unchanged.
+        assert_eq!(updated(r#"{"image":"img:2"}"#, &cur).ports, cur.ports);
+        // Old clients send neither field.
+        let body: ServiceUpdateBody = serde_json::from_str(r#"{"image":"x"}"#).unwrap();
+        assert!(body.publish_add.is_empty() && body.publish_rm.is_empty());
+
+        for (body, needle) in [
+            (
+                r#"{"publish_add":[{"published":0,"target":80}]}"#,
+                "invalid port 0: ports are 1-65535",
+            ),
+            (
+                r#"{"publish_add":[{"published":53,"target":53,"protocol":"udp"}]}"#,
+                "TCP only",
+            ),
+            (
+                r#"{"publish_add":[{"published":9090,"target":90,"mode":"host"}]}"#,
+                "--replicas-max-per-node 1",
+            ),
+        ] {
+            let err = update(body, &cur).unwrap_err();
+            assert!(err.contains(needle) && !err.contains('\n'), "{body}: {err}");
+        }
+        let mut one = cur;
+        one.max_replicas_per_node = 1;
+        let s = updated(
+            r#"{"publish_add":[{"published":9090,"target":90,"mode":"host"}]}"#,
+            &one,
+        );
+        assert_eq!(s.ports[2].mode, PublishMode::Host);
     }
 
     /// The changes of `service update` land on the current spec; scaling alone is a scale.
@@ -1170,6 +1280,13 @@ mod tests {
         }
         let mut global = cur.clone();
         global.mode = ServiceMode::Global;
+        assert!(
+            update(
+                r#"{"publish_add":[{"published":9090,"target":90,"mode":"host"}]}"#,
+                &global
+            )
+            .is_ok()
+        );
         assert!(
             update(r#"{"replicas":1}"#, &global)
                 .unwrap_err()

@@ -98,8 +98,14 @@ pub struct CreateArgs {
     /// Environment variables (K=V).
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
-    /// Publish a port: PUBLISHED:TARGET.
-    #[arg(short = 'p', long = "publish")]
+    /// Publish a port: PUBLISHED:TARGET[/tcp] or
+    /// published=P,target=T[,protocol=tcp][,mode=ingress|host][,proxy-protocol=v2]; repeatable.
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "SPEC",
+        allow_hyphen_values = true
+    )]
     pub publish: Vec<String>,
     /// Placement constraint, e.g. node.labels.zone==attic (repeatable).
     #[arg(long)]
@@ -182,19 +188,11 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpecBody> {
             replicas: r.unwrap_or(1),
         },
     };
-    for p in &a.publish {
-        let (published, target) = p
-            .split_once(':')
-            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-            .ok_or_else(|| anyhow::anyhow!("invalid port `{p}`: expected PUBLISHED:TARGET"))?;
-        spec.ports.push(PortBody {
-            published,
-            target,
-            protocol: "tcp".into(),
-            mode: "ingress".into(),
-            proxy_protocol: None,
-        });
-    }
+    spec.ports = a
+        .publish
+        .iter()
+        .map(|p| update::publish("publish", p))
+        .collect::<Result<_>>()?;
     spec.constraints.clone_from(&a.constraint);
     if let Some(n) = &a.replicas_max_per_node {
         spec.max_replicas_per_node = update::count("replicas-max-per-node", n)?;
@@ -312,6 +310,9 @@ pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
             println!("Image:     {}", v["image"].as_str().unwrap_or_default());
             println!("Driver:    {}", v["driver"].as_str().unwrap_or_default());
             println!("Version:   {}", v["version"]);
+            let ports: Vec<PortBody> =
+                serde_json::from_value(v["ports"].clone()).unwrap_or_default();
+            print!("{}", pretty_ports(&ports));
             println!("Spec:\n{}", serde_json::to_string_pretty(&v["spec"])?);
             Ok(())
         }
@@ -391,11 +392,31 @@ pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
     }
 }
 
+/// The PORTS cell of `service ls`, as Docker's: `*:8080->80/tcp, *:8443->443/tcp`.
 fn ports(p: &[PortBody]) -> String {
     p.iter()
-        .map(|p| format!("*:{}->{}/tcp", p.published, p.target))
+        .map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The `Ports:` block of `service inspect --pretty`, as Docker's (with `ProxyProtocol` when
+/// set); empty without ports.
+fn pretty_ports(ports: &[PortBody]) -> String {
+    if ports.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("Ports:\n");
+    for p in ports {
+        out.push_str(&format!(" PublishedPort = {}\n", p.published));
+        out.push_str(&format!("  Protocol = {}\n", p.protocol));
+        out.push_str(&format!("  TargetPort = {}\n", p.target));
+        out.push_str(&format!("  PublishMode = {}\n", p.mode));
+        if let Some(proxy) = &p.proxy_protocol {
+            out.push_str(&format!("  ProxyProtocol = {proxy}\n"));
+        }
+    }
+    out
 }
 
 /// Prints tasks as `service ps` / `node ps` do.
@@ -519,6 +540,122 @@ mod tests {
             Cmd::Service(ServiceCmd::Create(a)) => spec_of(&a),
             other => panic!("not a create: {other:?}"),
         }
+    }
+
+    fn port(published: u16, target: u16, mode: &str, proxy: Option<&str>) -> PortBody {
+        PortBody {
+            published,
+            target,
+            protocol: "tcp".into(),
+            mode: mode.into(),
+            proxy_protocol: proxy.map(str::to_owned),
+        }
+    }
+
+    fn usage_error(e: &anyhow::Error) -> bool {
+        e.downcast_ref::<crate::cli::UsageError>().is_some()
+    }
+
+    /// `-p` takes the short and the long form, repeatedly.
+    #[test]
+    fn create_publishes_ports_in_both_forms() {
+        let s = create(&[
+            "-p",
+            "8080:80",
+            "--publish",
+            "8443:443/tcp",
+            "-p",
+            "published=9000,target=90,mode=host,proxy-protocol=v2",
+            "--publish",
+            "target=53,published=5353,protocol=tcp,mode=ingress",
+            "img",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.ports,
+            [
+                port(8080, 80, "ingress", None),
+                port(8443, 443, "ingress", None),
+                port(9000, 90, "host", Some("v2")),
+                port(5353, 53, "ingress", None),
+            ]
+        );
+        assert!(create(&["img"]).unwrap().ports.is_empty());
+    }
+
+    /// A bad `-p` is one line and a usage error (exit code 2); UDP is refused at once.
+    #[test]
+    fn create_refuses_bad_ports() {
+        for (value, needle) in [
+            ("8080", "expected PUBLISHED:TARGET"),
+            ("0:80", "invalid port 0: ports are 1-65535"),
+            ("8080:0", "invalid port 0: ports are 1-65535"),
+            ("70000:80", "invalid port `70000`: ports are 1-65535"),
+            ("x:80", "invalid port `x`"),
+            ("-1:80", "invalid port `-1`"),
+            ("127.0.0.1:8080:80", "listen address"),
+            ("53:53/udp", "the routing mesh carries TCP only"),
+            ("53:53/xyz", "unknown protocol `xyz`"),
+            (
+                "published=53,target=53,protocol=udp",
+                "the routing mesh carries TCP only",
+            ),
+            ("published=1,target=2,mode=both", "unknown mode `both`"),
+            (
+                "published=1,target=2,proxy-protocol=v1",
+                "unknown proxy-protocol `v1`",
+            ),
+            ("published=1,target=2,color=red", "unknown field `color`"),
+            ("published=1,target", "`target` is not KEY=VALUE"),
+            ("target=80", "published= is required"),
+            ("published=80", "target= is required"),
+            ("published=0,target=80", "invalid port 0"),
+            ("published=65536,target=80", "ports are 1-65535"),
+        ] {
+            let e = create(&["-p", value, "img"]).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains(needle) && !msg.contains('\n'),
+                "{value}: {msg}"
+            );
+            assert!(
+                msg.contains(&format!("--publish `{value}`")),
+                "{value}: {msg}"
+            );
+            assert!(usage_error(&e), "{value}: not a usage error");
+        }
+    }
+
+    /// `service ls` PORTS and the `Ports:` block of `inspect --pretty`.
+    #[test]
+    fn ports_render_as_docker() {
+        assert_eq!(ports(&[]), "");
+        assert_eq!(
+            ports(&[
+                port(8080, 80, "ingress", None),
+                port(9000, 90, "host", Some("v2"))
+            ]),
+            "*:8080->80/tcp, *:9000->90/tcp"
+        );
+        assert_eq!(pretty_ports(&[]), "");
+        assert_eq!(
+            pretty_ports(&[
+                port(8080, 80, "ingress", None),
+                port(9000, 90, "host", Some("v2"))
+            ]),
+            concat!(
+                "Ports:\n",
+                " PublishedPort = 8080\n",
+                "  Protocol = tcp\n",
+                "  TargetPort = 80\n",
+                "  PublishMode = ingress\n",
+                " PublishedPort = 9000\n",
+                "  Protocol = tcp\n",
+                "  TargetPort = 90\n",
+                "  PublishMode = host\n",
+                "  ProxyProtocol = v2\n",
+            )
+        );
     }
 
     /// Bad numbers and durations on `create` are one line, as on `update`.

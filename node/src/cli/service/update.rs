@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use anyhow::{Result, anyhow, bail};
 
 use crate::api::services::UpdateConfigBody;
-use crate::api::{HealthCheckBody, ServiceSpecBody, ServiceUpdateBody, UpdateConfigPatch};
+use crate::api::{
+    HealthCheckBody, PortBody, ServiceSpecBody, ServiceUpdateBody, UpdateConfigPatch,
+};
 use crate::manager::services::{FailureAction, RATIO_ONE_PPM, UpdateOrder};
 
 /// `--update-*` and `--rollback-*` flags (on `create` and `update`).
@@ -102,6 +104,17 @@ pub struct UpdateArgs {
     /// Remove a placement constraint (the exact expression), repeatable.
     #[arg(long = "constraint-rm", value_name = "EXPR")]
     pub constraint_rm: Vec<String>,
+    /// Publish a port, replacing the entry with the same published port; repeatable:
+    /// PUBLISHED:TARGET[/tcp] or published=P,target=T[,mode=ingress|host][,proxy-protocol=v2]
+    #[arg(long = "publish-add", value_name = "SPEC", allow_hyphen_values = true)]
+    pub publish_add: Vec<String>,
+    /// Stop publishing a port (PUBLISHED or PUBLISHED:TARGET), repeatable.
+    #[arg(
+        long = "publish-rm",
+        value_name = "PUBLISHED",
+        allow_hyphen_values = true
+    )]
+    pub publish_rm: Vec<String>,
     /// Number of tasks (alone: a scale, not a rolling update).
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub replicas: Option<String>,
@@ -191,6 +204,121 @@ pub(super) fn ratio_ppm(flag: &str, v: &str) -> Result<u32> {
         })?;
     // In range 0..=1, so the product fits.
     Ok((r * f64::from(RATIO_ONE_PPM)).round() as u32)
+}
+
+/// What `-p`/`--publish-add` accept, for the messages.
+const PUBLISH_FORMS: &str = "expected PUBLISHED:TARGET[/tcp] or published=P,target=T[,protocol=tcp][,mode=ingress|host][,proxy-protocol=v2]";
+
+/// A port number in a `--flag` value: 1-65535.
+fn port_number(flag: &str, spec: &str, v: &str) -> Result<u16> {
+    let v = v.trim();
+    match v.parse::<u16>() {
+        Ok(0) => Err(crate::cli::usage(anyhow!(
+            "invalid --{flag} `{spec}`: invalid port 0: ports are 1-65535"
+        ))),
+        Ok(n) => Ok(n),
+        Err(_) => Err(crate::cli::usage(anyhow!(
+            "invalid --{flag} `{spec}`: invalid port `{v}`: ports are 1-65535"
+        ))),
+    }
+}
+
+/// A published port given to `--flag` (`-p`/`--publish` on create, `--publish-add`): the
+/// short form `PUBLISHED:TARGET[/tcp]` or Docker's long form
+/// `published=P,target=T[,protocol=tcp][,mode=ingress|host][,proxy-protocol=v2]`. A bad
+/// value is a usage error; UDP is refused at once (the routing mesh carries TCP only).
+pub(super) fn publish(flag: &str, v: &str) -> Result<PortBody> {
+    let bad = |why: &str| crate::cli::usage(anyhow!("invalid --{flag} `{v}`: {why}"));
+    let udp = |proto: &str| {
+        crate::cli::usage(anyhow!(
+            "invalid --{flag} `{v}`: protocol {proto} cannot be published: the routing mesh carries TCP only"
+        ))
+    };
+    let mut port = PortBody {
+        published: 0,
+        target: 0,
+        protocol: "tcp".into(),
+        mode: "ingress".into(),
+        proxy_protocol: None,
+    };
+    if !v.contains('=') {
+        let (ports, proto) = match v.split_once('/') {
+            Some((ports, proto)) => (ports, proto.trim()),
+            None => (v, "tcp"),
+        };
+        match proto.to_ascii_lowercase().as_str() {
+            "tcp" => {}
+            "udp" | "sctp" => return Err(udp(proto)),
+            _ => return Err(bad(&format!("unknown protocol `{proto}`: expected tcp"))),
+        }
+        let Some((published, target)) = ports.split_once(':') else {
+            return Err(bad(PUBLISH_FORMS));
+        };
+        if target.contains(':') {
+            return Err(bad(&format!(
+                "a listen address cannot be given ({PUBLISH_FORMS})"
+            )));
+        }
+        port.published = port_number(flag, v, published)?;
+        port.target = port_number(flag, v, target)?;
+        return Ok(port);
+    }
+    let (mut published, mut target) = (None, None);
+    for field in v.split(',') {
+        let Some((key, value)) = field.split_once('=') else {
+            return Err(bad(&format!(
+                "`{field}` is not KEY=VALUE ({PUBLISH_FORMS})"
+            )));
+        };
+        let value = value.trim();
+        match key.trim().to_ascii_lowercase().as_str() {
+            "published" => published = Some(port_number(flag, v, value)?),
+            "target" => target = Some(port_number(flag, v, value)?),
+            "protocol" => match value.to_ascii_lowercase().as_str() {
+                "tcp" => {}
+                "udp" | "sctp" => return Err(udp(value)),
+                _ => return Err(bad(&format!("unknown protocol `{value}`: expected tcp"))),
+            },
+            "mode" => match value.to_ascii_lowercase().as_str() {
+                m @ ("ingress" | "host") => m.clone_into(&mut port.mode),
+                _ => {
+                    return Err(bad(&format!(
+                        "unknown mode `{value}`: expected ingress or host"
+                    )));
+                }
+            },
+            "proxy-protocol" | "proxy_protocol" => match value.to_ascii_lowercase().as_str() {
+                "v2" => port.proxy_protocol = Some("v2".into()),
+                "none" => port.proxy_protocol = None,
+                _ => {
+                    return Err(bad(&format!(
+                        "unknown proxy-protocol `{value}`: expected v2 (PROXY protocol version 2) or none"
+                    )));
+                }
+            },
+            other => {
+                return Err(bad(&format!(
+                    "unknown field `{other}`: expected published, target, protocol, mode or proxy-protocol"
+                )));
+            }
+        }
+    }
+    port.published = published.ok_or_else(|| bad("published= is required"))?;
+    port.target = target.ok_or_else(|| bad("target= is required"))?;
+    Ok(port)
+}
+
+/// A port given to `--publish-rm`: `PUBLISHED` or `PUBLISHED:TARGET[/tcp]` (the published
+/// port is the one removed).
+pub(super) fn unpublish(v: &str) -> Result<u16> {
+    let ports = v.split_once('/').map_or(v, |(ports, _)| ports);
+    match ports.split_once(':') {
+        None => port_number("publish-rm", v, ports),
+        Some((published, target)) => {
+            port_number("publish-rm", v, target)?;
+            port_number("publish-rm", v, published)
+        }
+    }
 }
 
 fn word<T: std::str::FromStr>(v: &str) -> Result<T>
@@ -376,6 +504,16 @@ pub fn body_of(a: &UpdateArgs) -> Result<ServiceUpdateBody> {
         label_rm: a.label_rm.clone(),
         constraint_add: a.constraint_add.clone(),
         constraint_rm: a.constraint_rm.clone(),
+        publish_add: a
+            .publish_add
+            .iter()
+            .map(|p| publish("publish-add", p))
+            .collect::<Result<_>>()?,
+        publish_rm: a
+            .publish_rm
+            .iter()
+            .map(|p| unpublish(p))
+            .collect::<Result<_>>()?,
         replicas: a
             .replicas
             .as_deref()
@@ -650,6 +788,61 @@ mod tests {
         .unwrap();
         assert_eq!(b.update_config.delay_ms, Some(0));
         assert_eq!(b.update_config.parallelism, Some(0));
+    }
+
+    /// `--publish-add` takes both forms; `--publish-rm` a published port or
+    /// `PUBLISHED:TARGET`; bad values are usage errors.
+    #[test]
+    fn publish_add_and_rm_become_the_body() {
+        let b = body_of(&args(&[
+            "--publish-add",
+            "8080:80",
+            "--publish-add",
+            "published=9000,target=90,mode=host",
+            "--publish-rm",
+            "8443",
+            "--publish-rm",
+            "7000:70/tcp",
+            "web",
+        ]))
+        .unwrap();
+        assert_eq!(
+            b.publish_add
+                .iter()
+                .map(|p| (p.published, p.target, p.mode.as_str()))
+                .collect::<Vec<_>>(),
+            [(8080, 80, "ingress"), (9000, 90, "host")]
+        );
+        assert_eq!(b.publish_rm, [8443, 7000]);
+        let none = body_of(&args(&["--image", "x", "web"])).unwrap();
+        assert!(none.publish_add.is_empty() && none.publish_rm.is_empty());
+
+        for (flags, needle) in [
+            (
+                ["--publish-add", "53:53/udp"],
+                "the routing mesh carries TCP only",
+            ),
+            (
+                ["--publish-add", "0:80"],
+                "invalid port 0: ports are 1-65535",
+            ),
+            (["--publish-add", "80"], "expected PUBLISHED:TARGET"),
+            (["--publish-rm", "0"], "invalid port 0"),
+            (["--publish-rm", "http"], "invalid port `http`"),
+            (["--publish-rm", "8080:99999"], "ports are 1-65535"),
+            (["--publish-rm", "-1"], "invalid port `-1`"),
+        ] {
+            let e = body_of(&args(&[flags[0], flags[1], "web"])).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains(needle) && !msg.contains('\n'),
+                "{flags:?}: {msg}"
+            );
+            assert!(
+                e.downcast_ref::<crate::cli::UsageError>().is_some(),
+                "{flags:?}: not a usage error"
+            );
+        }
     }
 
     #[test]

@@ -21,18 +21,19 @@ async fn resolve(manager: &Manager, reference: &str) -> Result<ServiceRecord, Ap
 }
 
 impl Node {
-    /// `POST /v1/services`: validates the body into a spec, draws the ID and proposes the
-    /// create.
+    /// `POST /v1/services`: validates the body into a spec, draws the ID, refuses a port
+    /// another service publishes (409) and proposes the create.
     pub(super) async fn service_create(&self, req: &ApiRequest) -> Result<ServiceRef, ApiError> {
-        self.manager().await?;
+        let manager = self.manager().await?;
         let body: ServiceSpecBody = req.json()?;
         let spec = ServiceSpec::try_from(body).map_err(ApiError::bad_request)?;
-        if !spec.ports.is_empty() {
-            return Err(ApiError::bad_request(
-                "publishing ports needs the routing mesh, which this version does not have yet: create the service without -p",
-            ));
-        }
         let id = crate::util::random_id();
+        if !spec.ports.is_empty() {
+            // The state machine refuses it too (racing creates); this is the early answer.
+            read(&manager, |s| s.services.check_ports(&spec, &id))
+                .await?
+                .map_err(ApiError::conflict)?;
+        }
         let name = spec.name.clone();
         let record = ServiceRecord::new(id.clone(), spec, now_ms());
         self.write(Command::Services(ServiceCommand::create(record)))
@@ -106,7 +107,8 @@ impl Node {
     /// `POST /v1/services/{ref}/update`: applies the body's changes to the current spec and
     /// proposes a scale when only the replica count is asked (scaling alone is not a rolling
     /// update), else an update (even of an unchanged spec: the version moves on and a paused
-    /// update starts again, as Docker does).
+    /// update starts again, as Docker does). A port another service publishes is refused
+    /// (409) before anything is proposed.
     pub(super) async fn service_update(
         &self,
         reference: &str,
@@ -114,16 +116,22 @@ impl Node {
     ) -> Result<ServiceUpdateResponse, ApiError> {
         let manager = self.manager().await?;
         let body: ServiceUpdateBody = req.json()?;
-        let rec = resolve(&manager, reference).await?;
-        let plan = body.plan(&rec.spec).map_err(ApiError::bad_request)?;
-        if let UpdatePlan::Update(spec) = &plan
-            && !spec.ports.is_empty()
-            && spec.ports != rec.spec.ports
-        {
-            return Err(ApiError::bad_request(
-                "publishing ports needs the routing mesh, which this version does not have yet",
-            ));
-        }
+        let (rec, plan) = read(&manager, |s| {
+            let rec = s
+                .services
+                .resolve_service(reference)
+                .map_err(ApiError::not_found)?;
+            let plan = body.plan(&rec.spec).map_err(ApiError::bad_request)?;
+            if let UpdatePlan::Update(spec) = &plan {
+                // The service's own ports do not conflict with themselves; the state machine
+                // checks again when the update is applied.
+                s.services
+                    .check_ports(spec, &rec.id)
+                    .map_err(ApiError::conflict)?;
+            }
+            Ok::<_, ApiError>((rec.clone(), plan))
+        })
+        .await??;
         let rolling = matches!(plan, UpdatePlan::Update(_));
         let cmd = match plan {
             UpdatePlan::Scale(replicas) => ServiceCommand::Scale {

@@ -41,7 +41,9 @@ pub fn mode_replicas(mode: ServiceMode) -> Option<u64> {
 
 /// The transport of a published port. Only TCP is carried by the routing mesh; the type
 /// leaves room for UDP without another format change.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum PortProtocol {
     /// TCP.
@@ -54,7 +56,9 @@ shoal_scheduler::words!(PortProtocol, "protocol", "tcp (the routing mesh carries
 });
 
 /// Where a published port listens (`--publish mode=`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum PublishMode {
     /// On every node, forwarded to any task of the service (the routing mesh; Docker's default).
@@ -504,18 +508,7 @@ impl ServiceSpec {
                 ));
             }
         }
-        let mut published = BTreeSet::new();
-        for p in &self.ports {
-            if p.published == 0 || p.target == 0 {
-                return Err(format!(
-                    "invalid port mapping {}:{}: ports must be between 1 and 65535",
-                    p.published, p.target
-                ));
-            }
-            if !published.insert(p.published) {
-                return Err(format!("port {} is published twice", p.published));
-            }
-        }
+        self.validate_ports()?;
         self.parsed_constraints()?;
         let (r, l) = (self.reservations, self.limits);
         if l.memory_bytes > 0 && r.memory_bytes > l.memory_bytes {
@@ -567,17 +560,75 @@ impl ServiceSpec {
         Ok(())
     }
 
+    /// The published ports' own checks (one line each): ports 1-65535, each published port
+    /// once, and `mode=host` only where no node can run two tasks of the service (two tasks
+    /// cannot both listen on the node's one port).
+    fn validate_ports(&self) -> Result<(), String> {
+        let mut published = BTreeSet::new();
+        for p in &self.ports {
+            if p.published == 0 || p.target == 0 {
+                return Err("invalid port 0: ports are 1-65535".into());
+            }
+            if !published.insert(p.published) {
+                return Err(format!("port {} is published twice", p.published));
+            }
+        }
+        let host = self.ports.iter().find(|p| p.mode == PublishMode::Host);
+        if let Some(p) = host
+            && self.mode != ServiceMode::Global
+            && self.max_replicas_per_node != 1
+        {
+            return Err(format!(
+                "port {} is published in host mode, where two tasks on one node would share it: use --replicas-max-per-node 1 or --mode global",
+                p.published
+            ));
+        }
+        Ok(())
+    }
+
+    /// The target ports a task is given (deduplicated, in the spec's order: the first is the
+    /// process driver's `PORT`).
+    fn task_targets(&self) -> Vec<u16> {
+        let mut seen = BTreeSet::new();
+        self.ports
+            .iter()
+            .map(|p| p.target)
+            .filter(|t| seen.insert(*t))
+            .collect()
+    }
+
+    /// The ports that are part of a task (see [`ServiceSpec::same_task`]): the target ports
+    /// the runtime opens for it, and every host-mode port whole.
+    fn task_ports(&self) -> (Vec<u16>, Vec<PortSpec>) {
+        let host = self
+            .ports
+            .iter()
+            .filter(|p| p.mode == PublishMode::Host)
+            .copied()
+            .collect();
+        (self.task_targets(), host)
+    }
+
     /// True when a task created from `self` runs what `other` asks for: every field the task
-    /// is made of is equal (image, args, env, driver, ports, reservations, limits, health,
-    /// labels, stop grace, the force counter). Replica count, placement (constraints and max
-    /// per node, which the scheduler applies to running tasks), restart policy and the update
-    /// and rollback settings are not part of a task: changing them alone replaces nothing.
+    /// is made of is equal (image, args, env, driver, the task's ports, reservations, limits,
+    /// health, labels, stop grace, the force counter). Replica count, placement (constraints
+    /// and max per node, which the scheduler applies to running tasks), restart policy and
+    /// the update and rollback settings are not part of a task: changing them alone replaces
+    /// nothing.
+    ///
+    /// Of the published ports, a task is made of its target ports (the runtime exposes them,
+    /// and the process driver hands the task `PORT`/`PORT_<target>` for them) and of its
+    /// host-mode ports (bound on the task's own node for that task, as Swarm replaces tasks
+    /// when host-published ports change). An ingress port's published number and its PROXY
+    /// protocol setting live in the routing mesh alone, which every node re-binds from the
+    /// spec: changing them replaces no task, so `-p 8081:80` instead of `-p 8080:80` is not
+    /// a restart of every replica.
     pub fn same_task(&self, other: &ServiceSpec) -> bool {
         self.image == other.image
             && self.args == other.args
             && self.env == other.env
             && self.driver == other.driver
-            && self.ports == other.ports
+            && self.task_ports() == other.task_ports()
             && self.reservations == other.reservations
             && self.limits == other.limits
             && self.health_check == other.health_check
@@ -593,7 +644,7 @@ impl ServiceSpec {
         spec.args.clone_from(&self.args);
         spec.env.clone_from(&self.env);
         spec.labels.clone_from(&self.labels);
-        spec.ports = self.ports.iter().map(|p| p.target).collect();
+        spec.ports = self.task_targets();
         spec.resources = shoal_runtime::Resources {
             memory_bytes: Some(self.limits.memory_bytes).filter(|&m| m > 0),
             nano_cpus: Some(self.limits.nano_cpus).filter(|&c| c > 0),
@@ -692,14 +743,17 @@ mod tests {
             &|s| {
                 s.ports = vec![PortSpec::tcp(0, 80)];
             },
-            "invalid port mapping",
+            "invalid port 0: ports are 1-65535",
         );
         bad(
             &|s| {
-                s.ports = vec![
-                    PortSpec::tcp(80, 80),
-                    PortSpec::tcp(80, 81),
-                ];
+                s.ports = vec![PortSpec::tcp(8080, 0)];
+            },
+            "invalid port 0: ports are 1-65535",
+        );
+        bad(
+            &|s| {
+                s.ports = vec![PortSpec::tcp(80, 80), PortSpec::tcp(80, 81)];
             },
             "published twice",
         );
@@ -736,6 +790,88 @@ mod tests {
 #[cfg(test)]
 mod update_tests {
     use super::*;
+
+    fn host(published: u16, target: u16) -> PortSpec {
+        PortSpec {
+            mode: PublishMode::Host,
+            ..PortSpec::tcp(published, target)
+        }
+    }
+
+    /// `mode=host` needs at most one task per node; the refusal says how to get that.
+    #[test]
+    fn host_mode_ports_need_one_task_per_node() {
+        let mut s = ServiceSpec::new("web", "img");
+        s.mode = ServiceMode::Replicated { replicas: 3 };
+        s.ports = vec![PortSpec::tcp(8080, 80), host(9090, 90)];
+        let err = s.validate().unwrap_err();
+        assert!(err.contains("port 9090"), "{err}");
+        assert!(
+            err.contains("--replicas-max-per-node 1") && err.contains("--mode global"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
+        s.max_replicas_per_node = 2;
+        assert!(s.validate().is_err());
+        s.max_replicas_per_node = 1;
+        assert_eq!(s.validate(), Ok(()));
+        s.max_replicas_per_node = 0;
+        s.mode = ServiceMode::Global;
+        assert_eq!(s.validate(), Ok(()));
+        // Ingress ports alone are fine with any number of tasks per node.
+        s.mode = ServiceMode::Replicated { replicas: 3 };
+        s.ports = vec![PortSpec::tcp(8080, 80)];
+        assert_eq!(s.validate(), Ok(()));
+    }
+
+    /// A task is given each target port once, in the spec's order.
+    #[test]
+    fn task_spec_gets_each_target_once() {
+        let mut s = ServiceSpec::new("web", "img");
+        s.ports = vec![
+            PortSpec::tcp(8081, 81),
+            PortSpec::tcp(8080, 80),
+            PortSpec::tcp(8082, 81),
+        ];
+        assert_eq!(s.task_spec("t", "s", 1).ports, [81, 80]);
+    }
+
+    /// Ingress published ports and PROXY protocol live in the mesh: changing them replaces
+    /// no task. Target ports and host-mode ports are part of the task.
+    #[test]
+    fn same_task_and_ports() {
+        let mut a = ServiceSpec::new("web", "img:1");
+        a.max_replicas_per_node = 1;
+        a.ports = vec![PortSpec::tcp(8080, 80)];
+        let mesh_only: [&dyn Fn(&mut ServiceSpec); 3] = [
+            &|s| s.ports[0].published = 8081,
+            &|s| s.ports[0].proxy_protocol = true,
+            &|s| s.ports.push(PortSpec::tcp(8081, 80)),
+        ];
+        for change in mesh_only {
+            let mut b = a.clone();
+            change(&mut b);
+            assert!(a.same_task(&b), "{:?}", b.ports);
+        }
+        let task: [&dyn Fn(&mut ServiceSpec); 5] = [
+            &|s| s.ports[0].target = 81,
+            &|s| s.ports.clear(),
+            &|s| s.ports.push(PortSpec::tcp(9090, 90)),
+            &|s| s.ports[0].mode = PublishMode::Host,
+            &|s| s.ports.push(host(9090, 80)),
+        ];
+        for change in task {
+            let mut b = a.clone();
+            change(&mut b);
+            assert!(!a.same_task(&b), "{:?}", b.ports);
+        }
+        // A host-mode port's published number is part of the task.
+        let mut h = a;
+        h.ports = vec![host(8080, 80)];
+        let mut h2 = h.clone();
+        h2.ports[0].published = 8081;
+        assert!(!h.same_task(&h2));
+    }
 
     /// `--no-healthcheck` reaches the runtime as a disabled check (the image's too).
     #[test]

@@ -563,8 +563,10 @@ impl ServicesState {
         }
     }
 
-    /// Refuses a published port that another live service already publishes.
-    fn check_ports(&self, spec: &ServiceSpec, own_id: &str) -> Result<(), String> {
+    /// Refuses a published port that another live service already publishes (the service
+    /// `own_id` may keep its own). Checked when a create or update is applied, so two racing
+    /// creates cannot both win, and by the control API's handlers before they propose.
+    pub(crate) fn check_ports(&self, spec: &ServiceSpec, own_id: &str) -> Result<(), String> {
         for p in &spec.ports {
             if let Some(other) = self
                 .services

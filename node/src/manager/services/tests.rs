@@ -906,3 +906,84 @@ fn a_stale_verdict_never_overrides_a_newer_update() {
     assert!(matches!(svc(&mut s, stale), CommandResult::Refused(_)));
     assert_eq!(update_state(&s, "s1").0, UpdateState::Updating);
 }
+
+/// A published port has one owner among the live services: a create or an update that takes
+/// another's port is refused when applied (so racing creates cannot both win), a service's
+/// own ports never conflict with themselves, and removing a service frees its ports.
+#[test]
+fn a_published_port_has_one_owner() {
+    let mut s = cluster();
+    let mut web = replicated("web", 1);
+    web.ports = vec![PortSpec::tcp(8080, 80)];
+    assert_eq!(create(&mut s, "w1", web.clone()), CommandResult::Done);
+
+    // Another service, by create or by update.
+    let mut api = replicated("api", 1);
+    api.ports = vec![PortSpec::tcp(9090, 90), PortSpec::tcp(8080, 80)];
+    assert_eq!(
+        create(&mut s, "a1", api.clone()),
+        CommandResult::Refused("port 8080 is already published by service `web`".into())
+    );
+    api.ports.pop();
+    assert_eq!(create(&mut s, "a1", api.clone()), CommandResult::Done);
+    let mut take = api.clone();
+    take.ports.push(PortSpec::tcp(8080, 81));
+    assert_eq!(
+        svc(&mut s, ServiceCommand::update("a1", take, 200)),
+        CommandResult::Refused("port 8080 is already published by service `web`".into())
+    );
+    assert_eq!(s.services.services["a1"].spec.ports, api.ports);
+
+    // Its own ports: kept, retargeted or added to.
+    web.ports = vec![PortSpec::tcp(8080, 81), PortSpec::tcp(8443, 443)];
+    assert_eq!(
+        svc(&mut s, ServiceCommand::update("w1", web.clone(), 201)),
+        CommandResult::Done
+    );
+    assert_eq!(
+        s.services.check_ports(&web, "w1"),
+        Ok(()),
+        "own ports are no conflict"
+    );
+    assert!(s.services.check_ports(&web, "a1").is_err());
+
+    // Removed: the port is free again.
+    let remove = ServiceCommand::Remove {
+        id: "w1".into(),
+        at: 300,
+    };
+    assert_eq!(svc(&mut s, remove), CommandResult::Done);
+    let mut again = replicated("web2", 1);
+    again.ports = vec![PortSpec::tcp(8080, 80)];
+    assert_eq!(create(&mut s, "w2", again), CommandResult::Done);
+}
+
+/// Moving an ingress port to another published number is a new version whose update
+/// replaces no task (the mesh re-binds); changing the target port replaces them all.
+#[test]
+fn an_ingress_port_change_replaces_no_task() {
+    let mut s = cluster();
+    let mut spec = replicated("web", 2);
+    spec.update_config.monitor_ms = 0;
+    spec.ports = vec![PortSpec::tcp(8080, 80)];
+    create(&mut s, "s1", spec.clone());
+    let now = converge(&mut s, 1_000);
+    assert_eq!(running_versions(&s, "s1"), vec![1, 1]);
+
+    spec.ports = vec![PortSpec::tcp(8081, 80)];
+    assert_eq!(
+        svc(&mut s, ServiceCommand::update("s1", spec.clone(), now)),
+        CommandResult::Done
+    );
+    let now = converge(&mut s, now + 10);
+    assert_eq!(running_versions(&s, "s1"), vec![1, 1]);
+    assert_eq!(s.services.services["s1"].version, 2);
+
+    spec.ports = vec![PortSpec::tcp(8081, 81)];
+    assert_eq!(
+        svc(&mut s, ServiceCommand::update("s1", spec, now)),
+        CommandResult::Done
+    );
+    converge(&mut s, now + 10);
+    assert_eq!(running_versions(&s, "s1"), vec![3, 3]);
+}
