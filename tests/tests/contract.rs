@@ -219,6 +219,8 @@ fn cli_exit_code_2_on_usage_errors_1_on_runtime_errors() -> Result<()> {
         &["node", "ls", "--bogus"],
         &["node", "ls", "--format", "yaml"],
         &["node", "rm"],
+        // A port spec the CLI cannot parse is a usage error too.
+        &["service", "create", "--name", "web", "--publish", "80", "img"],
     ];
     for args in usage {
         let out = Command::new(shoal_bin())
@@ -264,13 +266,14 @@ fn cli_exit_code_2_on_usage_errors_1_on_runtime_errors() -> Result<()> {
         &["node", "rm", "nosuch"],
         &["node", "promote", "nosuch"],
         &["init"],
+        // The daemon refuses a host-mode port that more than one task per node could use.
         &[
             "service",
             "create",
             "--name",
             "web",
             "--publish",
-            "80",
+            "published=80,target=80,mode=host",
             "img",
         ],
         &[
