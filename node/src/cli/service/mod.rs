@@ -313,6 +313,14 @@ pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
             let ports: Vec<PortBody> =
                 serde_json::from_value(v["ports"].clone()).unwrap_or_default();
             print!("{}", pretty_ports(&ports));
+            for p in v["publish_problems"].as_array().into_iter().flatten() {
+                println!(
+                    "WARNING: node {} cannot publish port {}: {}",
+                    p["node_id"].as_str().unwrap_or_default(),
+                    p["published"],
+                    p["error"].as_str().unwrap_or_default()
+                );
+            }
             println!("Spec:\n{}", serde_json::to_string_pretty(&v["spec"])?);
             Ok(())
         }

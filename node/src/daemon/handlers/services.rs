@@ -61,8 +61,20 @@ impl Node {
         })
         .await?
         .map_err(ApiError::not_found)?;
-        serde_json::to_value(&inspect)
-            .map_err(|e| ApiError::internal(format!("cannot encode answer: {e}")))
+        let mut value = serde_json::to_value(&inspect)
+            .map_err(|e| ApiError::internal(format!("cannot encode answer: {e}")))?;
+        // The ports some node cannot listen on (soft state the nodes report to the leader).
+        let problems: Vec<serde_json::Value> = self
+            .publish_problems_of(&inspect.row.id)
+            .into_iter()
+            .map(|(node, p)| {
+                serde_json::json!({"node_id": node, "published": p.published, "error": p.error})
+            })
+            .collect();
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("publish_problems".into(), serde_json::Value::Array(problems));
+        }
+        Ok(value)
     }
 
     /// `GET /v1/services/{ref}/tasks`.
@@ -71,10 +83,30 @@ impl Node {
         read(&manager, |s| {
             s.services
                 .resolve_service(reference)
-                .map(|rec| task_rows(&s.services, &s.nodes, TaskFilter::Service(&rec.id)))
+                .map(|rec| {
+                    (
+                        rec.id.clone(),
+                        task_rows(&s.services, &s.nodes, TaskFilter::Service(&rec.id)),
+                    )
+                })
         })
         .await?
         .map_err(ApiError::not_found)
+        .map(|(id, mut rows)| {
+            // A node that cannot listen on one of the service's ports says so on the
+            // service's running tasks there (as Docker shows a host-port conflict).
+            for (node, p) in self.publish_problems_of(&id) {
+                for row in &mut rows {
+                    if row.node_id.as_deref() == Some(node.as_str())
+                        && row.desired_state == "running"
+                        && row.error.is_none()
+                    {
+                        row.error = Some(format!("port {}: {}", p.published, p.error));
+                    }
+                }
+            }
+            rows
+        })
     }
 
     /// `POST /v1/services/{ref}/scale`.
