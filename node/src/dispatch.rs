@@ -134,8 +134,7 @@ pub async fn serve_session(
         let node = node.clone();
         let node_id = node_id.clone();
         tokio::spawn(async move {
-            while let Ok((_, msg)) =
-                net::read_frame::<ToLeader>(&mut recv, MAX_SESSION_FRAME).await
+            while let Ok((_, msg)) = net::read_frame::<ToLeader>(&mut recv, MAX_SESSION_FRAME).await
             {
                 match msg {
                     ToLeader::Reports(r) => {

@@ -62,22 +62,20 @@ use crate::manager::services::legacy::{
     ServiceRecordV1, ServiceSpecV1, ServicesStateV1, UpdateConfigV1,
 };
 use crate::manager::services::{
-    FailureAction, HealthCheckSpec, HealthTestSpec, PortSpec, PublishMode, ResourceSpec, RestartCondition,
-    RestartPolicySpec, ServiceCommand, ServiceMode, ServiceRecord, ServiceSpec, ServicesState,
-    TaskHealth, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
+    FailureAction, HealthCheckSpec, HealthTestSpec, PortSpec, PublishMode, ResourceSpec,
+    RestartCondition, RestartPolicySpec, ServiceCommand, ServiceMode, ServiceRecord, ServiceSpec,
+    ServicesState, TaskHealth, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
-use crate::mesh::{
-    EndpointTable, MeshOpen, MeshReply, PublishedService, TAG_MESH, TaskEndpoint,
-};
-use crate::session::PublishProblem;
 use crate::manager::state::{
     Availability, ClusterRecord, ClusterState, ClusterStateV1, Command, CommandResult, NodeRecord,
     NodeStatus, Role, STATE_VERSION, STATE_VERSION_V1,
 };
 use crate::manager::store::{LogStore, SmData, StateMachineStore, open_db};
 use crate::manager::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::mesh::{EndpointTable, MeshOpen, MeshReply, PublishedService, TAG_MESH, TaskEndpoint};
 use crate::net::{FRAME_HEADER_LEN, FRAME_VERSION, NetError, decode_body};
 use crate::pki::token::{JoinToken, TOKEN_PREFIX, TokenPayload, TokenRole};
+use crate::session::PublishProblem;
 use crate::session::{Assignment, AssignmentSet, DesiredState, TaskReport, TaskState};
 use crate::session::{SessionHello, ToLeader, ToWorker};
 
@@ -1956,7 +1954,12 @@ fn mesh_frames_and_published_ports_keep_their_bytes() {
         ingress: "10.0.0.1:8080".parse().expect("address"),
     };
     g.frame("MESH_OPEN", TAG_MESH, &open, MESH_OPEN);
-    g.frame("MESH_CONNECTED", TAG_MESH, &MeshReply::Connected, MESH_CONNECTED);
+    g.frame(
+        "MESH_CONNECTED",
+        TAG_MESH,
+        &MeshReply::Connected,
+        MESH_CONNECTED,
+    );
     g.frame(
         "MESH_REFUSED",
         TAG_MESH,

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use crate::dispatch::TAG_DISPATCH;
 use crate::forward::{TAG_BECOME_MANAGER, TAG_FORWARD_API, TAG_FORWARD_WRITE};
 use crate::join::{MAX_JOIN_REQUEST, TAG_JOIN};
-use crate::mesh::{MAX_MESH_OPEN, TAG_MESH};
 use crate::manager::rpc::{
     MAX_APPEND_FRAME, MAX_SNAPSHOT_FRAME, MAX_VOTE_FRAME, TAG_RAFT_APPEND, TAG_RAFT_SNAPSHOT,
     TAG_RAFT_VOTE,
 };
+use crate::mesh::{MAX_MESH_OPEN, TAG_MESH};
 
 /// Stream tag of a liveness probe: the leader checks a node answers before it believes
 /// gossip that says it is down.

@@ -220,7 +220,15 @@ fn cli_exit_code_2_on_usage_errors_1_on_runtime_errors() -> Result<()> {
         &["node", "ls", "--format", "yaml"],
         &["node", "rm"],
         // A port spec the CLI cannot parse is a usage error too.
-        &["service", "create", "--name", "web", "--publish", "80", "img"],
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--publish",
+            "80",
+            "img",
+        ],
     ];
     for args in usage {
         let out = Command::new(shoal_bin())

@@ -64,7 +64,13 @@ pub(super) async fn info(client: &Client, format: Format) -> Result<()> {
     let m = &info.mesh;
     println!(
         " Routing mesh: {} local and {} remote forwards, {} served for other nodes, {} failed connects, {} dropped, {} bytes in, {} bytes out",
-        m.local_forwards, m.remote_forwards, m.remote_served, m.failed_connects, m.dropped, m.bytes_in, m.bytes_out
+        m.local_forwards,
+        m.remote_forwards,
+        m.remote_served,
+        m.failed_connects,
+        m.dropped,
+        m.bytes_in,
+        m.bytes_out
     );
     if let Some(w) = &info.warning {
         println!("WARNING: {w}");

@@ -133,7 +133,10 @@ impl Node {
     }
 
     /// On the leader: the nodes that cannot publish a port of `service_id`, and why.
-    pub(crate) fn publish_problems_of(&self, service_id: &str) -> Vec<(String, crate::session::PublishProblem)> {
+    pub(crate) fn publish_problems_of(
+        &self,
+        service_id: &str,
+    ) -> Vec<(String, crate::session::PublishProblem)> {
         self.publish_problems
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -213,7 +213,9 @@ impl Mesh {
             let _ = send.finish();
             return Ok(());
         };
-        let mut stream = match inner.connect_local(&task, port, open.client, open.ingress).await
+        let mut stream = match inner
+            .connect_local(&task, port, open.client, open.ingress)
+            .await
         {
             Ok(s) => s,
             Err(e) => {
@@ -282,7 +284,10 @@ impl Inner {
                     }
                 }
             } else {
-                match self.open_remote(&svc.service_id, task, published, from, ingress).await {
+                match self
+                    .open_remote(&svc.service_id, task, published, from, ingress)
+                    .await
+                {
                     Ok(mut io) => {
                         bump(&self.counters.remote_forwards, 1);
                         self.splice(&mut client, &mut io).await;
@@ -369,10 +374,9 @@ impl Inner {
             crate::net::write_frame(&mut send, TAG_MESH, &open)
                 .await
                 .map_err(|e| e.to_string())?;
-            let (_, reply) =
-                crate::net::read_frame::<MeshReply>(&mut recv, super::MAX_MESH_OPEN)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let (_, reply) = crate::net::read_frame::<MeshReply>(&mut recv, super::MAX_MESH_OPEN)
+                .await
+                .map_err(|e| e.to_string())?;
             match reply {
                 MeshReply::Connected => Ok(tokio::io::join(recv, send)),
                 MeshReply::Refused(why) => Err(crate::text::clean_text(&why, 256)),

@@ -30,9 +30,10 @@ pub fn wanted_ports(table: &EndpointTable, node_id: &str) -> BTreeMap<u16, Strin
     let mut wanted = BTreeMap::new();
     for svc in &table.services {
         for port in &svc.ports {
-            let serves = svc.tasks.iter().any(|t| {
-                t.ready && (port.mode == PublishMode::Ingress || t.node_id == node_id)
-            });
+            let serves = svc
+                .tasks
+                .iter()
+                .any(|t| t.ready && (port.mode == PublishMode::Ingress || t.node_id == node_id));
             if serves {
                 wanted
                     .entry(port.published)

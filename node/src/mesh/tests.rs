@@ -70,8 +70,16 @@ fn a_node_listens_only_while_a_ready_task_can_take_the_connection() {
         services: vec![
             service("a", PortSpec::tcp(8080, 80), vec![task("a1", "n2", true)]),
             service("b", PortSpec::tcp(8081, 80), vec![task("b1", "n1", false)]),
-            service("c", host(PortSpec::tcp(8082, 80)), vec![task("c1", "n2", true)]),
-            service("d", host(PortSpec::tcp(8083, 80)), vec![task("d1", "n1", true)]),
+            service(
+                "c",
+                host(PortSpec::tcp(8082, 80)),
+                vec![task("c1", "n2", true)],
+            ),
+            service(
+                "d",
+                host(PortSpec::tcp(8083, 80)),
+                vec![task("d1", "n1", true)],
+            ),
         ],
     };
     let wanted = wanted_ports(&table, "n1");
@@ -81,7 +89,10 @@ fn a_node_listens_only_while_a_ready_task_can_take_the_connection() {
         [(8080, "a".to_string()), (8083, "d".to_string())]
     );
     assert_eq!(
-        wanted_ports(&table, "n2").keys().copied().collect::<Vec<_>>(),
+        wanted_ports(&table, "n2")
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
         [8080, 8082]
     );
 }
@@ -160,14 +171,22 @@ async fn connections_go_round_robin_and_a_dead_task_is_skipped_unnoticed() {
     let (a, _ha) = backend("a", 2).await;
     let (b, _hb) = backend("b", 2).await;
     // t3's address refuses connections: its listener is gone.
-    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mesh = mesh_with(&[("t1", a), ("t2", b), ("t3", dead)]);
     let port = free_port();
     mesh.set_table(EndpointTable {
         services: vec![service(
             "s",
             PortSpec::tcp(port, 80),
-            vec![task("t1", "n1", true), task("t2", "n1", true), task("t3", "n1", true)],
+            vec![
+                task("t1", "n1", true),
+                task("t2", "n1", true),
+                task("t3", "n1", true),
+            ],
         )],
     });
     wait_listening(port, true).await;
@@ -178,7 +197,10 @@ async fn connections_go_round_robin_and_a_dead_task_is_skipped_unnoticed() {
         seen.push(String::from_utf8(answer).unwrap());
     }
     assert!(seen.iter().all(|s| s == "a|hi" || s == "b|hi"), "{seen:?}");
-    assert!(seen.iter().any(|s| s == "a|hi") && seen.iter().any(|s| s == "b|hi"), "{seen:?}");
+    assert!(
+        seen.iter().any(|s| s == "a|hi") && seen.iter().any(|s| s == "b|hi"),
+        "{seen:?}"
+    );
     let c = mesh.counters();
     // (The listening probe's own connection may be counted after `before`.)
     assert!(c.local_forwards - before.local_forwards >= 6, "{c:?}");
@@ -205,8 +227,13 @@ async fn the_task_gets_a_proxy_v2_header_naming_the_client() {
     s.read_to_end(&mut out).await.unwrap();
     assert_eq!(&out[..2], b"a|");
     let header = &out[2..];
-    let SocketAddr::V4(me) = me else { panic!("IPv4 loopback") };
-    assert_eq!(header, v2_header(me.into(), SocketAddr::from(([127, 0, 0, 1], port))));
+    let SocketAddr::V4(me) = me else {
+        panic!("IPv4 loopback")
+    };
+    assert_eq!(
+        header,
+        v2_header(me.into(), SocketAddr::from(([127, 0, 0, 1], port)))
+    );
 }
 
 #[tokio::test]
@@ -215,7 +242,11 @@ async fn no_ready_task_refuses_connections_and_a_ready_one_reopens_the_port() {
     let mesh = mesh_with(&[("t1", a)]);
     let port = free_port();
     let table = |ready| EndpointTable {
-        services: vec![service("s", PortSpec::tcp(port, 80), vec![task("t1", "n1", ready)])],
+        services: vec![service(
+            "s",
+            PortSpec::tcp(port, 80),
+            vec![task("t1", "n1", ready)],
+        )],
     };
     mesh.set_table(table(true));
     wait_listening(port, true).await;
@@ -236,7 +267,11 @@ async fn a_port_taken_by_someone_else_is_reported_and_taken_once_free() {
     let mesh = mesh_with(&[("t1", a)]);
     let mut problems = mesh.problems();
     mesh.set_table(EndpointTable {
-        services: vec![service("s", PortSpec::tcp(port, 80), vec![task("t1", "n1", true)])],
+        services: vec![service(
+            "s",
+            PortSpec::tcp(port, 80),
+            vec![task("t1", "n1", true)],
+        )],
     });
     let reported = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -251,7 +286,11 @@ async fn a_port_taken_by_someone_else_is_reported_and_taken_once_free() {
     .expect("the conflict is reported");
     assert_eq!(reported[0].published, port);
     assert_eq!(reported[0].service_id, "s");
-    assert!(reported[0].error.contains("in use"), "{}", reported[0].error);
+    assert!(
+        reported[0].error.contains("in use"),
+        "{}",
+        reported[0].error
+    );
     drop(squatter);
     // Retried until it binds; then the problem is gone.
     wait_listening(port, true).await;

@@ -72,7 +72,10 @@ impl Node {
             })
             .collect();
         if let Some(obj) = value.as_object_mut() {
-            obj.insert("publish_problems".into(), serde_json::Value::Array(problems));
+            obj.insert(
+                "publish_problems".into(),
+                serde_json::Value::Array(problems),
+            );
         }
         Ok(value)
     }
@@ -81,14 +84,12 @@ impl Node {
     pub(super) async fn service_tasks(&self, reference: &str) -> Result<Vec<TaskRow>, ApiError> {
         let manager = self.manager().await?;
         read(&manager, |s| {
-            s.services
-                .resolve_service(reference)
-                .map(|rec| {
-                    (
-                        rec.id.clone(),
-                        task_rows(&s.services, &s.nodes, TaskFilter::Service(&rec.id)),
-                    )
-                })
+            s.services.resolve_service(reference).map(|rec| {
+                (
+                    rec.id.clone(),
+                    task_rows(&s.services, &s.nodes, TaskFilter::Service(&rec.id)),
+                )
+            })
         })
         .await?
         .map_err(ApiError::not_found)

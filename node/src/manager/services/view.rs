@@ -238,7 +238,11 @@ mod tests {
         create(&mut s, "s2", replicated("quiet", 2));
         let now = converge(&mut s, 1_000);
         let table = endpoint_table(&s.services, &s.nodes);
-        assert_eq!(table.services.len(), 1, "only services with published ports");
+        assert_eq!(
+            table.services.len(),
+            1,
+            "only services with published ports"
+        );
         let web = &table.services[0];
         assert_eq!((web.service_id.as_str(), web.name.as_str()), ("s1", "web"));
         assert_eq!(web.ports, [PortSpec::tcp(8080, 80)]);
@@ -270,7 +274,10 @@ mod tests {
         assert!(!new.is_empty(), "the update started a task: {tasks:?}");
         assert!(new.iter().all(|t| !t.ready), "not healthy yet: {new:?}");
         assert_eq!(old.len(), 3);
-        assert!(old.iter().all(|t| t.ready), "old tasks stay in rotation: {old:?}");
+        assert!(
+            old.iter().all(|t| t.ready),
+            "old tasks stay in rotation: {old:?}"
+        );
 
         // A task to stop leaves the table; so do the tasks of a node known to be down.
         let victim = old[0].task_id.clone();
