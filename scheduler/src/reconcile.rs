@@ -462,6 +462,23 @@ impl<'a> Pass<'a> {
         })
     }
 
+    /// A new task for `slot` beside or after its tasks `v`: the next attempt number, and the
+    /// restart history of the latest task carried over (pruned to the policy's window).
+    fn next_attempt(&self, service: &Service, slot: Slot, v: &[usize]) -> Placement {
+        let latest = self.latest(v.iter().copied());
+        Placement::New {
+            slot,
+            attempt: latest.map_or(0, |i| self.tasks[i].attempt + 1),
+            restart_history: latest.map_or_else(Vec::new, |i| {
+                prune(
+                    &self.tasks[i].restart_history,
+                    self.now,
+                    &service.restart_policy,
+                )
+            }),
+        }
+    }
+
     /// The slot has no active task: decides whether to create one now, later (wake-up), or
     /// never (restart policy), and retires ended tasks that are replaced.
     fn refill(&mut self, service: &Service, slot: Slot, v: &[usize]) -> Option<Placement> {
@@ -474,20 +491,7 @@ impl<'a> Pass<'a> {
             .collect();
         let Some(e) = self.latest(ended.iter().copied()) else {
             // Free slot (never used, scaled back up, orphaned, moved): create now.
-            let history = latest_any
-                .map(|i| {
-                    prune(
-                        &self.tasks[i].restart_history,
-                        self.now,
-                        &service.restart_policy,
-                    )
-                })
-                .unwrap_or_default();
-            return Some(Placement::New {
-                slot,
-                attempt,
-                restart_history: history,
-            });
+            return Some(self.next_attempt(service, slot, v));
         };
         for &other in &ended {
             if other != e {
@@ -809,20 +813,7 @@ impl<'a> Pass<'a> {
                     if let Some(n) = self.node_of(k) {
                         self.service_counts[n] = self.service_counts[n].saturating_sub(1);
                     }
-                    let latest = self.latest(v.iter().copied());
-                    let attempt = latest.map_or(0, |i| self.tasks[i].attempt + 1);
-                    let history = latest.map_or_else(Vec::new, |i| {
-                        prune(
-                            &self.tasks[i].restart_history,
-                            self.now,
-                            &service.restart_policy,
-                        )
-                    });
-                    to_place.push(Placement::New {
-                        slot: Slot::Replica(slot),
-                        attempt,
-                        restart_history: history,
-                    });
+                    to_place.push(self.next_attempt(service, Slot::Replica(slot), v));
                 }
                 Some(_) => {}
                 None if movers.is_empty() && self.old_stopping(service, v) => {
@@ -831,20 +822,7 @@ impl<'a> Pass<'a> {
                 None if !movers.is_empty() => {
                     // Start first: the replacement is created now; the moving task keeps
                     // running until the replacement runs (or the handover times out).
-                    let latest = self.latest(v.iter().copied());
-                    let attempt = latest.map_or(0, |i| self.tasks[i].attempt + 1);
-                    let history = latest.map_or_else(Vec::new, |i| {
-                        prune(
-                            &self.tasks[i].restart_history,
-                            self.now,
-                            &service.restart_policy,
-                        )
-                    });
-                    to_place.push(Placement::New {
-                        slot: Slot::Replica(slot),
-                        attempt,
-                        restart_history: history,
-                    });
+                    to_place.push(self.next_attempt(service, Slot::Replica(slot), v));
                 }
                 None => {
                     if let Some(p) = self.refill(service, Slot::Replica(slot), v) {
