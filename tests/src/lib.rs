@@ -1485,3 +1485,34 @@ pub fn mesh_counters(d: &Daemon) -> Result<shoal::mesh::MeshCounters> {
         )
     })
 }
+
+#[cfg(test)]
+mod mesh_helper_tests {
+    use super::*;
+
+    #[test]
+    fn http_get_reads_an_answer_and_tells_a_refused_connect() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = std::thread::spawn(move || {
+            use std::io::Read;
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.0 400 Bad Request\r\nX: y\r\n\r\ntask=t1\nconn=7\n");
+        });
+        let r = http_get(addr).expect("an answer");
+        server.join().expect("server");
+        assert_eq!(r.status, 400);
+        assert_eq!(r.peer, addr);
+        assert_eq!(r.field("task"), Some("t1"));
+        assert_eq!(r.field("conn"), Some("7"));
+        assert_eq!(r.field("client"), None);
+        assert!(http_ok(addr).is_err(), "nothing listens any more");
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        assert_eq!(http_get(closed).unwrap_err(), HttpFailure::Refused);
+    }
+}

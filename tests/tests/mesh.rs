@@ -236,11 +236,14 @@ fn rounds(nodes: &[&Daemon], port: u16, rounds: usize) -> Result<Vec<Vec<HttpRep
     Ok(out)
 }
 
-/// The pid and `PORT` of the process-driver task `task_id` running `program`.
+/// The `PORT` of the process-driver task `task_id` running `program` (found by its
+/// executable, or its first argument, and `SHOAL_TASK_ID` in its environment).
 fn process_task_port(program: &str, task_id: &str) -> Result<u16> {
     let want = format!("SHOAL_TASK_ID={task_id}");
+    let exe = std::fs::canonicalize(program).unwrap_or_else(|_| program.into());
     for pid in all_pids() {
-        let runs_program = cmdline(pid).is_some_and(|a| a.first().is_some_and(|p| p == program));
+        let runs_program = std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe)
+            || cmdline(pid).is_some_and(|a| a.first().is_some_and(|p| p == program));
         if !runs_program {
             continue;
         }
@@ -410,21 +413,20 @@ fn surviving_nodes_keep_serving_after_a_worker_is_killed() -> Result<()> {
     )?;
     let replaced_after = killed.elapsed();
     let live_ids = task_ids(&replaced);
-    let live_hosts = wait_containers(&cluster, "web", &live_ids).or_else(|_| {
-        // The dead node's container still runs: keep only the live tasks' containers.
-        poll_until(
-            "a running container for every live task",
-            Duration::from_secs(30),
-            || {
-                let hosts: BTreeMap<String, String> = container_hosts(&cluster, "web")?
-                    .into_iter()
-                    .filter(|(_, t)| live_ids.contains(t))
-                    .collect();
-                ensure!(hosts.len() == live_ids.len(), "containers {hosts:?}");
-                Ok(Some(hosts))
-            },
-        )
-    })?;
+    // The dead node's container still runs (its daemon is gone): only the live tasks'
+    // containers count.
+    let live_hosts = poll_until(
+        "a running container for every live task",
+        Duration::from_secs(30),
+        || {
+            let hosts: BTreeMap<String, String> = container_hosts(&cluster, "web")?
+                .into_iter()
+                .filter(|(_, t)| live_ids.contains(t))
+                .collect();
+            ensure!(hosts.len() == live_ids.len(), "containers {hosts:?}");
+            Ok(Some(hosts))
+        },
+    )?;
 
     let mut streak = [0usize; 2];
     let mut failed_after = [0usize; 2];

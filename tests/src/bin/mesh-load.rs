@@ -16,7 +16,7 @@
 //! line of JSON: `{"addr", "connections", "duration_s", "keepalive", "requests", "errors",
 //! "req_per_s", "p50_us", "p99_us", "max_us"}` (requests counts successes; latencies are of
 //! successes, from connect, or from the write on a reused connection, to the last byte).
-//! Bad arguments: one line on stderr, exit 2.
+//! Exit status 1 when not one request succeeded. Bad arguments: one line on stderr, exit 2.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -297,6 +297,9 @@ fn main() {
         quantile(&all, 0.99),
         all.last().copied().unwrap_or(0),
     );
+    if requests == 0 {
+        std::process::exit(1);
+    }
 }
 
 #[cfg(test)]
@@ -369,7 +372,7 @@ mod tests {
                 status: 200,
                 content_length: Some(5),
                 keep_alive: true,
-                len: 65
+                len: 62
             }
         );
         assert!(parse_head(b"SSH-2.0 x\r\n\r\n").unwrap().is_err());
