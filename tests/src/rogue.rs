@@ -729,8 +729,8 @@ const MAX_RAW: usize = 1 << 20;
 
 impl Rogue {
     /// For a stream that turns raw after its first answer (a mesh stream, tag 10): on a
-    /// fresh connection to `addr`, sends `msg` under `tag`, then `payload` raw, and finishes
-    /// its side; reads one answer frame, then (only when one came) every raw byte that
+    /// fresh connection to `addr`, sends `msg` under `tag`, then `payload` raw, keeping its
+    /// side open; reads one answer frame, then (only when one came) every raw byte that
     /// follows until the peer finishes, within [`ANSWER_TIMEOUT`]. Returns the answer's
     /// outcome and those bytes (`Err` says why they stopped short).
     pub fn try_raw_stream<M: Serialize>(
@@ -751,10 +751,11 @@ impl Rogue {
                     .await
                     .map_err(|e| e.to_string())?;
                 // The peer may refuse before reading these: a failed write is no answer yet.
+                // This side stays open (as a client that waits for the answer before it
+                // closes): the raw bytes end when the task closes its side.
                 let wrote = send.write_all(payload).await.map_err(|e| e.to_string());
-                let _ = send.finish();
                 match shoal::net::read_frame_raw(&mut recv, MAX_ANSWER).await {
-                    Ok(frame) => Ok((frame, recv)),
+                    Ok(frame) => Ok((frame, recv, send)),
                     Err(e) => Err(match wrote {
                         Err(w) => format!("{e} (writing the payload: {w})"),
                         Ok(()) => e.to_string(),
@@ -773,7 +774,7 @@ impl Rogue {
                     }),
                     Ok(Vec::new()),
                 ),
-                Ok(Ok(((tag, body), mut recv))) => {
+                Ok(Ok(((tag, body), mut recv, send))) => {
                     let raw = match tokio::time::timeout(ANSWER_TIMEOUT, recv.read_to_end(MAX_RAW))
                         .await
                     {
@@ -783,6 +784,7 @@ impl Rogue {
                         Ok(Err(e)) => Err(e.to_string()),
                         Ok(Ok(bytes)) => Ok(bytes),
                     };
+                    drop(send);
                     (Outcome::Answered { tag, body }, raw)
                 }
             };
