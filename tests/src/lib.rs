@@ -1360,3 +1360,159 @@ pub fn start_cluster_from(
     }
     Ok((ms, ws))
 }
+
+// ---- Routing mesh (issue 18) ----------------------------------------------------------
+
+/// Bound on connecting to a published port in [`http_get`].
+pub const HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on each read and write of [`http_get`].
+pub const HTTP_IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The answer to one [`http_get`].
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    /// The status code.
+    pub status: u16,
+    /// The body (after the blank line), lossily decoded.
+    pub body: String,
+    /// This side's address of the connection (what a PROXY header must carry as source).
+    pub local: SocketAddr,
+    /// The address connected to.
+    pub peer: SocketAddr,
+}
+
+impl HttpReply {
+    /// The value of a `key=value` line of the body (mesh-echo's form).
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.body.lines().find_map(|l| {
+            l.split_once('=')
+                .and_then(|(k, v)| (k == key).then_some(v.trim()))
+        })
+    }
+}
+
+/// Why an [`http_get`] got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpFailure {
+    /// The connect was refused (ECONNREFUSED: nothing listens on the port).
+    Refused,
+    /// Anything else: a connect or read timeout, a reset, a close before any answer, an
+    /// answer that is no HTTP.
+    Failed(String),
+}
+
+impl std::fmt::Display for HttpFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpFailure::Refused => f.write_str("connection refused"),
+            HttpFailure::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// One `GET / HTTP/1.0` on a new connection to `addr` (connect bounded by
+/// [`HTTP_CONNECT_TIMEOUT`], each read and write by [`HTTP_IO_TIMEOUT`]), read to the server's
+/// close. Any HTTP answer is `Ok`, whatever its status.
+pub fn http_get(addr: SocketAddr) -> std::result::Result<HttpReply, HttpFailure> {
+    use std::io::Read;
+    let failed = |what: &str, e: std::io::Error| HttpFailure::Failed(format!("{what} {addr}: {e}"));
+    let mut stream = match std::net::TcpStream::connect_timeout(&addr, HTTP_CONNECT_TIMEOUT) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Err(HttpFailure::Refused);
+        }
+        Err(e) => return Err(failed("connect to", e)),
+    };
+    let local = stream
+        .local_addr()
+        .map_err(|e| failed("local address of", e))?;
+    stream
+        .set_read_timeout(Some(HTTP_IO_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(HTTP_IO_TIMEOUT)))
+        .map_err(|e| failed("socket options for", e))?;
+    stream
+        .write_all(format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .map_err(|e| failed("write to", e))?;
+    let mut raw = Vec::new();
+    (&mut stream)
+        .take(1 << 20)
+        .read_to_end(&mut raw)
+        .map_err(|e| failed("read from", e))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| HttpFailure::Failed(format!("{addr}: no HTTP answer: {text:?}")))?;
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| {
+            let mut parts = l.split_whitespace();
+            let version = parts.next()?;
+            version.starts_with("HTTP/1.").then_some(())?;
+            parts.next()?.parse().ok()
+        })
+        .ok_or_else(|| HttpFailure::Failed(format!("{addr}: bad status line in {text:?}")))?;
+    Ok(HttpReply {
+        status,
+        body: body.to_string(),
+        local,
+        peer: addr,
+    })
+}
+
+/// [`http_get`] that must answer `200`; any other outcome is an error that names `addr`.
+pub fn http_ok(addr: SocketAddr) -> Result<HttpReply> {
+    match http_get(addr) {
+        Ok(r) if r.status == 200 => Ok(r),
+        Ok(r) => bail!("{addr} answered {}: {}", r.status, r.body.trim()),
+        Err(e) => bail!("GET http://{addr}/: {e}"),
+    }
+}
+
+/// `d`'s published port `port`: its own address (the harness starts every daemon with
+/// `--publish-addr` set to it).
+pub fn published(d: &Daemon, port: u16) -> SocketAddr {
+    SocketAddr::new(d.addr.ip(), port)
+}
+
+/// The routing mesh's counters of `d` (`info --format json`, object `mesh`).
+pub fn mesh_counters(d: &Daemon) -> Result<shoal::mesh::MeshCounters> {
+    let info = d.json(&["info"])?;
+    serde_json::from_value(info["mesh"].clone()).with_context(|| {
+        format!(
+            "{}: `info` has no valid `mesh` object: {}",
+            d.name, info["mesh"]
+        )
+    })
+}
+
+#[cfg(test)]
+mod mesh_helper_tests {
+    use super::*;
+
+    #[test]
+    fn http_get_reads_an_answer_and_tells_a_refused_connect() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = std::thread::spawn(move || {
+            use std::io::Read;
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.0 400 Bad Request\r\nX: y\r\n\r\ntask=t1\nconn=7\n");
+        });
+        let r = http_get(addr).expect("an answer");
+        server.join().expect("server");
+        assert_eq!(r.status, 400);
+        assert_eq!(r.peer, addr);
+        assert_eq!(r.field("task"), Some("t1"));
+        assert_eq!(r.field("conn"), Some("7"));
+        assert_eq!(r.field("client"), None);
+        assert!(http_ok(addr).is_err(), "nothing listens any more");
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        assert_eq!(http_get(closed).unwrap_err(), HttpFailure::Refused);
+    }
+}

@@ -721,3 +721,75 @@ impl Drop for TaskReaper {
         }
     }
 }
+
+// ---- Routing mesh (issue 18) ----------------------------------------------------------
+
+/// Largest number of raw bytes [`Rogue::try_raw_stream`] reads after the answer frame.
+const MAX_RAW: usize = 1 << 20;
+
+impl Rogue {
+    /// For a stream that turns raw after its first answer (a mesh stream, tag 10): on a
+    /// fresh connection to `addr`, sends `msg` under `tag`, then `payload` raw, keeping its
+    /// side open; reads one answer frame, then (only when one came) every raw byte that
+    /// follows until the peer finishes, within [`ANSWER_TIMEOUT`]. Returns the answer's
+    /// outcome and those bytes (`Err` says why they stopped short).
+    pub fn try_raw_stream<M: Serialize>(
+        &self,
+        addr: SocketAddr,
+        tag: u8,
+        msg: &M,
+        payload: &[u8],
+    ) -> (Outcome, Result<Vec<u8>, String>) {
+        self.rt.block_on(async {
+            let conn = match self.connect(addr).await {
+                Ok(c) => c,
+                Err(e) => return (Outcome::NoConnection(e), Ok(Vec::new())),
+            };
+            let exchange = async {
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                shoal::net::write_frame(&mut send, tag, msg)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // The peer may refuse before reading these: a failed write is no answer yet.
+                // This side stays open (as a client that waits for the answer before it
+                // closes): the raw bytes end when the task closes its side.
+                let wrote = send.write_all(payload).await.map_err(|e| e.to_string());
+                match shoal::net::read_frame_raw(&mut recv, MAX_ANSWER).await {
+                    Ok(frame) => Ok((frame, recv, send)),
+                    Err(e) => Err(match wrote {
+                        Err(w) => format!("{e} (writing the payload: {w})"),
+                        Ok(()) => e.to_string(),
+                    }),
+                }
+            };
+            let result = match tokio::time::timeout(ANSWER_TIMEOUT, exchange).await {
+                Err(_) => (
+                    Outcome::NoAnswer(format!("nothing within {ANSWER_TIMEOUT:?}")),
+                    Ok(Vec::new()),
+                ),
+                Ok(Err(e)) => (
+                    Outcome::NoAnswer(match conn.close_reason() {
+                        Some(reason) => format!("{e} (connection closed: {reason})"),
+                        None => e,
+                    }),
+                    Ok(Vec::new()),
+                ),
+                Ok(Ok(((tag, body), mut recv, send))) => {
+                    let raw = match tokio::time::timeout(ANSWER_TIMEOUT, recv.read_to_end(MAX_RAW))
+                        .await
+                    {
+                        Err(_) => Err(format!(
+                            "the raw bytes did not end within {ANSWER_TIMEOUT:?}"
+                        )),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Ok(Ok(bytes)) => Ok(bytes),
+                    };
+                    drop(send);
+                    (Outcome::Answered { tag, body }, raw)
+                }
+            };
+            conn.close(0u32.into(), b"rogue done");
+            result
+        })
+    }
+}
