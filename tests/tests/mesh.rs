@@ -470,6 +470,14 @@ fn surviving_nodes_keep_serving_after_a_worker_is_killed() -> Result<()> {
          (last failure: {last_failure})",
         settle_start.elapsed()
     );
+    // The test's requests are one at a time, so none was in flight on the dead node when
+    // it died: every one of them must have been answered (a connect to the dead node's task
+    // fails over to another task without the client noticing).
+    ensure!(
+        early_failed == 0 && failed_after == [0, 0],
+        "requests to surviving nodes failed: {early_failed} before the replacement, \
+         {failed_after:?} after it (last failure: {last_failure})"
+    );
     let mut reached = BTreeSet::new();
     for (d, bodies) in survivors.iter().zip(&bodies) {
         for b in bodies {
