@@ -107,12 +107,14 @@ wait_served() {
 DIRECT="$cip:80" LOCAL="127.0.43.1:$PORT" REMOTE="127.0.43.2:$PORT"
 for a in "$DIRECT" "$LOCAL" "$REMOTE"; do wait_served "$a"; done
 
-# utime + stime of a process, in milliseconds.
+# utime + stime of a process, in milliseconds; user_ms: utime only.
 cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{ print int(($14 + $15) * 1000 / hz) }' "/proc/$1/stat"; }
+user_ms() { awk -v hz="$(getconf CLK_TCK)" '{ print int($14 * 1000 / hz) }' "/proc/$1/stat"; }
 field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
 declare -A RPS P50
+P99_DIRECT=0
 echo "routing mesh: $CONNECTIONS connections, ${DURATION}s per path, one connection per request"
 for path in direct local remote; do
     case $path in
@@ -120,18 +122,20 @@ for path in direct local remote; do
     local) addr=$LOCAL ;;
     remote) addr=$REMOTE ;;
     esac
-    c1=$(cpu_ms "$P1") c2=$(cpu_ms "$P2")
+    c1=$(cpu_ms "$P1") c2=$(cpu_ms "$P2") u1=$(user_ms "$P1") u2=$(user_ms "$P2")
     out=$("$LOAD" --addr "$addr" --connections "$CONNECTIONS" --duration "$DURATION") ||
         die "$path: mesh-load failed: $out"
     d1=$(($(cpu_ms "$P1") - c1)) d2=$(($(cpu_ms "$P2") - c2))
+    du=$(($(user_ms "$P1") - u1 + $(user_ms "$P2") - u2))
     RPS[$path]=$(field "$out" req_per_s)
     P50[$path]=$(field "$out" p50_us)
+    if [[ $path == direct ]]; then P99_DIRECT=$(field "$out" p99_us); fi
     requests=$(field "$out" requests)
     per_req=$(awk -v t="$((d1 + d2))" -v n="$requests" 'BEGIN { if (n > 0) printf "%.1f", t * 1000 / n; else print "-" }')
     printf '%-6s %s\n' "$path" "$out"
-    printf '       vs direct: req/s %s, p50 %s; daemon CPU: node1 %d ms, node2 %d ms, %s us per request\n' \
+    printf '       vs direct: req/s %s, p50 %s, p99 %s; daemon CPU: node1 %d ms, node2 %d ms (user %d ms), %s us per request\n' \
         "$(ratio "${RPS[$path]}" "${RPS[direct]}")" "$(ratio "${P50[$path]}" "${P50[direct]}")" \
-        "$d1" "$d2" "$per_req"
+        "$(ratio "$(field "$out" p99_us)" "$P99_DIRECT")" "$d1" "$d2" "$du" "$per_req"
 done
 echo
 for n in 1 2; do

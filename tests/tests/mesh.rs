@@ -14,7 +14,8 @@
 //! - 127.0.91.11–.12: scaled to zero and back, port 29004;
 //! - 127.0.92.1–.3: a process-driver service, port 29005;
 //! - 127.0.93.1–.2: PROXY protocol v2, local and remote paths, port 29006;
-//! - 127.0.94.1–.2: hostile mesh streams, port 29007 (29008 published by nobody).
+//! - 127.0.94.1–.2: hostile mesh streams, port 29007 (29008 published by nobody);
+//! - 127.0.95.1–.3: workers serving with no manager left, port 29009.
 //!
 //! Waiting: every wait is a [`Poll`] / [`poll_until`] with a deadline (state through the CLI,
 //! requests until they are answered), never a bare sleep. Cleaning up: the [`Daemon`]s
@@ -772,6 +773,63 @@ fn a_process_driver_service_is_served_from_every_node() -> Result<()> {
         |b, n| n.remote_forwards > b.remote_forwards && n.remote_served > b.remote_served,
     )?;
     m.ok(&["service", "rm", "echo"])?;
+    Ok(())
+}
+
+// ---- Edge autonomy: serving from the last table --------------------------------------
+
+/// Issue 18 (no Docker needed): "every node keeps serving from its last table when
+/// managers are unreachable". 1 manager + 2 workers, 2 `mesh-echo` tasks pinned to the
+/// workers (`node.role==worker`), published on 29009; once both workers serve, the only
+/// manager is `kill -9`ed: each worker still answers 30 requests in a row, and together
+/// they reach both tasks (the remote path between the two workers needs no manager).
+#[test]
+fn workers_keep_serving_from_their_last_table_while_no_manager_answers() -> Result<()> {
+    const PORT: u16 = 29009;
+    let (mut ms, ws) = start_cluster_from("mg-", 95, 1, 1, 2)?;
+    let m = &ms[0];
+    let publish = format!("{PORT}:80");
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "echo",
+        "--driver",
+        "process",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.role==worker",
+        "--stop-grace-period",
+        "2s",
+        "-p",
+        &publish,
+        MESH_ECHO,
+    ])?;
+    let rows = wait_running(m, "echo", 2, false)?;
+    let ids = task_ids(&rows);
+    let workers = [&ws[0], &ws[1]];
+    for d in workers {
+        wait_served(d, published(d, PORT))?;
+    }
+    ms[0].kill9();
+    let replies = rounds(&workers, PORT, 30)?;
+    let mut reached = BTreeSet::new();
+    for (d, replies) in workers.iter().zip(&replies) {
+        for r in replies {
+            let task = r.field("task").unwrap_or_default();
+            ensure!(
+                ids.contains(task),
+                "{} answered for task `{task}`, not a task of echo ({ids:?})",
+                d.name
+            );
+            reached.insert(task.to_string());
+        }
+    }
+    ensure!(
+        reached == ids,
+        "with no manager the requests reached {reached:?}, not every task {ids:?}"
+    );
     Ok(())
 }
 

@@ -46,6 +46,10 @@ pub trait Peers: Send + Sync {
 /// How long a connect to a task (local TCP, or a peer's answer to a mesh stream) may take
 /// before the next task is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The same for the last task left to try: long enough for the kernel's SYN retries
+/// (1 s, then 2 s more), so a task whose accept queue overflowed under load still gets the
+/// connection, as a client connecting directly would.
+pub const LAST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A node whose stream failed is tried last for this long.
 const SUSPECT_FOR: Duration = Duration::from_secs(3);
 
@@ -214,7 +218,8 @@ impl Mesh {
             return Ok(());
         };
         let mut stream = match inner
-            .connect_local(&task, port, open.client, open.ingress)
+            // The ingress node bounds its wait itself (short while it has other tasks).
+            .connect_local(&task, port, open.client, open.ingress, LAST_CONNECT_TIMEOUT)
             .await
         {
             Ok(s) => s,
@@ -237,13 +242,18 @@ impl Inner {
     /// Forwards one client connection accepted on `published`: to the next ready task in
     /// turn, trying the others when a connect fails; dropped when none takes it.
     pub(super) async fn forward(&self, mut client: TcpStream, from: SocketAddr, published: u16) {
-        let ingress = client
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::new(self.publish_addr, published));
         let table = self.table.borrow().clone();
         let Some((svc, port)) = table.by_published(published) else {
             bump(&self.counters.dropped, 1);
             return;
+        };
+        // Where the client connected: only a PROXY header needs the exact address (a
+        // system call per connection otherwise saved).
+        let listening = SocketAddr::new(self.publish_addr, published);
+        let ingress = if port.proxy_protocol {
+            client.local_addr().unwrap_or(listening)
+        } else {
+            listening
         };
         let mut candidates: Vec<&TaskEndpoint> = svc
             .tasks
@@ -270,9 +280,15 @@ impl Inner {
             suspects.retain(|_, at| now.duration_since(*at) < SUSPECT_FOR);
             candidates.sort_by_key(|t| suspects.contains_key(&t.node_id));
         }
-        for task in candidates {
+        let last = candidates.len() - 1;
+        for (n, task) in candidates.into_iter().enumerate() {
+            let timeout = if n == last {
+                LAST_CONNECT_TIMEOUT
+            } else {
+                CONNECT_TIMEOUT
+            };
             if task.node_id == self.node_id {
-                match self.connect_local(task, port, from, ingress).await {
+                match self.connect_local(task, port, from, ingress, timeout).await {
                     Ok(mut stream) => {
                         bump(&self.counters.local_forwards, 1);
                         self.splice(&mut client, &mut stream).await;
@@ -285,7 +301,7 @@ impl Inner {
                 }
             } else {
                 match self
-                    .open_remote(&svc.service_id, task, published, from, ingress)
+                    .open_remote(&svc.service_id, task, published, from, ingress, timeout)
                     .await
                 {
                     Ok(mut io) => {
@@ -311,6 +327,7 @@ impl Inner {
         port: PortSpec,
         client: SocketAddr,
         ingress: SocketAddr,
+        timeout: Duration,
     ) -> Result<TcpStream, String> {
         let key = (task.task_id.clone(), port.target);
         let cached = lock(&self.endpoints).get(&key).copied();
@@ -331,7 +348,7 @@ impl Inner {
                 found
             }
         };
-        let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await;
+        let connect = tokio::time::timeout(timeout, TcpStream::connect(addr)).await;
         let mut stream = match connect {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -361,6 +378,7 @@ impl Inner {
         published: u16,
         client: SocketAddr,
         ingress: SocketAddr,
+        timeout: Duration,
     ) -> Result<tokio::io::Join<quinn::RecvStream, quinn::SendStream>, String> {
         let attempt = async {
             let (mut send, mut recv) = self.peers.open(&task.node_id, task.node_addr).await?;
@@ -382,7 +400,7 @@ impl Inner {
                 MeshReply::Refused(why) => Err(crate::text::clean_text(&why, 256)),
             }
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        tokio::time::timeout(timeout, attempt)
             .await
             .unwrap_or_else(|_| Err(format!("node {} did not answer in time", task.node_id)))
     }
