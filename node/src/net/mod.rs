@@ -17,8 +17,8 @@ mod endpoint;
 mod frame;
 mod pool;
 
-// Public: what the cluster tests' rogue peer uses (`tests/src/rogue.rs`).
-pub use endpoint::transport_config;
+// Public: what the cluster tests use (the rogue peer, `tests/src/rogue.rs`; the idle timeout).
+pub use endpoint::{IDLE_TIMEOUT, transport_config};
 pub use frame::{decode_body, read_frame_raw, write_frame};
 
 #[cfg(test)]
