@@ -9,6 +9,7 @@
 //! scheduler's words).
 
 pub mod client;
+pub mod events;
 pub mod server;
 pub mod services;
 pub mod types;

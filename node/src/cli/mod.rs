@@ -1,5 +1,6 @@
 //! The `shoal` command line: the daemon itself, and commands that talk to it.
 
+mod events;
 mod node;
 mod output;
 mod service;
@@ -107,6 +108,8 @@ pub enum Cmd {
     /// Manage services.
     #[command(subcommand)]
     Service(service::ServiceCmd),
+    /// Stream cluster events (from this manager's applied Raft log).
+    Events(events::EventsArgs),
 }
 
 /// `shoal daemon` flags.
@@ -278,6 +281,7 @@ async fn dispatch(client: &Client, command: Cmd) -> Result<()> {
         } => system::join_token(client, &role, quiet, rotate, ttl).await,
         Cmd::Node(cmd) => node::run(client, cmd).await,
         Cmd::Service(cmd) => service::run(client, cmd).await,
+        Cmd::Events(args) => events::run(client, args).await,
         Cmd::Daemon(_) | Cmd::Version => unreachable!("handled before connecting"),
     }
 }

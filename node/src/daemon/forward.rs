@@ -414,7 +414,7 @@ impl Node {
 pub(super) fn is_node_local(req: &ApiRequest) -> bool {
     matches!(
         req.route().as_slice(),
-        ["v1", "info"] | ["v1", "init"] | ["v1", "join"] | ["v1", "leave"]
+        ["v1", "info"] | ["v1", "init"] | ["v1", "join"] | ["v1", "leave"] | ["v1", "events"]
     )
 }
 

@@ -77,6 +77,12 @@ impl Node {
                 let body: JoinTokenRequest = req.json()?;
                 Reply::json(&self.join_token(role, body).await?)
             }
+            // Node-local on a manager: its own applied log, never the leader's.
+            (&Method::GET, ["v1", "events"]) => {
+                let query = crate::api::events::EventQuery::from_params(&req.query)
+                    .map_err(ApiError::bad_request)?;
+                Ok(Reply::Stream(self.manager().await?.event_stream(query)))
+            }
             (&Method::GET, ["v1", "nodes"]) => Reply::json(&self.node_list().await?),
             (&Method::GET, ["v1", "nodes", reference]) => {
                 Reply::json(&self.node_inspect(reference).await?)

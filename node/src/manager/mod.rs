@@ -1,6 +1,7 @@
 //! The manager: openraft over redb holding the cluster state, and the API a node uses
 //! to change and read it.
 
+pub(crate) mod events;
 pub(crate) mod network;
 // Public only until `orchestrator::plan` (used by its tests alone) is `#[cfg(test)]` or goes.
 pub(crate) mod orchestrator;
@@ -95,6 +96,8 @@ pub fn raft_id_for(public_key: &[u8; 32]) -> u64 {
 pub struct Manager {
     raft: Raft,
     sm: Arc<RwLock<SmData>>,
+    /// The events derived from the log this manager applied.
+    events: Arc<events::EventLog>,
     raft_id: u64,
     /// Which peers answered lately (none without a transport).
     health: Option<PeerHealth>,
@@ -168,6 +171,7 @@ impl Manager {
             })
         })?;
         let shared = sm.shared();
+        let events = sm.events();
         // A peer counts as reachable when it answered within two election timeouts: fresh
         // for a leader (heartbeats) or a candidate (votes), stale well before a write gives
         // up after QUORUM_TIMEOUT.
@@ -180,10 +184,19 @@ impl Manager {
         Ok(Manager {
             raft,
             sm: shared,
+            events,
             raft_id,
             health,
             reachable_within,
         })
+    }
+
+    /// `GET /v1/events` on this manager: see [`events::stream`].
+    pub fn event_stream(
+        &self,
+        query: crate::api::events::EventQuery,
+    ) -> tokio::sync::mpsc::Receiver<serde_json::Value> {
+        events::stream(&self.events, query)
     }
 
     /// The Raft handle (for [`rpc::serve_raft_request`], membership changes and metrics).

@@ -19,6 +19,7 @@ use openraft::{
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::events::{self, EventLog};
 use super::state::{ClusterState, CommandResult};
 use super::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -360,6 +361,8 @@ struct StoredSnapshot {
 pub struct StateMachineStore {
     db: Arc<Database>,
     shared: Arc<RwLock<SmData>>,
+    /// The events derived from the entries applied here (`shoal events`).
+    events: Arc<EventLog>,
 }
 
 fn encode_sm(sm: &SmData) -> Result<Vec<u8>, StoreError> {
@@ -392,7 +395,13 @@ impl StateMachineStore {
         Ok(Self {
             db,
             shared: Arc::new(RwLock::new(data)),
+            events: Arc::new(EventLog::default()),
         })
+    }
+
+    /// The events derived from the applied log, for subscribers.
+    pub fn events(&self) -> Arc<EventLog> {
+        self.events.clone()
     }
 
     /// The live state, for readers.
@@ -463,9 +472,35 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut out = Vec::new();
         for entry in entries {
             sm.last_applied = Some(entry.log_id);
+            let index = entry.log_id.index;
             match entry.payload {
-                EntryPayload::Blank => out.push(CommandResult::Done),
-                EntryPayload::Normal(cmd) => out.push(sm.state.apply(&cmd)),
+                EntryPayload::Blank => {
+                    // A new leader's first entry: its log ID names it.
+                    let leader = entry.log_id.leader_id;
+                    let (id, name) = match sm.state.node_by_raft_id(leader.node_id) {
+                        Some(n) => (n.id.clone(), n.hostname.clone()),
+                        None => (leader.node_id.to_string(), String::new()),
+                    };
+                    let time = self.events.fallback_time(&sm.state);
+                    self.events.push(vec![events::leader_elected(
+                        &id,
+                        &name,
+                        leader.term,
+                        index,
+                        time,
+                    )]);
+                    out.push(CommandResult::Done);
+                }
+                EntryPayload::Normal(cmd) => {
+                    let before = events::Summary::of(&sm.state, &cmd);
+                    let result = sm.state.apply(&cmd);
+                    let after = events::Summary::of(&sm.state, &cmd);
+                    let time = events::command_time(&cmd)
+                        .unwrap_or_else(|| self.events.fallback_time(&sm.state));
+                    self.events
+                        .push(events::derive(&cmd, &before, &after, index, time));
+                    out.push(result);
+                }
                 EntryPayload::Membership(m) => {
                     sm.membership = StoredMembership::new(Some(entry.log_id), m);
                     out.push(CommandResult::Done);
