@@ -979,7 +979,7 @@ impl Inner {
             .build();
         let since_ns = options
             .since_ms
-            .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX / 1_000_000) * 1_000_000);
+            .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX).saturating_mul(1_000_000));
         let stamped = options.timestamps || options.since_ms.is_some();
         let chunk_of = move |stream: LogStream, message: Bytes| -> Option<LogChunk> {
             if !stamped {
