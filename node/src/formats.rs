@@ -2556,3 +2556,38 @@ fn version_markers_refuse_other_versions() {
     let err = JoinToken::parse(&text).expect_err("newer token");
     assert!(err.to_string().contains("unsupported version"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Logs (tag 11)
+// ---------------------------------------------------------------------------------------------
+
+// When one of these fails: a manager of one version asks a node of another for a task's logs.
+const LOGS_REQUEST: &str = "";
+const LOGS_LINE: &str = "";
+const LOGS_ALIVE: &str = "";
+const LOGS_END: &str = "";
+const LOGS_ERROR: &str = "";
+
+#[test]
+fn logs_frames_keep_their_bytes() {
+    use crate::logs::{LogLine, LogsFrame, LogsRequest, TAG_LOGS};
+    let mut g = Golden::default();
+    let req = LogsRequest {
+        task_id: "t00000000000000000000001".into(),
+        follow: true,
+        tail: Some(10),
+        since_ms: Some(1_700_000_000_000),
+    };
+    g.frame("LOGS_REQUEST", TAG_LOGS, &req, LOGS_REQUEST);
+    let line = LogsFrame::Line(LogLine {
+        timestamp_ns: 1_700_000_000_123_456_789,
+        stderr: true,
+        data: b"hello\n".to_vec(),
+    });
+    g.frame("LOGS_LINE", TAG_LOGS, &line, LOGS_LINE);
+    g.frame("LOGS_ALIVE", TAG_LOGS, &LogsFrame::Alive, LOGS_ALIVE);
+    g.frame("LOGS_END", TAG_LOGS, &LogsFrame::End, LOGS_END);
+    let error = LogsFrame::Error("task t1 does not run on this node".into());
+    g.frame("LOGS_ERROR", TAG_LOGS, &error, LOGS_ERROR);
+    g.finish();
+}

@@ -977,9 +977,11 @@ impl Inner {
             .since(since_secs)
             .timestamps(options.timestamps || options.since_ms.is_some())
             .build();
-        let since_ns = options
-            .since_ms
-            .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX).saturating_mul(1_000_000));
+        let since_ns = options.since_ms.map(|ms| {
+            i64::try_from(ms)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1_000_000)
+        });
         let stamped = options.timestamps || options.since_ms.is_some();
         let chunk_of = move |stream: LogStream, message: Bytes| -> Option<LogChunk> {
             if !stamped {

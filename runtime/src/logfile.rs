@@ -198,7 +198,11 @@ fn take_lines(
     };
     let rest = pending.split_off(cut);
     let whole = std::mem::replace(pending, rest);
-    let since_ns = since_ms.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX).saturating_mul(1_000_000));
+    let since_ns = since_ms.map(|ms| {
+        i64::try_from(ms)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000)
+    });
     whole
         .split_inclusive(|b| *b == b'\n')
         .filter_map(|line| {

@@ -135,9 +135,7 @@ impl Client {
     }
 
     /// A streamed answer: calls `each` with every JSON value as it arrives, until the
-    /// daemon ends the stream or `each` returns `false`. (Only the server's tests read
-    /// streams today; `service logs --follow` will.)
-    #[cfg(test)]
+    /// daemon ends the stream or `each` returns `false` (`service logs`).
     pub async fn stream<B: Serialize>(
         &self,
         method: Method,
