@@ -2562,11 +2562,18 @@ fn version_markers_refuse_other_versions() {
 // ---------------------------------------------------------------------------------------------
 
 // When one of these fails: a manager of one version asks a node of another for a task's logs.
-const LOGS_REQUEST: &str = "";
-const LOGS_LINE: &str = "";
-const LOGS_ALIVE: &str = "";
-const LOGS_END: &str = "";
-const LOGS_ERROR: &str = "";
+const LOGS_REQUEST: &str = "\
+    0b00000024011874303030303030303030303030303030303030303030303101010a0180d095ffbc\
+    31";
+const LOGS_LINE: &str = "\
+    0b000000130100aab4aed8c7bfce972f010668656c6c6f0a";
+const LOGS_ALIVE: &str = "\
+    0b000000020101";
+const LOGS_END: &str = "\
+    0b000000020102";
+const LOGS_ERROR: &str = "\
+    0b000000240103217461736b20743120646f6573206e6f742072756e206f6e2074686973206e6f64\
+    65";
 
 #[test]
 fn logs_frames_keep_their_bytes() {
