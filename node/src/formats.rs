@@ -2556,3 +2556,45 @@ fn version_markers_refuse_other_versions() {
     let err = JoinToken::parse(&text).expect_err("newer token");
     assert!(err.to_string().contains("unsupported version"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Logs (tag 11)
+// ---------------------------------------------------------------------------------------------
+
+// When one of these fails: a manager of one version asks a node of another for a task's logs.
+const LOGS_REQUEST: &str = "\
+    0b00000024011874303030303030303030303030303030303030303030303101010a0180d095ffbc\
+    31";
+const LOGS_LINE: &str = "\
+    0b000000130100aab4aed8c7bfce972f010668656c6c6f0a";
+const LOGS_ALIVE: &str = "\
+    0b000000020101";
+const LOGS_END: &str = "\
+    0b000000020102";
+const LOGS_ERROR: &str = "\
+    0b000000240103217461736b20743120646f6573206e6f742072756e206f6e2074686973206e6f64\
+    65";
+
+#[test]
+fn logs_frames_keep_their_bytes() {
+    use crate::logs::{LogLine, LogsFrame, LogsRequest, TAG_LOGS};
+    let mut g = Golden::default();
+    let req = LogsRequest {
+        task_id: "t00000000000000000000001".into(),
+        follow: true,
+        tail: Some(10),
+        since_ms: Some(1_700_000_000_000),
+    };
+    g.frame("LOGS_REQUEST", TAG_LOGS, &req, LOGS_REQUEST);
+    let line = LogsFrame::Line(LogLine {
+        timestamp_ns: 1_700_000_000_123_456_789,
+        stderr: true,
+        data: b"hello\n".to_vec(),
+    });
+    g.frame("LOGS_LINE", TAG_LOGS, &line, LOGS_LINE);
+    g.frame("LOGS_ALIVE", TAG_LOGS, &LogsFrame::Alive, LOGS_ALIVE);
+    g.frame("LOGS_END", TAG_LOGS, &LogsFrame::End, LOGS_END);
+    let error = LogsFrame::Error("task t1 does not run on this node".into());
+    g.frame("LOGS_ERROR", TAG_LOGS, &error, LOGS_ERROR);
+    g.finish();
+}

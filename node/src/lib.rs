@@ -14,6 +14,7 @@ mod formats;
 mod gossip;
 pub mod join;
 mod liveness;
+pub mod logs;
 pub mod manager;
 pub mod mesh;
 pub mod net;

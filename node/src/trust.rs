@@ -16,6 +16,7 @@ use std::sync::Arc;
 use crate::dispatch::TAG_DISPATCH;
 use crate::forward::{TAG_BECOME_MANAGER, TAG_FORWARD_API, TAG_FORWARD_WRITE};
 use crate::join::{MAX_JOIN_REQUEST, TAG_JOIN};
+use crate::logs::{MAX_LOGS_REQUEST, TAG_LOGS};
 use crate::manager::rpc::{
     MAX_APPEND_FRAME, MAX_SNAPSHOT_FRAME, MAX_VOTE_FRAME, TAG_RAFT_APPEND, TAG_RAFT_SNAPSHOT,
     TAG_RAFT_VOTE,
@@ -113,13 +114,15 @@ pub(crate) fn stream_rule(tag: u8) -> Option<Rule> {
         // is checked by the serving node's own endpoint table (`Mesh::serve_stream`): only
         // a task running here, of a service that publishes the port asked for.
         TAG_MESH => rule("mesh stream", Sender::Member, MAX_MESH_OPEN, false),
+        // Served by every node, for the tasks its own drivers run (`logs::serve_stream`).
+        TAG_LOGS => rule("logs request", Sender::Manager, MAX_LOGS_REQUEST, false),
         _ => return None,
     })
 }
 
 /// Every tag with a rule (for the tests).
 #[cfg(test)]
-const TAGS: [u8; 10] = [
+const TAGS: [u8; 11] = [
     TAG_JOIN,
     TAG_RAFT_APPEND,
     TAG_RAFT_VOTE,
@@ -130,6 +133,7 @@ const TAGS: [u8; 10] = [
     TAG_DISPATCH,
     TAG_PING,
     TAG_MESH,
+    TAG_LOGS,
 ];
 
 /// What this node knows about a peer when it asks for something.
@@ -296,6 +300,20 @@ mod tests {
             let expected = matches!(rule.sender, Sender::Anyone | Sender::Member);
             assert_eq!(ok, expected, "tag {tag} ({})", rule.name);
         }
+    }
+
+    #[test]
+    fn issue_19_only_managers_may_ask_for_logs_and_every_node_serves_them() {
+        assert!(matches!(
+            authorize(TAG_LOGS, &worker()),
+            Err(Refusal::NotAllowed { .. })
+        ));
+        let manager_asking_a_worker = PeerFacts {
+            certified: true,
+            manager: true,
+            ..PeerFacts::default()
+        };
+        assert!(authorize(TAG_LOGS, &manager_asking_a_worker).is_ok());
     }
 
     #[test]

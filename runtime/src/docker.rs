@@ -6,6 +6,7 @@
 //! bridge network. Every query filters on the node *and* cluster labels, so drivers of several
 //! nodes sharing one engine never see or touch each other's containers.
 
+use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -963,12 +964,46 @@ impl Inner {
         let tail = options
             .tail
             .map_or_else(|| "all".to_owned(), |n| n.to_string());
+        // The engine takes whole seconds; lines of the second before `since_ms` are dropped
+        // below, once their times are known.
+        let since_secs = options
+            .since_ms
+            .map_or(0, |ms| i32::try_from(ms / 1000).unwrap_or(i32::MAX));
         let logs_options = LogsOptionsBuilder::default()
             .follow(options.follow)
             .stdout(true)
             .stderr(true)
             .tail(&tail)
+            .since(since_secs)
+            .timestamps(options.timestamps || options.since_ms.is_some())
             .build();
+        let since_ns = options.since_ms.map(|ms| {
+            i64::try_from(ms)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1_000_000)
+        });
+        let stamped = options.timestamps || options.since_ms.is_some();
+        let chunk_of = move |stream: LogStream, message: Bytes| -> Option<LogChunk> {
+            if !stamped {
+                return Some(LogChunk {
+                    stream,
+                    data: message,
+                    timestamp_ns: None,
+                });
+            }
+            let (timestamp_ns, data) = split_docker_stamp(&message);
+            if let (Some(since), Some(t)) = (since_ns, timestamp_ns)
+                && t < since
+            {
+                return None;
+            }
+            let data = message.slice(message.len() - data.len()..);
+            Some(LogChunk {
+                stream,
+                data,
+                timestamp_ns,
+            })
+        };
         let mut stream = docker.logs(&id, Some(logs_options));
         loop {
             tokio::select! {
@@ -976,9 +1011,15 @@ impl Inner {
                 item = stream.next() => {
                     let chunk = match item {
                         None => return,
-                        Some(Ok(LogOutput::StdErr { message })) => Ok(LogChunk { stream: LogStream::Stderr, data: message }),
+                        Some(Ok(LogOutput::StdErr { message })) => match chunk_of(LogStream::Stderr, message) {
+                            Some(c) => Ok(c),
+                            None => continue,
+                        },
                         Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
-                            Ok(LogChunk { stream: LogStream::Stdout, data: message })
+                            match chunk_of(LogStream::Stdout, message) {
+                                Some(c) => Ok(c),
+                                None => continue,
+                            }
                         }
                         Some(Ok(LogOutput::StdIn { .. })) => continue,
                         Some(Err(e)) => Err(self.err(format!("reading logs of {task_id}"), e)),
@@ -990,6 +1031,26 @@ impl Inner {
                 }
             }
         }
+    }
+}
+
+/// Splits the engine's `timestamps=true` prefix (`2026-12-01T04:33:29.123456789Z `) off a
+/// log line: its time in nanoseconds since the epoch, and the text after it. A line without
+/// one is returned whole.
+fn split_docker_stamp(line: &[u8]) -> (Option<i64>, &[u8]) {
+    let Some(space) = line.iter().take(40).position(|b| *b == b' ') else {
+        return (None, line);
+    };
+    let parsed = std::str::from_utf8(&line[..space])
+        .ok()
+        .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    match parsed {
+        Some(d) => (
+            Some(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+            &line[space + 1..],
+        ),
+        None => (None, line),
     }
 }
 
@@ -1082,6 +1143,15 @@ impl Driver for DockerDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_stamps_are_split_off() {
+        let (t, text) = split_docker_stamp(b"2026-12-01T04:33:29.123456789Z hello\n");
+        assert_eq!(text, b"hello\n");
+        assert_eq!(t.map(|t| t % 1_000_000_000), Some(123_456_789));
+        let (t, text) = split_docker_stamp(b"no stamp here\n");
+        assert_eq!((t, text), (None, &b"no stamp here\n"[..]));
+    }
 
     #[test]
     fn splits_image_references() {

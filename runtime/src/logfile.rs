@@ -10,7 +10,34 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::error::RuntimeError;
-use crate::status::{LogChunk, LogStream};
+use crate::status::{LogChunk, LogOptions, LogStream};
+
+/// Length of the time stamp the shim writes before every line: RFC 3339 with nanoseconds,
+/// UTC (`2026-12-01T04:33:29.123456789Z`), then one space.
+const STAMP_LEN: usize = 30;
+
+/// The stamp written before a line that starts now.
+fn stamp_now() -> String {
+    format!(
+        "{} ",
+        humantime::format_rfc3339_nanos(std::time::SystemTime::now())
+    )
+}
+
+/// Splits a stored line into its time (nanoseconds since the epoch) and its text. A line
+/// without a stamp (written before stamps existed) is returned whole, without a time.
+pub(crate) fn unstamp(line: &[u8]) -> (Option<i64>, &[u8]) {
+    if line.len() > STAMP_LEN
+        && line[STAMP_LEN] == b' '
+        && let Ok(text) = std::str::from_utf8(&line[..STAMP_LEN])
+        && let Ok(t) = humantime::parse_rfc3339(text)
+        && let Ok(d) = t.duration_since(std::time::UNIX_EPOCH)
+    {
+        let ns = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        return (Some(ns), &line[STAMP_LEN + 1..]);
+    }
+    (None, line)
+}
 
 /// The rotated copy of a log file: `stdout.log` → `stdout.log.1`.
 pub(crate) fn rotated_path(path: &Path) -> PathBuf {
@@ -26,6 +53,7 @@ pub(crate) struct RotatingWriter {
     file: File,
     written: u64,
     max_bytes: u64,
+    at_line_start: bool,
 }
 
 impl RotatingWriter {
@@ -38,7 +66,23 @@ impl RotatingWriter {
             file,
             written,
             max_bytes: max_bytes.max(1),
+            at_line_start: true,
         })
+    }
+
+    /// Writes `buf`, putting the current time before every line that starts in it (read back
+    /// with [`unstamp`]); a line split across calls is stamped once, when it starts.
+    pub(crate) fn write_stamped(&mut self, buf: &[u8]) -> io::Result<()> {
+        let mut out = Vec::with_capacity(buf.len() + 64);
+        let mut stamp: Option<String> = None;
+        for piece in buf.split_inclusive(|b| *b == b'\n') {
+            if self.at_line_start {
+                out.extend_from_slice(stamp.get_or_insert_with(stamp_now).as_bytes());
+            }
+            out.extend_from_slice(piece);
+            self.at_line_start = piece.ends_with(b"\n");
+        }
+        self.write_all(&out)
     }
 
     /// Writes `buf` (unbuffered, so followers see it at once).
@@ -136,33 +180,68 @@ impl Cursor {
     }
 }
 
-/// Streams the stdout and stderr log files of a task into `tx`: first what is there (the last
-/// `tail` lines of each), then, with `follow`, new output until `finished()` says the task is
-/// done (after which the files are drained once more).
+/// Cuts `pending` into whole lines (a trailing partial line stays, unless `flush`) and turns
+/// each into a chunk with its time, dropping lines older than `since_ms`.
+fn take_lines(
+    stream: LogStream,
+    pending: &mut Vec<u8>,
+    flush: bool,
+    since_ms: Option<u64>,
+) -> Vec<LogChunk> {
+    let cut = if flush {
+        pending.len()
+    } else {
+        pending
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1)
+    };
+    let rest = pending.split_off(cut);
+    let whole = std::mem::replace(pending, rest);
+    let since_ns = since_ms.map(|ms| {
+        i64::try_from(ms)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000)
+    });
+    whole
+        .split_inclusive(|b| *b == b'\n')
+        .filter_map(|line| {
+            let (timestamp_ns, text) = unstamp(line);
+            if let (Some(since), Some(t)) = (since_ns, timestamp_ns)
+                && t < since
+            {
+                return None;
+            }
+            Some(LogChunk {
+                stream,
+                data: Bytes::copy_from_slice(text),
+                timestamp_ns,
+            })
+        })
+        .collect()
+}
+
+/// Streams the stdout and stderr log files of a task into `tx`, one chunk per line with the
+/// time the shim stamped it: first what is there (the last `tail` lines of each), then, with
+/// `follow`, new output until `finished()` says the task is done (after which the files are
+/// drained once more).
 pub(crate) async fn stream_logs(
     stdout: PathBuf,
     stderr: PathBuf,
-    tail: Option<usize>,
-    follow: bool,
+    options: LogOptions,
     finished: impl Fn() -> bool + Send + 'static,
     tx: mpsc::Sender<Result<LogChunk, RuntimeError>>,
 ) {
     let mut cursors = Vec::new();
     for (stream, path) in [(LogStream::Stdout, stdout), (LogStream::Stderr, stderr)] {
-        match Cursor::initial(stream, path.clone(), tail) {
-            Ok((cursor, data)) => {
-                if !data.is_empty()
-                    && tx
-                        .send(Ok(LogChunk {
-                            stream,
-                            data: Bytes::from(data),
-                        }))
-                        .await
-                        .is_err()
-                {
-                    return;
+        match Cursor::initial(stream, path.clone(), options.tail) {
+            Ok((cursor, mut data)) => {
+                for chunk in take_lines(stream, &mut data, !options.follow, options.since_ms) {
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
                 }
-                cursors.push(cursor);
+                cursors.push((cursor, data));
             }
             Err(e) => {
                 let _ = tx
@@ -175,22 +254,20 @@ pub(crate) async fn stream_logs(
             }
         }
     }
-    if !follow {
+    if !options.follow {
         return;
     }
     loop {
         // Decide before reading, so output written just before the exit is still drained.
         let done = finished();
-        for cursor in &mut cursors {
+        for (cursor, pending) in &mut cursors {
             match cursor.poll() {
-                Ok(data) if data.is_empty() => {}
                 Ok(data) => {
-                    let chunk = LogChunk {
-                        stream: cursor.stream,
-                        data: Bytes::from(data),
-                    };
-                    if tx.send(Ok(chunk)).await.is_err() {
-                        return;
+                    pending.extend_from_slice(&data);
+                    for chunk in take_lines(cursor.stream, pending, done, options.since_ms) {
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Err(e) => {
@@ -239,5 +316,32 @@ mod tests {
         assert!(String::from_utf8_lossy(&cur).ends_with("line 0099\n"));
         let (_, data) = Cursor::initial(LogStream::Stdout, path, Some(3)).expect("read");
         assert_eq!(data, b"line 0097\nline 0098\nline 0099\n");
+    }
+
+    #[test]
+    fn stamped_lines_read_back_with_their_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out.log");
+        let mut w = RotatingWriter::open(&path, 1 << 20).expect("open");
+        w.write_stamped(b"one\ntw").expect("write");
+        w.write_stamped(b"o\nthree\n").expect("write");
+        let mut data = fs::read(&path).expect("read");
+        assert_eq!(
+            data.iter().filter(|b| **b == b' ').count(),
+            3,
+            "one stamp per line"
+        );
+        let chunks = take_lines(LogStream::Stdout, &mut data, true, None);
+        let lines: Vec<&[u8]> = chunks.iter().map(|c| c.data.as_ref()).collect();
+        assert_eq!(lines, [&b"one\n"[..], b"two\n", b"three\n"]);
+        assert!(chunks.iter().all(|c| c.timestamp_ns.is_some()));
+        let mut data = fs::read(&path).expect("read");
+        let future = u64::MAX / 2;
+        assert!(take_lines(LogStream::Stdout, &mut data, true, Some(future)).is_empty());
+        let mut partial = b"no stamp\nhalf".to_vec();
+        let chunks = take_lines(LogStream::Stderr, &mut partial, false, None);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].timestamp_ns, None);
+        assert_eq!(partial, b"half");
     }
 }

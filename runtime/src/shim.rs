@@ -276,7 +276,7 @@ fn pump(mut from: impl Read, to: &mut RotatingWriter) {
         match from.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {
-                if let Err(e) = to.write_all(&buf[..n]) {
+                if let Err(e) = to.write_stamped(&buf[..n]) {
                     eprintln!("shoal shim: writing log: {e}");
                 }
             }
@@ -334,14 +334,14 @@ mod tests {
         assert_eq!(status.state, ShimState::Exited);
         assert_eq!(status.exit_code, Some(7));
         assert!(status.pid.is_some() && status.finished_at.is_some());
-        assert_eq!(
-            fs::read_to_string(dir.path().join(STDOUT_FILE)).expect("out"),
-            "out\n"
-        );
-        assert_eq!(
-            fs::read_to_string(dir.path().join(STDERR_FILE)).expect("err"),
-            "err\n"
-        );
+        let unstamped = |file| {
+            let data = fs::read(dir.path().join(file)).expect("log");
+            let (at, text) = crate::logfile::unstamp(&data);
+            assert!(at.is_some(), "{file} has no stamp");
+            String::from_utf8_lossy(text).into_owned()
+        };
+        assert_eq!(unstamped(STDOUT_FILE), "out\n");
+        assert_eq!(unstamped(STDERR_FILE), "err\n");
     }
 
     #[test]

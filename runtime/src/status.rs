@@ -153,6 +153,9 @@ pub struct LogChunk {
     pub stream: LogStream,
     /// Bytes, usually whole lines.
     pub data: Bytes,
+    /// When the engine received the (first line of the) chunk, in nanoseconds since the Unix
+    /// epoch; `None` when the driver does not know (asked without `timestamps`).
+    pub timestamp_ns: Option<i64>,
 }
 
 /// What [`crate::Driver::logs`] returns.
@@ -162,4 +165,9 @@ pub struct LogOptions {
     pub follow: bool,
     /// Only the last `tail` lines (of each stream for the process driver); `None` = everything.
     pub tail: Option<usize>,
+    /// Only output written at or after this time (milliseconds since the Unix epoch).
+    pub since_ms: Option<u64>,
+    /// Ask the driver for each line's time ([`LogChunk::timestamp_ns`]); a driver that knows
+    /// times splits its output into one chunk per line.
+    pub timestamps: bool,
 }

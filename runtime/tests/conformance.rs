@@ -501,6 +501,7 @@ async fn logs_capture_both_streams(fx: &Fixture) {
         LogOptions {
             follow: true,
             tail: None,
+            ..LogOptions::default()
         },
     ))
     .await;
@@ -512,10 +513,51 @@ async fn logs_capture_both_streams(fx: &Fixture) {
         LogOptions {
             follow: false,
             tail: Some(1),
+            ..LogOptions::default()
         },
     ))
     .await;
     assert_eq!(out, "out3\n");
+    // With times: one chunk per line, each with its time, and `since` after them drops all.
+    let stamped: Vec<LogChunk> = d
+        .logs(
+            "talker",
+            LogOptions {
+                timestamps: true,
+                ..LogOptions::default()
+            },
+        )
+        .filter_map(|c| async move { c.ok() })
+        .collect()
+        .await;
+    assert_eq!(stamped.len(), 4, "{stamped:?}");
+    assert!(
+        stamped.iter().all(|c| c.timestamp_ns.is_some()),
+        "{stamped:?}"
+    );
+    let later = d
+        .logs(
+            "talker",
+            LogOptions {
+                since_ms: Some(
+                    u64::try_from(
+                        stamped
+                            .iter()
+                            .filter_map(|c| c.timestamp_ns)
+                            .max()
+                            .unwrap_or(0)
+                            / 1_000_000,
+                    )
+                    .unwrap_or(0)
+                        + 1000,
+                ),
+                ..LogOptions::default()
+            },
+        )
+        .filter_map(|c| async move { c.ok() })
+        .collect::<Vec<_>>()
+        .await;
+    assert!(later.is_empty(), "{later:?}");
     let missing = collect_logs_result(d.logs("nope", LogOptions::default())).await;
     assert!(
         matches!(missing, Err(RuntimeError::NotFound { .. })),
@@ -1071,6 +1113,7 @@ async fn process_logs_are_size_bounded() {
         LogOptions {
             follow: false,
             tail: Some(2),
+            ..LogOptions::default()
         },
     ))
     .await;

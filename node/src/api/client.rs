@@ -135,7 +135,7 @@ impl Client {
     }
 
     /// A streamed answer: calls `each` with every JSON value as it arrives, until the
-    /// daemon ends the stream or `each` returns `false` (`shoal events`).
+    /// daemon ends the stream or `each` returns `false` (`shoal events`, `service logs`).
     pub async fn stream<B: Serialize>(
         &self,
         method: Method,

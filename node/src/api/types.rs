@@ -177,3 +177,37 @@ pub struct NodeUpdateRequest {
     #[serde(default)]
     pub label_rm: Vec<String>,
 }
+
+// ---- Logs (`GET /v1/services/{ref}/logs`, NDJSON) ----
+
+/// One line of a task's output, or a warning (then only `warning` is set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// `service.slot` (`service.node-id` for a global task), as Docker names it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Task ID.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub task_id: String,
+    /// ID of the node that runs the task.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_id: String,
+    /// Hostname of that node.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    /// When the line was written, RFC 3339 with nanoseconds.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub timestamp: String,
+    /// The same, nanoseconds since the Unix epoch.
+    #[serde(default)]
+    pub timestamp_ns: i64,
+    /// `stdout` or `stderr`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stream: String,
+    /// The line, without its newline.
+    #[serde(default)]
+    pub line: String,
+    /// A node that could not be asked, or a task whose logs could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}

@@ -114,6 +114,9 @@ impl Node {
             (&Method::GET, ["v1", "services", reference, "tasks"]) => {
                 Reply::json(&self.service_tasks(reference).await?)
             }
+            (&Method::GET, ["v1", "services", reference, "logs"]) => {
+                crate::logs::serve_api(self.clone(), self.manager().await?, reference, &req).await
+            }
             (&Method::POST, ["v1", "services", reference, "scale"]) => {
                 Reply::json(&self.service_scale(reference, &req).await?)
             }

@@ -27,6 +27,16 @@ impl DriverTasks {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = drivers;
     }
+
+    /// Every driver the worker runs tasks with (`service logs` asks each for a task).
+    pub(crate) fn all(&self) -> Vec<Arc<dyn Driver>> {
+        self.drivers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
 }
 
 impl LocalTasks for DriverTasks {

@@ -849,8 +849,7 @@ impl Driver for ProcessDriver {
         tokio::spawn(logfile::stream_logs(
             dir.join(shim::STDOUT_FILE),
             dir.join(shim::STDERR_FILE),
-            options.tail,
-            options.follow,
+            options,
             finished,
             tx,
         ));

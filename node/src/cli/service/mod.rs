@@ -1,6 +1,7 @@
 //! `service create | ls | ps | inspect | scale | update | rollback | rm`; `update` and the
 //! flags it shares with `create` are in [`update`], following an update in [`progress`].
 
+mod logs;
 mod progress;
 mod update;
 
@@ -44,6 +45,8 @@ pub enum ServiceCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Fetch the logs of a service's tasks (or of one task).
+    Logs(Box<logs::LogsArgs>),
     /// Show a service.
     Inspect {
         /// ID, unique ID prefix or name.
@@ -293,6 +296,7 @@ pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
                 .await?;
             print_tasks(&rows, quiet, format)
         }
+        ServiceCmd::Logs(args) => logs::run(client, *args).await,
         ServiceCmd::Inspect { service, format } => {
             let v: serde_json::Value = client
                 .get(&format!("/v1/services/{}", encode(&service)))

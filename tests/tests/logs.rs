@@ -1,0 +1,258 @@
+//! Issue 19, item 1: `shoal service logs` on a real cluster. A manager resolves the tasks,
+//! reads its own from its drivers and asks the other nodes over QUIC (tag 11, managers
+//! only), and merges the lines by time.
+//!
+//! Address block: 127.0.100.1–.2 (a manager and a worker, process-driver tasks).
+//!
+//! Waiting: every wait is a [`poll_until`] with a deadline; the [`Daemon`]s (dropped also
+//! when a test fails) kill their daemons and the process driver's tasks.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, ensure};
+use shoal_tests::{Daemon, all_pids, poll_until, shoal_bin, start_cluster_from, tasks};
+
+/// Five numbered lines, 200 ms apart, then quiet (the task keeps running).
+const TALKER: &str = "i=0; while [ $i -lt 5 ]; do i=$((i+1)); echo \"line $i\"; sleep 0.2; done; \
+    echo oops >&2; exec sleep 1000";
+
+/// `shoal service logs ARGS...` once every task printed its lines.
+fn logs(m: &Daemon, args: &[&str]) -> Result<String> {
+    let mut a = vec!["service", "logs"];
+    a.extend_from_slice(args);
+    m.ok(&a)
+}
+
+#[test]
+fn logs_of_tasks_on_two_nodes_arrive_prefixed_and_in_time_order() -> Result<()> {
+    let (ms, ws) = start_cluster_from("lg-", 100, 1, 1, 1)?;
+    let m = &ms[0];
+    let w = &ws[0];
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "talk",
+        "--driver",
+        "process",
+        "--replicas",
+        "2",
+        "--replicas-max-per-node",
+        "1",
+        "/bin/sh",
+        "-c",
+        TALKER,
+    ])?;
+    // Both tasks have printed everything (12 lines: 5 + stderr's one, each).
+    let all = poll_until(
+        "12 lines of talk from both nodes",
+        Duration::from_secs(60),
+        || {
+            let out = logs(m, &["talk"])?;
+            Ok((out.lines().count() == 12).then_some(out))
+        },
+    )?;
+    let mut hosts = BTreeSet::new();
+    for line in all.lines() {
+        let (prefix, text) = line
+            .split_once(" | ")
+            .ok_or_else(|| anyhow::anyhow!("no prefix in {line:?}:\n{all}"))?;
+        let prefix = prefix.trim_end();
+        let (name, host) = prefix
+            .split_once('@')
+            .ok_or_else(|| anyhow::anyhow!("no @host in {prefix:?}"))?;
+        let parts: Vec<&str> = name.split('.').collect();
+        ensure!(
+            parts.len() == 3 && parts[0] == "talk" && parts[2].len() == 12,
+            "prefix {prefix:?} is not talk.SLOT.TASKID@host"
+        );
+        ensure!(
+            text.starts_with("line ") || text == "oops",
+            "unexpected text {text:?}"
+        );
+        hosts.insert(host.to_string());
+    }
+    let want: BTreeSet<String> = [m.name.clone(), w.name.clone()].into();
+    ensure!(
+        hosts == want,
+        "lines came from {hosts:?}, not {want:?}:\n{all}"
+    );
+    // The bars align.
+    let bars: BTreeSet<usize> = all.lines().filter_map(|l| l.find(" | ")).collect();
+    ensure!(bars.len() == 1, "bars do not align:\n{all}");
+
+    // -t: RFC 3339 times with nanoseconds, merged in order across both nodes.
+    let stamped = logs(m, &["-t", "--no-task-ids", "talk"])?;
+    let mut times = Vec::new();
+    for line in stamped.lines() {
+        let (prefix, rest) = line.split_once(" | ").unwrap_or_default();
+        ensure!(
+            prefix.trim_end().starts_with("talk.") && prefix.split('.').count() == 2,
+            "--no-task-ids left the task ID in {prefix:?}"
+        );
+        let time = rest.split(' ').next().unwrap_or_default();
+        ensure!(
+            time.len() == 30,
+            "{time:?} is not RFC 3339 with nanoseconds"
+        );
+        times.push(time.to_string());
+    }
+    let mut sorted = times.clone();
+    sorted.sort();
+    ensure!(times == sorted, "lines are not in time order:\n{stamped}");
+
+    // --raw: the bare lines.
+    let raw = logs(m, &["--raw", "talk"])?;
+    ensure!(
+        raw.lines().all(|l| l.starts_with("line ") || l == "oops"),
+        "{raw}"
+    );
+
+    // --tail 2 per task: per stream for the process driver, the last lines.
+    let tail = logs(m, &["--raw", "--tail", "1", "talk"])?;
+    let mut got: Vec<&str> = tail.lines().collect();
+    got.sort_unstable();
+    ensure!(
+        got == ["line 5", "line 5", "oops", "oops"],
+        "--tail 1 gave:\n{tail}"
+    );
+
+    // --since: a time after the last line gives nothing; an hour ago gives everything.
+    let last = times.last().cloned().unwrap_or_default();
+    let last_ms = shoal::logs::parse_since(&last, std::time::SystemTime::now())
+        .map_err(anyhow::Error::msg)?;
+    let after = (last_ms + 1).to_string();
+    let none = logs(m, &["--since", &after, "talk"])?;
+    ensure!(
+        none.trim().is_empty(),
+        "--since {after} still gave:\n{none}"
+    );
+    let hour = logs(m, &["--since", "1h", "talk"])?;
+    ensure!(hour.lines().count() == 12, "--since 1h gave:\n{hour}");
+
+    // One task by its ID prefix: only its lines.
+    let one_id = all
+        .lines()
+        .next()
+        .and_then(|l| l.split('@').next())
+        .and_then(|n| n.split('.').nth(2))
+        .unwrap_or_default()
+        .to_string();
+    let one = logs(m, &[&one_id])?;
+    ensure!(
+        one.lines().count() == 6 && one.lines().all(|l| l.contains(&one_id)),
+        "task {one_id} gave:\n{one}"
+    );
+
+    // An unknown service: one line, exit 1. A worker is not a manager.
+    let err = m.fails(&["service", "logs", "nope"])?;
+    ensure!(
+        err.trim().lines().count() == 1 && err.contains("nope"),
+        "{err}"
+    );
+    let err = w.fails(&["service", "logs", "talk"])?;
+    ensure!(err.contains("not a manager"), "{err}");
+
+    // -f: a replacement's lines arrive after the task on the manager is killed.
+    follow_sees_a_replacement(m)?;
+
+    // A worker that goes down is named in a warning; the manager's own lines still come.
+    let mut ws = ws;
+    ws[0].kill9();
+    let out = m.cli(&["service", "logs", "talk"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "failed: {stderr}");
+    ensure!(
+        stderr.contains("warning") && stderr.contains(&ws[0].name),
+        "no warning naming {}: {stderr}",
+        ws[0].name
+    );
+    ensure!(
+        stdout.lines().count() >= 5 && stdout.lines().all(|l| l.contains(&format!("@{}", m.name))),
+        "{stdout}"
+    );
+    Ok(())
+}
+
+/// `service logs -f talk` keeps streaming: after `kill -9` of the manager's task, the
+/// replacement task's lines (a task ID not seen before) arrive on the same call.
+fn follow_sees_a_replacement(m: &Daemon) -> Result<()> {
+    let rows = tasks(m, "talk")?;
+    let victim = rows
+        .iter()
+        .find(|r| r["node"] == m.name.as_str() && r["state"] == "running")
+        .and_then(|r| r["id"].as_str())
+        .context("no running task of talk on the manager")?
+        .to_string();
+    let mut child = Command::new(shoal_bin())
+        .arg("-H")
+        .arg(format!("unix://{}", m.socket.display()))
+        .args(["service", "logs", "-f", "talk"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let seen = Arc::new(Mutex::new(String::new()));
+    let mut out = child.stdout.take().context("no stdout")?;
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut s) = sink.lock() {
+                s.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    });
+    let result = (|| -> Result<()> {
+        let text = || seen.lock().map(|s| s.clone()).unwrap_or_default();
+        poll_until(
+            "the follower's first lines",
+            Duration::from_secs(20),
+            || Ok((text().lines().count() >= 12).then_some(())),
+        )?;
+        let want = format!("SHOAL_TASK_ID={victim}");
+        let mut killed = 0;
+        for pid in all_pids() {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if env.split(|b| *b == 0).any(|v| v == want.as_bytes()) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                killed += 1;
+            }
+        }
+        ensure!(killed > 0, "no process runs task {victim}");
+        let old: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r["id"].as_str())
+            .map(|id| id.chars().take(12).collect())
+            .collect();
+        poll_until(
+            "the replacement's line 5 on the follower",
+            Duration::from_secs(60),
+            || {
+                let t = text();
+                let fresh = t.lines().any(|l| {
+                    l.ends_with("| line 5")
+                        && l.split('@')
+                            .next()
+                            .and_then(|n| n.split('.').nth(2))
+                            .is_some_and(|id| !old.iter().any(|o| o == id))
+                });
+                Ok(fresh.then_some(()))
+            },
+        )
+        .with_context(|| format!("follower output:\n{}", text()))?;
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
