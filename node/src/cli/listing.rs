@@ -17,7 +17,10 @@ impl Filters {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for item in items {
             let Some((k, v)) = item.split_once('=') else {
-                bail!("invalid filter `{item}`: expected KEY=VALUE (keys: {})", keys.join(", "));
+                bail!(
+                    "invalid filter `{item}`: expected KEY=VALUE (keys: {})",
+                    keys.join(", ")
+                );
             };
             let k = k.trim().to_ascii_lowercase();
             if !keys.contains(&k.as_str()) {
@@ -106,12 +109,7 @@ fn to_json(v: &gtmpl::Value) -> Json {
         gtmpl::Value::Array(a) => Json::Array(a.iter().map(to_json).collect()),
         gtmpl::Value::Object(o) | gtmpl::Value::Map(o) => {
             let sorted: BTreeMap<&String, Json> = o.iter().map(|(k, v)| (k, to_json(v))).collect();
-            Json::Object(
-                sorted
-                    .into_iter()
-                    .map(|(k, v)| (k.clone(), v))
-                    .collect(),
-            )
+            Json::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
         }
     }
 }
@@ -128,7 +126,10 @@ fn json_func(args: &[gtmpl::Value]) -> Result<gtmpl::Value, gtmpl::FuncError> {
 
 /// One line of an error: templates' errors may span lines.
 fn one_line(e: impl std::fmt::Display) -> String {
-    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A parsed `--format` template.
@@ -307,7 +308,10 @@ mod tests {
             Format::Template("{{.ID}}".into())
         );
         let e = "yaml".parse::<Format>().unwrap_err();
-        assert!(e.contains("unknown format `yaml`") && e.contains("'{{.ID}}'"), "{e}");
+        assert!(
+            e.contains("unknown format `yaml`") && e.contains("'{{.ID}}'"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -347,7 +351,10 @@ mod tests {
     #[test]
     fn durations_read_as_docker() {
         let s = Duration::from_secs;
-        assert_eq!(human_duration(Duration::from_millis(300)), "Less than a second");
+        assert_eq!(
+            human_duration(Duration::from_millis(300)),
+            "Less than a second"
+        );
         assert_eq!(human_duration(s(1)), "1 second");
         assert_eq!(human_duration(s(5)), "5 seconds");
         assert_eq!(human_duration(s(60)), "About a minute");
@@ -369,7 +376,7 @@ mod tests {
             "Running 5 seconds ago"
         );
         assert_eq!(
-            state_since("shutdown", "2026-01-01T00:00:00.250Z", now),
+            state_since("shutdown", "2025-12-31T23:59:50.250Z", now),
             "Shutdown about a minute ago"
         );
         assert_eq!(state_since("pending", "garbage", now), "Pending");

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use super::node::encode;
 use super::listing::{self, Filters, title};
+use super::node::encode;
 use super::{Format, InspectArgs, ListArgs, output};
 use crate::api::client::Client;
 use crate::api::{
@@ -269,8 +269,10 @@ pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
             match &list.format {
                 Format::Json => return output::print_json(&rows),
                 Format::Template(t) => {
-                    let docker: Vec<serde_json::Value> =
-                        rows.iter().map(|r| docker_service(r, list.no_trunc)).collect();
+                    let docker: Vec<serde_json::Value> = rows
+                        .iter()
+                        .map(|r| docker_service(r, list.no_trunc))
+                        .collect();
                     return listing::print_template(t, &docker, &service_header());
                 }
                 Format::Table => {}
@@ -397,15 +399,30 @@ pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
 /// `service inspect --pretty` of one service.
 fn pretty_service(v: &serde_json::Value) -> String {
     let mut o = String::new();
-    o.push_str(&format!("ID:        {}\n", v["id"].as_str().unwrap_or_default()));
-    o.push_str(&format!("Name:      {}\n", v["name"].as_str().unwrap_or_default()));
-    o.push_str(&format!("Mode:      {}\n", v["mode"].as_str().unwrap_or_default()));
+    o.push_str(&format!(
+        "ID:        {}\n",
+        v["id"].as_str().unwrap_or_default()
+    ));
+    o.push_str(&format!(
+        "Name:      {}\n",
+        v["name"].as_str().unwrap_or_default()
+    ));
+    o.push_str(&format!(
+        "Mode:      {}\n",
+        v["mode"].as_str().unwrap_or_default()
+    ));
     if let Some(r) = v["replicas"].as_u64() {
         o.push_str(&format!(" Replicas: {r}\n"));
     }
     o.push_str(&format!("Running:   {}\n", v["running"]));
-    o.push_str(&format!("Image:     {}\n", v["image"].as_str().unwrap_or_default()));
-    o.push_str(&format!("Driver:    {}\n", v["driver"].as_str().unwrap_or_default()));
+    o.push_str(&format!(
+        "Image:     {}\n",
+        v["image"].as_str().unwrap_or_default()
+    ));
+    o.push_str(&format!(
+        "Driver:    {}\n",
+        v["driver"].as_str().unwrap_or_default()
+    ));
     o.push_str(&format!("Version:   {}\n", v["version"]));
     let ports: Vec<PortBody> = serde_json::from_value(v["ports"].clone()).unwrap_or_default();
     o.push_str(&pretty_ports(&ports));
@@ -516,16 +533,26 @@ fn task_matches(r: &TaskRow, key: &str, value: &str) -> bool {
 /// older attempts' NAME as `\_ web.1`.
 fn history(mut rows: Vec<TaskRow>) -> Vec<(String, TaskRow)> {
     rows.sort_by(|a, b| {
-        (&a.service, a.slot, &a.node_id, std::cmp::Reverse(&a.created_at))
-            .cmp(&(&b.service, b.slot, &b.node_id, std::cmp::Reverse(&b.created_at)))
+        (
+            &a.service,
+            a.slot,
+            &a.node_id,
+            std::cmp::Reverse(&a.created_at),
+        )
+            .cmp(&(
+                &b.service,
+                b.slot,
+                &b.node_id,
+                std::cmp::Reverse(&b.created_at),
+            ))
             .then(b.attempt.cmp(&a.attempt))
     });
     let mut out: Vec<(String, TaskRow)> = Vec::with_capacity(rows.len());
     for r in rows {
         let name = task_name(&r);
-        let older = out.last().is_some_and(|(_, p)| {
-            p.service == r.service && task_name(p) == name
-        });
+        let older = out
+            .last()
+            .is_some_and(|(_, p)| p.service == r.service && task_name(p) == name);
         out.push((if older { format!("\\_ {name}") } else { name }, r));
     }
     out
