@@ -788,6 +788,15 @@ impl Daemon {
         serde_json::from_str(&out)
             .with_context(|| format!("bad JSON from `shoal {}`: {out}", a.join(" ")))
     }
+
+    /// `shoal <args>` of one `inspect` (a JSON array, as `docker inspect`): its one element.
+    pub fn inspect(&self, args: &[&str]) -> Result<Value> {
+        let v = self.json(args)?;
+        match v.as_array().map(Vec::as_slice) {
+            Some([one]) => Ok(one.clone()),
+            _ => anyhow::bail!("`shoal {}` is not a one-element array: {v}", args.join(" ")),
+        }
+    }
 }
 
 impl Drop for Daemon {

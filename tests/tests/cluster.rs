@@ -137,11 +137,11 @@ fn cluster_of_one_survives_kill_and_leaves() -> Result<()> {
     assert!(table.contains("Leader"), "{table}");
     assert_eq!(d.ok(&["node", "ls", "-q"])?.trim(), node_id);
     assert_eq!(
-        d.json(&["node", "inspect", &node_id[..6]])?["id"],
+        d.inspect(&["node", "inspect", &node_id[..6]])?["id"],
         node_id.as_str()
     );
     assert_eq!(
-        d.json(&["node", "inspect", "alpha"])?["id"],
+        d.inspect(&["node", "inspect", "alpha"])?["id"],
         node_id.as_str()
     );
     let err = d.fails(&["node", "inspect", "nosuchnode"])?;

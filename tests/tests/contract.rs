@@ -332,7 +332,7 @@ fn issue_15_process_driver_is_the_default_without_docker() -> Result<()> {
         said.contains("no Docker engine on this node: using the process driver"),
         "stderr: {said}"
     );
-    let svc = d.json(&["service", "inspect", "plain"])?;
+    let svc = d.inspect(&["service", "inspect", "plain"])?;
     let svc = svc
         .as_array()
         .and_then(|a| a.first())
@@ -356,7 +356,7 @@ fn issue_15_process_driver_is_the_default_without_docker() -> Result<()> {
         "{}",
         text(&out.stderr)
     );
-    let svc = d.json(&["service", "inspect", "asked"])?;
+    let svc = d.inspect(&["service", "inspect", "asked"])?;
     let svc = svc
         .as_array()
         .and_then(|a| a.first())

@@ -626,7 +626,7 @@ fn no_request_fails_during_a_start_first_rolling_update() -> Result<()> {
         "only {during} requests were sent while the update ran (want at least {UPDATE_LOAD})"
     );
 
-    let state = m.json(&["service", "inspect", "web"])?["update_status"]["state"].clone();
+    let state = m.inspect(&["service", "inspect", "web"])?["update_status"]["state"].clone();
     ensure!(state == "completed", "update_status.state is {state}");
     let after_rows = wait_running(m, "web", 3, true)?;
     let after = task_ids(&after_rows);
@@ -1028,7 +1028,7 @@ fn hostile_mesh_streams_connect_nothing() -> Result<()> {
         m.name,
         brief(&rows)
     );
-    let service_id = m.json(&["service", "inspect", "echo"])?["id"]
+    let service_id = m.inspect(&["service", "inspect", "echo"])?["id"]
         .as_str()
         .context("service id")?
         .to_string();

@@ -138,7 +138,7 @@ fn power_cut_everything_comes_back() -> Result<()> {
     );
     // State kept, read through the leader with a quorum: the label written before the
     // cut and the rotated token.
-    let w1 = ms[0].json(&["node", "inspect", "w1"])?;
+    let w1 = ms[0].inspect(&["node", "inspect", "w1"])?;
     assert_eq!(w1["labels"]["zone"], "attic", "{w1}");
     assert_eq!(ms[0].ok(&["join-token", "-q", "worker"])?.trim(), rotated);
     // And a write needs the quorum: it is accepted.

@@ -97,7 +97,7 @@ fn services_create_scale_heal_and_node_death() -> Result<()> {
     // Spread over the three nodes, one each.
     let nodes: BTreeSet<String> = running(&m, "web")?.into_iter().map(|(_, n)| n).collect();
     assert_eq!(nodes.len(), 3, "{nodes:?}");
-    let inspect = m.json(&["service", "inspect", "web"])?;
+    let inspect = m.inspect(&["service", "inspect", "web"])?;
     assert_eq!(
         inspect["spec"]["args"],
         serde_json::json!(["httpd", "-f", "-p", "8080"])

@@ -152,7 +152,7 @@ fn stress_no_acknowledged_write_is_lost() -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     let _ = writer.join();
     let labels = poll_until("a final linearizable read", Duration::from_secs(30), || {
-        let n = ms[0].json(&["node", "inspect", "st-m1"])?;
+        let n = ms[0].inspect(&["node", "inspect", "st-m1"])?;
         Ok(n["labels"]
             .as_object()
             .map(|o| o.keys().cloned().collect::<BTreeSet<String>>()))

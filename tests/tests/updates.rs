@@ -410,7 +410,7 @@ fn wait_running(d: &Daemon, service: &str, n: usize, healthy: bool) -> Result<Ve
 
 /// `service inspect` of `service`.
 fn inspect(d: &Daemon, service: &str) -> Result<Value> {
-    d.json(&["service", "inspect", service])
+    d.inspect(&["service", "inspect", service])
 }
 
 fn version(d: &Daemon, service: &str) -> Result<u64> {

@@ -23,8 +23,9 @@ pub struct EventsArgs {
     /// service, node); repeat for more.
     #[arg(short, long = "filter", value_name = "KEY=VALUE")]
     pub filter: Vec<String>,
-    /// Output format: one line per event, or JSON lines.
-    #[arg(long, value_enum, default_value_t)]
+    /// Output format: one line per event (table), JSON lines (json), or a Go template
+    /// applied to each event's JSON (`{{.type}} {{.action}} {{.actor.id}}`).
+    #[arg(long, default_value = "table")]
     pub format: Format,
 }
 
@@ -75,6 +76,10 @@ pub(super) async fn run(client: &Client, args: EventsArgs) -> Result<()> {
         until,
         filters,
     };
+    let template = match &args.format {
+        Format::Template(text) => Some(super::listing::Template::parse(text)?),
+        _ => None,
+    };
     let mut failure: Option<String> = None;
     client
         .stream::<()>(
@@ -83,10 +88,16 @@ pub(super) async fn run(client: &Client, args: EventsArgs) -> Result<()> {
             None,
             |value| match serde_json::from_value::<EventView>(value.clone()) {
                 Ok(e) => {
-                    if args.format == Format::Json {
-                        println!("{value}");
-                    } else {
-                        println!("{}", e.line());
+                    match &template {
+                        Some(t) => match t.render(&value) {
+                            Ok(line) => println!("{line}"),
+                            Err(err) => {
+                                failure = Some(err.to_string());
+                                return false;
+                            }
+                        },
+                        None if args.format == Format::Json => println!("{value}"),
+                        None => println!("{}", e.line()),
                     }
                     true
                 }

@@ -1,6 +1,7 @@
 //! The `shoal` command line: the daemon itself, and commands that talk to it.
 
 mod events;
+mod listing;
 mod node;
 mod output;
 mod service;
@@ -11,6 +12,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
+
+pub use listing::Format;
 
 use crate::api::client::Client;
 
@@ -29,13 +32,41 @@ pub struct Cli {
     pub command: Cmd,
 }
 
-/// Output format of listings and inspections.
+/// `--filter`, `--format`, `--no-trunc` and `-q` of every listing.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListArgs {
+    /// Only IDs.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// table, json, or a Go template (`{{.ID}} {{.Name}}`, `table {{.ID}}\t{{.Name}}`).
+    #[arg(long, default_value = "table")]
+    pub format: Format,
+    /// Filter rows: KEY=VALUE, repeatable (same key: any value; different keys: all).
+    #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
+    pub filter: Vec<String>,
+    /// Do not truncate IDs and errors.
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+/// `--format` and `--pretty` of every inspect.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InspectArgs {
+    /// The readable form instead of JSON.
+    #[arg(long)]
+    pub pretty: bool,
+    /// json (the default), or a Go template applied to each object.
+    #[arg(long)]
+    pub format: Option<Format>,
+}
+
+/// Daemon log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum Format {
-    /// Human-readable table or text.
+pub enum LogFormat {
+    /// Human-readable lines.
     #[default]
-    Table,
-    /// JSON: an array for listings, an object for inspect and info.
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON formatter).
     Json,
 }
 
@@ -46,8 +77,8 @@ pub enum Cmd {
     Daemon(DaemonArgs),
     /// Show this node and its cluster.
     Info {
-        /// Output format.
-        #[arg(long, value_enum, default_value_t)]
+        /// json, table, or a Go template.
+        #[arg(long, default_value = "table")]
         format: Format,
     },
     /// Show the version.
@@ -134,9 +165,12 @@ pub struct DaemonArgs {
     /// Hostname to report instead of the machine's.
     #[arg(long)]
     pub hostname: Option<String>,
-    /// Log level (overridden by RUST_LOG).
+    /// Log level or filter, e.g. debug or shoal=debug,info (RUST_LOG overrides it).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// Log lines as text or JSON (one object per line).
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: LogFormat,
     /// Multiply Raft heartbeat and election timing (e.g. 3 for slow Wi-Fi).
     #[arg(long, default_value_t = 1.0)]
     pub raft_timing_scale: f64,
@@ -157,15 +191,8 @@ pub struct DaemonArgs {
 /// `shoal node ...`.
 #[derive(Debug, Subcommand)]
 pub enum NodeCmd {
-    /// List nodes.
-    Ls {
-        /// Only IDs.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
+    /// List nodes (filters: id, name, role, membership, label, node.label).
+    Ls(ListArgs),
     /// Change a node's availability or labels.
     Update {
         /// active, pause or drain.
@@ -177,49 +204,47 @@ pub enum NodeCmd {
         /// Remove a label (KEY), repeatable.
         #[arg(long = "label-rm")]
         label_rm: Vec<String>,
-        /// ID, unique ID prefix or hostname.
+        /// ID, unique ID prefix, hostname or `self`.
         node: String,
     },
     /// Make nodes managers (Raft voters).
     Promote {
-        /// IDs, unique ID prefixes or hostnames.
+        /// IDs, unique ID prefixes, hostnames or `self`.
         #[arg(required = true)]
         nodes: Vec<String>,
     },
     /// Make managers workers again.
     Demote {
-        /// IDs, unique ID prefixes or hostnames.
+        /// IDs, unique ID prefixes, hostnames or `self`.
         #[arg(required = true)]
         nodes: Vec<String>,
     },
     /// Remove a node from the cluster; its key is refused from then on.
     #[command(alias = "remove")]
     Rm {
-        /// IDs, unique ID prefixes or hostnames.
+        /// IDs, unique ID prefixes, hostnames or `self`.
         #[arg(required = true)]
         nodes: Vec<String>,
         /// Remove even a node that is still ready.
         #[arg(short, long)]
         force: bool,
     },
-    /// List the tasks on a node (default: this one).
+    /// List the tasks on a node (default: this one; filters: id, name, node, desired-state).
     Ps {
-        /// ID, unique ID prefix or hostname.
+        /// ID, unique ID prefix, hostname or `self`.
         node: Option<String>,
-        /// Only IDs.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
+        /// Listing flags.
+        #[command(flatten)]
+        list: ListArgs,
     },
-    /// Show one node.
+    /// Show nodes: a JSON array, one element per argument.
     Inspect {
-        /// ID, unique ID prefix or hostname.
-        node: String,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
+        /// IDs, unique ID prefixes, hostnames or `self`.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        /// Output flags.
+        #[command(flatten)]
+        out: InspectArgs,
     },
 }
 

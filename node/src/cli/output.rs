@@ -8,6 +8,50 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints what `inspect` found: a JSON array (the default and `--format json`), each
+/// object through a template (`--format '{{...}}'`), or `pretty(i)` of each (`--pretty`,
+/// `--format table`).
+pub fn print_inspect(
+    found: &[serde_json::Value],
+    out: &super::InspectArgs,
+    pretty: impl Fn(usize) -> String,
+) -> anyhow::Result<()> {
+    use super::Format;
+    match (&out.format, out.pretty) {
+        (Some(Format::Table), _) | (_, true) => {
+            let texts: Vec<String> = (0..found.len()).map(pretty).collect();
+            print!("{}", texts.join("\n"));
+            Ok(())
+        }
+        (Some(Format::Template(t)), false) => {
+            let t = super::listing::Template::parse(t)?;
+            for v in found {
+                println!("{}", t.render(v)?);
+            }
+            Ok(())
+        }
+        (None | Some(Format::Json), false) => print_json(&found),
+    }
+}
+
+/// Fails with the errors of the arguments that were not found, one line.
+pub fn fail_if_any(failed: Vec<String>) -> anyhow::Result<()> {
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{}", failed.join("; "))
+    }
+}
+
+/// Keeps the first 12 characters of an ID unless `--no-trunc`.
+pub fn id(id: &str, no_trunc: bool) -> String {
+    if no_trunc {
+        id.to_string()
+    } else {
+        id.chars().take(12).collect()
+    }
+}
+
 /// A table with left-aligned columns separated by three spaces, as `docker` prints.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::{DaemonArgs, Format, output};
+use super::{DaemonArgs, Format, LogFormat, listing, output};
 use crate::api::client::Client;
 use crate::api::{
     Info, InitRequest, InitResponse, JoinApiRequest, JoinApiResponse, JoinTokenRequest,
@@ -14,10 +14,13 @@ pub(super) fn daemon(runtime: &tokio::runtime::Runtime, args: DaemonArgs) -> Res
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
         .map_err(|e| anyhow::anyhow!("invalid --log-level `{}`: {e}", args.log_level))?;
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     runtime.block_on(daemon::run(DaemonOptions {
         state_dir: args.state_dir,
         listen_addr: args.listen_addr,
@@ -34,8 +37,14 @@ pub(super) fn daemon(runtime: &tokio::runtime::Runtime, args: DaemonArgs) -> Res
 
 pub(super) async fn info(client: &Client, format: Format) -> Result<()> {
     let info: Info = client.get("/v1/info").await?;
-    if format == Format::Json {
-        return output::print_json(&info);
+    match &format {
+        Format::Json => return output::print_json(&info),
+        Format::Template(t) => {
+            let t = listing::Template::parse(t)?;
+            println!("{}", t.render(&serde_json::to_value(&info)?)?);
+            return Ok(());
+        }
+        Format::Table => {}
     }
     println!("Cluster: {}", info.cluster);
     println!(" Node ID: {}", info.node_id);

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+use super::listing::{self, Filters, title};
 use super::node::encode;
-use super::{Format, output};
+use super::{Format, InspectArgs, ListArgs, output};
 use crate::api::client::Client;
 use crate::api::{
     PortBody, ScaleRequest, ServiceModeBody, ServiceRef, ServiceRow, ServiceSpecBody,
@@ -25,35 +26,26 @@ use progress::Watch;
 pub enum ServiceCmd {
     /// Create a service.
     Create(Box<CreateArgs>),
-    /// List services.
-    Ls {
-        /// Only IDs.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
-    /// List the tasks of a service.
+    /// List services (filters: id, name, label, mode).
+    Ls(ListArgs),
+    /// List the tasks of a service (filters: id, name, node, desired-state).
     Ps {
         /// ID, unique ID prefix or name.
         service: String,
-        /// Only IDs.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
+        /// Listing flags.
+        #[command(flatten)]
+        list: ListArgs,
     },
     /// Fetch the logs of a service's tasks (or of one task).
     Logs(Box<logs::LogsArgs>),
-    /// Show a service.
+    /// Show services: a JSON array, one element per argument.
     Inspect {
-        /// ID, unique ID prefix or name.
-        service: String,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
+        /// IDs, unique ID prefixes or names.
+        #[arg(required = true)]
+        services: Vec<String>,
+        /// Output flags.
+        #[command(flatten)]
+        out: InspectArgs,
     },
     /// Set the replica count of services: SERVICE=N...
     Scale {
@@ -255,20 +247,44 @@ pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
             }
             Ok(())
         }
-        ServiceCmd::Ls { quiet, format } => {
-            let rows: Vec<ServiceRow> = client.get("/v1/services").await?;
-            if quiet {
+        ServiceCmd::Ls(list) => {
+            let filters = Filters::parse(&list.filter, &["id", "name", "label", "mode"])?;
+            let all: Vec<ServiceRow> = client.get("/v1/services").await?;
+            let mut rows = Vec::new();
+            for r in all {
+                // Labels are in the spec: read it only when a label filter asks.
+                let labels = if list.filter.iter().any(|f| f.starts_with("label=")) {
+                    let v: serde_json::Value = client
+                        .get(&format!("/v1/services/{}", encode(&r.id)))
+                        .await?;
+                    serde_json::from_value(v["spec"]["labels"].clone()).unwrap_or_default()
+                } else {
+                    BTreeMap::new()
+                };
+                if filters.keep(|k, v| service_matches(&r, &labels, k, v)) {
+                    rows.push(r);
+                }
+            }
+            if list.quiet {
                 rows.iter().for_each(|r| println!("{}", r.id));
                 return Ok(());
             }
-            if format == Format::Json {
-                return output::print_json(&rows);
+            match &list.format {
+                Format::Json => return output::print_json(&rows),
+                Format::Template(t) => {
+                    let docker: Vec<serde_json::Value> = rows
+                        .iter()
+                        .map(|r| docker_service(r, list.no_trunc))
+                        .collect();
+                    return listing::print_template(t, &docker, &service_header());
+                }
+                Format::Table => {}
             }
             let table: Vec<Vec<String>> = rows
                 .iter()
                 .map(|r| {
                     vec![
-                        r.id.chars().take(12).collect(),
+                        output::id(&r.id, list.no_trunc),
                         r.name.clone(),
                         r.mode.clone(),
                         format!("{}/{}", r.running, r.desired_tasks),
@@ -286,47 +302,27 @@ pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
             );
             Ok(())
         }
-        ServiceCmd::Ps {
-            service,
-            quiet,
-            format,
-        } => {
+        ServiceCmd::Ps { service, list } => {
             let rows: Vec<TaskRow> = client
                 .get(&format!("/v1/services/{}/tasks", encode(&service)))
                 .await?;
-            print_tasks(&rows, quiet, format)
+            print_tasks(rows, &list)
         }
         ServiceCmd::Logs(args) => logs::run(client, *args).await,
-        ServiceCmd::Inspect { service, format } => {
-            let v: serde_json::Value = client
-                .get(&format!("/v1/services/{}", encode(&service)))
-                .await?;
-            if format == Format::Json {
-                return output::print_json(&v);
+        ServiceCmd::Inspect { services, out } => {
+            let mut found = Vec::new();
+            let mut failed = Vec::new();
+            for service in &services {
+                match client
+                    .get::<serde_json::Value>(&format!("/v1/services/{}", encode(service)))
+                    .await
+                {
+                    Ok(v) => found.push(v),
+                    Err(e) => failed.push(e.to_string()),
+                }
             }
-            println!("ID:        {}", v["id"].as_str().unwrap_or_default());
-            println!("Name:      {}", v["name"].as_str().unwrap_or_default());
-            println!("Mode:      {}", v["mode"].as_str().unwrap_or_default());
-            if let Some(r) = v["replicas"].as_u64() {
-                println!(" Replicas: {r}");
-            }
-            println!("Running:   {}", v["running"]);
-            println!("Image:     {}", v["image"].as_str().unwrap_or_default());
-            println!("Driver:    {}", v["driver"].as_str().unwrap_or_default());
-            println!("Version:   {}", v["version"]);
-            let ports: Vec<PortBody> =
-                serde_json::from_value(v["ports"].clone()).unwrap_or_default();
-            print!("{}", pretty_ports(&ports));
-            for p in v["publish_problems"].as_array().into_iter().flatten() {
-                println!(
-                    "WARNING: node {} cannot publish port {}: {}",
-                    p["node_id"].as_str().unwrap_or_default(),
-                    p["published"],
-                    p["error"].as_str().unwrap_or_default()
-                );
-            }
-            println!("Spec:\n{}", serde_json::to_string_pretty(&v["spec"])?);
-            Ok(())
+            output::print_inspect(&found, &out, |i| pretty_service(&found[i]))?;
+            output::fail_if_any(failed)
         }
         ServiceCmd::Scale { pairs, detach } => {
             let mut ids = Vec::new();
@@ -404,6 +400,89 @@ pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
     }
 }
 
+/// `service inspect --pretty` of one service.
+fn pretty_service(v: &serde_json::Value) -> String {
+    let mut o = String::new();
+    o.push_str(&format!(
+        "ID:        {}\n",
+        v["id"].as_str().unwrap_or_default()
+    ));
+    o.push_str(&format!(
+        "Name:      {}\n",
+        v["name"].as_str().unwrap_or_default()
+    ));
+    o.push_str(&format!(
+        "Mode:      {}\n",
+        v["mode"].as_str().unwrap_or_default()
+    ));
+    if let Some(r) = v["replicas"].as_u64() {
+        o.push_str(&format!(" Replicas: {r}\n"));
+    }
+    o.push_str(&format!("Running:   {}\n", v["running"]));
+    o.push_str(&format!(
+        "Image:     {}\n",
+        v["image"].as_str().unwrap_or_default()
+    ));
+    o.push_str(&format!(
+        "Driver:    {}\n",
+        v["driver"].as_str().unwrap_or_default()
+    ));
+    o.push_str(&format!("Version:   {}\n", v["version"]));
+    let ports: Vec<PortBody> = serde_json::from_value(v["ports"].clone()).unwrap_or_default();
+    o.push_str(&pretty_ports(&ports));
+    for p in v["publish_problems"].as_array().into_iter().flatten() {
+        o.push_str(&format!(
+            "WARNING: node {} cannot publish port {}: {}\n",
+            p["node_id"].as_str().unwrap_or_default(),
+            p["published"],
+            p["error"].as_str().unwrap_or_default()
+        ));
+    }
+    let spec = serde_json::to_string_pretty(&v["spec"]).unwrap_or_default();
+    o.push_str(&format!("Spec:\n{spec}\n"));
+    o
+}
+
+/// One `service ls` filter: `id` and `name` match a prefix, `label` the spec's labels.
+fn service_matches(
+    r: &ServiceRow,
+    labels: &BTreeMap<String, String>,
+    key: &str,
+    value: &str,
+) -> bool {
+    match key {
+        "id" => r.id.starts_with(value),
+        "name" => r.name.starts_with(value),
+        "mode" => r.mode == value,
+        "label" => listing::label_matches(labels, value),
+        _ => false,
+    }
+}
+
+/// A service under Docker's `--format` field names.
+fn docker_service(r: &ServiceRow, no_trunc: bool) -> serde_json::Value {
+    serde_json::json!({
+        "ID": output::id(&r.id, no_trunc),
+        "Name": r.name,
+        "Mode": r.mode,
+        "Replicas": format!("{}/{}", r.running, r.desired_tasks),
+        "Image": r.image,
+        "Ports": ports(&r.ports),
+    })
+}
+
+/// The column titles of `service ls --format 'table ...'`.
+fn service_header() -> serde_json::Value {
+    serde_json::json!({
+        "ID": "ID",
+        "Name": "NAME",
+        "Mode": "MODE",
+        "Replicas": "REPLICAS",
+        "Image": "IMAGE",
+        "Ports": "PORTS",
+    })
+}
+
 /// The PORTS cell of `service ls`, as Docker's: `*:8080->80/tcp, *:8443->443/tcp`.
 fn ports(p: &[PortBody]) -> String {
     p.iter()
@@ -431,39 +510,130 @@ fn pretty_ports(ports: &[PortBody]) -> String {
     out
 }
 
+/// The NAME of a task: `web.2`, or `web.NODEID` for a global task.
+fn task_name(r: &TaskRow) -> String {
+    match r.slot {
+        Some(s) => format!("{}.{s}", r.service),
+        None => format!("{}.{}", r.service, r.node_id.as_deref().unwrap_or("")),
+    }
+}
+
+/// One `service ps` / `node ps` filter: `id` and `name` match a prefix, `node` a node ID
+/// prefix or a hostname.
+fn task_matches(r: &TaskRow, key: &str, value: &str) -> bool {
+    match key {
+        "id" => r.id.starts_with(value),
+        "name" => task_name(r).starts_with(value),
+        "node" => {
+            r.node.as_deref() == Some(value)
+                || r.node_id.as_deref().is_some_and(|n| n.starts_with(value))
+        }
+        "desired-state" => r.desired_state == value,
+        _ => false,
+    }
+}
+
+/// The tasks as Docker orders them: by service and slot, the newest attempt first, and the
+/// older attempts' NAME as `\_ web.1`.
+fn history(mut rows: Vec<TaskRow>) -> Vec<(String, TaskRow)> {
+    rows.sort_by(|a, b| {
+        (
+            &a.service,
+            a.slot,
+            &a.node_id,
+            std::cmp::Reverse(&a.created_at),
+        )
+            .cmp(&(
+                &b.service,
+                b.slot,
+                &b.node_id,
+                std::cmp::Reverse(&b.created_at),
+            ))
+            .then(b.attempt.cmp(&a.attempt))
+    });
+    let mut out: Vec<(String, TaskRow)> = Vec::with_capacity(rows.len());
+    for r in rows {
+        let name = task_name(&r);
+        let older = out
+            .last()
+            .is_some_and(|(_, p)| p.service == r.service && task_name(p) == name);
+        out.push((if older { format!("\\_ {name}") } else { name }, r));
+    }
+    out
+}
+
+/// The ERROR cell: the error and a non-zero exit code.
+fn task_error(r: &TaskRow, no_trunc: bool) -> String {
+    let mut error = r.error.clone().unwrap_or_default();
+    if let Some(code) = r.exit_code.filter(|c| *c != 0 && !error.contains("code")) {
+        error = if error.is_empty() {
+            format!("exit code {code}")
+        } else {
+            format!("{error} (exit code {code})")
+        };
+    }
+    if !no_trunc && error.chars().count() > 60 {
+        error = error.chars().take(59).chain(['…']).collect();
+    }
+    error
+}
+
 /// Prints tasks as `service ps` / `node ps` do.
-pub(super) fn print_tasks(rows: &[TaskRow], quiet: bool, format: Format) -> Result<()> {
-    if quiet {
+pub(super) fn print_tasks(rows: Vec<TaskRow>, list: &ListArgs) -> Result<()> {
+    let filters = Filters::parse(&list.filter, &["id", "name", "node", "desired-state"])?;
+    let rows: Vec<TaskRow> = rows
+        .into_iter()
+        .filter(|r| filters.keep(|k, v| task_matches(r, k, v)))
+        .collect();
+    if list.quiet {
         rows.iter().for_each(|r| println!("{}", r.id));
         return Ok(());
     }
-    if format == Format::Json {
+    if list.format == Format::Json {
         return output::print_json(&rows);
     }
-    let table: Vec<Vec<String>> = rows
+    let now = std::time::SystemTime::now();
+    let lines = history(rows);
+    if let Format::Template(t) = &list.format {
+        let docker: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|(name, r)| {
+                serde_json::json!({
+                    "ID": output::id(&r.id, list.no_trunc),
+                    "Name": name,
+                    "Image": r.image,
+                    "Node": r.node.clone().unwrap_or_default(),
+                    "DesiredState": title(&r.desired_state),
+                    "CurrentState": listing::state_since(&r.state, &r.updated_at, now),
+                    "Error": task_error(r, list.no_trunc),
+                    "Version": r.version,
+                })
+            })
+            .collect();
+        let header = serde_json::json!({
+            "ID": "ID",
+            "Name": "NAME",
+            "Image": "IMAGE",
+            "Node": "NODE",
+            "DesiredState": "DESIRED STATE",
+            "CurrentState": "CURRENT STATE",
+            "Error": "ERROR",
+            "Version": "VERSION",
+        });
+        return listing::print_template(t, &docker, &header);
+    }
+    let table: Vec<Vec<String>> = lines
         .iter()
-        .map(|r| {
-            let name = match r.slot {
-                Some(s) => format!("{}.{s}", r.service),
-                None => format!("{}.{}", r.service, r.node_id.as_deref().unwrap_or("")),
-            };
-            let mut error = r.error.clone().unwrap_or_default();
-            if let Some(code) = r.exit_code.filter(|c| *c != 0 && !error.contains("code")) {
-                error = if error.is_empty() {
-                    format!("exit code {code}")
-                } else {
-                    format!("{error} (exit code {code})")
-                };
-            }
+        .map(|(name, r)| {
             vec![
-                r.id.chars().take(12).collect(),
-                name,
+                output::id(&r.id, list.no_trunc),
+                name.clone(),
                 r.image.clone(),
                 r.version.to_string(),
                 r.node.clone().unwrap_or_default(),
                 title(&r.desired_state),
-                title(&r.state),
-                error,
+                listing::state_since(&r.state, &r.updated_at, now),
+                task_error(r, list.no_trunc),
             ]
         })
         .collect();
@@ -484,13 +654,6 @@ pub(super) fn print_tasks(rows: &[TaskRow], quiet: bool, format: Format) -> Resu
         )
     );
     Ok(())
-}
-
-fn title(word: &str) -> String {
-    let mut c = word.chars();
-    c.next()
-        .map(|f| f.to_uppercase().chain(c).collect())
-        .unwrap_or_default()
 }
 
 /// Waits until every wanted task of the service runs, printing progress as Docker
