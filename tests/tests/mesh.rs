@@ -223,6 +223,28 @@ fn create_httpd(m: &Daemon, name: &str, replicas: usize, port: u16, extra: &[&st
     m.ok(&args).map(drop)
 }
 
+/// Creates `echo`: `replicas` `mesh-echo` tasks on the process driver (2 s stop grace), with
+/// the service `flags` (publishing, constraints) and the program's own `args`.
+fn create_echo(m: &Daemon, replicas: usize, flags: &[&str], args: &[&str]) -> Result<()> {
+    let replicas = replicas.to_string();
+    let mut cmd = vec![
+        "service",
+        "create",
+        "--name",
+        "echo",
+        "--driver",
+        "process",
+        "--replicas",
+        &replicas,
+        "--stop-grace-period",
+        "2s",
+    ];
+    cmd.extend(flags);
+    cmd.push(MESH_ECHO);
+    cmd.extend(args);
+    m.ok(&cmd).map(drop)
+}
+
 /// Sends `rounds` requests to each of `nodes`' published `port`; every one must answer 200.
 /// Returns, per node, the bodies (trimmed) in order.
 fn rounds(nodes: &[&Daemon], port: u16, rounds: usize) -> Result<Vec<Vec<HttpReply>>> {
@@ -723,21 +745,7 @@ fn a_process_driver_service_is_served_from_every_node() -> Result<()> {
     let nodes = [&ms[0], &ws[0], &ws[1]];
     let before = counters(&nodes)?;
     let publish = format!("{PORT}:80");
-    m.ok(&[
-        "service",
-        "create",
-        "--name",
-        "echo",
-        "--driver",
-        "process",
-        "--replicas",
-        "3",
-        "--stop-grace-period",
-        "2s",
-        "-p",
-        &publish,
-        MESH_ECHO,
-    ])?;
+    create_echo(m, 3, &["-p", &publish], &[])?;
     let rows = wait_running(m, "echo", 3, false)?;
     ensure!(
         task_nodes(&rows).len() == 3,
@@ -790,23 +798,12 @@ fn workers_keep_serving_from_their_last_table_while_no_manager_answers() -> Resu
     let (mut ms, ws) = start_cluster_from("mg-", 95, 1, 1, 2)?;
     let m = &ms[0];
     let publish = format!("{PORT}:80");
-    m.ok(&[
-        "service",
-        "create",
-        "--name",
-        "echo",
-        "--driver",
-        "process",
-        "--replicas",
-        "2",
-        "--constraint",
-        "node.role==worker",
-        "--stop-grace-period",
-        "2s",
-        "-p",
-        &publish,
-        MESH_ECHO,
-    ])?;
+    create_echo(
+        m,
+        2,
+        &["--constraint", "node.role==worker", "-p", &publish],
+        &[],
+    )?;
     let rows = wait_running(m, "echo", 2, false)?;
     let ids = task_ids(&rows);
     let workers = [&ws[0], &ws[1]];
@@ -864,24 +861,12 @@ fn a_proxy_v2_task_sees_the_clients_address_through_local_and_remote_paths() -> 
     let w = &ws[0];
     let publish = format!("published={PORT},target=80,proxy-protocol=v2");
     let pin = format!("node.hostname=={}", m.name);
-    m.ok(&[
-        "service",
-        "create",
-        "--name",
-        "echo",
-        "--driver",
-        "process",
-        "--replicas",
-        "1",
-        "--stop-grace-period",
-        "2s",
-        "--constraint",
-        &pin,
-        "--publish",
-        &publish,
-        MESH_ECHO,
-        "--proxy-v2",
-    ])?;
+    create_echo(
+        m,
+        1,
+        &["--constraint", &pin, "--publish", &publish],
+        &["--proxy-v2"],
+    )?;
     let rows = wait_running(m, "echo", 1, false)?;
     ensure!(
         rows[0]["node"] == m.name.as_str(),
@@ -1003,23 +988,7 @@ fn hostile_mesh_streams_connect_nothing() -> Result<()> {
     let w = &ws[0];
     let publish = format!("{PORT}:80");
     let pin = format!("node.hostname=={}", m.name);
-    m.ok(&[
-        "service",
-        "create",
-        "--name",
-        "echo",
-        "--driver",
-        "process",
-        "--replicas",
-        "1",
-        "--stop-grace-period",
-        "2s",
-        "--constraint",
-        &pin,
-        "-p",
-        &publish,
-        MESH_ECHO,
-    ])?;
+    create_echo(m, 1, &["--constraint", &pin, "-p", &publish], &[])?;
     let rows = wait_running(m, "echo", 1, false)?;
     let task = rows[0]["id"].as_str().context("task id")?.to_string();
     ensure!(
