@@ -107,6 +107,7 @@ pub async fn serve_session(
     }
     let _ = &hello.node_id;
     debug!(node = %node_id, "worker session opened");
+    let _open = crate::metrics::global().session_opened();
     // Capacity and drivers are reported on every session: record them when they changed.
     let changed = manager.read_local(|s| {
         s.nodes.get(&node_id).is_some_and(|n| {

@@ -184,36 +184,63 @@ pub(crate) fn mint(
 
 /// Checks a token presented to a manager: signature, cluster, generation, expiry.
 /// Returns the role it admits.
+#[cfg(test)]
 pub(crate) fn check_token(
     token: &str,
     cluster: &ClusterRecord,
     now_secs: u64,
 ) -> Result<Role, String> {
-    let token = JoinToken::parse(token).map_err(|e| e.to_string())?;
-    let ca_key = pki::public_key_from_cert(&cluster.ca_cert_der).map_err(|e| e.to_string())?;
-    token.verify_signature(&ca_key).map_err(|e| e.to_string())?;
+    check_token_why(token, cluster, now_secs).map_err(|(_, message)| message)
+}
+
+/// [`check_token`], with the reason of a refusal as the metrics name it
+/// ([`crate::metrics::refusal`]).
+fn check_token_why(
+    token: &str,
+    cluster: &ClusterRecord,
+    now_secs: u64,
+) -> Result<Role, (&'static str, String)> {
+    use crate::metrics::refusal;
+    let bad = |e: String| (refusal::BAD_TOKEN, e);
+    let token = JoinToken::parse(token).map_err(|e| bad(e.to_string()))?;
+    let ca_key =
+        pki::public_key_from_cert(&cluster.ca_cert_der).map_err(|e| bad(e.to_string()))?;
+    token
+        .verify_signature(&ca_key)
+        .map_err(|e| bad(e.to_string()))?;
     let p = &token.payload;
     if p.cluster_id != cluster.id {
-        return Err("this join token is for another cluster".into());
+        return Err((
+            refusal::OTHER_CLUSTER,
+            "this join token is for another cluster".into(),
+        ));
     }
     let (role, current) = match p.role {
         TokenRole::Worker => (Role::Worker, cluster.worker_token_generation),
         TokenRole::Manager => (Role::Manager, cluster.manager_token_generation),
     };
     if p.generation != current {
-        return Err(format!(
-            "this {} join token has been rotated: get the current one with `shoal join-token {}` on a manager",
-            role.as_str(),
-            role.as_str()
+        return Err((
+            refusal::ROTATED,
+            format!(
+                "this {} join token has been rotated: get the current one with `shoal join-token {}` on a manager",
+                role.as_str(),
+                role.as_str()
+            ),
         ));
     }
     if let Some(exp) = p.expires_at
         && now_secs > exp.saturating_add(EXPIRY_SLACK_SECS)
     {
-        return Err(format!(
-            "this join token expired at {}: get a new one with `shoal join-token {}`",
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(exp)),
-            role.as_str()
+        return Err((
+            refusal::EXPIRED,
+            format!(
+                "this join token expired at {}: get a new one with `shoal join-token {}`",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_secs(exp)
+                ),
+                role.as_str()
+            ),
         ));
     }
     Ok(role)
@@ -375,41 +402,53 @@ pub(crate) async fn request_join(
 pub(crate) async fn serve(node: &Node, req: JoinRequest, conn: &quinn::Connection) -> JoinResponse {
     let admitted = match check_proof(&req, conn) {
         Ok(()) => admit(node, req).await,
-        Err(e) => Err(e),
+        Err(e) => Err((crate::metrics::refusal::PROOF, e)),
     };
     match admitted {
-        Ok(a) => JoinResponse::Accepted(a),
-        Err(reason) => {
+        Ok(a) => {
+            crate::metrics::global().join_admitted();
+            JoinResponse::Accepted(a)
+        }
+        Err((why, reason)) => {
+            crate::metrics::global().join_refused(why);
             info!(%reason, "join refused");
             JoinResponse::Refused(reason)
         }
     }
 }
 
-async fn admit(node: &Node, req: JoinRequest) -> Result<JoinAccepted, String> {
+async fn admit(node: &Node, req: JoinRequest) -> Result<JoinAccepted, (&'static str, String)> {
+    use crate::metrics::refusal;
+    let not_manager = |m: &str| (refusal::NOT_MANAGER, m.to_string());
     let manager = node.manager_opt().await.ok_or_else(|| {
-        "this node is not a manager of a cluster: join through a manager's address".to_string()
+        not_manager("this node is not a manager of a cluster: join through a manager's address")
     })?;
     let cluster = manager
         .read_local(|s| s.cluster.clone())
-        .ok_or_else(|| "the cluster is not initialized".to_string())?;
-    let role = check_token(&req.token, &cluster, now_ms() / 1000)?;
-    let record = record_for(&req, role, now_ms())?;
+        .ok_or_else(|| not_manager("the cluster is not initialized"))?;
+    let role = check_token_why(&req.token, &cluster, now_ms() / 1000)?;
+    let record = record_for(&req, role, now_ms()).map_err(|e| (refusal::BAD_REQUEST, e))?;
     if record.id == node.node_id {
-        return Err("a node cannot join the cluster it manages".into());
+        return Err((
+            refusal::BAD_REQUEST,
+            "a node cannot join the cluster it manages".into(),
+        ));
     }
     // The state machine has the last word (AdmitNode refuses removed keys and live
     // records); checking here first gives the joiner the reason without a Raft write.
-    manager.read_local(|s| crate::manager::state::admission(s, &record))?;
+    manager
+        .read_local(|s| crate::manager::state::admission(s, &record))
+        .map_err(|e| (refusal::ADMISSION, e))?;
     let id = record.id.clone();
+    let internal = |e: String| (refusal::INTERNAL, e);
     node.propose(Command::AdmitNode(record))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| internal(e.to_string()))?;
     let ca = ClusterCa::from_der(&cluster.ca_cert_der, &cluster.ca_key_der)
-        .map_err(|e| format!("cannot load the cluster CA: {e}"))?;
+        .map_err(|e| internal(format!("cannot load the cluster CA: {e}")))?;
     let node_cert = node
         .issue_cert(&ca, &req.public_key)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| internal(e.to_string()))?;
     info!(node = %id, hostname = %req.hostname, role = role.as_str(), "node joined");
     Ok(JoinAccepted {
         cluster_id: cluster.id.clone(),

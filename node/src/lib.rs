@@ -17,6 +17,7 @@ mod liveness;
 pub mod logs;
 pub mod manager;
 pub mod mesh;
+pub mod metrics;
 pub mod net;
 mod peer;
 pub mod pki;

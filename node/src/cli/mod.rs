@@ -186,6 +186,9 @@ pub struct DaemonArgs {
     /// address. Several nodes on one machine each take their own (127.0.0.x).
     #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
     pub publish_addr: std::net::IpAddr,
+    /// Serve Prometheus metrics at http://IP:PORT/metrics (off by default).
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// `shoal node ...`.

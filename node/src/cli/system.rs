@@ -32,6 +32,7 @@ pub(super) fn daemon(runtime: &tokio::runtime::Runtime, args: DaemonArgs) -> Res
         drivers: args.drivers,
         cert_expiry: args.cert_expiry,
         publish_addr: args.publish_addr,
+        metrics_addr: args.metrics_addr,
     }))
 }
 

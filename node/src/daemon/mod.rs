@@ -60,6 +60,8 @@ pub struct DaemonOptions {
     pub cert_expiry: Duration,
     /// Where published ports listen (`--publish-addr`).
     pub publish_addr: std::net::IpAddr,
+    /// Where to serve Prometheus metrics (`--metrics-addr`), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The task drivers this machine offers: `process` always, `docker` when an engine
@@ -203,6 +205,10 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
             .is_none_or(|d| d.iter().any(|x| x == "docker")),
         state_dir,
     });
+    // Bound before the cluster resumes: a taken port stops the daemon before it does anything.
+    if let Some(addr) = opts.metrics_addr {
+        crate::metrics::serve(node.clone(), addr).await?;
+    }
     if let Some(cluster) = saved.cluster.clone() {
         node.resume(cluster).await?;
     }

@@ -286,7 +286,10 @@ impl Actor {
             let _ = tx.send(Internal::OpDone { task_id, outcome });
             return;
         };
+        let name = op.name();
+        let driver_name = driver_name.to_owned();
         tokio::spawn(async move {
+            let began = tokio::time::Instant::now();
             if drain {
                 tokio::time::sleep(MESH_DRAIN).await;
             }
@@ -303,6 +306,7 @@ impl Actor {
                     Err(e) => Outcome::Failed(e.to_string()),
                 },
             };
+            crate::metrics::global().reconciled(name, &driver_name, began.elapsed());
             let _ = tx.send(Internal::OpDone { task_id, outcome });
         });
     }
