@@ -203,8 +203,7 @@ fn check_token_why(
     use crate::metrics::refusal;
     let bad = |e: String| (refusal::BAD_TOKEN, e);
     let token = JoinToken::parse(token).map_err(|e| bad(e.to_string()))?;
-    let ca_key =
-        pki::public_key_from_cert(&cluster.ca_cert_der).map_err(|e| bad(e.to_string()))?;
+    let ca_key = pki::public_key_from_cert(&cluster.ca_cert_der).map_err(|e| bad(e.to_string()))?;
     token
         .verify_signature(&ca_key)
         .map_err(|e| bad(e.to_string()))?;
@@ -236,9 +235,7 @@ fn check_token_why(
             refusal::EXPIRED,
             format!(
                 "this join token expired at {}: get a new one with `shoal join-token {}`",
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + Duration::from_secs(exp)
-                ),
+                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(exp)),
                 role.as_str()
             ),
         ));

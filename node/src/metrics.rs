@@ -424,10 +424,11 @@ pub async fn serve(node: Arc<Node>, addr: SocketAddr) -> Result<()> {
             };
             let node = node.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let node = node.clone();
-                    async move { Ok::<_, std::convert::Infallible>(answer(&node, &req).await) }
-                });
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let node = node.clone();
+                        async move { Ok::<_, std::convert::Infallible>(answer(&node, &req).await) }
+                    });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
@@ -475,7 +476,10 @@ mod tests {
         assert_eq!(quorum_index(&[Some(7)]), Some(7));
         assert_eq!(quorum_index(&[Some(9), Some(5), None]), Some(5));
         assert_eq!(quorum_index(&[Some(9), None, None]), None);
-        assert_eq!(quorum_index(&[Some(9), Some(8), Some(3), Some(1), None]), Some(3));
+        assert_eq!(
+            quorum_index(&[Some(9), Some(8), Some(3), Some(1), None]),
+            Some(3)
+        );
         assert_eq!(quorum_index(&[Some(4), Some(4)]), Some(4));
         assert_eq!(quorum_index(&[Some(4), Some(2)]), Some(2));
     }
