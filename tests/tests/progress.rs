@@ -143,7 +143,7 @@ fn raw_get(socket: &Path, path: &str, deadline: Duration) -> Result<(u16, String
         .with_context(|| format!("no status in {head:?}"))?;
     let chunked = head
         .lines()
-        .any(|l| l.to_ascii_lowercase() == "transfer-encoding: chunked");
+        .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
     if !chunked {
         return Ok((status, body.to_string()));
     }
@@ -491,6 +491,10 @@ fn the_cli_follows_again_when_the_leader_changes() -> Result<()> {
         cli.try_output()?.is_none(),
         "the update command ended early"
     );
+    // Mid-update (the second slot waits out the delay): the end can only come from the
+    // next leader.
+    let i = f.inspect(&["service", "inspect", "web"])?;
+    ensure!(i["update_status"]["state"] == "updating", "{i}");
     ms[0].kill9();
     let out = cli.wait(Duration::from_secs(120))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
