@@ -5,6 +5,7 @@
 //! `api::progress`); this only prints what it is sent, and asks again when the stream breaks
 //! (the leader changed).
 
+use std::cell::Cell;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
@@ -13,14 +14,17 @@ use hyper::Method;
 
 use super::super::node::encode;
 use crate::api::client::{Client, ClientError};
-use crate::api::progress::ProgressMessage;
 pub use crate::api::progress::Watch;
+use crate::api::progress::{ALIVE_EVERY_MS, ProgressMessage};
 
 /// How long the CLI keeps asking again after the stream broke before it gives up.
 const RECONNECT_WITHIN: Duration = Duration::from_secs(30);
 
 /// The pause between two attempts.
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+
+/// A stream silent this long (three missed `alive` messages) is taken as broken.
+const SILENCE_LIMIT: Duration = Duration::from_millis(3 * ALIVE_EVERY_MS);
 
 /// Prints frames: redrawn in place on a terminal; otherwise only the lines that changed.
 struct Printer {
@@ -64,7 +68,7 @@ enum Ended {
 /// Follows service `id` (called `name`) until the daemon says the command's `watch`
 /// converged (Ok: `verify: Service converged`) or why it did not (Err, one line). No overall
 /// timeout, as Docker. A stream that breaks without its end (the leader changed) is asked
-/// for again, for up to [`RECONNECT_WITHIN`].
+/// for again, for up to [`RECONNECT_WITHIN`]; so is one silent for [`SILENCE_LIMIT`].
 pub async fn follow(client: &Client, id: &str, name: &str, watch: Watch) -> Result<()> {
     let mut printer = Printer {
         tty: std::io::stdout().is_terminal(),
@@ -75,31 +79,44 @@ pub async fn follow(client: &Client, id: &str, name: &str, watch: Watch) -> Resu
     let mut broken_since: Option<Instant> = None;
     loop {
         let mut ended: Option<Ended> = None;
-        let result = client
-            .stream::<()>(Method::GET, &path, None, |v| {
-                connected = true;
-                match serde_json::from_value::<ProgressMessage>(v) {
-                    Ok(ProgressMessage::Progress { lines, .. }) => {
-                        printer.show(&lines);
-                        broken_since = None;
-                        true
-                    }
-                    Ok(ProgressMessage::Alive | ProgressMessage::Other) => true,
-                    Ok(ProgressMessage::End { converged, error }) => {
-                        ended = Some(Ended::End(if converged {
-                            Ok(())
-                        } else {
-                            Err(error.unwrap_or_else(|| format!("service {name} did not converge")))
-                        }));
-                        false
-                    }
-                    Err(e) => {
-                        ended = Some(Ended::Bad(e.to_string()));
-                        false
-                    }
+        let heard = Cell::new(Instant::now());
+        let stream = client.stream::<()>(Method::GET, &path, None, |v| {
+            heard.set(Instant::now());
+            connected = true;
+            match serde_json::from_value::<ProgressMessage>(v) {
+                Ok(ProgressMessage::Progress { lines, .. }) => {
+                    printer.show(&lines);
+                    broken_since = None;
+                    true
                 }
-            })
-            .await;
+                Ok(ProgressMessage::Alive | ProgressMessage::Other) => true,
+                Ok(ProgressMessage::End { converged, error }) => {
+                    ended = Some(Ended::End(if converged {
+                        Ok(())
+                    } else {
+                        Err(error.unwrap_or_else(|| format!("service {name} did not converge")))
+                    }));
+                    false
+                }
+                Err(e) => {
+                    ended = Some(Ended::Bad(e.to_string()));
+                    false
+                }
+            }
+        });
+        let silence = async {
+            loop {
+                let left = SILENCE_LIMIT.saturating_sub(heard.get().elapsed());
+                if left.is_zero() {
+                    return;
+                }
+                tokio::time::sleep(left).await;
+            }
+        };
+        let result = tokio::select! {
+            r = stream => Some(r),
+            () = silence => None,
+        };
         match ended {
             Some(Ended::End(Ok(()))) => {
                 println!("verify: Service converged");
@@ -112,13 +129,14 @@ pub async fn follow(client: &Client, id: &str, name: &str, watch: Watch) -> Resu
             None => {}
         }
         let why = match result {
+            None => format!("nothing heard for {}s", SILENCE_LIMIT.as_secs()),
             // The first answer's errors (unknown service, bad query) are the command's.
-            Err(e) if !connected => return Err(e.into()),
-            Err(ClientError::Api { status: 404, .. }) => {
+            Some(Err(e)) if !connected => return Err(e.into()),
+            Some(Err(ClientError::Api { status: 404, .. })) => {
                 bail!("service {name} was removed while it was followed")
             }
-            Err(e) => e.to_string(),
-            Ok(()) => "the stream ended early".to_string(),
+            Some(Err(e)) => e.to_string(),
+            Some(Ok(())) => "the stream ended early".to_string(),
         };
         let since = *broken_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= RECONNECT_WITHIN {
@@ -128,5 +146,125 @@ pub async fn follow(client: &Client, id: &str, name: &str, watch: Watch) -> Resu
             );
         }
         tokio::time::sleep(RECONNECT_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::api::server::{ApiError, Reply, serve};
+
+    /// A fake daemon whose `n`-th progress request (from 0) is answered by `answer(n)`.
+    async fn with_daemon<F>(answer: F, check: impl AsyncFnOnce(Client)) -> usize
+    where
+        F: Fn(usize) -> Result<Vec<serde_json::Value>, ApiError> + Send + Sync + 'static,
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let answer = Arc::new(answer);
+        let counted = calls.clone();
+        let server = tokio::spawn(serve(listener, stop_rx, move |req| {
+            let answer = answer.clone();
+            let calls = counted.clone();
+            async move {
+                assert_eq!(
+                    req.route(),
+                    ["v1", "services", "svc1", "progress"],
+                    "{req:?}"
+                );
+                assert_eq!(req.query.get("watch").map(String::as_str), Some("update"));
+                assert_eq!(req.query.get("version").map(String::as_str), Some("2"));
+                let values = answer(calls.fetch_add(1, Ordering::SeqCst))?;
+                let (tx, rx) = tokio::sync::mpsc::channel(values.len().max(1));
+                for v in values {
+                    tx.send(v).await.ok();
+                }
+                Ok(Reply::Stream(rx))
+            }
+        }));
+        check(Client::new(&sock)).await;
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+        calls.load(Ordering::SeqCst)
+    }
+
+    fn progress(k: u64) -> serde_json::Value {
+        serde_json::json!({
+            "type": "progress", "completed": k, "total": 2, "slots": [],
+            "lines": [format!("overall progress: {k} out of 2 tasks")],
+        })
+    }
+
+    const WATCH: Watch = Watch::Update { version: 2 };
+
+    #[tokio::test]
+    async fn a_stream_that_breaks_is_followed_again_until_its_end() {
+        let calls = with_daemon(
+            |n| {
+                Ok(match n {
+                    0 => vec![progress(0), progress(1)],
+                    _ => vec![
+                        progress(1),
+                        serde_json::json!({"type": "alive"}),
+                        serde_json::json!({"type": "something-newer"}),
+                        progress(2),
+                        serde_json::json!({"type": "end", "converged": true}),
+                    ],
+                })
+            },
+            async |client| follow(&client, "svc1", "web", WATCH).await.unwrap(),
+        )
+        .await;
+        assert_eq!(calls, 2);
+    }
+
+    #[tokio::test]
+    async fn the_end_says_why_in_one_line() {
+        with_daemon(
+            |_| {
+                Ok(vec![
+                    progress(0),
+                    serde_json::json!({"type": "end", "converged": false, "error": "update paused: task x failed"}),
+                ])
+            },
+            async |client| {
+                let e = follow(&client, "svc1", "web", WATCH).await.unwrap_err();
+                assert_eq!(format!("{e:#}"), "update paused: task x failed");
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn errors_before_the_stream_are_the_commands_and_a_404_later_is_a_removal() {
+        let calls = with_daemon(
+            |_| Err(ApiError::not_found("no such service: svc1")),
+            async |client| {
+                let e = follow(&client, "svc1", "web", WATCH).await.unwrap_err();
+                assert_eq!(format!("{e:#}"), "no such service: svc1");
+            },
+        )
+        .await;
+        assert_eq!(calls, 1, "not asked again");
+        with_daemon(
+            |n| match n {
+                0 => Ok(vec![progress(0)]),
+                _ => Err(ApiError::not_found("no such service: svc1")),
+            },
+            async |client| {
+                let e = follow(&client, "svc1", "web", WATCH).await.unwrap_err();
+                assert_eq!(
+                    format!("{e:#}"),
+                    "service web was removed while it was followed"
+                );
+            },
+        )
+        .await;
     }
 }
