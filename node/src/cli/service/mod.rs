@@ -1,6 +1,6 @@
 //! `service create | ls | ps | inspect | scale | update | rollback | rm`; `update` and the
-//! flags it shares with `create` are in [`update`], following create, scale, update and rollback (the daemon's progress stream) in
-//! [`progress`].
+//! flags it shares with `create` are in [`update`]; following create, scale, update and
+//! rollback (the daemon's progress stream) in [`progress`].
 
 mod logs;
 mod progress;
