@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod events;
+pub mod progress;
 pub mod server;
 pub mod services;
 pub mod types;

@@ -1,6 +1,7 @@
 //! The control API's route table and write path, and the node and cluster handlers
 //! (`info`, `node …`, `join-token`); the service and task handlers are in `services`.
 
+mod progress;
 mod services;
 
 use std::sync::Arc;
@@ -116,6 +117,9 @@ impl Node {
             }
             (&Method::GET, ["v1", "services", reference, "logs"]) => {
                 crate::logs::serve_api(self.clone(), self.manager().await?, reference, &req).await
+            }
+            (&Method::GET, ["v1", "services", reference, "progress"]) => {
+                self.service_progress(reference, &req).await
             }
             (&Method::POST, ["v1", "services", reference, "scale"]) => {
                 Reply::json(&self.service_scale(reference, &req).await?)

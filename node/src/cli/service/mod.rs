@@ -1,13 +1,12 @@
 //! `service create | ls | ps | inspect | scale | update | rollback | rm`; `update` and the
-//! flags it shares with `create` are in [`update`], following an update in [`progress`].
+//! flags it shares with `create` are in [`update`]; following create, scale, update and
+//! rollback (the daemon's progress stream) in [`progress`].
 
 mod logs;
 mod progress;
 mod update;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
@@ -243,7 +242,7 @@ pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
             let created: ServiceRef = client.post("/v1/services", &spec).await?;
             println!("{}", created.id);
             if !args.detach {
-                wait_converged(client, &created.id).await?;
+                progress::follow(client, &created.id, &created.name, Watch::Create).await?;
             }
             Ok(())
         }
@@ -340,11 +339,11 @@ pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
                     )
                     .await?;
                 println!("{} scaled to {replicas}", r.name);
-                ids.push(r.id);
+                ids.push(r);
             }
             if !detach {
-                for id in ids {
-                    wait_converged(client, &id).await?;
+                for r in ids {
+                    progress::follow(client, &r.id, &r.name, Watch::Scale).await?;
                 }
             }
             Ok(())
@@ -361,11 +360,12 @@ pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
             if args.detach {
                 return Ok(());
             }
-            if r.rolling {
-                progress::follow(client, &r.id, Watch::Update { version: r.version }).await
+            let watch = if r.rolling {
+                Watch::Update { version: r.version }
             } else {
-                wait_converged(client, &r.id).await
-            }
+                Watch::Scale
+            };
+            progress::follow(client, &r.id, &r.name, watch).await
         }
         ServiceCmd::Rollback { detach, service } => {
             let r: ServiceUpdateResponse = client
@@ -378,7 +378,8 @@ pub(super) async fn run(client: &Client, cmd: ServiceCmd) -> Result<()> {
             if detach {
                 return Ok(());
             }
-            progress::follow(client, &r.id, Watch::Rollback { version: r.version }).await
+            let watch = Watch::Rollback { version: r.version };
+            progress::follow(client, &r.id, &r.name, watch).await
         }
         ServiceCmd::Rm { services } => {
             let mut failed = Vec::new();
@@ -654,52 +655,6 @@ pub(super) fn print_tasks(rows: Vec<TaskRow>, list: &ListArgs) -> Result<()> {
         )
     );
     Ok(())
-}
-
-/// Waits until every wanted task of the service runs, printing progress as Docker
-/// does: one line per slot and the overall count, then "verify: Service converged".
-async fn wait_converged(client: &Client, id: &str) -> Result<()> {
-    let mut last = String::new();
-    let mut converged_since: Option<Instant> = None;
-    loop {
-        let service: ServiceRow = client.get(&format!("/v1/services/{id}")).await?;
-        let tasks: Vec<TaskRow> = client.get(&format!("/v1/services/{id}/tasks")).await?;
-        let wanted: Vec<&TaskRow> = tasks
-            .iter()
-            .filter(|t| t.desired_state == "running")
-            .collect();
-        let mut lines = Vec::new();
-        let total = service.desired_tasks;
-        let running = wanted.iter().filter(|t| t.state == "running").count() as u64;
-        lines.push(format!("overall progress: {running} out of {total} tasks"));
-        for (i, t) in wanted.iter().enumerate() {
-            let label = match t.slot {
-                Some(s) => format!("{s}/{total}"),
-                None => format!("{}/{total}", i + 1),
-            };
-            let detail = match (&t.state[..], &t.error) {
-                ("pending", Some(e)) => format!("pending: {e}"),
-                (s, _) => s.to_string(),
-            };
-            lines.push(format!("{label}: {detail}"));
-        }
-        let block = lines.join("\n");
-        if block != last {
-            println!("{block}");
-            let _ = std::io::stdout().flush();
-            last = block;
-        }
-        if running == total && wanted.len() as u64 == total {
-            let since = *converged_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= Duration::from_secs(2) {
-                println!("verify: Service converged");
-                return Ok(());
-            }
-        } else {
-            converged_since = None;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 #[cfg(test)]

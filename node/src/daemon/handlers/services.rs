@@ -94,20 +94,24 @@ impl Node {
         .await?
         .map_err(ApiError::not_found)
         .map(|(id, mut rows)| {
-            // A node that cannot listen on one of the service's ports says so on the
-            // service's running tasks there (as Docker shows a host-port conflict).
-            for (node, p) in self.publish_problems_of(&id) {
-                for row in &mut rows {
-                    if row.node_id.as_deref() == Some(node.as_str())
-                        && row.desired_state == "running"
-                        && row.error.is_none()
-                    {
-                        row.error = Some(format!("port {}: {}", p.published, p.error));
-                    }
-                }
-            }
+            self.add_publish_problems(&id, &mut rows);
             rows
         })
+    }
+
+    /// A node that cannot listen on one of service `id`'s ports says so on the service's
+    /// running tasks there (as Docker shows a host-port conflict).
+    pub(super) fn add_publish_problems(&self, id: &str, rows: &mut [TaskRow]) {
+        for (node, p) in self.publish_problems_of(id) {
+            for row in rows.iter_mut() {
+                if row.node_id.as_deref() == Some(node.as_str())
+                    && row.desired_state == "running"
+                    && row.error.is_none()
+                {
+                    row.error = Some(format!("port {}: {}", p.published, p.error));
+                }
+            }
+        }
     }
 
     /// `POST /v1/services/{ref}/scale`.
