@@ -121,9 +121,11 @@ pub(crate) fn run_workers(s: &mut ClusterState, now: u64) -> usize {
                     crate::worker::DesiredState::Running if cur != TaskState::Running => {
                         Some(report(&a.task_id, TaskState::Running))
                     }
-                    crate::worker::DesiredState::Shutdown => {
+                    crate::worker::DesiredState::Shutdown if !cur.is_terminal() => {
                         Some(report(&a.task_id, TaskState::Shutdown))
                     }
+                    // Ended: kept (its logs), nothing to report.
+                    crate::worker::DesiredState::Shutdown => None,
                     crate::worker::DesiredState::Running => None,
                 }
             })

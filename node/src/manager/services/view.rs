@@ -115,17 +115,22 @@ pub fn slot_number(slot: &Slot) -> u64 {
 }
 
 /// What the worker of `node_id` must do: every task assigned to it that has not ended, to
-/// run (desired `running`) or to stop (desired `shutdown`). Ended tasks are left out (a
-/// failed task is never restarted in place; the worker stops anything it runs that is not
-/// listed, such as an orphaned copy on a node that came back). Sorted by task ID.
+/// run (desired `running`) or to stop (desired `shutdown`); and the ended tasks of live
+/// services still in their history, as `shutdown` (a failed task is never restarted in
+/// place), whose runtime copies the worker keeps — their logs stay readable — until they
+/// leave the history or the worker's retention time has passed, as Swarm keeps a service's
+/// exited containers. Left out: orphaned copies and the ended tasks of removed services (the
+/// worker stops and removes anything it has that is not listed, such as an orphaned copy on
+/// a node that came back). Sorted by task ID.
 pub fn assignments_for(state: &ServicesState, node_id: &str) -> Vec<Assignment> {
     state
         .tasks
         .values()
         .filter(|t| {
             t.node_id.as_ref().is_some_and(|n| n.as_str() == node_id)
-                && !t.state.is_terminal()
                 && !t.state.is_unassigned()
+                && t.state != shoal_scheduler::TaskState::Orphaned
+                && (!t.state.is_terminal() || state.services.contains_key(t.service_id.as_str()))
         })
         .filter_map(|t| {
             let live = state.services.get(t.service_id.as_str());
@@ -139,7 +144,10 @@ pub fn assignments_for(state: &ServicesState, node_id: &str) -> Vec<Assignment> 
                 slot,
                 driver: spec.driver.clone(),
                 spec: spec.task_spec(t.id.as_str(), &rec.id, slot),
-                desired: if live.is_some() && t.desired_state == DesiredState::Running {
+                desired: if live.is_some()
+                    && t.desired_state == DesiredState::Running
+                    && !t.state.is_terminal()
+                {
                     crate::worker::DesiredState::Running
                 } else {
                     crate::worker::DesiredState::Shutdown
