@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, ensure};
 use shoal_tests::{
     ClusterContainers, Daemon, TEST_IMAGE, all_pids, cluster_id, docker, docker_ready,
-    output_within, poll_until, service_containers, shoal_bin, start_cluster_from,
-    task_containers, tasks,
+    output_within, poll_until, service_containers, shoal_bin, start_cluster_from, task_containers,
+    tasks,
 };
 
 /// Five numbered lines, 200 ms apart, then quiet (the task keeps running).
@@ -436,7 +436,10 @@ fn docker_logs_through_a_follower_with_a_replacement_after_docker_kill() -> Resu
         .map(|l| {
             let (_, _, _, text) = docker_line(l)?;
             let time = text.split(' ').next().unwrap_or_default().to_string();
-            ensure!(time.len() == 30, "{time:?} is not RFC 3339 with nanoseconds");
+            ensure!(
+                time.len() == 30,
+                "{time:?} is not RFC 3339 with nanoseconds"
+            );
             Ok(time)
         })
         .collect::<Result<_>>()?;
@@ -498,11 +501,9 @@ fn docker_logs_through_a_follower_with_a_replacement_after_docker_kill() -> Resu
     // (2) -f through the follower, then `docker kill` of one task's container: the
     // replacement's lines arrive on the same call.
     let follow = Follower::start(follower, &["dlog"])?;
-    poll_until(
-        "the first 20 lines on -f",
-        Duration::from_secs(30),
-        || Ok((follow.text().lines().count() >= 20).then_some(())),
-    )
+    poll_until("the first 20 lines on -f", Duration::from_secs(30), || {
+        Ok((follow.text().lines().count() >= 20).then_some(()))
+    })
     .with_context(|| format!("-f output:\n{}", follow.text()))?;
     let victim = containers[0].task.clone();
     let victim_short: String = victim.chars().take(12).collect();
@@ -521,8 +522,7 @@ fn docker_logs_through_a_follower_with_a_replacement_after_docker_kill() -> Resu
             Ok(tasks(leader, "dlog")?
                 .iter()
                 .find(|r| {
-                    r["state"] == "running"
-                        && r["id"].as_str().is_some_and(|id| !old.contains(id))
+                    r["state"] == "running" && r["id"].as_str().is_some_and(|id| !old.contains(id))
                 })
                 .and_then(|r| r["id"].as_str())
                 .map(String::from))
@@ -540,8 +540,10 @@ fn docker_logs_through_a_follower_with_a_replacement_after_docker_kill() -> Resu
                 .filter(|(_, task, _, _)| *task == fresh)
                 .map(|(_, _, _, text)| text)
                 .collect();
-            Ok((mine.iter().any(|l| l == "dlog out 5") && mine.iter().any(|l| l == "dlog err 5"))
-                .then_some(()))
+            Ok(
+                (mine.iter().any(|l| l == "dlog out 5") && mine.iter().any(|l| l == "dlog err 5"))
+                    .then_some(()),
+            )
         },
     )
     .with_context(|| format!("-f output:\n{}", follow.text()))?;

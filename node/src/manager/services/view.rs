@@ -298,6 +298,50 @@ mod tests {
         assert!(tasks.iter().all(|t| t.node_id != down), "{tasks:?}");
     }
 
+    /// A task that failed stays assigned to its node as `shutdown` (its container and logs
+    /// are kept) beside its replacement; the ended tasks of a removed service are not.
+    #[test]
+    fn ended_tasks_stay_assigned_as_shutdown_until_their_service_goes() {
+        let mut s = cluster();
+        create(&mut s, "s1", replicated("web", 1));
+        let now = converge(&mut s, 1_000);
+        let first = s.services.tasks.values().next().unwrap().clone();
+        let cmd = ServiceCommand::TaskReports {
+            node_id: first.node_id.clone().unwrap().0,
+            reports: vec![crate::manager::services::tests::report(
+                first.id.as_str(),
+                TaskState::Failed,
+            )],
+            at: now,
+        };
+        svc(&mut s, cmd);
+        let now = converge(&mut s, now + 10_000);
+        assert_eq!(active_on(&s, "s1").values().sum::<usize>(), 1);
+        let all: Vec<Assignment> = ["n1", "n2", "n3"]
+            .iter()
+            .flat_map(|n| assignments_for(&s.services, n))
+            .collect();
+        let failed = all
+            .iter()
+            .find(|a| a.task_id == first.id.as_str())
+            .expect("the failed task is still assigned");
+        assert_eq!(failed.desired, crate::worker::DesiredState::Shutdown);
+        assert!(
+            all.iter().any(|a| a.task_id != first.id.as_str()
+                && a.desired == crate::worker::DesiredState::Running),
+            "{all:?}"
+        );
+        let remove = ServiceCommand::Remove {
+            id: "s1".into(),
+            at: now,
+        };
+        svc(&mut s, remove);
+        converge(&mut s, now + 10);
+        for n in ["n1", "n2", "n3"] {
+            assert!(assignments_for(&s.services, n).is_empty());
+        }
+    }
+
     #[test]
     fn assignments_carry_runtime_specs() {
         let mut s = cluster();
