@@ -391,7 +391,8 @@ fn docker_logs_through_a_follower_with_a_replacement_after_docker_kill() -> Resu
         Duration::from_secs(90),
         || {
             let out = logs(follower, &["dlog"])?;
-            Ok((out.lines().count() == 20).then_some(out))
+            ensure!(out.lines().count() == 20, "so far:\n{out}");
+            Ok(Some(out))
         },
     )?;
     let rows = tasks(leader, "dlog")?;
@@ -404,7 +405,7 @@ fn docker_logs_through_a_follower_with_a_replacement_after_docker_kill() -> Resu
             .find(|r| r["id"].as_str().is_some_and(|id| id.starts_with(&task)))
             .with_context(|| format!("task {task} of {line:?} is not in service ps"))?;
         ensure!(
-            row["node"] == host.as_str() && row["slot"].to_string() == slot,
+            row["node"] == host.as_str() && row["slot"].as_u64() == slot.parse().ok(),
             "{line:?} does not name the slot and node of {row}"
         );
         hosts.insert(host);
