@@ -234,7 +234,10 @@ enum Event {
 }
 
 /// Which tasks a reference names: a service's tasks placed on a node, or one task (ID or
-/// unique prefix).
+/// unique prefix). Ended tasks are included, as `docker service logs` includes them: their
+/// node keeps their container (or process record), and so their lines, while they stay in
+/// the service's history and within the worker's retention time (`assignments_for`); one
+/// whose copy is gone gives no lines and no warning.
 fn resolve(
     state: &crate::manager::state::ClusterState,
     reference: &str,

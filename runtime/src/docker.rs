@@ -18,8 +18,8 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage,
-    HealthConfig, HealthStatusEnum, HostConfig, Mount as DockerMount, MountType,
-    NetworkCreateRequest, RestartPolicy, RestartPolicyNameEnum,
+    HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig, Mount as DockerMount,
+    MountType, NetworkCreateRequest, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
@@ -52,6 +52,16 @@ enum Created {
 /// The default network name.
 pub const DEFAULT_NETWORK: &str = "shoal";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The engine's log driver for every container: `json-file`, which `docker logs` (and
+/// `service logs`, through the engine's logs API) reads, and which is kept with the container
+/// after it ends — so an ended task's output stays readable on its node until the worker
+/// removes the container (its retention time).
+pub const LOG_DRIVER: &str = "json-file";
+/// Largest log file of a container before the engine rotates it (`max-size`).
+pub const LOG_MAX_SIZE: &str = "10m";
+/// Log files kept per container, the current one included (`max-file`): with
+/// [`LOG_MAX_SIZE`], at most 30 MiB of output per task on its node.
+pub const LOG_MAX_FILES: &str = "3";
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// Configuration of a [`DockerDriver`].
@@ -192,6 +202,18 @@ fn duration_ns(d: Duration) -> i64 {
 
 /// Docker's form of a health check; [`HealthTest::None`] is `["NONE"]`, which disables the
 /// image's `HEALTHCHECK` too.
+/// Every container's log configuration: [`LOG_DRIVER`] capped at [`LOG_MAX_FILES`] files of
+/// [`LOG_MAX_SIZE`], whatever the engine's default driver is.
+fn log_config() -> HostConfigLogConfig {
+    HostConfigLogConfig {
+        typ: Some(LOG_DRIVER.to_owned()),
+        config: Some(HashMap::from([
+            ("max-size".to_owned(), LOG_MAX_SIZE.to_owned()),
+            ("max-file".to_owned(), LOG_MAX_FILES.to_owned()),
+        ])),
+    }
+}
+
 fn health_config(h: &HealthCheck) -> HealthConfig {
     let test = match &h.test {
         HealthTest::Cmd(argv) => std::iter::once("CMD".to_owned())
@@ -596,6 +618,7 @@ impl Inner {
                     name: Some(RestartPolicyNameEnum::NO),
                     maximum_retry_count: None,
                 }),
+                log_config: Some(log_config()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -1206,6 +1229,27 @@ mod tests {
                 test: Some(vec!["NONE".to_owned()]),
                 ..Default::default()
             }
+        );
+    }
+
+    #[test]
+    fn containers_get_capped_json_file_logs() {
+        let driver = DockerDriver::new(
+            DockerConfig::new(Scope::new("c", "n")).with_socket("/nonexistent/docker.sock"),
+        )
+        .expect("driver");
+        let spec = TaskSpec::new("t1", "s1", "web", 1, "img");
+        let body = driver.inner.create_body(&spec, "net");
+        let log = body.host_config.and_then(|h| h.log_config);
+        assert_eq!(
+            log,
+            Some(HostConfigLogConfig {
+                typ: Some("json-file".to_owned()),
+                config: Some(HashMap::from([
+                    ("max-size".to_owned(), "10m".to_owned()),
+                    ("max-file".to_owned(), "3".to_owned()),
+                ])),
+            })
         );
     }
 

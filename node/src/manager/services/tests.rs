@@ -121,9 +121,11 @@ pub(crate) fn run_workers(s: &mut ClusterState, now: u64) -> usize {
                     crate::worker::DesiredState::Running if cur != TaskState::Running => {
                         Some(report(&a.task_id, TaskState::Running))
                     }
-                    crate::worker::DesiredState::Shutdown => {
+                    crate::worker::DesiredState::Shutdown if !cur.is_terminal() => {
                         Some(report(&a.task_id, TaskState::Shutdown))
                     }
+                    // Ended: kept (its logs), nothing to report.
+                    crate::worker::DesiredState::Shutdown => None,
                     crate::worker::DesiredState::Running => None,
                 }
             })
@@ -335,13 +337,22 @@ fn decisions_place_on_ready_nodes_and_converge() {
             .values()
             .any(|t| t.state == TaskState::Orphaned)
     );
-    // It comes back: nothing is assigned to it, so its worker stops the old copies.
+    // It comes back: its orphans are not assigned to it, so its worker stops the old
+    // copies; only tasks that ended there before (the scale-down) are, as `shutdown`, kept
+    // for their logs.
     s.apply(&Command::SetNodeStatus {
         id: "n3".into(),
         status: NodeStatus::Ready,
         at: now,
     });
-    assert!(assignments_for(&s.services, "n3").is_empty());
+    let kept = assignments_for(&s.services, "n3");
+    assert!(
+        kept.iter().all(|a| {
+            let t = &s.services.tasks[&a.task_id];
+            a.desired == crate::worker::DesiredState::Shutdown && t.state == TaskState::Shutdown
+        }),
+        "{kept:?}"
+    );
     // Orphaned → shutdown is the one move out of a terminal state.
     let orphan = s
         .services

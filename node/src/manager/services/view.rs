@@ -115,17 +115,22 @@ pub fn slot_number(slot: &Slot) -> u64 {
 }
 
 /// What the worker of `node_id` must do: every task assigned to it that has not ended, to
-/// run (desired `running`) or to stop (desired `shutdown`). Ended tasks are left out (a
-/// failed task is never restarted in place; the worker stops anything it runs that is not
-/// listed, such as an orphaned copy on a node that came back). Sorted by task ID.
+/// run (desired `running`) or to stop (desired `shutdown`); and the ended tasks of live
+/// services still in their history, as `shutdown` (a failed task is never restarted in
+/// place), whose runtime copies the worker keeps — their logs stay readable — until they
+/// leave the history or the worker's retention time has passed, as Swarm keeps a service's
+/// exited containers. Left out: orphaned copies and the ended tasks of removed services (the
+/// worker stops and removes anything it has that is not listed, such as an orphaned copy on
+/// a node that came back). Sorted by task ID.
 pub fn assignments_for(state: &ServicesState, node_id: &str) -> Vec<Assignment> {
     state
         .tasks
         .values()
         .filter(|t| {
             t.node_id.as_ref().is_some_and(|n| n.as_str() == node_id)
-                && !t.state.is_terminal()
                 && !t.state.is_unassigned()
+                && t.state != shoal_scheduler::TaskState::Orphaned
+                && (!t.state.is_terminal() || state.services.contains_key(t.service_id.as_str()))
         })
         .filter_map(|t| {
             let live = state.services.get(t.service_id.as_str());
@@ -139,7 +144,10 @@ pub fn assignments_for(state: &ServicesState, node_id: &str) -> Vec<Assignment> 
                 slot,
                 driver: spec.driver.clone(),
                 spec: spec.task_spec(t.id.as_str(), &rec.id, slot),
-                desired: if live.is_some() && t.desired_state == DesiredState::Running {
+                desired: if live.is_some()
+                    && t.desired_state == DesiredState::Running
+                    && !t.state.is_terminal()
+                {
                     crate::worker::DesiredState::Running
                 } else {
                     crate::worker::DesiredState::Shutdown
@@ -288,6 +296,50 @@ mod tests {
         let tasks = &table.services[0].tasks;
         assert!(tasks.iter().all(|t| t.task_id != victim), "{tasks:?}");
         assert!(tasks.iter().all(|t| t.node_id != down), "{tasks:?}");
+    }
+
+    /// A task that failed stays assigned to its node as `shutdown` (its container and logs
+    /// are kept) beside its replacement; the ended tasks of a removed service are not.
+    #[test]
+    fn ended_tasks_stay_assigned_as_shutdown_until_their_service_goes() {
+        let mut s = cluster();
+        create(&mut s, "s1", replicated("web", 1));
+        let now = converge(&mut s, 1_000);
+        let first = s.services.tasks.values().next().unwrap().clone();
+        let cmd = ServiceCommand::TaskReports {
+            node_id: first.node_id.clone().unwrap().0,
+            reports: vec![crate::manager::services::tests::report(
+                first.id.as_str(),
+                TaskState::Failed,
+            )],
+            at: now,
+        };
+        svc(&mut s, cmd);
+        let now = converge(&mut s, now + 10_000);
+        assert_eq!(active_on(&s, "s1").values().sum::<usize>(), 1);
+        let all: Vec<Assignment> = ["n1", "n2", "n3"]
+            .iter()
+            .flat_map(|n| assignments_for(&s.services, n))
+            .collect();
+        let failed = all
+            .iter()
+            .find(|a| a.task_id == first.id.as_str())
+            .expect("the failed task is still assigned");
+        assert_eq!(failed.desired, crate::worker::DesiredState::Shutdown);
+        assert!(
+            all.iter().any(|a| a.task_id != first.id.as_str()
+                && a.desired == crate::worker::DesiredState::Running),
+            "{all:?}"
+        );
+        let remove = ServiceCommand::Remove {
+            id: "s1".into(),
+            at: now,
+        };
+        svc(&mut s, remove);
+        converge(&mut s, now + 10);
+        for n in ["n1", "n2", "n3"] {
+            assert!(assignments_for(&s.services, n).is_empty());
+        }
     }
 
     #[test]
