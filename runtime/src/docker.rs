@@ -200,8 +200,6 @@ fn duration_ns(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
-/// Docker's form of a health check; [`HealthTest::None`] is `["NONE"]`, which disables the
-/// image's `HEALTHCHECK` too.
 /// Every container's log configuration: [`LOG_DRIVER`] capped at [`LOG_MAX_FILES`] files of
 /// [`LOG_MAX_SIZE`], whatever the engine's default driver is.
 fn log_config() -> HostConfigLogConfig {
@@ -214,6 +212,8 @@ fn log_config() -> HostConfigLogConfig {
     }
 }
 
+/// Docker's form of a health check; [`HealthTest::None`] is `["NONE"]`, which disables the
+/// image's `HEALTHCHECK` too.
 fn health_config(h: &HealthCheck) -> HealthConfig {
     let test = match &h.test {
         HealthTest::Cmd(argv) => std::iter::once("CMD".to_owned())
