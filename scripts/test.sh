@@ -160,3 +160,11 @@ cargo test --workspace --doc
 
 log "running the test suite"
 cargo nextest run --workspace --no-fail-fast "$@"
+
+# A few seconds of each fuzz target on its corpus (cargo-fuzz is installed when missing);
+# the long runs are documented commands (BENCHMARKS.md, "Fuzzing"). SHOAL_FUZZ_SECONDS=0
+# skips it.
+if [[ "${SHOAL_FUZZ_SECONDS:-5}" != 0 ]]; then
+    log "fuzzing each target for ${SHOAL_FUZZ_SECONDS:-5} seconds"
+    scripts/fuzz.sh "${SHOAL_FUZZ_SECONDS:-5}"
+fi

@@ -70,7 +70,7 @@ impl SavedConfig {
     /// Reads `path`; absent means defaults. A corrupt file is an error naming it.
     pub fn load(path: &Path) -> Result<SavedConfig> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            Ok(bytes) => SavedConfig::parse(&bytes).with_context(|| {
                 format!(
                     "{} is corrupt: fix or remove it (the node key is kept apart)",
                     path.display()
@@ -79,6 +79,11 @@ impl SavedConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SavedConfig::default()),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
+    }
+
+    /// Decodes the contents of `node.json` (unknown fields are ignored).
+    pub fn parse(bytes: &[u8]) -> serde_json::Result<SavedConfig> {
+        serde_json::from_slice(bytes)
     }
 
     /// Writes `path` atomically (temp file, fsync, rename), mode 0600 whatever the umask.

@@ -89,7 +89,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Bytes of a hex constant; whitespace is ignored.
-fn unhex(text: &str) -> Vec<u8> {
+pub(crate) fn unhex(text: &str) -> Vec<u8> {
     let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
     assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
     digits
@@ -243,7 +243,7 @@ const MANAGER_ID: &str = "m0000000000000000000000m1";
 const WORKER_ID: &str = "w0000000000000000000000w2";
 const SERVICE_ID: &str = "s00000000000000000000000a";
 
-fn cluster_record() -> ClusterRecord {
+pub(crate) fn cluster_record() -> ClusterRecord {
     ClusterRecord {
         id: CLUSTER_ID.into(),
         created_at: T0,
@@ -255,7 +255,7 @@ fn cluster_record() -> ClusterRecord {
     }
 }
 
-fn manager_record() -> NodeRecord {
+pub(crate) fn manager_record() -> NodeRecord {
     NodeRecord {
         id: MANAGER_ID.into(),
         public_key: [7; 32],
@@ -343,7 +343,7 @@ fn service_spec_v1() -> ServiceSpecV1 {
 }
 
 /// What version 1's `ServiceSpec::new(name, image)` made: its defaults (Docker's).
-fn spec_v1(name: &str, image: &str) -> ServiceSpecV1 {
+pub(crate) fn spec_v1(name: &str, image: &str) -> ServiceSpecV1 {
     ServiceSpecV1 {
         name: name.into(),
         image: image.into(),
@@ -382,7 +382,7 @@ fn spec_v1(name: &str, image: &str) -> ServiceSpecV1 {
 
 /// Today's spec with every field away from its default, the later ones included — but
 /// `no_healthcheck`, which a health check excludes (see [`service_spec_no_health`]).
-fn service_spec() -> ServiceSpec {
+pub(crate) fn service_spec() -> ServiceSpec {
     ServiceSpec {
         name: "web".into(),
         image: "/usr/bin/python3".into(),
@@ -449,7 +449,7 @@ fn service_spec_no_health() -> ServiceSpec {
 }
 
 /// A record as version 1 stored it.
-fn service_record_v1() -> ServiceRecordV1 {
+pub(crate) fn service_record_v1() -> ServiceRecordV1 {
     ServiceRecordV1 {
         id: SERVICE_ID.into(),
         spec: service_spec_v1(),
@@ -467,7 +467,7 @@ fn service_record_v1() -> ServiceRecordV1 {
 }
 
 /// Today's record, with older specs.
-fn service_record() -> ServiceRecord {
+pub(crate) fn service_record() -> ServiceRecord {
     ServiceRecord {
         id: SERVICE_ID.into(),
         spec: service_spec(),
@@ -522,7 +522,7 @@ fn running_task() -> Task {
 }
 
 /// A pending task of a global slot, and a failed one.
-fn pending_task() -> Task {
+pub(crate) fn pending_task() -> Task {
     Task {
         id: TaskId("t00000000000000000000002".into()),
         slot: Slot::Node(WORKER_ID.into()),
@@ -562,7 +562,7 @@ fn failed_task() -> Task {
 }
 
 /// A cluster state touching every type it holds.
-fn full_state() -> ClusterState {
+pub(crate) fn full_state() -> ClusterState {
     let mut removed = service_record();
     removed.id = "s00000000000000000000000b".into();
     removed.spec = ServiceSpec::new("old", "nginx:1");
@@ -590,7 +590,7 @@ fn full_state() -> ClusterState {
 }
 
 /// [`full_state`] as version 1 held it (version-1 records, the same nodes and tasks).
-fn full_state_v1() -> ClusterStateV1 {
+pub(crate) fn full_state_v1() -> ClusterStateV1 {
     let today = full_state();
     let mut removed = service_record_v1();
     removed.id = "s00000000000000000000000b".into();
@@ -665,7 +665,7 @@ fn membership() -> Membership<u64, openraft::EmptyNode> {
     Membership::new(vec![BTreeSet::from([1, 2, 3])], ())
 }
 
-fn assignment_set() -> AssignmentSet {
+pub(crate) fn assignment_set() -> AssignmentSet {
     let mut spec = TaskSpec::new(
         "t00000000000000000000001",
         SERVICE_ID,
@@ -1117,17 +1117,17 @@ const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_meta")
 // `postcard(openraft::Entry)` with no version byte of its own (its command keeps old bytes
 // decodable by the append-only rule above); an openraft upgrade that changes its serde
 // needs a migration of the database.
-const ENTRY_NORMAL: &str = "\
+pub(crate) const ENTRY_NORMAL: &str = "\
     0301070102197730303030303030303030303030303030303030303030773200bcd095ffbc31";
-const ENTRY_BLANK: &str = "\
+pub(crate) const ENTRY_BLANK: &str = "\
     03010500";
-const ENTRY_MEMBERSHIP: &str = "\
+pub(crate) const ENTRY_MEMBERSHIP: &str = "\
     03010602010301020303010203";
-const META_VOTE: &str = "\
+pub(crate) const META_VOTE: &str = "\
     030101";
-const META_COMMITTED: &str = "\
+pub(crate) const META_COMMITTED: &str = "\
     01030107";
-const META_PURGED: &str = "\
+pub(crate) const META_PURGED: &str = "\
     01030104";
 
 fn entries() -> [(&'static str, Entry, &'static str); 3] {
@@ -1313,7 +1313,7 @@ async fn raft_log_purged_then_manager_restarts() {
 // type inside it, bumps `STATE_VERSION`, keeps the old types to decode the old version and
 // converts them (a migration in `ClusterState::decode`). `Command::Restore` embeds the state
 // without that byte: such a change also needs a new `Restore` variant.
-const STATE_FULL: &str = "\
+pub(crate) const STATE_FULL: &str = "\
     0101196330666665653063306666656530633066666565306330666680d095ffbc31043082010204\
     302e030401020502196d303030303030303030303030303030303030303030306d31196d30303030\
     3030303030303030303030303030303030306d310707070707070707070707070707070707070707\
@@ -1357,7 +1357,7 @@ const SNAPSHOT_DATA: &str = "\
     0470692d310d31302e302e302e313a34373437000000000d6c696e75782f61617263683634808080\
     8020040206646f636b65720770726f6365737305302e312e3080d095ffbc3180d095ffbc3101878e\
     9cb8f0e0c18307196d303030303030303030303030303030303030303030306d310000000000";
-const SNAPSHOT_STORED: &str = "\
+pub(crate) const SNAPSHOT_STORED: &str = "\
     01030107010301060103010203030102030b54332d4e312d372d3237389602010301070103010601\
     030102030301020383020101196330666665653063306666656530633066666565306330666680d0\
     95ffbc31043082010204302e030401020501196d3030303030303030303030303030303030303030\
@@ -1369,7 +1369,7 @@ const SNAPSHOT_STORED: &str = "\
 
 // Version 2 (`STATE_VERSION` 2): the service records' later fields. `STATE_FULL`,
 // `SNAPSHOT_DATA` and `SNAPSHOT_STORED` above are version 1's: they still load, converted.
-const STATE_FULL_V2: &str = "\
+pub(crate) const STATE_FULL_V2: &str = "\
     0201196330666665653063306666656530633066666565306330666680d095ffbc31043082010204\
     302e030401020502196d303030303030303030303030303030303030303030306d31196d30303030\
     3030303030303030303030303030303030306d310707070707070707070707070707070707070707\
@@ -1421,7 +1421,7 @@ const SNAPSHOT_DATA_V2: &str = "\
     0470692d310d31302e302e302e313a34373437000000000d6c696e75782f61617263683634808080\
     8020040206646f636b65720770726f6365737305302e312e3080d095ffbc3180d095ffbc3101878e\
     9cb8f0e0c18307196d303030303030303030303030303030303030303030306d310000000000";
-const SNAPSHOT_STORED_V2: &str = "\
+pub(crate) const SNAPSHOT_STORED_V2: &str = "\
     01030107010301060103010203030102030b54332d4e312d372d3237389602010301070103010601\
     030102030301020383020201196330666665653063306666656530633066666565306330666680d0\
     95ffbc31043082010204302e030401020501196d3030303030303030303030303030303030303030\
@@ -1696,22 +1696,22 @@ fn old_bytes_decode_into_todays_types() {
 // When one of these fails: managers of two versions exchange these during a rolling upgrade.
 // They are openraft's types: an openraft upgrade that changes them needs a new frame version
 // (or a new tag) for as long as older managers may run.
-const RPC_APPEND: &str = "\
+pub(crate) const RPC_APPEND: &str = "\
     02000000330103010101030106010301070102197730303030303030303030303030303030303030\
     303030773200bcd095ffbc3101030106";
-const RPC_APPEND_OK: &str = "\
+pub(crate) const RPC_APPEND_OK: &str = "\
     0200000003010000";
-const RPC_APPEND_HIGHER_VOTE: &str = "\
+pub(crate) const RPC_APPEND_HIGHER_VOTE: &str = "\
     0200000006010003040200";
-const RPC_VOTE: &str = "\
+pub(crate) const RPC_VOTE: &str = "\
     03000000080104020001030107";
-const RPC_VOTE_OK: &str = "\
+pub(crate) const RPC_VOTE_OK: &str = "\
     030000000a01000402000101030107";
-const RPC_SNAPSHOT: &str = "\
+pub(crate) const RPC_SNAPSHOT: &str = "\
     040000002201030101010301070103010601030102030301020306332d372d3432000301020301";
-const RPC_SNAPSHOT_OK: &str = "\
+pub(crate) const RPC_SNAPSHOT_OK: &str = "\
     04000000050100030101";
-const RPC_SNAPSHOT_MISMATCH: &str = "\
+pub(crate) const RPC_SNAPSHOT_MISMATCH: &str = "\
     04000000140101000006332d372d34320006332d372d343203";
 
 #[test]
@@ -1801,7 +1801,7 @@ fn raft_rpc_frames_keep_their_bytes() {
 // rolling upgrade. `AssignmentSet` and `TaskReport` also travel alone in these cases' bytes.
 // A changed message is a new enum variant at the end (sent only once the peer is known to
 // read it) or a new frame version.
-const ASSIGNMENT_SET: &str = "\
+pub(crate) const ASSIGNMENT_SET: &str = "\
     00011874303030303030303030303030303030303030303030303119733030303030303030303030\
     3030303030303030303030306103776562010770726f636573731874303030303030303030303030\
     30303030303030303030311973303030303030303030303030303030303030303030303061037765\
@@ -1812,10 +1812,10 @@ const ASSIGNMENT_SET: &str = "\
 const TASK_REPORT: &str = "\
     187430303030303030303030303030303030303030303030300701920201197461736b2065786974\
     6564207769746820636f6465203133370109756e6865616c7468798ed095ffbc31";
-const SESSION_HELLO: &str = "\
+pub(crate) const SESSION_HELLO: &str = "\
     080000002a0119773030303030303030303030303030303030303030303077328080808004010107\
     70726f63657373";
-const TO_WORKER_ASSIGNMENTS: &str = "\
+pub(crate) const TO_WORKER_ASSIGNMENTS: &str = "\
     08000001030100000118743030303030303030303030303030303030303030303031197330303030\
     303030303030303030303030303030303030306103776562010770726f6365737318743030303030\
     30303030303030303030303030303030303119733030303030303030303030303030303030303030\
@@ -1823,12 +1823,12 @@ const TO_WORKER_ASSIGNMENTS: &str = "\
     6d036f7073015001808080400001010f74657374202d65202f746d702f6f6b023573083173203530\
     306d73020230730106534947494e540233730100092f7372762f64617461052f6461746101000118\
     743030303030303030303030303030303030303030303030";
-const TO_WORKER_TRUST: &str = "\
+pub(crate) const TO_WORKER_TRUST: &str = "\
     08000000440101010707070707070707070707070707070707070707070707070707070707070707\
     010909090909090909090909090909090909090909090909090909090909090909";
-const TO_WORKER_CERT: &str = "\
+pub(crate) const TO_WORKER_CERT: &str = "\
     080000000701020430820506";
-const TO_LEADER_REPORTS: &str = "\
+pub(crate) const TO_LEADER_REPORTS: &str = "\
     080000004c0100011874303030303030303030303030303030303030303030303007019202011974\
     61736b20657869746564207769746820636f6465203133370109756e6865616c7468798ed095ffbc\
     31";
@@ -1901,23 +1901,23 @@ const PORT_SPEC_PLAIN: &str = "\
     903f50";
 const PORT_SPEC_HOST_PROXY: &str = "\
     903fd0800c";
-const TO_WORKER_ENDPOINTS: &str = "\
+pub(crate) const TO_WORKER_ENDPOINTS: &str = "\
     080000006d0103011973303030303030303030303030303030303030303030303061037765620290\
     3f50a846a8c60c011874303030303030303030303030303030303030303030303119773030303030\
     30303030303030303030303030303030307732000a0000028b2506646f636b657201";
-const TO_LEADER_PUBLISH_PROBLEMS: &str = "\
+pub(crate) const TO_LEADER_PUBLISH_PROBLEMS: &str = "\
     080000005c010101903f19733030303030303030303030303030303030303030303030613c63616e\
     6e6f74206c697374656e206f6e2031302e302e302e323a383038303a204164647265737320696e20\
     75736520286f73206572726f7220393829";
-const MESH_OPEN: &str = "\
+pub(crate) const MESH_OPEN: &str = "\
     0a000000450119733030303030303030303030303030303030303030303030611874303030303030\
     3030303030303030303030303030303031903f00c0000207b88e03000a000001903f";
-const MESH_CONNECTED: &str = "\
+pub(crate) const MESH_CONNECTED: &str = "\
     0a000000020100";
-const MESH_REFUSED: &str = "\
+pub(crate) const MESH_REFUSED: &str = "\
     0a0000002101011e6e6f2073657276696365207075626c697368657320706f72742038303830";
 
-fn endpoint_table() -> EndpointTable {
+pub(crate) fn endpoint_table() -> EndpointTable {
     let mut host = PortSpec::tcp(9000, 9000);
     host.mode = PublishMode::Host;
     host.proxy_protocol = true;
@@ -1986,17 +1986,17 @@ fn a_port_stored_before_the_mesh_reads_as_tcp_ingress_and_unknown_settings_are_r
 
 // When one of these fails: a node of one version joins, forwards to, or promotes a node of
 // another. A joiner is often newer than the managers: keep `JoinRequest` decodable by them.
-const JOIN_REQUEST: &str = "\
+pub(crate) const JOIN_REQUEST: &str = "\
     01000000b1011853484f414c312d7061796c6f61642e7369676e6174757265080808080808080808\
     08080808080808080808080808080808080808080808080470692d320d31302e302e302e323a3437\
     34370c6c696e75782f7838365f3634808080800401010770726f6365737305302e312e300040aaaa\
     aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\
     aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const JOIN_ACCEPTED: &str = "\
+pub(crate) const JOIN_ACCEPTED: &str = "\
     01000000570100196330666665653063306666656530633066666565306330666601043082050604\
     308201020107070707070707070707070707070707070707070707070707070707070707070d3130\
     2e302e302e313a3437343700";
-const JOIN_REFUSED: &str = "\
+pub(crate) const JOIN_REFUSED: &str = "\
     010000001d01011a746865206a6f696e20746f6b656e2077617320726f7461746564";
 const JOIN_PROOF_MESSAGE: &str = "\
     73686f616c2f6a6f696e2d70726f6f662f7631001111111111111111111111111111111111111111\
@@ -2040,34 +2040,34 @@ fn join_frames_keep_their_bytes() {
     g.finish();
 }
 
-const FORWARD_API: &str = "\
+pub(crate) const FORWARD_API: &str = "\
     05000000330104504f53540308736572766963657303776562057363616c65010664657461636801\
     310e7b227265706c69636173223a337d";
-const FORWARD_REPLY_FULL: &str = "\
+pub(crate) const FORWARD_REPLY_FULL: &str = "\
     050000002701009403227b226d657373616765223a226e6f207375636820736572766963653a2077\
     6562227d";
-const FORWARD_REPLY_ITEM: &str = "\
+pub(crate) const FORWARD_REPLY_ITEM: &str = "\
     050000000e01010b7b226964223a227431227d";
-const FORWARD_REPLY_END: &str = "\
+pub(crate) const FORWARD_REPLY_END: &str = "\
     05000000020102";
-const FORWARD_WRITE: &str = "\
+pub(crate) const FORWARD_WRITE: &str = "\
     06000000950107197730303030303030303030303030303030303030303030773208080808080808\
     080808080808080808080808080808080808080808080808088890a0c080818284080470692d320d\
     31302e302e302e323a3437343701020101047a6f6e650561747469630c6c696e75782f7838365f36\
     34808080800401010770726f6365737305302e312e3081d095ffbc3182d095ffbc31";
-const FORWARD_WRITE_OK: &str = "\
+pub(crate) const FORWARD_WRITE_OK: &str = "\
     0600000003010000";
-const FORWARD_WRITE_GENERATION: &str = "\
+pub(crate) const FORWARD_WRITE_GENERATION: &str = "\
     060000000401000104";
-const FORWARD_WRITE_ERR: &str = "\
+pub(crate) const FORWARD_WRITE_ERR: &str = "\
     060000001f0101011b74686520636c757374657220686173206c6f73742071756f72756d";
-const BECOME_MANAGER: &str = "\
+pub(crate) const BECOME_MANAGER: &str = "\
     070000001b011963306666656530633066666565306330666665653063306666";
-const BECOME_MANAGER_OK: &str = "\
+pub(crate) const BECOME_MANAGER_OK: &str = "\
     07000000020100";
-const BECOME_MANAGER_ERR: &str = "\
+pub(crate) const BECOME_MANAGER_ERR: &str = "\
     0700000016010113726166742e72656462206973206c6f636b6564";
-const PING: &str = "\
+pub(crate) const PING: &str = "\
     090000000101";
 
 #[test]
@@ -2163,7 +2163,7 @@ const TOKEN_PAYLOAD: &str = "\
     cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd0190fecfaa06010d31302e302e302e313a3437\
     3437012a";
 /// A token signed by the CA key `[9; 32]` (ed25519 signatures are deterministic).
-const TOKEN_TEXT: &str = concat!(
+pub(crate) const TOKEN_TEXT: &str = concat!(
     "SHOAL1-ARljMGZmZWUwYzBmZmVlMGMwZmZlZTBjMGZmAQLNzc3Nzc3Nzc3Nzc3Nzc3Nzc3Nzc3Nzc3Nzc3Nzc3NzQGQ_s-qBgENMTAuMC4wLjE6NDc0NwEq",
     ".Pepz3bv9Dv5q8nqhcRHa-fwJLQ1JIb45Y4_dDHFq7wqxYHrUvNx1_MRoGfkXcrTjuVcsmimoVRqb1LlqfBepAA"
 );
@@ -2364,7 +2364,7 @@ fn gossip_facts_keep_their_bytes() {
 // When this fails: every node has a node.json. It is JSON: a new field must be
 // `#[serde(default)]` (older files lack it) and must not change the meaning of old files; a
 // field is never renamed or retyped in place.
-const NODE_JSON: &str = r#"{
+pub(crate) const NODE_JSON: &str = r#"{
   "advertise_addr": "10.0.0.2:4747",
   "daemon_advertise_addr": "10.0.0.2:4747",
   "cluster": {
@@ -2416,7 +2416,7 @@ const NODE_JSON: &str = r#"{
 }"#;
 
 /// A node.json written before `daemon_advertise_addr`, `seeds`, `managers` and `removed`.
-const NODE_JSON_OLD: &str = r#"{
+pub(crate) const NODE_JSON_OLD: &str = r#"{
   "advertise_addr": null,
   "cluster": {
     "cluster_id": "c0ffee0c0ffee0c0ffee0c0ff",
@@ -2562,16 +2562,16 @@ fn version_markers_refuse_other_versions() {
 // ---------------------------------------------------------------------------------------------
 
 // When one of these fails: a manager of one version asks a node of another for a task's logs.
-const LOGS_REQUEST: &str = "\
+pub(crate) const LOGS_REQUEST: &str = "\
     0b00000024011874303030303030303030303030303030303030303030303101010a0180d095ffbc\
     31";
-const LOGS_LINE: &str = "\
+pub(crate) const LOGS_LINE: &str = "\
     0b000000130100aab4aed8c7bfce972f010668656c6c6f0a";
-const LOGS_ALIVE: &str = "\
+pub(crate) const LOGS_ALIVE: &str = "\
     0b000000020101";
-const LOGS_END: &str = "\
+pub(crate) const LOGS_END: &str = "\
     0b000000020102";
-const LOGS_ERROR: &str = "\
+pub(crate) const LOGS_ERROR: &str = "\
     0b000000240103217461736b20743120646f6573206e6f742072756e206f6e2074686973206e6f64\
     65";
 

@@ -11,6 +11,7 @@ mod daemon;
 pub mod dispatch;
 #[cfg(test)]
 mod formats;
+pub mod fuzzing;
 mod gossip;
 pub mod join;
 mod liveness;
@@ -30,6 +31,8 @@ mod testutil;
 mod text;
 pub mod trust;
 mod util;
+#[cfg(test)]
+mod wire_props;
 pub mod worker;
 
 /// Wire types of forwarding to the leader and of asking a node to become a manager, beside

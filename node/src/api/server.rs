@@ -204,20 +204,25 @@ async fn to_request(req: Request<Incoming>) -> Result<ApiRequest, ApiError> {
         .await
         .map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?
         .to_bytes();
-    let segments = parts
-        .uri
+    Ok(request_from_parts(parts.method, &parts.uri, body))
+}
+
+/// The request the router sees for `method`, `uri` and `body`: path segments and query
+/// parameters percent-decoded.
+pub(crate) fn request_from_parts(method: Method, uri: &hyper::Uri, body: Bytes) -> ApiRequest {
+    let segments = uri
         .path()
         .split('/')
         .filter(|s| !s.is_empty())
         .map(percent_decode)
         .collect();
-    Ok(ApiRequest {
+    ApiRequest {
         origin: None,
-        method: parts.method,
+        method,
         segments,
-        query: parse_query(parts.uri.query()),
+        query: parse_query(uri.query()),
         body,
-    })
+    }
 }
 
 fn stream_response(rx: mpsc::Receiver<serde_json::Value>) -> Response<Body> {

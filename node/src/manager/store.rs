@@ -374,7 +374,7 @@ fn encode_sm(sm: &SmData) -> Result<Vec<u8>, StoreError> {
     ))?)
 }
 
-fn decode_sm(bytes: &[u8]) -> Result<SmData, StoreError> {
+pub(crate) fn decode_sm(bytes: &[u8]) -> Result<SmData, StoreError> {
     let (last_applied, membership, state): (Option<LogId>, StoredMembership, Vec<u8>) =
         postcard::from_bytes(bytes).map_err(StoreError::CorruptSnapshot)?;
     Ok(SmData {
@@ -382,6 +382,35 @@ fn decode_sm(bytes: &[u8]) -> Result<SmData, StoreError> {
         membership,
         state: ClusterState::decode(&state).map_err(StoreError::State)?,
     })
+}
+
+/// Which row of `raft.redb` [`decode_row`] decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Row {
+    /// A log entry (table `raft_log`).
+    Entry,
+    /// The vote.
+    Vote,
+    /// The committed log ID.
+    Committed,
+    /// The last purged log ID.
+    Purged,
+    /// The durable snapshot, its state machine included.
+    Snapshot,
+}
+
+/// Decodes one row of `raft.redb` as the store reads it at start, with the same types (a
+/// snapshot down to its cluster state): for the fuzz targets (`crate::fuzzing`).
+pub(crate) fn decode_row(row: Row, bytes: &[u8]) -> Result<(), StoreError> {
+    match row {
+        Row::Entry => drop(postcard::from_bytes::<Entry>(bytes)?),
+        Row::Vote => drop(postcard::from_bytes::<Vote<u64>>(bytes)?),
+        Row::Committed | Row::Purged => drop(postcard::from_bytes::<Option<LogId>>(bytes)?),
+        Row::Snapshot => drop(decode_sm(
+            &postcard::from_bytes::<StoredSnapshot>(bytes)?.data,
+        )?),
+    }
+    Ok(())
 }
 
 impl StateMachineStore {

@@ -28,11 +28,12 @@ pub(crate) use endpoint::{
     UNAUTHENTICATED_BIDI_STREAMS,
 };
 pub(crate) use endpoint::{AcceptedRx, Endpoint, peer_node_id, peer_public_key};
-#[cfg(test)]
-pub(crate) use frame::{FRAME_HEADER_LEN, FRAME_VERSION, MAX_DATAGRAM, read_frame_within};
 pub(crate) use frame::{
-    read_body, read_frame, read_frame_raw_within, read_header, request, respond, send_datagram,
+    FRAME_HEADER_LEN, FRAME_VERSION, read_body, read_frame, read_frame_raw_within, read_header,
+    request, respond, send_datagram,
 };
+#[cfg(test)]
+pub(crate) use frame::{MAX_DATAGRAM, read_frame_within};
 pub(crate) use pool::Pool;
 
 use std::net::SocketAddr;

@@ -32,6 +32,25 @@ struct CacheFile {
     tasks: Vec<CachedTask>,
 }
 
+/// What a cache file holds.
+#[derive(Debug)]
+pub(crate) enum Decoded {
+    /// The tasks of a cache of this version.
+    Tasks(Vec<CachedTask>),
+    /// A cache of another version (ignored).
+    OtherVersion(u32),
+}
+
+/// Decodes the contents of a cache file.
+pub(crate) fn decode(bytes: &[u8]) -> serde_json::Result<Decoded> {
+    let file = serde_json::from_slice::<CacheFile>(bytes)?;
+    Ok(if file.version == CACHE_VERSION {
+        Decoded::Tasks(file.tasks)
+    } else {
+        Decoded::OtherVersion(file.version)
+    })
+}
+
 /// The cache file of one worker.
 #[derive(Debug, Clone)]
 pub(crate) struct Cache {
@@ -79,13 +98,10 @@ impl Cache {
                 return Vec::new();
             }
         };
-        match serde_json::from_slice::<CacheFile>(&bytes) {
-            Ok(file) if file.version == CACHE_VERSION => file.tasks,
-            Ok(file) => {
-                tracing::warn!(
-                    version = file.version,
-                    "ignoring a worker cache of another version"
-                );
+        match decode(&bytes) {
+            Ok(Decoded::Tasks(tasks)) => tasks,
+            Ok(Decoded::OtherVersion(version)) => {
+                tracing::warn!(version, "ignoring a worker cache of another version");
                 Vec::new()
             }
             Err(e) => {

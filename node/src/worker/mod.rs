@@ -68,7 +68,7 @@
 //! ```
 
 mod actor;
-mod cache;
+pub(crate) mod cache;
 mod error;
 mod machine;
 mod types;
