@@ -48,13 +48,10 @@ else
     ARGS+=(--no-docker)
 fi
 
-if [[ -z ${SHOAL_BIN:-} ]]; then
-    log "building shoal and the chaos harness"
-    cargo build --quiet -p shoal -p shoal-tests --bins
-    export SHOAL_BIN="$PWD/target/debug/shoal"
-else
-    cargo build --quiet -p shoal-tests --bins
-fi
+# The same build as scripts/test.sh's (one feature resolution): a no-op after it.
+log "building shoal and the chaos harness"
+cargo build --quiet --workspace --all-targets
+export SHOAL_BIN="${SHOAL_BIN:-$PWD/target/debug/shoal}"
 
 # The harness removes its chain itself, also on SIGINT/SIGTERM; this covers a harness
 # killed without a chance to (SIGKILL): its daemons, shims, tasks and containers are

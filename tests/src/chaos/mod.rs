@@ -731,6 +731,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
     }
     let mut summary = Summary::default();
     let Some(_) = converge(&c, &sh, "services created")? else {
+        save_logs(&c, &sh);
         summary.violations = lock(&sh.violations).clone();
         return Ok(summary);
     };
@@ -814,6 +815,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
     if let Err(e) = result {
         let _ = prober.join();
         let _ = sampler.join();
+        save_logs(&c, &sh);
         return Err(e);
     }
 
@@ -861,7 +863,31 @@ pub fn run(cfg: &Config) -> Result<Summary> {
     }
     summary.failovers = sh.failovers.load(Ordering::Relaxed);
     summary.violations = lock(&sh.violations).clone();
+    if !summary.violations.is_empty() {
+        save_logs(&c, &sh);
+    }
     Ok(summary)
+}
+
+/// Copies every daemon's log to `/tmp/shoal-chaos-SEED-PID/NAME.log` (the state dirs go
+/// with the run) and says where.
+fn save_logs(c: &Cluster, sh: &Shared) {
+    let dir = PathBuf::from(format!(
+        "/tmp/shoal-chaos-{}-{}",
+        sh.seed,
+        std::process::id()
+    ));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        sh.say(&format!(
+            "cannot keep the daemon logs in {}: {e}",
+            dir.display()
+        ));
+        return;
+    }
+    for d in &c.nodes {
+        let _ = std::fs::write(dir.join(format!("{}.log", d.name)), d.log());
+    }
+    sh.say(&format!("daemon logs kept in {}", dir.display()));
 }
 
 /// The final state, read through the leader (polling: the first reads after convergence
