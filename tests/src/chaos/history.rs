@@ -1,16 +1,17 @@
 //! The client's history: every write with its outcome, and the register check at the end.
 //!
-//! Outcomes, as Jepsen counts them: exit 0 is acknowledged (`ok`); a call that times out
-//! or says "the outcome of this request is unknown" is `unknown`; a call that never
+//! Outcomes, as Jepsen counts them: exit 0 is acknowledged (`ok`); a call that never
 //! reached a daemon ("cannot connect to the shoal daemon" on every manager) is `not
-//! applied`; any other refusal (e.g. "no such service" for a write that raced its own
-//! create) is counted as maybe applied, like `unknown`.
+//! applied`, and so is a clean refusal ([`CLEAN_REFUSALS`]: the daemon says nothing was
+//! proposed or the state machine refused it); anything else (a timeout, "the outcome of
+//! this request is unknown", a connection closed mid-request) is `unknown`: maybe applied.
 //!
 //! The check: every field a write sets (a service's existence, its replica count, its
 //! `SEQ` environment variable, a node's `chaos` label) is a register. Walking the history in
 //! issue order (one writer, so the order is total), an acknowledged write makes its value
-//! the only candidate, a maybe-applied one adds its value to the candidates. The final
-//! value must be one of them; anything else is a lost (or invented) write.
+//! the only candidate, an unknown one adds its value to the candidates, a refused one
+//! changes nothing. The final value must be one of them: anything else is a lost
+//! acknowledged write, or a refused write that was applied after all.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -23,6 +24,16 @@ use crate::{output_within, shoal_bin};
 /// How long one client write may take before it counts as `unknown`.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(15);
 
+/// Errors that say the write was not applied: the state machine refused it, or the
+/// manager refused it before proposing (`ManagerError::NotLeader`: "not proposed"). Any
+/// other error (a timeout, "outcome … unknown", a connection closed mid-request) is
+/// `unknown`.
+pub const CLEAN_REFUSALS: &[&str] = &[
+    "no such service",
+    "this manager is not the leader",
+    "already exists",
+];
+
 /// What became of a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -34,7 +45,7 @@ pub enum Outcome {
 
 impl Outcome {
     fn maybe(&self) -> bool {
-        matches!(self, Outcome::Unknown(_) | Outcome::Refused(_))
+        matches!(self, Outcome::Unknown(_))
     }
 
     /// One word for the event line.
@@ -135,10 +146,10 @@ pub fn run(w: &Write, names: &[String], sockets: &[PathBuf], first: usize) -> Ou
         if err.contains("cannot connect to the shoal daemon") {
             continue;
         }
-        if err.contains("unknown") || err.contains("timed out") {
-            return Outcome::Unknown(err);
+        if CLEAN_REFUSALS.iter().any(|m| err.contains(m)) {
+            return Outcome::Refused(err);
         }
-        return Outcome::Refused(err);
+        return Outcome::Unknown(err);
     }
     Outcome::NotApplied
 }
@@ -352,5 +363,15 @@ mod tests {
         fin.labels.insert("n1".into(), None);
         let v = check(&history, &base, &nodes, &fin);
         assert_eq!(v.lost.len(), 3, "{:?}", v.lost);
+
+        // A cleanly refused write must not show.
+        let mut history = history;
+        history.push(rec(scale(4), Outcome::Refused("not the leader".into())));
+        let mut fin = Final::default();
+        fin.services.insert("echo".into(), (4, None));
+        fin.services.insert("x1".into(), (1, None));
+        fin.labels.insert("n1".into(), Some("7".into()));
+        let v = check(&history, &base, &nodes, &fin);
+        assert_eq!(v.lost.len(), 1, "{:?}", v.lost);
     }
 }
