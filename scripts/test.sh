@@ -160,3 +160,9 @@ cargo test --workspace --doc
 
 log "running the test suite"
 cargo nextest run --workspace --no-fail-fast "$@"
+
+# A short chaos run (issue 20): a fixed seed, about 2 minutes of faults and writes on a
+# 3 + 3 cluster, every invariant checked (scripts/chaos.sh; its leftovers are checked
+# above like the suite's).
+log "running a short chaos run (seed 7, 120 s)"
+scripts/chaos.sh --duration 120 --seed 7
