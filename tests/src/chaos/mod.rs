@@ -26,9 +26,11 @@
 //!   cluster and no process-driver task process is a task that is not running in the
 //!   state. The same check, timed, follows each majority kill's restart;
 //! - no slot shows two tasks running with desired state running in the leader's
-//!   `service ps` (sampled every [`SAMPLE_EVERY`]) for longer than [`DUPLICATE_BOUND`]
-//!   (this sees what the state says; a copy that runs unknown to the state is caught by
-//!   the end check, not while the run goes);
+//!   `service ps` (sampled every [`SAMPLE_EVERY`]) for longer than [`DUPLICATE_BOUND`],
+//!   and no slot has two process-driver task processes (different task IDs, found in
+//!   `/proc`) on nodes that are not killed or cut off for longer than that either (a copy
+//!   on a node that was cut off must stop within the bound once it is back; Docker tasks
+//!   are checked this way only at the end);
 //! - a mesh request (every node's published ports, continuously) fails only while a node
 //!   fault (kill, partition, lossy link — of any node, since any node may hold a task the
 //!   mesh forwards to) or, for a Docker service, a `docker kill` is active or ended less
@@ -107,6 +109,8 @@ struct Shared {
     pause_writer: AtomicBool,
     writer_idle: AtomicBool,
     failovers: AtomicU64,
+    /// Nodes killed or cut off (partition, lossy link) right now.
+    faulted: Mutex<BTreeSet<usize>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -137,7 +141,13 @@ impl Shared {
         w.len() - 1
     }
 
+    /// Marks `nodes` as killed or cut off until the next [`Shared::close_window`].
+    fn fault(&self, nodes: &[usize]) {
+        lock(&self.faulted).extend(nodes.iter().copied());
+    }
+
     fn close_window(&self, i: usize) {
+        lock(&self.faulted).clear();
         let now = self.now();
         if let Some(w) = lock(&self.windows).get_mut(i) {
             w.to = Some(now);
@@ -338,7 +348,8 @@ impl Cluster {
             );
         }
         // No task process or container that is not a running task.
-        for (pid, task) in task_processes(&self.nodes) {
+        let dirs: Vec<PathBuf> = self.nodes.iter().map(|d| d.state_dir.clone()).collect();
+        for (pid, task, _) in task_processes(&dirs) {
             ensure!(
                 running_tasks.contains(&task),
                 "process {pid} runs task {task}, which is not running in the state"
@@ -368,10 +379,10 @@ impl Cluster {
 /// Process-driver task processes of these daemons: `(pid, task ID)`, found by `HOME` under
 /// a state dir and `SHOAL_TASK_ID` in their environment (health checks included: they
 /// carry their task's ID).
-fn task_processes(nodes: &[Daemon]) -> Vec<(i32, String)> {
-    let dirs: Vec<String> = nodes
+fn task_processes(state_dirs: &[PathBuf]) -> Vec<(i32, String, usize)> {
+    let dirs: Vec<String> = state_dirs
         .iter()
-        .map(|d| format!("HOME={}/", d.state_dir.display()))
+        .map(|d| format!("HOME={}/", d.display()))
         .collect();
     let mut out = Vec::new();
     for pid in crate::all_pids() {
@@ -380,17 +391,17 @@ fn task_processes(nodes: &[Daemon]) -> Vec<(i32, String)> {
             .split(|b| *b == 0)
             .map(|v| String::from_utf8_lossy(v).into_owned())
             .collect();
-        if !vars
+        let Some(node) = vars
             .iter()
-            .any(|v| dirs.iter().any(|d| v.starts_with(d.as_str())))
-        {
+            .find_map(|v| dirs.iter().position(|d| v.starts_with(d.as_str())))
+        else {
             continue;
-        }
+        };
         if crate::start_ticks(pid).is_none() {
             continue;
         }
         if let Some(task) = vars.iter().find_map(|v| v.strip_prefix("SHOAL_TASK_ID=")) {
-            out.push((pid, task.to_string()));
+            out.push((pid, task.to_string(), node));
         }
     }
     out
@@ -480,6 +491,7 @@ fn sample_duplicates(
     sockets: Vec<PathBuf>,
     ids: Vec<String>,
     sockets_by_id: Vec<PathBuf>,
+    state_dirs: Vec<PathBuf>,
 ) {
     let mut seen: BTreeMap<(String, u64), (Duration, bool)> = BTreeMap::new();
     let mut leader: Option<String> = None;
@@ -509,6 +521,8 @@ fn sample_duplicates(
         };
         let now = sh.now();
         let mut doubled = BTreeSet::new();
+        // Task ID → (service, slot), from every row seen this round.
+        let mut slot_of: BTreeMap<String, (String, u64)> = BTreeMap::new();
         for s in services.as_array().into_iter().flatten() {
             let name = s["name"].as_str().unwrap_or("").to_string();
             let Ok(rows) = cli_json(sock, &["service", "ps", &name], Duration::from_secs(5)) else {
@@ -516,6 +530,12 @@ fn sample_duplicates(
             };
             let mut per_slot: BTreeMap<u64, Vec<String>> = BTreeMap::new();
             for t in rows.as_array().into_iter().flatten() {
+                if let Some(slot) = t["slot"].as_u64() {
+                    slot_of.insert(
+                        t["id"].as_str().unwrap_or("").to_string(),
+                        (name.clone(), slot),
+                    );
+                }
                 if t["desired_state"] == "running" && t["state"] == "running" {
                     per_slot
                         .entry(t["slot"].as_u64().unwrap_or(0))
@@ -539,6 +559,36 @@ fn sample_duplicates(
                             (now - entry.0).as_secs_f64()
                         ));
                     }
+                }
+            }
+        }
+        // What really runs: process-driver task processes on nodes that are neither
+        // killed nor cut off, two task IDs of one slot at once.
+        let faulted = lock(&sh.faulted).clone();
+        let mut running: BTreeMap<(String, u64), BTreeSet<String>> = BTreeMap::new();
+        for (_, task, node) in task_processes(&state_dirs) {
+            if faulted.contains(&node) {
+                continue;
+            }
+            if let Some((svc, slot)) = slot_of.get(&task) {
+                running
+                    .entry((format!("{svc} (processes)"), *slot))
+                    .or_default()
+                    .insert(format!("{task}@{}", node + 1));
+            }
+        }
+        for (key, copies) in running {
+            if copies.len() > 1 {
+                doubled.insert(key.clone());
+                let entry = seen.entry(key.clone()).or_insert((now, false));
+                if !entry.1 && now - entry.0 > DUPLICATE_BOUND {
+                    entry.1 = true;
+                    sh.violation(format!(
+                        "slot {}.{} has run two task processes on reachable nodes for {:.1} s: {copies:?} (task@node number)",
+                        key.0,
+                        key.1,
+                        (now - entry.0).as_secs_f64()
+                    ));
                 }
             }
         }
@@ -679,6 +729,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         pause_writer: AtomicBool::new(false),
         writer_idle: AtomicBool::new(true),
         failovers: AtomicU64::new(0),
+        faulted: Mutex::new(BTreeSet::new()),
     });
     let schedule = Schedule::new(
         cfg.seed,
@@ -798,7 +849,8 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         let sh = sh.clone();
         let sockets = c.manager_sockets();
         let all: Vec<PathBuf> = c.nodes.iter().map(|d| d.socket.clone()).collect();
-        std::thread::spawn(move || sample_duplicates(&sh, sockets, ids, all))
+        let dirs: Vec<PathBuf> = c.nodes.iter().map(|d| d.state_dir.clone()).collect();
+        std::thread::spawn(move || sample_duplicates(&sh, sockets, ids, all, dirs))
     };
 
     let result = drive(
@@ -956,6 +1008,7 @@ fn drive(
             Fault::Kill(victims) => {
                 let majority = e.majority(c.managers);
                 let w = sh.open_window(false);
+                sh.fault(victims);
                 for v in victims {
                     c.nodes[*v].kill9();
                     c.running[*v] = false;
@@ -996,6 +1049,7 @@ fn drive(
                     continue;
                 };
                 let w = sh.open_window(false);
+                sh.fault(&[l]);
                 c.nodes[l].kill9();
                 c.running[l] = false;
                 sh.say(&format!("kill -9 {} (leader)", c.names[l]));
@@ -1006,6 +1060,7 @@ fn drive(
             Fault::Partition(node) => {
                 let others: Vec<IpAddr> = (0..n).filter(|i| i != node).map(|i| c.ip(i)).collect();
                 let w = sh.open_window(false);
+                sh.fault(&[*node]);
                 fw.partition(c.ip(*node), &others)?;
                 sh.say(&format!("partition {} | rest", c.names[*node]));
                 pace(e.hold)?;
@@ -1015,6 +1070,7 @@ fn drive(
             }
             Fault::Loss { from, to, percent } => {
                 let w = sh.open_window(false);
+                sh.fault(&[*from, *to]);
                 fw.loss(c.ip(*from), c.ip(*to), *percent)?;
                 sh.say(&format!(
                     "loss {percent}% {} -> {}",
