@@ -169,3 +169,9 @@ if [[ "${SHOAL_FUZZ_SECONDS:-0}" != 0 ]]; then
     log "fuzzing each target for ${SHOAL_FUZZ_SECONDS} seconds"
     scripts/fuzz.sh "${SHOAL_FUZZ_SECONDS}"
 fi
+
+# A short chaos run (issue 20): a fixed seed, about 2 minutes of faults and writes on a
+# 3 + 3 cluster, every invariant checked (scripts/chaos.sh; its leftovers are checked
+# above like the suite's).
+log "running a short chaos run (seed 7, 120 s)"
+scripts/chaos.sh --duration 120 --seed 7

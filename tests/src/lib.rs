@@ -33,6 +33,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+pub mod chaos;
 pub mod rogue;
 
 /// The `shoal` binary under test: `SHOAL_BIN` (set by scripts/test.sh), else the

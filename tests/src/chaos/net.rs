@@ -1,0 +1,114 @@
+//! Network faults: iptables rules in the root namespace, all in one chain of their own
+//! (`SHOAL-CHAOS`, jumped to from `INPUT` for packets on `lo`), matching only UDP between
+//! the run's loopback addresses. The chain is flushed and deleted when the guard is
+//! created (the leftovers of a crashed run) and when it is dropped (also while a failing
+//! run unwinds); `scripts/chaos.sh` does the same in its trap, for a harness killed
+//! without unwinding.
+
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use crate::output_within;
+
+/// The chain every rule of a chaos run lives in.
+pub const CHAIN: &str = "SHOAL-CHAOS";
+
+fn iptables(args: &[&str]) -> Result<String> {
+    let mut cmd = Command::new("iptables");
+    cmd.args(["-w", "10"]).args(args).stdin(Stdio::null());
+    let out = output_within(&mut cmd, Duration::from_secs(30))?;
+    if !out.status.success() {
+        bail!(
+            "`iptables {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Removes the chain and every jump to it; quiet when there is none.
+pub fn remove_chain() {
+    while iptables(&["-D", "INPUT", "-i", "lo", "-j", CHAIN]).is_ok() {}
+    let _ = iptables(&["-F", CHAIN]);
+    let _ = iptables(&["-X", CHAIN]);
+}
+
+/// The chain, present while this value lives.
+pub struct Firewall {
+    _private: (),
+}
+
+impl Firewall {
+    /// Removes what an earlier run left, creates the chain and the jump from `INPUT`.
+    pub fn new() -> Result<Firewall> {
+        remove_chain();
+        iptables(&["-N", CHAIN])?;
+        iptables(&["-I", "INPUT", "-i", "lo", "-j", CHAIN])?;
+        Ok(Firewall { _private: () })
+    }
+
+    /// Drops every UDP datagram between `node` and each of `others`, both directions.
+    pub fn partition(&self, node: IpAddr, others: &[IpAddr]) -> Result<()> {
+        let n = node.to_string();
+        for o in others {
+            let o = o.to_string();
+            for (s, d) in [(&n, &o), (&o, &n)] {
+                iptables(&["-A", CHAIN, "-p", "udp", "-s", s, "-d", d, "-j", "DROP"])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops `percent` % of the UDP datagrams from `from` to `to` (one direction).
+    pub fn loss(&self, from: IpAddr, to: IpAddr, percent: u32) -> Result<()> {
+        let (s, d) = (from.to_string(), to.to_string());
+        if percent >= 100 {
+            iptables(&["-A", CHAIN, "-p", "udp", "-s", &s, "-d", &d, "-j", "DROP"])?;
+        } else {
+            let p = format!("{:.2}", f64::from(percent) / 100.0);
+            iptables(&[
+                "-A",
+                CHAIN,
+                "-p",
+                "udp",
+                "-s",
+                &s,
+                "-d",
+                &d,
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+                "-j",
+                "DROP",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Removes every rule of the chain (the chain and its jump stay).
+    pub fn heal(&self) -> Result<()> {
+        iptables(&["-F", CHAIN]).map(drop)
+    }
+
+    /// The number of rules in the chain.
+    pub fn rules(&self) -> Result<usize> {
+        Ok(iptables(&["-S", CHAIN])?
+            .lines()
+            .filter(|l| l.starts_with("-A "))
+            .count())
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        remove_chain();
+    }
+}
