@@ -284,12 +284,12 @@ pub fn quorum_index(matched: &[Option<u64>]) -> Option<u64> {
     v[matched.len() / 2]
 }
 
-fn word<T: std::fmt::Debug>(v: T) -> String {
-    format!("{v:?}").to_lowercase()
-}
-
-/// Reads the node's figures into the gauges and encodes everything.
+/// Reads the node's figures into the gauges and encodes everything. One scrape at a time:
+/// the node and task families are cleared and counted up again, which two interleaved
+/// scrapes would double.
 pub async fn render(node: &Node) -> String {
+    static SCRAPE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = SCRAPE.lock().await;
     let m = global();
     let s = &m.scrape;
     // Gossip: every node.
@@ -299,15 +299,17 @@ pub async fn render(node: &Node) -> String {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .as_ref()
         .map(crate::gossip::Gossip::view);
-    for state in ["alive", "suspect", "down"] {
+    use shoal_membership::MemberState;
+    for (state, word) in [
+        (MemberState::Alive, "alive"),
+        (MemberState::Suspect, "suspect"),
+        (MemberState::Down, "down"),
+    ] {
         let n = view.as_ref().map_or(0, |v| {
-            v.members
-                .values()
-                .filter(|(_, st)| word(st) == state)
-                .count()
+            v.members.values().filter(|(_, st)| *st == state).count()
         });
         s.members
-            .get_or_create(&vec![("state".into(), state.into())])
+            .get_or_create(&vec![("state".into(), word.into())])
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
     // Mesh: every node.
@@ -341,9 +343,9 @@ pub async fn render(node: &Node) -> String {
         let last_log = metrics.last_log_index.unwrap_or(0);
         let applied = metrics.last_applied.map_or(0, |l| l.index);
         let is_leader = metrics.current_leader == Some(metrics.id);
+        let voters = manager.voters();
         let commit = match (&metrics.replication, is_leader) {
             (Some(rep), true) => {
-                let voters = manager.voters();
                 let matched: Vec<Option<u64>> = voters
                     .iter()
                     .map(|v| {
@@ -362,8 +364,7 @@ pub async fn render(node: &Node) -> String {
         s.raft_is_leader.set(i64::from(is_leader));
         s.raft_has_leader
             .set(i64::from(metrics.current_leader.is_some()));
-        s.raft_voters
-            .set(i64::try_from(manager.voters().len()).unwrap_or(0));
+        s.raft_voters.set(i64::try_from(voters.len()).unwrap_or(0));
         s.raft_last_log_index.set(i(last_log));
         s.raft_last_applied_index.set(i(applied));
         s.raft_commit_index.set(i(commit));
@@ -372,8 +373,8 @@ pub async fn render(node: &Node) -> String {
             for n in state.nodes.values() {
                 s.nodes
                     .get_or_create(&vec![
-                        ("status".into(), word(n.status)),
-                        ("role".into(), word(n.role)),
+                        ("status".into(), n.status.as_str().into()),
+                        ("role".into(), n.role.as_str().into()),
                     ])
                     .inc();
             }
@@ -382,8 +383,8 @@ pub async fn render(node: &Node) -> String {
             for t in state.services.tasks.values() {
                 s.tasks
                     .get_or_create(&vec![
-                        ("state".into(), word(t.state)),
-                        ("desired".into(), word(t.desired_state)),
+                        ("state".into(), t.state.as_str().into()),
+                        ("desired".into(), t.desired_state.as_str().into()),
                     ])
                     .inc();
             }
