@@ -6,6 +6,7 @@
 
 mod api;
 pub mod cli;
+pub mod clock;
 pub mod config;
 mod daemon;
 pub mod dispatch;

@@ -3,11 +3,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Milliseconds since the Unix epoch (0 before it, `u64::MAX` past what fits).
+/// Milliseconds since the Unix epoch, from the guarded clock: steps of the wall clock are
+/// not followed at once (see [`crate::clock`]).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::clock::now_ms()
 }
 
 /// Seconds since the Unix epoch.

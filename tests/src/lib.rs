@@ -531,6 +531,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     /// Extra daemon flags.
     pub extra: Vec<String>,
+    /// Extra environment variables of every start (e.g. libfaketime's).
+    pub env: Vec<(String, String)>,
     child: Option<DaemonProcess>,
     log: PathBuf,
     /// This value's registration with the test process's watchdog.
@@ -635,6 +637,7 @@ impl Daemon {
             state_dir: dir.path().join("state"),
             socket: dir.path().join("s.sock"),
             extra: Vec::new(),
+            env: Vec::new(),
             child: None,
             log: dir.path().join("daemon.log"),
             watch_id: NEXT_WATCH_ID.fetch_add(1, Ordering::Relaxed),
@@ -658,6 +661,11 @@ impl Daemon {
     /// containers), and the test process's watchdog kills it if the test process dies.
     pub fn spawn(&self) -> Result<DaemonProcess> {
         self.spawn_with_env(&[])
+    }
+
+    /// The directory this value owns (the state dir, the socket and the log are in it).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     /// [`Daemon::spawn`] with extra environment variables (e.g. `DOCKER_HOST`).
@@ -689,6 +697,7 @@ impl Daemon {
                 "RUST_LOG",
                 std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -1341,6 +1350,19 @@ pub fn start_cluster_from(
     managers: usize,
     workers: usize,
 ) -> Result<(Vec<Daemon>, Vec<Daemon>)> {
+    start_cluster_with(prefix, block, first, managers, workers, |_| Ok(()))
+}
+
+/// [`start_cluster_from`] with `configure` applied to every daemon before its first start
+/// (extra flags, environment).
+pub fn start_cluster_with(
+    prefix: &str,
+    block: u8,
+    first: u8,
+    managers: usize,
+    workers: usize,
+    configure: impl Fn(&mut Daemon) -> Result<()>,
+) -> Result<(Vec<Daemon>, Vec<Daemon>)> {
     let host = |i: usize| -> Result<String> {
         let h = usize::from(first) + i;
         anyhow::ensure!(h <= 254, "host number {h} out of range");
@@ -1353,6 +1375,7 @@ pub fn start_cluster_from(
         .map(|i| Daemon::new(&format!("{prefix}w{}", i + 1), &host(managers + i)?))
         .collect::<Result<_>>()?;
     for d in ms.iter_mut().chain(ws.iter_mut()) {
+        configure(d)?;
         d.start()?;
     }
     ms[0].ok(&["init"])?;

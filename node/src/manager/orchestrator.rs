@@ -239,10 +239,16 @@ async fn step(
     manager: &Manager,
     config: &OrchestratorConfig,
 ) -> Result<(usize, Option<Timestamp>), ManagerError> {
-    let now = now_ms();
     let Some((view, rconfig, watches)) = manager.read_local(view) else {
         return Ok((0, None));
     };
+    // The state's times come from earlier leaders' clocks: when they are ahead of ours
+    // (theirs was ahead, or ours stepped back), go on from them, so that a wait they
+    // started ends when they meant it to.
+    if let Some(latest) = latest_time(&view) {
+        crate::clock::observe(latest);
+    }
+    let now = now_ms();
     let (plan, (judged, judge_again)) = tokio::task::spawn_blocking(move || {
         let mut view = view;
         let judged = verdicts(&view, &watches, Timestamp(now));
@@ -272,6 +278,14 @@ async fn step(
         (a, b) => a.or(b),
     };
     Ok((count, wakeup))
+}
+
+/// The latest time written into `view` (tasks' and services' times).
+fn latest_time(view: &ClusterView) -> Option<u64> {
+    view.tasks
+        .iter()
+        .map(|t| t.updated_at.0.max(t.created_at.0))
+        .max()
 }
 
 /// Where the loop stands while this node leads.

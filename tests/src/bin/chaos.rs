@@ -3,8 +3,12 @@
 //! cleans the firewall chain up even when this process is killed.
 //!
 //! ```text
-//! chaos [--duration SECONDS] [--seed N] [--nodes M+W] [--no-docker]
+//! chaos [--duration SECONDS] [--seed N] [--nodes M+W] [--block B] [--faketime LIB] [--no-docker]
 //! ```
+//!
+//! `--block B` runs on `127.0.B.x` (default 120) with its own firewall chain, so several
+//! runs can go at once; `--faketime LIB` (libfaketime's library) adds wall-clock steps to
+//! the schedule.
 //!
 //! Prints the seed first, one line per event, and last the counts; exit 0 when no
 //! invariant was violated, 1 otherwise (or when the harness itself failed), 2 on bad
@@ -18,7 +22,9 @@ use shoal_tests::chaos::{Config, STOP, run};
 
 fn usage(msg: &str) -> ! {
     eprintln!("chaos: {msg}");
-    eprintln!("usage: chaos [--duration SECONDS] [--seed N] [--nodes M+W] [--no-docker]");
+    eprintln!(
+        "usage: chaos [--duration SECONDS] [--seed N] [--nodes M+W] [--block B] [--faketime LIB] [--no-docker]"
+    );
     std::process::exit(2)
 }
 
@@ -31,6 +37,8 @@ fn parse() -> Config {
         managers: 3,
         workers: 3,
         docker: true,
+        block: shoal_tests::chaos::BLOCK,
+        faketime: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -67,8 +75,23 @@ fn parse() -> Config {
                     .parse()
                     .unwrap_or_else(|_| usage(&format!("bad --nodes {v}")));
                 if cfg.managers == 0 || cfg.managers + cfg.workers > 9 {
-                    usage("--nodes: at least one manager, at most 9 nodes (127.0.120.1-9)");
+                    usage("--nodes: at least one manager, at most 9 nodes (127.0.BLOCK.1-9)");
                 }
+            }
+            "--block" => {
+                let v = value("--block");
+                cfg.block = v
+                    .parse()
+                    .ok()
+                    .filter(|b| (1..=254).contains(b))
+                    .unwrap_or_else(|| usage(&format!("bad --block {v}: 1..254")));
+            }
+            "--faketime" => {
+                let v = std::path::PathBuf::from(value("--faketime"));
+                if !v.is_file() {
+                    usage(&format!("--faketime {}: no such file", v.display()));
+                }
+                cfg.faketime = Some(v);
             }
             "--no-docker" => cfg.docker = false,
             "-h" | "--help" => usage("the chaos run of issue 20"),
@@ -98,15 +121,21 @@ fn main() {
         }
     });
     println!(
-        "chaos: seed {} ({} managers + {} workers, {} s, {})",
+        "chaos: seed {} ({} managers + {} workers on 127.0.{}.x, {} s, {}, {})",
         cfg.seed,
         cfg.managers,
         cfg.workers,
+        cfg.block,
         cfg.duration.as_secs_f64(),
         if cfg.docker {
             "Docker and process driver"
         } else {
             "process driver only"
+        },
+        if cfg.faketime.is_some() {
+            "clock steps"
+        } else {
+            "no clock steps (no libfaketime)"
         }
     );
     let seed = cfg.seed;

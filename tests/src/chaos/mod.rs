@@ -2,7 +2,8 @@
 //! client writes, and invariants checked as it goes and at the end. Driven by
 //! `tests/src/bin/chaos.rs` (`scripts/chaos.sh`).
 //!
-//! The cluster: managers `cm1…` and workers `cw1…` on `127.0.120.1…` (`:4747`), published
+//! The cluster: managers `cm1…` and workers `cw1…` on `127.0.120.1…` (`:4747`; `--block B`
+//! moves it to `127.0.B.x`, so that several runs can go at once), published
 //! ports 29301 (`echo`: `mesh-echo` on the process driver) and, with Docker, 29302 (`web`:
 //! busybox httpd on the test image, with a health check). `hc` is health-checked (Docker
 //! when present, else the process driver). Writes create, scale, update and remove
@@ -11,11 +12,14 @@
 //! Faults (see [`schedule`]): `kill -9` and restart of a manager, the leader, a worker, or
 //! a majority of the managers (then the recovery is timed); a partition of one node from
 //! all others (UDP both ways, iptables); a lossy link one way between two nodes (iptables'
-//! `statistic` match: 30–100 % of the datagrams); `docker kill` of a task container. Clock
-//! jumps are not injected: a daemon reads the system clock (wall and monotonic) and one
-//! process cannot be given a clock of its own without faking time (libfaketime, a time
-//! namespace per daemon — not available to a daemon that must share the root network
-//! namespace with Docker here).
+//! `statistic` match: 30–100 % of the datagrams); `docker kill` of a task container; a
+//! step of one node's wall clock (a second to a day, forward or back, as NTP steps a clock
+//! it finds far off — a Pi without a real-time clock boots with the wrong time), stepped
+//! back after the hold. A daemon cannot be given a wall clock of its own by the kernel (a
+//! time namespace offsets only the monotonic clocks), so the daemons run under
+//! libfaketime (`LD_PRELOAD`, its offset read from a file per node, the monotonic clock
+//! left alone); without the library the schedule has no clock faults. A clock step is no
+//! excuse for a failed mesh request.
 //!
 //! Invariants (a violation prints the seed):
 //! - no acknowledged write is lost ([`history`]: a register check per field);
@@ -29,12 +33,13 @@
 //!   `service ps` (sampled every [`SAMPLE_EVERY`]) for longer than [`DUPLICATE_BOUND`],
 //!   and no slot has two process-driver task processes (different task IDs, found in
 //!   `/proc`) on nodes that are not killed or cut off for longer than that either (a copy
-//!   on a node that was cut off must stop within the bound once it is back; Docker tasks
-//!   are checked this way only at the end);
+//!   on a node that was cut off must stop within the bound once it is back), nor two
+//!   running containers (from `docker ps`, same rule);
 //! - a mesh request (every node's published ports, continuously) fails only while a node
-//!   fault (kill, partition, lossy link — of any node, since any node may hold a task the
-//!   mesh forwards to) or, for a Docker service, a `docker kill` is active or ended less
-//!   than [`MESH_GRACE`] before; client writes do not excuse a failure;
+//!   fault (kill, partition, lossy link) of the node it entered at or of a node where its
+//!   service ran a task (sampled with the duplicates) — or a `docker kill` of one of that
+//!   service's containers — is active or ended less than [`MESH_GRACE`] before; client
+//!   writes and clock steps do not excuse a failure;
 //! - no daemon log says `panicked at`.
 //!
 //! A seed replays the same schedule (the schedule is a function of the seed and the
@@ -56,7 +61,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
 use crate::{
-    ClusterContainers, Daemon, Poll, docker, http_get, output_within, shoal_bin, start_cluster_from,
+    ClusterContainers, Daemon, Poll, docker, http_get, output_within, shoal_bin, start_cluster_with,
 };
 use history::{Final, Record};
 use schedule::{Fault, Schedule};
@@ -65,7 +70,8 @@ use schedule::{Fault, Schedule};
 /// (so every guard cleans up).
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
-/// The address block: `127.0.120.x`.
+/// The default address block: `127.0.120.x` (`--block` picks another, so that runs can
+/// go side by side).
 pub const BLOCK: u8 = 120;
 /// The `echo` service's published port (process driver, `mesh-echo`).
 pub const ECHO_PORT: u16 = 29301;
@@ -88,15 +94,29 @@ pub struct Config {
     pub managers: usize,
     pub workers: usize,
     pub docker: bool,
+    /// The third byte of the run's addresses, `127.0.BLOCK.x`.
+    pub block: u8,
+    /// libfaketime's library: with it, the daemons run under it and the schedule steps
+    /// their wall clocks; without it, no clock faults.
+    pub faketime: Option<PathBuf>,
 }
 
-/// A time span during which mesh failures are excused.
+/// A fault's time span and the nodes it hit: a mesh request that fails in it (or up to
+/// [`MESH_GRACE`] after it) is excused when it entered at one of those nodes or its
+/// service had a task on one of them.
 #[derive(Debug, Clone)]
 struct Window {
     from: Duration,
     to: Option<Duration>,
-    /// Only for the Docker service's port (a `docker kill`).
-    docker_only: bool,
+    /// The nodes killed, cut off or whose container was killed.
+    nodes: BTreeSet<usize>,
+    /// Only for this service's port (a `docker kill` hits one service).
+    service: Option<String>,
+}
+
+/// Which service's port a mesh probe goes to.
+fn service_of_port(port: u16) -> &'static str {
+    if port == WEB_PORT { "web" } else { "echo" }
 }
 
 /// What the run's threads share.
@@ -111,6 +131,9 @@ struct Shared {
     failovers: AtomicU64,
     /// Nodes killed or cut off (partition, lossy link) right now.
     faulted: Mutex<BTreeSet<usize>>,
+    /// Where each service's running tasks were, sampled with the duplicates:
+    /// `(when, service, node indices)`.
+    hosts: Mutex<Vec<(Duration, String, BTreeSet<usize>)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -131,12 +154,13 @@ impl Shared {
         lock(&self.violations).push(text);
     }
 
-    fn open_window(&self, docker_only: bool) -> usize {
+    fn open_window(&self, nodes: &[usize], service: Option<String>) -> usize {
         let mut w = lock(&self.windows);
         w.push(Window {
             from: self.now(),
             to: None,
-            docker_only,
+            nodes: nodes.iter().copied().collect(),
+            service,
         });
         w.len() - 1
     }
@@ -154,13 +178,32 @@ impl Shared {
         }
     }
 
-    /// Whether a mesh failure over `[from, to]` on a Docker service's port (`docker`) or not
-    /// is excused by a fault window.
-    fn excused(&self, from: Duration, to: Duration, docker: bool) -> bool {
+    /// Whether a mesh failure over `[from, to]` of a request to `service` that entered at
+    /// node `entry` is excused by a fault window: one that overlaps it (with the grace),
+    /// hit the entry node or a node where `service` ran a task around then, and, for a
+    /// `docker kill`, killed a task of `service`.
+    fn excused(&self, from: Duration, to: Duration, service: &str, entry: usize) -> bool {
+        let hosts = lock(&self.hosts);
         lock(&self.windows).iter().any(|w| {
-            (docker || !w.docker_only)
-                && w.from <= to
-                && w.to.is_none_or(|end| end + MESH_GRACE >= from)
+            let end = w.to.map(|end| end + MESH_GRACE);
+            if w.from > to || end.is_some_and(|end| end < from) {
+                return false;
+            }
+            if w.service.as_deref().is_some_and(|s| s != service) {
+                return false;
+            }
+            if w.nodes.contains(&entry) {
+                return true;
+            }
+            // Where the service's tasks were from a sample before the fault to the end
+            // of its grace.
+            let lo = w.from.saturating_sub(SAMPLE_EVERY * 10);
+            hosts.iter().any(|(at, s, nodes)| {
+                s == service
+                    && *at >= lo
+                    && end.is_none_or(|end| *at <= end)
+                    && !nodes.is_disjoint(&w.nodes)
+            })
         })
     }
 }
@@ -490,8 +533,10 @@ fn sample_duplicates(
     sh: &Shared,
     sockets: Vec<PathBuf>,
     ids: Vec<String>,
+    names: Vec<String>,
     sockets_by_id: Vec<PathBuf>,
     state_dirs: Vec<PathBuf>,
+    docker_cluster: Option<String>,
 ) {
     let mut seen: BTreeMap<(String, u64), (Duration, bool)> = BTreeMap::new();
     let mut leader: Option<String> = None;
@@ -529,7 +574,14 @@ fn sample_duplicates(
                 continue;
             };
             let mut per_slot: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+            let mut on: BTreeSet<usize> = BTreeSet::new();
             for t in rows.as_array().into_iter().flatten() {
+                if t["desired_state"] == "running" && t["state"] == "running" {
+                    let node = t["node"].as_str().unwrap_or("");
+                    if let Some(i) = names.iter().position(|n| n == node) {
+                        on.insert(i);
+                    }
+                }
                 if let Some(slot) = t["slot"].as_u64() {
                     slot_of.insert(
                         t["id"].as_str().unwrap_or("").to_string(),
@@ -547,6 +599,7 @@ fn sample_duplicates(
                         ));
                 }
             }
+            lock(&sh.hosts).push((now, name.clone(), on));
             for (slot, copies) in per_slot {
                 if copies.len() > 1 {
                     let key = (name.clone(), slot);
@@ -577,6 +630,33 @@ fn sample_duplicates(
                     .insert(format!("{task}@{}", node + 1));
             }
         }
+        // And running containers of the cluster, likewise.
+        if let Some(cluster) = &docker_cluster
+            && let Ok(out) = docker(&[
+                "ps",
+                "--filter",
+                &format!("label=shoal.cluster={cluster}"),
+                "--format",
+                r#"{{.Label "shoal.task"}} {{.Label "shoal.node"}}"#,
+            ])
+        {
+            for line in out.lines() {
+                let mut f = line.split_whitespace();
+                let (task, node) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+                let Some(node) = ids.iter().position(|id| id == node) else {
+                    continue;
+                };
+                if faulted.contains(&node) {
+                    continue;
+                }
+                if let Some((svc, slot)) = slot_of.get(task) {
+                    running
+                        .entry((format!("{svc} (containers)"), *slot))
+                        .or_default()
+                        .insert(format!("{task}@{}", node + 1));
+                }
+            }
+        }
         for (key, copies) in running {
             if copies.len() > 1 {
                 doubled.insert(key.clone());
@@ -584,7 +664,7 @@ fn sample_duplicates(
                 if !entry.1 && now - entry.0 > DUPLICATE_BOUND {
                     entry.1 = true;
                     sh.violation(format!(
-                        "slot {}.{} has run two task processes on reachable nodes for {:.1} s: {copies:?} (task@node number)",
+                        "slot {}.{} has run two task processes or containers on reachable nodes for {:.1} s: {copies:?} (task@node number)",
                         key.0,
                         key.1,
                         (now - entry.0).as_secs_f64()
@@ -718,7 +798,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
     let n = cfg.managers + cfg.workers;
     ensure!(
         cfg.managers >= 1 && n <= 9,
-        "1..9 nodes with a manager, on 127.0.120.1-9"
+        "1..9 nodes with a manager, on 127.0.BLOCK.1-9"
     );
     let sh = Arc::new(Shared {
         start: Instant::now(),
@@ -730,6 +810,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         writer_idle: AtomicBool::new(true),
         failovers: AtomicU64::new(0),
         faulted: Mutex::new(BTreeSet::new()),
+        hosts: Mutex::new(Vec::new()),
     });
     let schedule = Schedule::new(
         cfg.seed,
@@ -737,6 +818,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         cfg.workers,
         cfg.duration,
         cfg.docker,
+        cfg.faketime.is_some(),
     );
     sh.say(&format!(
         "schedule of seed {}: {} faults, {} writes",
@@ -744,8 +826,14 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         schedule.episodes.len(),
         schedule.writes.len()
     ));
-    let fw = net::Firewall::new()?;
-    let (ms, ws) = start_cluster_from("c", BLOCK, 1, cfg.managers, cfg.workers)?;
+    let fw = net::Firewall::new(cfg.block)?;
+    let (ms, ws) = start_cluster_with("c", cfg.block, 1, cfg.managers, cfg.workers, |d| {
+        if let Some(lib) = &cfg.faketime {
+            set_clock(d, 0)?;
+            d.env = faketime_env(lib, d);
+        }
+        Ok(())
+    })?;
     let mut nodes: Vec<Daemon> = ms.into_iter().chain(ws).collect();
     if !cfg.docker {
         // Restarts keep the flag: the nodes offer only the process driver.
@@ -850,7 +938,11 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         let sockets = c.manager_sockets();
         let all: Vec<PathBuf> = c.nodes.iter().map(|d| d.socket.clone()).collect();
         let dirs: Vec<PathBuf> = c.nodes.iter().map(|d| d.state_dir.clone()).collect();
-        std::thread::spawn(move || sample_duplicates(&sh, sockets, ids, all, dirs))
+        let names = names.clone();
+        let cluster = cfg.docker.then(|| c.cluster_id.clone());
+        std::thread::spawn(move || {
+            sample_duplicates(&sh, sockets, ids, names, all, dirs, cluster);
+        })
     };
 
     let result = drive(
@@ -871,17 +963,22 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         return Err(e);
     }
 
-    // The end: no faults, every node running; convergence.
+    // The end: no faults, every node running, every clock right; convergence.
     fw.heal()?;
-    ensure!(fw.rules()? == 0, "rules left in {}", net::CHAIN);
+    ensure!(fw.rules()? == 0, "rules left in {}", fw.chain());
+    let mut restarted = Vec::new();
     for i in 0..n {
+        if cfg.faketime.is_some() {
+            set_clock(&c.nodes[i], 0)?;
+        }
         if !c.running[i] {
             c.nodes[i].start()?;
             c.running[i] = true;
+            restarted.push(i);
         }
     }
-    sh.say("faults stopped: every node running, no rules");
-    let end_window = sh.open_window(false);
+    sh.say("faults stopped: every node running, no rules, every clock right");
+    let end_window = sh.open_window(&restarted, None);
     if let Some(t) = converge(&c, &sh, "end of the run")? {
         summary.convergence.push(t);
     }
@@ -889,9 +986,10 @@ pub fn run(cfg: &Config) -> Result<Summary> {
     let failures = prober.join().unwrap_or_default();
     let _ = sampler.join();
     for (from, to, port, node, err) in &failures {
-        if !sh.excused(*from, *to, *port == WEB_PORT) {
+        let entry = names.iter().position(|n| n == node).unwrap_or(usize::MAX);
+        if !sh.excused(*from, *to, service_of_port(*port), entry) {
             sh.violation(format!(
-                "mesh request to :{port} via {node} at {:.3}–{:.3}s failed outside every fault window: {err}",
+                "mesh request to :{port} via {node} at {:.3}–{:.3}s failed with no fault on its node or its service's nodes: {err}",
                 from.as_secs_f64(),
                 to.as_secs_f64()
             ));
@@ -988,7 +1086,7 @@ fn drive(
                     "--filter",
                     &format!("label=shoal.cluster={}", c.cluster_id),
                     "--format",
-                    r#"{{.ID}} {{.Label "shoal.service.name"}}.{{.Label "shoal.slot"}}"#,
+                    r#"{{.ID}} {{.Label "shoal.service.name"}}.{{.Label "shoal.slot"}} {{.Label "shoal.node"}}"#,
                 ])?;
                 let mut rows: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
                 rows.sort_unstable();
@@ -997,8 +1095,15 @@ fn drive(
                     continue;
                 }
                 let row = rows[(*pick % rows.len() as u64) as usize];
-                let (id, task) = row.split_once(' ').unwrap_or((row, ""));
-                let w = sh.open_window(true);
+                let mut f = row.split_whitespace();
+                let (id, task, node) = (
+                    f.next().unwrap_or(""),
+                    f.next().unwrap_or(""),
+                    f.next().unwrap_or(""),
+                );
+                let service = task.split('.').next().unwrap_or("").to_string();
+                let on: Vec<usize> = c.ids.iter().position(|i| i == node).into_iter().collect();
+                let w = sh.open_window(&on, Some(service));
                 match docker(&["kill", id]) {
                     Ok(_) => sh.say(&format!("docker kill {} ({task})", &id[..12.min(id.len())])),
                     Err(e) => sh.say(&format!("docker kill {task}: {e:#}")),
@@ -1007,7 +1112,7 @@ fn drive(
             }
             Fault::Kill(victims) => {
                 let majority = e.majority(c.managers);
-                let w = sh.open_window(false);
+                let w = sh.open_window(victims, None);
                 sh.fault(victims);
                 for v in victims {
                     c.nodes[*v].kill9();
@@ -1048,7 +1153,7 @@ fn drive(
                     sh.say("kill -9 the leader: no leader agreed on within 10 s, skipped");
                     continue;
                 };
-                let w = sh.open_window(false);
+                let w = sh.open_window(&[l], None);
                 sh.fault(&[l]);
                 c.nodes[l].kill9();
                 c.running[l] = false;
@@ -1057,9 +1162,16 @@ fn drive(
                 restart(c, sh, &[l])?;
                 sh.close_window(w);
             }
+            Fault::ClockJump { node, secs } => {
+                set_clock(&c.nodes[*node], *secs)?;
+                sh.say(&format!("clock of {} steps {secs:+} s", c.names[*node]));
+                pace(e.hold)?;
+                set_clock(&c.nodes[*node], 0)?;
+                sh.say(&format!("clock of {} steps back", c.names[*node]));
+            }
             Fault::Partition(node) => {
                 let others: Vec<IpAddr> = (0..n).filter(|i| i != node).map(|i| c.ip(i)).collect();
-                let w = sh.open_window(false);
+                let w = sh.open_window(&[*node], None);
                 sh.fault(&[*node]);
                 fw.partition(c.ip(*node), &others)?;
                 sh.say(&format!("partition {} | rest", c.names[*node]));
@@ -1069,7 +1181,7 @@ fn drive(
                 sh.close_window(w);
             }
             Fault::Loss { from, to, percent } => {
-                let w = sh.open_window(false);
+                let w = sh.open_window(&[*from, *to], None);
                 sh.fault(&[*from, *to]);
                 fw.loss(c.ip(*from), c.ip(*to), *percent)?;
                 sh.say(&format!(
@@ -1085,6 +1197,35 @@ fn drive(
     }
     pace((start + duration).saturating_duration_since(Instant::now()))?;
     Ok(())
+}
+
+/// The file libfaketime reads `d`'s clock offset from.
+fn clock_file(d: &Daemon) -> PathBuf {
+    d.dir().join("faketime")
+}
+
+/// Sets `d`'s wall-clock offset to `secs` (libfaketime re-reads it within a second).
+fn set_clock(d: &Daemon, secs: i64) -> Result<()> {
+    let f = clock_file(d);
+    // Written aside and renamed, so the library never reads half a line.
+    let tmp = f.with_extension("new");
+    std::fs::write(&tmp, format!("{secs:+}\n"))?;
+    std::fs::rename(&tmp, &f).with_context(|| format!("cannot set {}", f.display()))
+}
+
+/// The environment that runs `d` under libfaketime: the wall clock offset by what
+/// [`clock_file`] says, the monotonic clock untouched (a step of the wall clock does not
+/// move it, on a real machine either).
+fn faketime_env(lib: &Path, d: &Daemon) -> Vec<(String, String)> {
+    vec![
+        ("LD_PRELOAD".into(), lib.display().to_string()),
+        (
+            "FAKETIME_TIMESTAMP_FILE".into(),
+            clock_file(d).display().to_string(),
+        ),
+        ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+        ("DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]
 }
 
 /// Restarts `victims`; a node that does not come back is a violation, and the run goes on.

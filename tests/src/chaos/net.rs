@@ -1,6 +1,7 @@
 //! Network faults: iptables rules in the root namespace, all in one chain of their own
-//! (`SHOAL-CHAOS`, jumped to from `INPUT` for packets on `lo`), matching only UDP between
-//! the run's loopback addresses. The chain is flushed and deleted when the guard is
+//! (`SHOAL-CHAOS-B` for the run on `127.0.B.x`, jumped to from `INPUT` for packets on
+//! `lo`), matching only UDP between the run's loopback addresses, so that runs on
+//! different blocks do not touch each other's rules. The chain is flushed and deleted when the guard is
 //! created (the leftovers of a crashed run) and when it is dropped (also while a failing
 //! run unwinds); `scripts/chaos.sh` does the same in its trap, for a harness killed
 //! without unwinding.
@@ -13,8 +14,10 @@ use anyhow::{Result, bail};
 
 use crate::output_within;
 
-/// The chain every rule of a chaos run lives in.
-pub const CHAIN: &str = "SHOAL-CHAOS";
+/// The chain every rule of the chaos run on `127.0.{block}.x` lives in.
+pub fn chain(block: u8) -> String {
+    format!("SHOAL-CHAOS-{block}")
+}
 
 fn iptables(args: &[&str]) -> Result<String> {
     let mut cmd = Command::new("iptables");
@@ -32,24 +35,31 @@ fn iptables(args: &[&str]) -> Result<String> {
 }
 
 /// Removes the chain and every jump to it; quiet when there is none.
-pub fn remove_chain() {
-    while iptables(&["-D", "INPUT", "-i", "lo", "-j", CHAIN]).is_ok() {}
-    let _ = iptables(&["-F", CHAIN]);
-    let _ = iptables(&["-X", CHAIN]);
+pub fn remove_chain(chain: &str) {
+    while iptables(&["-D", "INPUT", "-i", "lo", "-j", chain]).is_ok() {}
+    let _ = iptables(&["-F", chain]);
+    let _ = iptables(&["-X", chain]);
 }
 
 /// The chain, present while this value lives.
 pub struct Firewall {
-    _private: (),
+    chain: String,
 }
 
 impl Firewall {
-    /// Removes what an earlier run left, creates the chain and the jump from `INPUT`.
-    pub fn new() -> Result<Firewall> {
-        remove_chain();
-        iptables(&["-N", CHAIN])?;
-        iptables(&["-I", "INPUT", "-i", "lo", "-j", CHAIN])?;
-        Ok(Firewall { _private: () })
+    /// Removes what an earlier run on `block` left, creates the chain and the jump from
+    /// `INPUT`.
+    pub fn new(block: u8) -> Result<Firewall> {
+        let chain = chain(block);
+        remove_chain(&chain);
+        iptables(&["-N", &chain])?;
+        iptables(&["-I", "INPUT", "-i", "lo", "-j", &chain])?;
+        Ok(Firewall { chain })
+    }
+
+    /// The chain's name.
+    pub fn chain(&self) -> &str {
+        &self.chain
     }
 
     /// Drops every UDP datagram between `node` and each of `others`, both directions.
@@ -58,7 +68,18 @@ impl Firewall {
         for o in others {
             let o = o.to_string();
             for (s, d) in [(&n, &o), (&o, &n)] {
-                iptables(&["-A", CHAIN, "-p", "udp", "-s", s, "-d", d, "-j", "DROP"])?;
+                iptables(&[
+                    "-A",
+                    &self.chain,
+                    "-p",
+                    "udp",
+                    "-s",
+                    s,
+                    "-d",
+                    d,
+                    "-j",
+                    "DROP",
+                ])?;
             }
         }
         Ok(())
@@ -68,12 +89,23 @@ impl Firewall {
     pub fn loss(&self, from: IpAddr, to: IpAddr, percent: u32) -> Result<()> {
         let (s, d) = (from.to_string(), to.to_string());
         if percent >= 100 {
-            iptables(&["-A", CHAIN, "-p", "udp", "-s", &s, "-d", &d, "-j", "DROP"])?;
+            iptables(&[
+                "-A",
+                &self.chain,
+                "-p",
+                "udp",
+                "-s",
+                &s,
+                "-d",
+                &d,
+                "-j",
+                "DROP",
+            ])?;
         } else {
             let p = format!("{:.2}", f64::from(percent) / 100.0);
             iptables(&[
                 "-A",
-                CHAIN,
+                &self.chain,
                 "-p",
                 "udp",
                 "-s",
@@ -95,12 +127,12 @@ impl Firewall {
 
     /// Removes every rule of the chain (the chain and its jump stay).
     pub fn heal(&self) -> Result<()> {
-        iptables(&["-F", CHAIN]).map(drop)
+        iptables(&["-F", &self.chain]).map(drop)
     }
 
     /// The number of rules in the chain.
     pub fn rules(&self) -> Result<usize> {
-        Ok(iptables(&["-S", CHAIN])?
+        Ok(iptables(&["-S", &self.chain])?
             .lines()
             .filter(|l| l.starts_with("-A "))
             .count())
@@ -109,6 +141,6 @@ impl Firewall {
 
 impl Drop for Firewall {
     fn drop(&mut self) {
-        remove_chain();
+        remove_chain(&self.chain);
     }
 }

@@ -29,7 +29,13 @@ pub enum Fault {
     /// `docker kill` one running task container of the cluster: the `pick`-th (modulo the
     /// count) of the list sorted by container ID.
     DockerKill { pick: u64 },
+    /// Step this node's wall clock by `secs` (forward or back, as NTP does when it finds
+    /// the clock far off), step it back after the hold. Its monotonic clock goes on.
+    ClockJump { node: usize, secs: i64 },
 }
+
+/// The clock steps a [`Fault::ClockJump`] picks from: seconds to a day, both ways.
+pub const CLOCK_STEPS: [i64; 10] = [-86_400, -3_600, -600, -90, -20, 20, 90, 600, 3_600, 86_400];
 
 /// A fault at `at` (offset from the start of the faults), lifted after `hold`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,13 +109,15 @@ impl Schedule {
     /// (a majority kill 5–10 s) and followed by 4–10 s of calm; a `docker kill` (with
     /// Docker) is a point fault in that stream. Kills take a minority of the managers
     /// (or a worker, or the leader), and about one node fault in ten kills a majority of
-    /// the managers. Writes come every 0.3–2.5 s all along.
+    /// the managers. With `clock`, about one fault in eight is a wall-clock step of one
+    /// node instead. Writes come every 0.3–2.5 s all along.
     pub fn new(
         seed: u64,
         managers: usize,
         workers: usize,
         duration: Duration,
         docker: bool,
+        clock: bool,
     ) -> Schedule {
         let nodes = managers + workers;
         let mut rng = Rng(seed.max(1));
@@ -121,7 +129,11 @@ impl Schedule {
         let mut t = ms(&mut rng, 2000, 4000);
         while t < duration {
             let roll = rng.next_u64() % 100;
-            let (fault, hold) = if docker && roll < 10 {
+            let (fault, hold) = if clock && rng.next_u64() % 8 == 0 {
+                let node = (rng.next_u64() % nodes as u64) as usize;
+                let secs = CLOCK_STEPS[(rng.next_u64() % CLOCK_STEPS.len() as u64) as usize];
+                (Fault::ClockJump { node, secs }, ms(&mut rng, 3000, 8000))
+            } else if docker && roll < 10 {
                 (
                     Fault::DockerKill {
                         pick: rng.next_u64(),
@@ -235,11 +247,11 @@ mod tests {
     #[test]
     fn a_seed_replays_the_same_schedule_and_kills_a_minority_or_a_majority() {
         let d = Duration::from_secs(300);
-        let a = Schedule::new(42, 3, 3, d, true);
-        let b = Schedule::new(42, 3, 3, d, true);
+        let a = Schedule::new(42, 3, 3, d, true, true);
+        let b = Schedule::new(42, 3, 3, d, true, true);
         assert_eq!(a.episodes, b.episodes);
         assert_eq!(a.writes, b.writes);
-        let c = Schedule::new(43, 3, 3, d, true);
+        let c = Schedule::new(43, 3, 3, d, true, true);
         assert_ne!(a.episodes, c.episodes);
         assert!(a.episodes.len() > 10, "{}", a.episodes.len());
         for e in &a.episodes {
@@ -252,6 +264,19 @@ mod tests {
                 assert!(from < 6 && to < 6);
             }
         }
+        assert!(
+            a.episodes
+                .iter()
+                .any(|e| matches!(e.fault, Fault::ClockJump { .. })),
+            "no clock jump in 300 s"
+        );
+        let plain = Schedule::new(42, 3, 3, d, true, false);
+        assert!(
+            !plain
+                .episodes
+                .iter()
+                .any(|e| matches!(e.fault, Fault::ClockJump { .. }))
+        );
         // Faults never overlap: each starts after the previous one was lifted.
         for w in a.episodes.windows(2) {
             assert!(w[1].at >= w[0].at + w[0].hold, "{w:?}");
