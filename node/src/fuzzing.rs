@@ -638,4 +638,130 @@ mod tests {
             }
         }
     }
+
+    /// A few seconds of mutations of one target's checked-in corpus through its entry
+    /// point, on stable Rust: what `scripts/test.sh` can afford in CI (the coverage-guided
+    /// run, `scripts/fuzz.sh`, needs a nightly instrumented build that does not fit CI's
+    /// budget). Not coverage-guided: bit flips, interesting bytes and lengths, inserts,
+    /// deletes, duplicated chunks, truncation and splices with another seed, 1–8 per input,
+    /// from a fixed seed. A panic prints the input in hex (save it, and it becomes a
+    /// regression seed). `SHOAL_FUZZ_SMOKE_MS` sets the time per target (default 2000).
+    fn mutate_corpus(target: &str) {
+        let accept = TARGETS
+            .iter()
+            .find(|(t, _)| *t == target)
+            .expect("target")
+            .1;
+        let dir = corpus_dir().join(target);
+        let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .expect("corpus dir")
+            .map(|e| std::fs::read(e.expect("entry").path()).expect("read"))
+            .collect();
+        seeds.sort();
+        assert!(!seeds.is_empty(), "no corpus for {target}");
+        let budget = std::time::Duration::from_millis(
+            std::env::var("SHOAL_FUZZ_SMOKE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2000),
+        );
+        let mut x: u64 = 0x5eed_0000_0000_0020 ^ target.len() as u64;
+        let mut rnd = move |n: usize| -> usize {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % (n.max(1) as u64)) as usize
+        };
+        let start = std::time::Instant::now();
+        let mut runs = 0u64;
+        while start.elapsed() < budget {
+            let mut input = seeds[rnd(seeds.len())].clone();
+            for _ in 0..=rnd(8) {
+                let len = input.len();
+                match rnd(8) {
+                    0 if len > 0 => {
+                        let i = rnd(len);
+                        input[i] ^= 1 << rnd(8);
+                    }
+                    1 if len > 0 => {
+                        let i = rnd(len);
+                        input[i] = [0, 1, 0x7f, 0x80, 0xff, b'"', b'{', b'\\'][rnd(8)];
+                    }
+                    2 => {
+                        let i = rnd(len + 1);
+                        input.insert(i, rnd(256) as u8);
+                    }
+                    3 if len > 0 => {
+                        input.remove(rnd(len));
+                    }
+                    4 if len > 1 => {
+                        let a = rnd(len);
+                        let b = (a + 1 + rnd(16)).min(len);
+                        let chunk = input[a..b].to_vec();
+                        let at = rnd(len + 1);
+                        input.splice(at..at, chunk);
+                    }
+                    5 => input.truncate(rnd(len + 1)),
+                    6 if len >= 4 => {
+                        // A length or count field blown up.
+                        let i = rnd(len - 3);
+                        input[i..i + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+                    }
+                    _ => {
+                        let other = &seeds[rnd(seeds.len())];
+                        let cut = rnd(input.len() + 1);
+                        input.truncate(cut);
+                        input.extend_from_slice(&other[rnd(other.len() + 1)..]);
+                    }
+                }
+            }
+            let r = std::panic::catch_unwind(|| accept(&input));
+            if let Err(p) = r {
+                let hex: String = input.iter().map(|b| format!("{b:02x}")).collect();
+                eprintln!("{target}: panicked on input {hex}");
+                std::panic::resume_unwind(p);
+            }
+            runs += 1;
+        }
+        println!(
+            "{target}: {runs} mutated inputs in {:.1} s, 0 panics",
+            start.elapsed().as_secs_f64()
+        );
+        assert!(runs > 100, "{target}: only {runs} runs");
+    }
+
+    #[test]
+    fn issue_20_mutated_frames_never_panic() {
+        mutate_corpus("frame");
+    }
+
+    #[test]
+    fn issue_20_mutated_swim_datagrams_never_panic() {
+        mutate_corpus("swim");
+    }
+
+    #[test]
+    fn issue_20_mutated_join_tokens_never_panic() {
+        mutate_corpus("token");
+    }
+
+    #[test]
+    fn issue_20_mutated_api_bodies_never_panic() {
+        mutate_corpus("api");
+    }
+
+    #[test]
+    fn issue_20_mutated_node_json_never_panics() {
+        mutate_corpus("node_json");
+    }
+
+    #[test]
+    fn issue_20_mutated_worker_caches_never_panic() {
+        mutate_corpus("worker_cache");
+    }
+
+    #[test]
+    fn issue_20_mutated_raft_states_never_panic() {
+        mutate_corpus("raft_state");
+    }
 }
