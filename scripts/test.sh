@@ -28,7 +28,7 @@ apt_install() {
     fi
 }
 
-apt_install busybox-static iptables
+apt_install busybox-static iptables faketime
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
@@ -162,7 +162,8 @@ log "running the test suite"
 cargo nextest run --workspace --no-fail-fast "$@"
 
 # The fuzz targets' seed corpora run through the decoders in the unit tests above
-# (`fuzzing::tests`). Coverage-guided fuzzing (cargo-fuzz, an instrumented release build of
+# (`fuzzing::tests`), and each target gets 2 s of mutations of its corpus there
+# (`issue_20_mutated_*`, stable Rust, not coverage-guided). Coverage-guided fuzzing (cargo-fuzz, an instrumented release build of
 # every dependency: far beyond CI's time budget from a cold start on 2 cores) is opt-in:
 # SHOAL_FUZZ_SECONDS=5 scripts/test.sh, or scripts/fuzz.sh directly (BENCHMARKS.md, "Fuzzing").
 if [[ "${SHOAL_FUZZ_SECONDS:-0}" != 0 ]]; then
@@ -170,8 +171,9 @@ if [[ "${SHOAL_FUZZ_SECONDS:-0}" != 0 ]]; then
     scripts/fuzz.sh "${SHOAL_FUZZ_SECONDS}"
 fi
 
-# A short chaos run (issue 20): a fixed seed, about 2 minutes of faults and writes on a
-# 3 + 3 cluster, every invariant checked (scripts/chaos.sh; its leftovers are checked
+# A short chaos run (issue 20): a fixed seed, about 2 minutes of faults (clock steps
+# included: libfaketime, Debian's faketime, installed above) and writes on a 3 + 3
+# cluster, every invariant checked (scripts/chaos.sh; its leftovers are checked
 # above like the suite's).
 log "running a short chaos run (seed 7, 120 s)"
 scripts/chaos.sh --duration 120 --seed 7

@@ -668,6 +668,34 @@ impl Daemon {
         self._dir.path()
     }
 
+    /// Runs this daemon (from its next start on) under libfaketime `lib`: its wall clock
+    /// offset by what [`Daemon::set_clock`] last wrote (0 to begin with), its monotonic
+    /// clock untouched — as a real clock step leaves it.
+    pub fn fake_clock(&mut self, lib: &Path) -> Result<()> {
+        self.set_clock(0)?;
+        let file = self.dir().join("faketime");
+        self.env
+            .retain(|(k, _)| !k.starts_with("FAKETIME") && k != "LD_PRELOAD");
+        self.env.extend([
+            ("LD_PRELOAD".into(), lib.display().to_string()),
+            ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
+            // Re-read every second, so a step lands within one.
+            ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+            ("DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ]);
+        Ok(())
+    }
+
+    /// Steps the wall clock of a daemon run under [`Daemon::fake_clock`] to `secs` seconds
+    /// off the real one (it takes effect within a second).
+    pub fn set_clock(&self, secs: i64) -> Result<()> {
+        let file = self.dir().join("faketime");
+        // Written aside and renamed, so the library never reads half a line.
+        let tmp = file.with_extension("new");
+        std::fs::write(&tmp, format!("{secs:+}\n"))?;
+        std::fs::rename(&tmp, &file).with_context(|| format!("cannot set {}", file.display()))
+    }
+
     /// [`Daemon::spawn`] with extra environment variables (e.g. `DOCKER_HOST`).
     pub fn spawn_with_env(&self, env: &[(&str, &str)]) -> Result<DaemonProcess> {
         reaper(&format!(
@@ -1338,6 +1366,21 @@ pub fn cluster_id(d: &Daemon) -> Result<String> {
         .to_string();
     anyhow::ensure!(!id.is_empty(), "{} is in no cluster", d.name);
     Ok(id)
+}
+
+/// libfaketime's library for multi-threaded programs (Debian's `faketime` package), if
+/// installed.
+pub fn faketime_lib() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("faketime"))
+        .collect();
+    dirs.push(PathBuf::from("/usr/lib/faketime"));
+    dirs.into_iter()
+        .map(|d| d.join("libfaketimeMT.so.1"))
+        .find(|f| f.is_file())
 }
 
 /// [`start_cluster`] on `127.0.{block}.{first}` and up instead of `.1` and up, so that

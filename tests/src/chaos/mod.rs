@@ -829,8 +829,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
     let fw = net::Firewall::new(cfg.block)?;
     let (ms, ws) = start_cluster_with("c", cfg.block, 1, cfg.managers, cfg.workers, |d| {
         if let Some(lib) = &cfg.faketime {
-            set_clock(d, 0)?;
-            d.env = faketime_env(lib, d);
+            d.fake_clock(lib)?;
         }
         Ok(())
     })?;
@@ -969,7 +968,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
     let mut restarted = Vec::new();
     for i in 0..n {
         if cfg.faketime.is_some() {
-            set_clock(&c.nodes[i], 0)?;
+            c.nodes[i].set_clock(0)?;
         }
         if !c.running[i] {
             c.nodes[i].start()?;
@@ -1163,10 +1162,10 @@ fn drive(
                 sh.close_window(w);
             }
             Fault::ClockJump { node, secs } => {
-                set_clock(&c.nodes[*node], *secs)?;
+                c.nodes[*node].set_clock(*secs)?;
                 sh.say(&format!("clock of {} steps {secs:+} s", c.names[*node]));
                 pace(e.hold)?;
-                set_clock(&c.nodes[*node], 0)?;
+                c.nodes[*node].set_clock(0)?;
                 sh.say(&format!("clock of {} steps back", c.names[*node]));
             }
             Fault::Partition(node) => {
@@ -1197,35 +1196,6 @@ fn drive(
     }
     pace((start + duration).saturating_duration_since(Instant::now()))?;
     Ok(())
-}
-
-/// The file libfaketime reads `d`'s clock offset from.
-fn clock_file(d: &Daemon) -> PathBuf {
-    d.dir().join("faketime")
-}
-
-/// Sets `d`'s wall-clock offset to `secs` (libfaketime re-reads it within a second).
-fn set_clock(d: &Daemon, secs: i64) -> Result<()> {
-    let f = clock_file(d);
-    // Written aside and renamed, so the library never reads half a line.
-    let tmp = f.with_extension("new");
-    std::fs::write(&tmp, format!("{secs:+}\n"))?;
-    std::fs::rename(&tmp, &f).with_context(|| format!("cannot set {}", f.display()))
-}
-
-/// The environment that runs `d` under libfaketime: the wall clock offset by what
-/// [`clock_file`] says, the monotonic clock untouched (a step of the wall clock does not
-/// move it, on a real machine either).
-fn faketime_env(lib: &Path, d: &Daemon) -> Vec<(String, String)> {
-    vec![
-        ("LD_PRELOAD".into(), lib.display().to_string()),
-        (
-            "FAKETIME_TIMESTAMP_FILE".into(),
-            clock_file(d).display().to_string(),
-        ),
-        ("FAKETIME_CACHE_DURATION".into(), "1".into()),
-        ("DONT_FAKE_MONOTONIC".into(), "1".into()),
-    ]
 }
 
 /// Restarts `victims`; a node that does not come back is a violation, and the run goes on.
