@@ -141,6 +141,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    fn new(seed: u64) -> Shared {
+        Shared {
+            start: Instant::now(),
+            seed,
+            violations: Mutex::new(Vec::new()),
+            windows: Mutex::new(Vec::new()),
+            stop_threads: AtomicBool::new(false),
+            pause_writer: AtomicBool::new(false),
+            writer_idle: AtomicBool::new(true),
+            failovers: AtomicU64::new(0),
+            faulted: Mutex::new(BTreeSet::new()),
+            hosts: Mutex::new(Vec::new()),
+        }
+    }
+
     fn now(&self) -> Duration {
         self.start.elapsed()
     }
@@ -800,18 +815,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
         cfg.managers >= 1 && n <= 9,
         "1..9 nodes with a manager, on 127.0.BLOCK.1-9"
     );
-    let sh = Arc::new(Shared {
-        start: Instant::now(),
-        seed: cfg.seed,
-        violations: Mutex::new(Vec::new()),
-        windows: Mutex::new(Vec::new()),
-        stop_threads: AtomicBool::new(false),
-        pause_writer: AtomicBool::new(false),
-        writer_idle: AtomicBool::new(true),
-        failovers: AtomicU64::new(0),
-        faulted: Mutex::new(BTreeSet::new()),
-        hosts: Mutex::new(Vec::new()),
-    });
+    let sh = Arc::new(Shared::new(cfg.seed));
     let schedule = Schedule::new(
         cfg.seed,
         cfg.managers,
@@ -1213,4 +1217,49 @@ fn restart(c: &mut Cluster, sh: &Shared, victims: &[usize]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn window(sh: &Shared, from: u64, to: u64, nodes: &[usize], service: Option<&str>) {
+        lock(&sh.windows).push(Window {
+            from: secs(from),
+            to: Some(secs(to)),
+            nodes: nodes.iter().copied().collect(),
+            service: service.map(str::to_string),
+        });
+    }
+
+    #[test]
+    fn a_mesh_failure_is_excused_only_by_a_fault_on_its_entry_node_or_its_services_nodes() {
+        let sh = Shared::new(1);
+        // echo ran on nodes 1 and 2, web on 0 and 3.
+        for t in [95, 100, 105, 110, 130] {
+            lock(&sh.hosts).push((secs(t), "echo".into(), [1, 2].into()));
+            lock(&sh.hosts).push((secs(t), "web".into(), [0, 3].into()));
+        }
+        // Node 1 killed from 100 s to 105 s.
+        window(&sh, 100, 105, &[1], None);
+        // A failure via node 4 to echo (on node 1) during it and within the grace: excused.
+        assert!(sh.excused(secs(101), secs(102), "echo", 4));
+        assert!(sh.excused(secs(114), secs(114), "echo", 4));
+        // After the grace: not.
+        assert!(!sh.excused(secs(116), secs(116), "echo", 4));
+        // Before the fault: not.
+        assert!(!sh.excused(secs(90), secs(91), "echo", 4));
+        // web had no task on node 1 and the request entered at node 4: not excused.
+        assert!(!sh.excused(secs(101), secs(102), "web", 4));
+        // ... but entering at the killed node is.
+        assert!(sh.excused(secs(101), secs(102), "web", 1));
+        // A docker kill of a web container on node 3 excuses web failures, not echo's.
+        window(&sh, 120, 120, &[3], Some("web"));
+        assert!(sh.excused(secs(121), secs(121), "web", 5));
+        assert!(!sh.excused(secs(121), secs(121), "echo", 3));
+    }
 }
