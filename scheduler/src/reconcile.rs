@@ -229,6 +229,11 @@ enum SlotUpdate {
     Clean,
     /// Runs an outdated task and nothing is replacing it yet.
     Waiting,
+    /// Like [`SlotUpdate::Waiting`], but the outdated task does not serve (not running yet,
+    /// or its health check not passing — a task of an earlier update still starting):
+    /// replacing it takes nothing out of service, so it goes first and needs no share of
+    /// the parallelism, while it counts against the parallelism left for serving slots.
+    Unavailable,
     /// Being replaced: an outdated task is stopping or handing over, or its replacement is
     /// not ready yet.
     InFlight,
@@ -578,6 +583,7 @@ impl<'a> Pass<'a> {
         v: &[usize],
     ) -> (SlotUpdate, Option<Timestamp>) {
         let mut old_active = false;
+        let mut old_ready = false;
         let mut old_stopping = false;
         let mut new_active = false;
         let mut new_starting = false;
@@ -600,6 +606,7 @@ impl<'a> Pass<'a> {
                 }
             } else if self.is_active(i) {
                 old_active = true;
+                old_ready |= self.is_ready(u, i);
             } else if self.is_assigned(i) {
                 old_stopping = true;
             }
@@ -613,6 +620,8 @@ impl<'a> Pass<'a> {
             });
         let status = if old_stopping || (old_active && new_active) || new_starting || emptied {
             SlotUpdate::InFlight
+        } else if old_active && !old_ready {
+            SlotUpdate::Unavailable
         } else if old_active {
             SlotUpdate::Waiting
         } else {
@@ -632,6 +641,7 @@ impl<'a> Pass<'a> {
             return 0;
         };
         let (mut in_flight, mut last_ready) = (0u64, None);
+        let mut unavailable = 0u64;
         // The canary: until one new task has stayed ready for the settle time, a slot whose
         // new task is ready more recently still counts as in flight.
         let settle = u.monitor_ms.min(CANARY_SETTLE_MS);
@@ -640,6 +650,7 @@ impl<'a> Pass<'a> {
         for v in slots {
             let (status, ready_at) = self.slot_update(service, u, v);
             in_flight += u64::from(status == SlotUpdate::InFlight);
+            unavailable += u64::from(status == SlotUpdate::Unavailable);
             last_ready = last_ready.max(ready_at);
             if let (SlotUpdate::Clean, Some(at)) = (status, ready_at) {
                 if at.plus_ms(settle) <= self.now {
@@ -664,7 +675,7 @@ impl<'a> Pass<'a> {
             u.parallelism
         };
         if u.delay_ms == 0 {
-            return width.saturating_sub(in_flight);
+            return width.saturating_sub(in_flight + unavailable);
         }
         // With a delay, batch by batch: the next batch starts `delay` after the last one is
         // ready.
@@ -677,7 +688,15 @@ impl<'a> Pass<'a> {
             self.wake(at);
             return 0;
         }
-        width
+        width.saturating_sub(unavailable)
+    }
+
+    /// Whether the slot made of tasks `v` is [`SlotUpdate::Unavailable`] in an update of
+    /// `service` that is not paused: its turn needs no share of the budget.
+    fn unavailable_in_update(&self, service: &Service, v: &[usize]) -> bool {
+        service.update.as_ref().is_some_and(|u| {
+            !u.paused && self.slot_update(service, u, v).0 == SlotUpdate::Unavailable
+        })
     }
 
     /// Splits the active tasks `keepers` of one slot: with an update, the current ones stay
@@ -780,16 +799,21 @@ impl<'a> Pass<'a> {
             } else {
                 self.dedup(&mut keepers)
             };
+            // Decided before `hand_over` may change what the slot's tasks want.
+            let free_turn = self.unavailable_in_update(service, v);
             self.hand_over(service, keeper, &old);
             let mut start_new = false;
             if let Some(k) = keeper
                 && !self.is_current(service, k)
                 && movers.is_empty()
                 && !self.old_stopping(service, v)
-                && budget > 0
+                && (budget > 0 || free_turn)
             {
-                // A waiting slot's turn in the update.
-                budget -= 1;
+                // A waiting slot's turn in the update (an unavailable one was counted
+                // against the budget already).
+                if !free_turn {
+                    budget -= 1;
+                }
                 let start_first = service.update.as_ref().is_some_and(|u| u.start_first);
                 if start_first && self.is_assigned(k) {
                     start_new = true;

@@ -428,3 +428,43 @@ fn a_version_that_dies_just_after_starting_takes_down_only_the_first_slot() {
         "good tasks stopped before the first new one proved itself"
     );
 }
+
+/// Chaos seed 404 (issue 20): an update that replaces one still in flight found slot 1
+/// serving its old version and slot 2 running the previous update's task, not healthy yet.
+/// It took its one slot of parallelism on slot 1 — the only task serving — and the service
+/// served nothing until slot 2 became healthy. A slot whose outdated task is not ready is
+/// replaced first, and counts against the parallelism for the ready ones.
+#[test]
+fn issue_20_an_update_over_an_update_in_flight_replaces_the_unready_slot_first() {
+    let mut v = view(nodes(&["a", "b"]), vec![service("s", 2)]);
+    let now = settle(&mut v, T0);
+    healthy_start(&mut v);
+    // Slot 2 runs the task of an earlier update (version 2), still starting.
+    let t2 = v
+        .tasks
+        .iter_mut()
+        .find(|t| t.slot == Slot::Replica(2) && t.desired_state == DesiredState::Running)
+        .expect("slot 2");
+    t2.spec_version = 2;
+    let t2 = t2.id.clone();
+    v.health.insert(t2.clone(), TaskHealth::Starting);
+    let mut u = rolling(1, false, now);
+    u.require_healthy = true;
+    begin(&mut v, "s", 3, u);
+    let plan = reconcile(&v, now, &cfg());
+    v.apply(&plan.decisions, now).expect("apply");
+    let stopping: Vec<&Task> = v
+        .tasks
+        .iter()
+        .filter(|t| t.desired_state == DesiredState::Shutdown)
+        .collect();
+    assert_eq!(stopping.len(), 1, "{stopping:?}");
+    assert_eq!(stopping[0].id, t2, "the serving task was taken instead");
+    let mut least = usize::MAX;
+    let done = drive(&mut v, "s", now, 200, &[], |v| {
+        least = least.min(serving(v, "s", true));
+    });
+    assert!(done.is_some(), "not completed");
+    assert_eq!(versions(&v, "s"), vec![3, 3]);
+    assert_eq!(least, 1, "a moment with no healthy task");
+}
