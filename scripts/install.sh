@@ -224,7 +224,8 @@ nosystemd_start() {
     daemon_command
     say "starting: ${DAEMON_CMD[*]}"
     # A session of its own, so it outlives this script and the ssh session that ran it.
-    setsid nohup "${DAEMON_CMD[@]}" </dev/null >>"$R$LOG" 2>&1 &
+    # NO_COLOR: plain log lines in the file, no terminal colour codes.
+    NO_COLOR=1 setsid nohup "${DAEMON_CMD[@]}" </dev/null >>"$R$LOG" 2>&1 &
     echo $! >"$R$PIDFILE"
 }
 
