@@ -158,13 +158,13 @@ put_file() {
     if ((existed)); then say "updated $R$dest"; else say "installed $R$dest"; fi
 }
 
+# Writes the manifest (only when it changed: a second run touches nothing).
 save_manifest() {
     make_dirs "$LIBDIR"
-    local tmp
-    tmp=$(mktemp "$R$LIBDIR/.manifest.XXXXXX")
-    printf '%s\n' "${MANIFEST_LINES[@]}" >"$tmp"
-    chmod 0644 "$tmp"
-    mv -f "$tmp" "$R$MANIFEST"
+    printf '%s\n' "${MANIFEST_LINES[@]}" >"$work/manifest"
+    cmp -s "$work/manifest" "$R$MANIFEST" && return 0
+    install -m 0644 "$work/manifest" "$R$MANIFEST.shoal-new"
+    mv -f "$R$MANIFEST.shoal-new" "$R$MANIFEST"
 }
 
 # --- the daemon without systemd --------------------------------------------------------
