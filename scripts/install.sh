@@ -35,7 +35,8 @@
 # Running it again changes nothing when nothing changed, and says so. It writes:
 #   /usr/local/bin/shoal, /etc/systemd/system/shoal.service, /etc/default/shoal,
 #   /var/lib/shoal (0700), /usr/local/lib/shoal/{install.sh,shoal.service,manifest},
-#   bash, zsh and fish completions and the man pages under /usr/local/share.
+#   bash and zsh completions and the man pages under /usr/local/share, fish completions
+#   in /etc/fish/completions.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -98,7 +99,8 @@ MAN1=/usr/local/share/man/man1
 declare -A COMPLETIONS=(
     [bash]=/usr/local/share/bash-completion/completions/shoal
     [zsh]=/usr/local/share/zsh/site-functions/_shoal
-    [fish]=/usr/local/share/fish/vendor_completions.d/shoal.fish
+    # fish reads /usr/local/share/fish only when XDG_DATA_DIRS names it; /etc/fish always.
+    [fish]=/etc/fish/completions/shoal.fish
 )
 
 systemd_running() { [[ -z $R && -d /run/systemd/system ]]; }

@@ -125,6 +125,7 @@ const SYSTEM_PATHS: &[&str] = &[
     "/var/lib/shoal",
     "/run/shoal",
     "/usr/local/share/bash-completion/completions/shoal",
+    "/etc/fish/completions/shoal.fish",
     "/usr/local/share/man/man1/shoal.1",
 ];
 
@@ -190,7 +191,7 @@ fn issue_21_install_into_a_scratch_root_twice_then_uninstall_restores_it() -> Re
     for p in [
         "usr/local/share/bash-completion/completions/shoal",
         "usr/local/share/zsh/site-functions/_shoal",
-        "usr/local/share/fish/vendor_completions.d/shoal.fish",
+        "etc/fish/completions/shoal.fish",
         "usr/local/share/man/man1/shoal.1",
         "usr/local/share/man/man1/shoal-service-create.1",
         "usr/local/lib/shoal/install.sh",
@@ -330,7 +331,7 @@ fn issue_21_the_installed_unit_passes_systemd_analyze_verify() -> Result<()> {
             "docker installed: {docker}; unit:\n{unit}"
         );
         ensure!(
-            unit.contains("--socket-group shoal") == !group.is_empty(),
+            unit.contains("--socket-group shoal") != group.is_empty(),
             "socket group {group:?}; unit:\n{unit}"
         );
         let out = systemd_verify(&root)?;
