@@ -1,5 +1,6 @@
 //! The `shoal` command line: the daemon itself, and commands that talk to it.
 
+mod completion;
 mod events;
 mod listing;
 mod node;
@@ -13,6 +14,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub use completion::Shell;
 pub use listing::Format;
 
 use crate::api::client::Client;
@@ -141,6 +143,18 @@ pub enum Cmd {
     Service(service::ServiceCmd),
     /// Stream cluster events (from this manager's applied Raft log).
     Events(events::EventsArgs),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the manual page shoal(1), or write one page per command into a directory.
+    Man {
+        /// Write shoal.1, shoal-service.1, shoal-service-create.1, … here (and list them).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `shoal daemon` flags.
@@ -279,6 +293,14 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("shoal {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Cmd::Completion { shell } => completion::completion(shell, &mut std::io::stdout().lock()),
+        Cmd::Man { dir: None } => completion::man_page(&mut std::io::stdout().lock()),
+        Cmd::Man { dir: Some(dir) } => {
+            for page in completion::man_pages(&dir)? {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
         command => {
             let client = Client::new(socket_of(cli.host.as_deref())?);
             runtime.block_on(dispatch(&client, command))
@@ -310,7 +332,9 @@ async fn dispatch(client: &Client, command: Cmd) -> Result<()> {
         Cmd::Node(cmd) => node::run(client, cmd).await,
         Cmd::Service(cmd) => service::run(client, cmd).await,
         Cmd::Events(args) => events::run(client, args).await,
-        Cmd::Daemon(_) | Cmd::Version => unreachable!("handled before connecting"),
+        Cmd::Daemon(_) | Cmd::Version | Cmd::Completion { .. } | Cmd::Man { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
 }
 
