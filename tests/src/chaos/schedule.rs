@@ -129,7 +129,7 @@ impl Schedule {
         let mut t = ms(&mut rng, 2000, 4000);
         while t < duration {
             let roll = rng.next_u64() % 100;
-            let (fault, hold) = if clock && rng.next_u64() % 8 == 0 {
+            let (fault, hold) = if clock && rng.next_u64().is_multiple_of(8) {
                 let node = (rng.next_u64() % nodes as u64) as usize;
                 let secs = CLOCK_STEPS[(rng.next_u64() % CLOCK_STEPS.len() as u64) as usize];
                 (Fault::ClockJump { node, secs }, ms(&mut rng, 3000, 8000))
