@@ -1,9 +1,11 @@
 //! Service discovery's DNS (issue 22; ARCHITECTURE.md, "Service discovery"): the wire format
 //! (`codec`) and the resolver's decision (`resolve`), both pure — bytes and a snapshot of
-//! the cluster's names in, bytes out. The server that feeds them (UDP and TCP on the
-//! bridge gateway, forwarding to the host's resolvers) is the daemon's.
+//! the cluster's names in, bytes out — and the server's I/O (`server`: the UDP and TCP
+//! loops that answer with them and forward other names upstream), which the daemon is to
+//! start on its bridge gateway (not wired yet).
 
 pub mod codec;
 mod resolve;
+pub mod server;
 
 pub use resolve::{EndpointMode, Names, Outcome, ServiceName, TTL, Transport, resolve};
