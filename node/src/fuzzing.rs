@@ -195,6 +195,50 @@ pub fn swim_datagram(bytes: &[u8]) -> bool {
     accepted
 }
 
+/// A DNS query as a container sends it to the node's server (issue 22): answered from a
+/// fixed snapshot of names over UDP and over TCP. Accepted when it is answered or forwarded
+/// (not dropped). The fuzzer's oracle besides "no panic": every reply parses as a DNS
+/// message with the query's ID, within the transport's size limit.
+pub fn dns(bytes: &[u8]) -> bool {
+    use crate::dns::codec::{Message, TCP_MAX, UDP_EDNS_MAX};
+    use crate::dns::{Outcome, Transport};
+    static NAMES: OnceLock<crate::dns::Names> = OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        let mut names = crate::dns::Names::default();
+        names.insert(
+            "api",
+            crate::dns::ServiceName {
+                mode: crate::dns::EndpointMode::Vip,
+                vip: Some(Ipv4Addr::new(10, 247, 128, 1)),
+                tasks: (2..60).map(|i| Ipv4Addr::new(10, 247, 0, i)).collect(),
+            },
+        );
+        names.insert(
+            "db",
+            crate::dns::ServiceName {
+                mode: crate::dns::EndpointMode::Dnsrr,
+                vip: None,
+                tasks: vec![Ipv4Addr::new(10, 247, 0, 70)],
+            },
+        );
+        names
+    });
+    let mut accepted = false;
+    for (transport, max) in [(Transport::Udp, UDP_EDNS_MAX), (Transport::Tcp, TCP_MAX)] {
+        match crate::dns::resolve(bytes, names, transport) {
+            Outcome::Reply(reply) => {
+                assert!(reply.len() <= max, "reply of {} bytes", reply.len());
+                let parsed = Message::parse(&reply).expect("a reply parses");
+                assert_eq!(parsed.header.id.to_be_bytes(), [bytes[0], bytes[1]]);
+                accepted = true;
+            }
+            Outcome::Forward => accepted = true,
+            Outcome::Drop => {}
+        }
+    }
+    accepted
+}
+
 /// A join token's text (as `join --token` or a joiner's request carries it): parsed, then
 /// its signature checked against a CA key (which fails for any token not minted by it).
 pub fn join_token(bytes: &[u8]) -> bool {
@@ -365,7 +409,7 @@ mod tests {
     type Entry = (&'static str, fn(&[u8]) -> bool);
 
     /// The fuzz targets (`fuzz/fuzz_targets/NAME.rs`) and their entry points.
-    const TARGETS: [Entry; 7] = [
+    const TARGETS: [Entry; 8] = [
         ("frame", frame),
         ("swim", swim_datagram),
         ("token", join_token),
@@ -373,6 +417,7 @@ mod tests {
         ("node_json", node_json),
         ("worker_cache", worker_cache),
         ("raft_state", raft_state),
+        ("dns", dns),
     ];
 
     fn corpus_dir() -> PathBuf {
@@ -570,6 +615,19 @@ mod tests {
             row.extend(unhex(hex));
             add("raft_state", name, row);
         }
+        {
+            use crate::dns::codec::{TYPE_A, TYPE_AAAA, TYPE_ANY, query};
+            for (name, id, qname, qtype, edns) in [
+                ("a-vip", 1, "api", TYPE_A, None),
+                ("a-tasks-edns", 2, "tasks.api", TYPE_A, Some(1232)),
+                ("any-dnsrr", 3, "DB.", TYPE_ANY, None),
+                ("aaaa", 4, "api", TYPE_AAAA, None),
+                ("nxdomain", 5, "nope", TYPE_A, None),
+                ("forward", 6, "example.com", TYPE_A, Some(4096)),
+            ] {
+                add("dns", name, query(id, qname, qtype, edns));
+            }
+        }
         seeds
     }
 
@@ -763,5 +821,10 @@ mod tests {
     #[test]
     fn issue_20_mutated_raft_states_never_panic() {
         mutate_corpus("raft_state");
+    }
+
+    #[test]
+    fn issue_22_mutated_dns_queries_never_panic() {
+        mutate_corpus("dns");
     }
 }

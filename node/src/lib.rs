@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 mod daemon;
 pub mod dispatch;
+pub mod dns;
 #[cfg(test)]
 mod formats;
 pub mod fuzzing;

@@ -18,8 +18,8 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage,
-    HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig, Mount as DockerMount,
-    MountType, NetworkCreateRequest, RestartPolicy, RestartPolicyNameEnum,
+    HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig, Ipam, IpamConfig,
+    Mount as DockerMount, MountType, NetworkCreateRequest, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
@@ -47,6 +47,29 @@ pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 enum Created {
     New(String),
     Existing(String),
+}
+
+/// The request creating the network `name`: a bridge labelled `shoal.network`, with the
+/// addresses of `ipam` when given (service discovery), else Docker's choice.
+fn network_request(name: &str, ipam: Option<&NetworkIpam>) -> NetworkCreateRequest {
+    NetworkCreateRequest {
+        name: name.to_owned(),
+        driver: Some("bridge".to_owned()),
+        labels: Some(HashMap::from([(
+            "shoal.network".to_owned(),
+            "true".to_owned(),
+        )])),
+        ipam: ipam.map(|i| Ipam {
+            config: Some(vec![IpamConfig {
+                subnet: Some(i.subnet.clone()),
+                ip_range: Some(i.ip_range.clone()),
+                gateway: Some(i.gateway.clone()),
+                auxiliary_addresses: None,
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// The default network name.
@@ -78,6 +101,23 @@ pub struct DockerConfig {
     pub pull_timeout: Duration,
     /// Timeout of one API request (waiting for the response headers; streams are not cut).
     pub request_timeout: Duration,
+    /// Service discovery (issue 22): the addresses the network gets when this driver creates
+    /// it. `None`: Docker chooses, as before.
+    pub ipam: Option<NetworkIpam>,
+    /// Service discovery (issue 22): the containers' DNS servers (`HostConfig.dns`: the
+    /// upstreams of Docker's embedded resolver on the network). Empty: the engine's, as before.
+    pub dns: Vec<String>,
+}
+
+/// A network's addresses, as `docker network create --subnet --ip-range --gateway` sets them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkIpam {
+    /// The subnet (`10.247.0.0/16`).
+    pub subnet: String,
+    /// Where containers get their addresses (`10.247.0.0/17`): the rest is never allocated.
+    pub ip_range: String,
+    /// The bridge's address (`10.247.0.1`).
+    pub gateway: String,
 }
 
 impl DockerConfig {
@@ -90,6 +130,8 @@ impl DockerConfig {
             network: DEFAULT_NETWORK.to_owned(),
             pull_timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(120),
+            ipam: None,
+            dns: Vec::new(),
         }
     }
 
@@ -507,15 +549,7 @@ impl Inner {
         let _between_processes = lock_file(&name).await;
         let mut ids = self.networks_named(docker, &name).await?;
         if ids.is_empty() {
-            let request = NetworkCreateRequest {
-                name: name.clone(),
-                driver: Some("bridge".to_owned()),
-                labels: Some(HashMap::from([(
-                    "shoal.network".to_owned(),
-                    "true".to_owned(),
-                )])),
-                ..Default::default()
-            };
+            let request = network_request(&name, self.config.ipam.as_ref());
             match docker.create_network(request).await {
                 Ok(_) => {}
                 Err(e) if is_status(&e, 409) || e.to_string().contains("already exists") => {}
@@ -619,6 +653,7 @@ impl Inner {
                     maximum_retry_count: None,
                 }),
                 log_config: Some(log_config()),
+                dns: (!self.config.dns.is_empty()).then(|| self.config.dns.clone()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -1250,6 +1285,41 @@ mod tests {
                     ("max-file".to_owned(), "3".to_owned()),
                 ])),
             })
+        );
+    }
+
+    #[test]
+    fn discovery_settings_reach_the_network_and_containers_only_when_set() {
+        // Defaults: the requests are exactly what they were before issue 22.
+        let plain = network_request("shoal", None);
+        assert_eq!(plain.ipam, None);
+        assert_eq!(plain.driver.as_deref(), Some("bridge"));
+        let driver = DockerDriver::new(
+            DockerConfig::new(Scope::new("c", "n")).with_socket("/nonexistent/docker.sock"),
+        )
+        .expect("driver");
+        let spec = TaskSpec::new("t1", "s1", "web", 1, "img");
+        let body = driver.inner.create_body(&spec, "net");
+        assert_eq!(body.host_config.and_then(|h| h.dns), None);
+        // With them: the subnet, its range and gateway, and the resolver.
+        let ipam = NetworkIpam {
+            subnet: "10.214.1.0/24".into(),
+            ip_range: "10.214.1.0/25".into(),
+            gateway: "10.214.1.1".into(),
+        };
+        let request = network_request("shoal-dt-1", Some(&ipam));
+        let config = request.ipam.and_then(|i| i.config).expect("ipam config");
+        assert_eq!(config[0].subnet.as_deref(), Some("10.214.1.0/24"));
+        assert_eq!(config[0].ip_range.as_deref(), Some("10.214.1.0/25"));
+        assert_eq!(config[0].gateway.as_deref(), Some("10.214.1.1"));
+        let mut with_dns = DockerConfig::new(Scope::new("c", "n"));
+        with_dns.socket = Some(PathBuf::from("/nonexistent/docker.sock"));
+        with_dns.dns = vec!["10.214.1.1".into()];
+        let driver = DockerDriver::new(with_dns).expect("driver");
+        let body = driver.inner.create_body(&spec, "net");
+        assert_eq!(
+            body.host_config.and_then(|h| h.dns),
+            Some(vec!["10.214.1.1".to_owned()])
         );
     }
 
