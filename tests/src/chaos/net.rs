@@ -62,25 +62,21 @@ impl Firewall {
         &self.chain
     }
 
+    /// Appends a rule dropping UDP from `from` to `to` that also matches `extra`.
+    fn drop_udp(&self, from: &str, to: &str, extra: &[&str]) -> Result<()> {
+        let mut args = vec!["-A", self.chain.as_str(), "-p", "udp", "-s", from, "-d", to];
+        args.extend_from_slice(extra);
+        args.extend(["-j", "DROP"]);
+        iptables(&args).map(drop)
+    }
+
     /// Drops every UDP datagram between `node` and each of `others`, both directions.
     pub fn partition(&self, node: IpAddr, others: &[IpAddr]) -> Result<()> {
         let n = node.to_string();
         for o in others {
             let o = o.to_string();
-            for (s, d) in [(&n, &o), (&o, &n)] {
-                iptables(&[
-                    "-A",
-                    &self.chain,
-                    "-p",
-                    "udp",
-                    "-s",
-                    s,
-                    "-d",
-                    d,
-                    "-j",
-                    "DROP",
-                ])?;
-            }
+            self.drop_udp(&n, &o, &[])?;
+            self.drop_udp(&o, &n, &[])?;
         }
         Ok(())
     }
@@ -89,40 +85,14 @@ impl Firewall {
     pub fn loss(&self, from: IpAddr, to: IpAddr, percent: u32) -> Result<()> {
         let (s, d) = (from.to_string(), to.to_string());
         if percent >= 100 {
-            iptables(&[
-                "-A",
-                &self.chain,
-                "-p",
-                "udp",
-                "-s",
-                &s,
-                "-d",
-                &d,
-                "-j",
-                "DROP",
-            ])?;
-        } else {
-            let p = format!("{:.2}", f64::from(percent) / 100.0);
-            iptables(&[
-                "-A",
-                &self.chain,
-                "-p",
-                "udp",
-                "-s",
-                &s,
-                "-d",
-                &d,
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                &p,
-                "-j",
-                "DROP",
-            ])?;
+            return self.drop_udp(&s, &d, &[]);
         }
-        Ok(())
+        let p = format!("{:.2}", f64::from(percent) / 100.0);
+        self.drop_udp(
+            &s,
+            &d,
+            &["-m", "statistic", "--mode", "random", "--probability", &p],
+        )
     }
 
     /// Removes every rule of the chain (the chain and its jump stay).
