@@ -375,7 +375,25 @@ pub struct Reply<'a> {
     pub max: usize,
 }
 
-impl Reply<'_> {
+impl<'a> Reply<'a> {
+    /// A reply with no answer and only `rcode` to say (errors, SERVFAIL), to `query` with
+    /// `question` echoed when there is one: not authoritative, recursion available, a plain
+    /// UDP size.
+    #[must_use]
+    pub fn bare(query: Header, question: Option<&'a [u8]>, rcode: Rcode) -> Reply<'a> {
+        Reply {
+            query,
+            question,
+            rcode,
+            authoritative: false,
+            recursion_available: true,
+            answers: &[],
+            ttl: 0,
+            edns: false,
+            max: UDP_PLAIN_MAX,
+        }
+    }
+
     /// The reply's bytes; never longer than `max` (at least the header and question, which a
     /// query that fit in a packet always allows: a longer one is answered without them).
     #[must_use]

@@ -105,22 +105,7 @@ pub fn resolve(query: &[u8], names: &Names, transport: Transport) -> Outcome {
     if header.is_response() {
         return Outcome::Drop;
     }
-    let bare = |rcode| {
-        Outcome::Reply(
-            Reply {
-                query: header,
-                question: None,
-                rcode,
-                authoritative: false,
-                recursion_available: true,
-                answers: &[],
-                ttl: TTL,
-                edns: false,
-                max: UDP_PLAIN_MAX,
-            }
-            .encode(),
-        )
-    };
+    let bare = |rcode| Outcome::Reply(Reply::bare(header, None, rcode).encode());
     if header.opcode() != 0 {
         return bare(Rcode::NotImp);
     }

@@ -12,8 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 
-use super::codec::{Header, Message, Rcode, Reply, TCP_MAX, UDP_PLAIN_MAX};
-use super::{Names, Outcome, TTL, Transport, resolve};
+use super::codec::{Header, Message, Rcode, Reply, TCP_MAX};
+use super::{Names, Outcome, Transport, resolve};
 
 /// Where and how long to forward names that are not the cluster's.
 #[derive(Debug, Clone)]
@@ -55,20 +55,7 @@ pub fn upstreams_from_resolv_conf(text: &str, skip: &[IpAddr]) -> Vec<SocketAddr
 fn servfail(query: &[u8]) -> Option<Vec<u8>> {
     let m = Message::parse(query).ok()?;
     let question = m.questions.first().map(super::codec::Question::encode);
-    Some(
-        Reply {
-            query: m.header,
-            question: question.as_deref(),
-            rcode: Rcode::ServFail,
-            authoritative: false,
-            recursion_available: true,
-            answers: &[],
-            ttl: TTL,
-            edns: false,
-            max: UDP_PLAIN_MAX,
-        }
-        .encode(),
-    )
+    Some(Reply::bare(m.header, question.as_deref(), Rcode::ServFail).encode())
 }
 
 /// Sends `query` to each upstream in turn and returns the first answer with the query's ID
@@ -223,7 +210,7 @@ async fn tcp_connection(
 mod tests {
     use std::time::Instant;
 
-    use super::super::codec::{TYPE_A, query};
+    use super::super::codec::{TYPE_A, UDP_PLAIN_MAX, query};
     use super::super::{EndpointMode, ServiceName};
     use super::*;
 
