@@ -233,6 +233,9 @@ pub async fn serve_session(
     }
 }
 
+/// How often a worker session checks that its peer is still the leader.
+const LEADER_CHECK: Duration = Duration::from_millis(250);
+
 /// Where the leader is, as this node knows it (on a worker: from the leader hints of the
 /// managers it knows, never from another worker's claim).
 async fn find_leader(node: &Node) -> Option<(NodeId, SocketAddr)> {
@@ -320,8 +323,21 @@ async fn session(
             .await
             .map_err(|e| e.to_string())?;
     }
+    // A leader killed with `kill -9` never closes its side: without this check the session
+    // would hang on until QUIC's idle timeout, the endpoint table and the assignments frozen
+    // meanwhile (the chaos run saw stale mesh tables 10 s after a failover).
+    let mut leader_check = tokio::time::interval(LEADER_CHECK);
+    leader_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         tokio::select! {
+            _ = leader_check.tick() => {
+                if let Some((now, _)) = find_leader(node).await
+                    && now != leader
+                {
+                    info!(old = %leader, new = %now, "the leader changed: moving the worker session");
+                    break Ok(());
+                }
+            }
             changed = problems.changed() => {
                 if changed.is_err() {
                     break Ok(());

@@ -15,7 +15,8 @@
 //! - 127.0.92.1–.3: a process-driver service, port 29005;
 //! - 127.0.93.1–.2: PROXY protocol v2, local and remote paths, port 29006;
 //! - 127.0.94.1–.2: hostile mesh streams, port 29007 (29008 published by nobody);
-//! - 127.0.95.1–.3: workers serving with no manager left, port 29009.
+//! - 127.0.95.1–.3: workers serving with no manager left, port 29009;
+//! - 127.0.96.1–.4: a worker follows a new leader at once, port 29010.
 //!
 //! Waiting: every wait is a [`Poll`] / [`poll_until`] with a deadline (state through the CLI,
 //! requests until they are answered), never a bare sleep. Cleaning up: the [`Daemon`]s
@@ -35,6 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use shoal::mesh::{MeshCounters, MeshOpen, MeshReply, TAG_MESH};
+use shoal_tests::chaos::net::Firewall;
 use shoal_tests::rogue::{Credentials, Outcome, Rogue};
 use shoal_tests::{
     ClusterContainers, Daemon, HttpFailure, HttpReply, Poll, all_pids, cluster_id, cmdline,
@@ -841,6 +843,118 @@ fn workers_keep_serving_from_their_last_table_while_no_manager_answers() -> Resu
         reached == ids,
         "with no manager the requests reached {reached:?}, not every task {ids:?}"
     );
+    Ok(())
+}
+
+/// Issue 20 (chaos seeds 404 and 606; no Docker needed): a leader cut off by a partition
+/// (no packet back, not even an ICMP error) keeps its side of the worker sessions, and a
+/// worker used to stay on that connection until QUIC's idle timeout (10 s), its endpoint
+/// table frozen: a rolling update the new leader ran meanwhile left the worker forwarding
+/// to stopped tasks. 3 managers + 1 worker, `echo` (2 process tasks on managers) published
+/// on 29010; the leader is cut off from every other node (iptables, chain
+/// `SHOAL-CHAOS-96`); the worker's session must reach the new leader within 4 s of the
+/// survivors agreeing on it (well inside the idle timeout), and after a forced update the
+/// worker serves the new tasks.
+#[test]
+fn issue_20_a_worker_session_follows_a_new_leader_before_the_idle_timeout() -> Result<()> {
+    const PORT: u16 = 29010;
+    let (ms, ws) = start_cluster_from("mf-", 96, 1, 3, 1)?;
+    let w = &ws[0];
+    let publish = format!("{PORT}:80");
+    create_echo(
+        &ms[0],
+        2,
+        &["--constraint", "node.role==manager", "-p", &publish],
+        &[],
+    )?;
+    wait_running(&ms[0], "echo", 2, false)?;
+    wait_served(w, published(w, PORT))?;
+    let old = ms[0].json(&["info"])?["leader"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let ids: Vec<String> = ms
+        .iter()
+        .map(|d| {
+            Ok(d.json(&["info"])?["node_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string())
+        })
+        .collect::<Result<_>>()?;
+    let cut = ids
+        .iter()
+        .position(|id| *id == old)
+        .with_context(|| format!("the leader {old} should be one of the managers {ids:?}"))?;
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != cut).collect();
+    let others: Vec<_> = ms
+        .iter()
+        .chain(&ws)
+        .filter(|d| d.name != ms[cut].name)
+        .map(|d| d.addr.ip())
+        .collect();
+    let firewall = Firewall::new(96)?;
+    firewall.partition(ms[cut].addr.ip(), &others)?;
+    let after_cut = Instant::now();
+    let new = poll_until(
+        "the survivors to agree on a new leader",
+        Duration::from_secs(20),
+        || {
+            let leaders: BTreeSet<String> = survivors
+                .iter()
+                .filter_map(|i| ms[*i].json(&["info"]).ok())
+                .filter_map(|v| v["leader"].as_str().map(str::to_string))
+                .collect();
+            Ok(match leaders.into_iter().collect::<Vec<_>>().as_slice() {
+                [l] if *l != old => Some(l.clone()),
+                _ => None,
+            })
+        },
+    )?;
+    let agreed = after_cut.elapsed();
+    let moved = Poll::new(
+        "the worker's session to reach the new leader",
+        Duration::from_secs(4),
+    )
+    .until(|| {
+        Ok(w.log()
+            .lines()
+            .any(|l| l.contains("worker session to the leader established") && l.contains(&new))
+            .then_some(()))
+    });
+    let moved_after = after_cut.elapsed();
+    moved.with_context(|| {
+        format!(
+            "the survivors agreed on {new} {agreed:?} after the cut; {moved_after:?} after it the worker \
+             was still not in session with it (the idle timeout is {:?})",
+            shoal::net::IDLE_TIMEOUT
+        )
+    })?;
+    eprintln!(
+        "new leader agreed {agreed:?} after the cut, worker session moved by {moved_after:?}"
+    );
+    let m = &ms[survivors[0]];
+    let before = task_ids(&wait_running(m, "echo", 2, false)?);
+    m.ok(&["service", "update", "--force", "echo"])?;
+    let now = poll_until(
+        "the forced update to replace both tasks",
+        Duration::from_secs(30),
+        || {
+            let ids = task_ids(&running_rows(m, "echo")?);
+            Ok((ids.len() == 2 && ids.is_disjoint(&before)).then_some(ids))
+        },
+    )?;
+    poll_until(
+        "the worker to serve the new tasks",
+        Duration::from_secs(5),
+        || {
+            Ok(http_get(published(w, PORT)).ok().and_then(|r| {
+                now.contains(r.field("task").unwrap_or_default())
+                    .then_some(())
+            }))
+        },
+    )?;
+    drop(firewall);
     Ok(())
 }
 

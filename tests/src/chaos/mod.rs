@@ -37,9 +37,10 @@
 //!   running containers (from `docker ps`, same rule);
 //! - a mesh request (every node's published ports, continuously) fails only while a node
 //!   fault (kill, partition, lossy link) of the node it entered at or of a node where its
-//!   service ran a task (sampled with the duplicates) — or a `docker kill` of one of that
-//!   service's containers — is active or ended less than [`MESH_GRACE`] before; client
-//!   writes and clock steps do not excuse a failure;
+//!   service had a task assigned, starting, running or stopping (sampled with the
+//!   duplicates) — or a `docker kill` of one of that service's containers — is active or
+//!   ended less than [`MESH_GRACE`] before; client writes and clock steps do not excuse a
+//!   failure;
 //! - no daemon log says `panicked at`.
 //!
 //! A seed replays the same schedule (the schedule is a function of the seed and the
@@ -81,6 +82,10 @@ pub const WEB_PORT: u16 = 29302;
 pub const CONVERGENCE_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a slot may show two running copies in the leader's state.
 pub const DUPLICATE_BOUND: Duration = Duration::from_secs(5);
+/// The observed task states in which a task's node counts as hosting its service (for
+/// the mesh rule): assigned and not yet ended.
+const HOSTING_STATES: [&str; 4] = ["assigned", "preparing", "starting", "running"];
+
 /// How often the leader's `service ps` is sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// How long after a fault ends a mesh failure is still excused.
@@ -131,7 +136,7 @@ struct Shared {
     failovers: AtomicU64,
     /// Nodes killed or cut off (partition, lossy link) right now.
     faulted: Mutex<BTreeSet<usize>>,
-    /// Where each service's running tasks were, sampled with the duplicates:
+    /// Where each service's tasks were (in [`HOSTING_STATES`]), sampled with the duplicates:
     /// `(when, service, node indices)`.
     hosts: Mutex<Vec<(Duration, String, BTreeSet<usize>)>>,
 }
@@ -591,7 +596,10 @@ fn sample_duplicates(
             let mut per_slot: BTreeMap<u64, Vec<String>> = BTreeMap::new();
             let mut on: BTreeSet<usize> = BTreeSet::new();
             for t in rows.as_array().into_iter().flatten() {
-                if t["desired_state"] == "running" && t["state"] == "running" {
+                // A node hosts the service while one of its tasks is on the way up, up,
+                // or on the way down there: a task that started between two samples and
+                // serves when its node is killed counts as much as one seen running.
+                if HOSTING_STATES.contains(&t["state"].as_str().unwrap_or("")) {
                     let node = t["node"].as_str().unwrap_or("");
                     if let Some(i) = names.iter().position(|n| n == node) {
                         on.insert(i);
