@@ -65,6 +65,13 @@ qemu_of() {
     armv7) echo qemu-arm-static ;;
     esac
 }
+# The target's dynamic loader, where multiarch installs it (libc6:ARCH).
+loader_of() {
+    case $1 in
+    aarch64) echo /lib/ld-linux-aarch64.so.1 ;;
+    armv7) echo /lib/ld-linux-armhf.so.3 ;;
+    esac
+}
 
 # Whether RUSTC (default: rustc) has a standard library for TRIPLE.
 has_std() {
@@ -143,7 +150,15 @@ for t in "${TARGETS[@]}"; do
             failed+=("$t")
             continue
         fi
-        run=("$qemu" -L "/usr/$(gnu_prefix "$t")" "$dest")
+        # One C library, loader and libc together: the multiarch one when it is installed
+        # (libc6:ARCH, which --install-deps brings), else the cross toolchain's. `-L` with
+        # both present mixes the cross loader with the multiarch libc (different Debian
+        # builds of glibc), and a program that starts a thread crashes in the loader.
+        if [[ -e $(loader_of "$t") ]]; then
+            run=("$qemu" "$dest")
+        else
+            run=("$qemu" -L "/usr/$(gnu_prefix "$t")" "$dest")
+        fi
     fi
     if version=$("${run[@]}" version 2>&1) && [[ $version == shoal\ * ]]; then
         log "$t: $dest ($(du -h "$dest" | cut -f1)): \`${run[*]} version\` says: $version"
