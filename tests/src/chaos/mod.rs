@@ -546,6 +546,18 @@ fn probe_mesh(
     failures
 }
 
+/// The node (its index in `names`) a `service ps` row makes a host of its service: one
+/// where the task is on the way up, up, or on the way down (running, desired shutdown). A
+/// task that started between two samples and serves when its node is killed counts as
+/// much as one seen running.
+fn hosting_node(row: &Value, names: &[String]) -> Option<usize> {
+    if !HOSTING_STATES.contains(&row["state"].as_str().unwrap_or("")) {
+        return None;
+    }
+    let node = row["node"].as_str()?;
+    names.iter().position(|n| n == node)
+}
+
 /// The duplicate sampler: every [`SAMPLE_EVERY`], the leader's `service ps` of every
 /// service; a slot with two running copies for longer than [`DUPLICATE_BOUND`] is a
 /// violation. Also counts leader changes (failovers).
@@ -596,14 +608,8 @@ fn sample_duplicates(
             let mut per_slot: BTreeMap<u64, Vec<String>> = BTreeMap::new();
             let mut on: BTreeSet<usize> = BTreeSet::new();
             for t in rows.as_array().into_iter().flatten() {
-                // A node hosts the service while one of its tasks is on the way up, up,
-                // or on the way down there: a task that started between two samples and
-                // serves when its node is killed counts as much as one seen running.
-                if HOSTING_STATES.contains(&t["state"].as_str().unwrap_or("")) {
-                    let node = t["node"].as_str().unwrap_or("");
-                    if let Some(i) = names.iter().position(|n| n == node) {
-                        on.insert(i);
-                    }
+                if let Some(i) = hosting_node(t, &names) {
+                    on.insert(i);
                 }
                 if let Some(slot) = t["slot"].as_u64() {
                     slot_of.insert(
@@ -1233,6 +1239,40 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    /// Issue 20 (seed 404's first long run): a task still starting when its node was killed
+    /// was not counted, so the outage that followed was not excused.
+    #[test]
+    fn issue_20_a_task_on_the_way_up_or_down_makes_its_node_a_host() {
+        let names: Vec<String> = ["cm1", "cm2", "cw1"].map(String::from).to_vec();
+        let row = |state: &str, desired: &str, node: &str| serde_json::json!({"state": state, "desired_state": desired, "node": node});
+        for (state, desired) in [
+            ("assigned", "running"),
+            ("preparing", "running"),
+            ("starting", "running"),
+            ("running", "running"),
+            ("running", "shutdown"),
+        ] {
+            assert_eq!(
+                hosting_node(&row(state, desired, "cw1"), &names),
+                Some(2),
+                "{state}/{desired}"
+            );
+        }
+        for state in [
+            "new", "pending", "complete", "failed", "shutdown", "rejected", "orphaned",
+        ] {
+            assert_eq!(
+                hosting_node(&row(state, "running", "cm2"), &names),
+                None,
+                "{state}"
+            );
+        }
+        assert_eq!(
+            hosting_node(&row("running", "running", "elsewhere"), &names),
+            None
+        );
     }
 
     fn window(sh: &Shared, from: u64, to: u64, nodes: &[usize], service: Option<&str>) {
