@@ -1368,6 +1368,16 @@ pub fn cluster_id(d: &Daemon) -> Result<String> {
     Ok(id)
 }
 
+/// `d`'s node ID (from `info`).
+pub fn node_id(d: &Daemon) -> Result<String> {
+    let id = d.json(&["info"])?["node_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    anyhow::ensure!(!id.is_empty(), "{} reports no node ID", d.name);
+    Ok(id)
+}
+
 /// libfaketime's library for multi-threaded programs (Debian's `faketime` package), if
 /// installed.
 pub fn faketime_lib() -> Option<PathBuf> {

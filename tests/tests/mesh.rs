@@ -873,15 +873,7 @@ fn issue_20_a_worker_session_follows_a_new_leader_before_the_idle_timeout() -> R
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let ids: Vec<String> = ms
-        .iter()
-        .map(|d| {
-            Ok(d.json(&["info"])?["node_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string())
-        })
-        .collect::<Result<_>>()?;
+    let ids: Vec<String> = ms.iter().map(shoal_tests::node_id).collect::<Result<_>>()?;
     let cut = ids
         .iter()
         .position(|id| *id == old)

@@ -74,15 +74,7 @@ fn stress_no_acknowledged_write_is_lost() -> Result<()> {
             }
         })
     };
-    let ids: Vec<String> = ms
-        .iter()
-        .map(|d| {
-            Ok(d.json(&["info"])?["node_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string())
-        })
-        .collect::<Result<_>>()?;
+    let ids: Vec<String> = ms.iter().map(shoal_tests::node_id).collect::<Result<_>>()?;
     let mut rng = shoal_tests::Rng(seed.max(1));
     let started = Instant::now();
     let mut failovers = 0;
