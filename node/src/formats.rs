@@ -59,16 +59,17 @@ use crate::forward::{
 use crate::join::{JoinAccepted, JoinRequest, JoinResponse, MemberHint, TAG_JOIN};
 use crate::manager::rpc::{TAG_RAFT_APPEND, TAG_RAFT_SNAPSHOT, TAG_RAFT_VOTE};
 use crate::manager::services::legacy::{
-    ServiceRecordV1, ServiceSpecV1, ServicesStateV1, UpdateConfigV1,
+    ServiceRecordV1, ServiceRecordV2, ServiceSpecV1, ServiceSpecV2, ServicesStateV1,
+    ServicesStateV2, UpdateConfigV1,
 };
 use crate::manager::services::{
-    FailureAction, HealthCheckSpec, HealthTestSpec, PortSpec, PublishMode, ResourceSpec,
-    RestartCondition, RestartPolicySpec, ServiceCommand, ServiceMode, ServiceRecord, ServiceSpec,
-    ServicesState, TaskHealth, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
+    EndpointMode, FailureAction, HealthCheckSpec, HealthTestSpec, PortSpec, PublishMode,
+    ResourceSpec, RestartCondition, RestartPolicySpec, ServiceCommand, ServiceMode, ServiceRecord,
+    ServiceSpec, ServicesState, TaskHealth, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 use crate::manager::state::{
-    Availability, ClusterRecord, ClusterState, ClusterStateV1, Command, CommandResult, NodeRecord,
-    NodeStatus, Role, STATE_VERSION, STATE_VERSION_V1,
+    Availability, ClusterRecord, ClusterState, ClusterStateV1, ClusterStateV2, Command,
+    CommandResult, NodeRecord, NodeStatus, Role, STATE_VERSION, STATE_VERSION_V1, STATE_VERSION_V2,
 };
 use crate::manager::store::{LogStore, SmData, StateMachineStore, open_db};
 use crate::manager::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
@@ -434,6 +435,8 @@ pub(crate) fn service_spec() -> ServiceSpec {
         },
         no_healthcheck: false,
         force_update: 4,
+        endpoint_mode: EndpointMode::Vip,
+        expose: vec![9090, 9091],
     }
 }
 
@@ -482,9 +485,81 @@ pub(crate) fn service_record() -> ServiceRecord {
             message: "update completed".into(),
         }),
         older_specs: BTreeMap::from([
-            (1, ServiceSpec::new("web", "/bin/true")),
+            (1, dnsrr_spec("web", "/bin/true")),
             (2, service_spec_no_health()),
         ]),
+        vip_index: Some(5),
+    }
+}
+
+/// A spec of `--endpoint-mode dnsrr`, the rest Docker's defaults.
+fn dnsrr_spec(name: &str, image: &str) -> ServiceSpec {
+    ServiceSpec {
+        endpoint_mode: EndpointMode::Dnsrr,
+        ..ServiceSpec::new(name, image)
+    }
+}
+
+/// Today's spec as version 2 held it (the later fields dropped).
+pub(crate) fn spec_v2(s: &ServiceSpec) -> ServiceSpecV2 {
+    let s = s.clone();
+    ServiceSpecV2 {
+        name: s.name,
+        image: s.image,
+        args: s.args,
+        env: s.env,
+        driver: s.driver,
+        mode: s.mode,
+        ports: s.ports,
+        constraints: s.constraints,
+        reservations: s.reservations,
+        limits: s.limits,
+        restart_policy: s.restart_policy,
+        max_replicas_per_node: s.max_replicas_per_node,
+        health_check: s.health_check,
+        labels: s.labels,
+        stop_grace_ms: s.stop_grace_ms,
+        update_config: s.update_config,
+        rollback_config: s.rollback_config,
+        no_healthcheck: s.no_healthcheck,
+        force_update: s.force_update,
+    }
+}
+
+/// Today's record as version 2 held it.
+pub(crate) fn record_v2(r: &ServiceRecord) -> ServiceRecordV2 {
+    ServiceRecordV2 {
+        id: r.id.clone(),
+        spec: spec_v2(&r.spec),
+        version: r.version,
+        previous_spec: r.previous_spec.as_ref().map(spec_v2),
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+        update_status: r.update_status.clone(),
+        older_specs: r
+            .older_specs
+            .iter()
+            .map(|(&v, s)| (v, spec_v2(s)))
+            .collect(),
+    }
+}
+
+/// Today's state as version 2 held it.
+pub(crate) fn state_v2(s: &ClusterState) -> ClusterStateV2 {
+    let records = |m: &BTreeMap<String, ServiceRecord>| {
+        m.iter().map(|(id, r)| (id.clone(), record_v2(r))).collect()
+    };
+    ClusterStateV2 {
+        cluster: s.cluster.clone(),
+        nodes: s.nodes.clone(),
+        raft_ids: s.raft_ids.clone(),
+        removed_keys: s.removed_keys.clone(),
+        services: ServicesStateV2 {
+            services: records(&s.services.services),
+            tasks: s.services.tasks.clone(),
+            removed: records(&s.services.removed),
+            health: s.services.health.clone(),
+        },
     }
 }
 
@@ -836,6 +911,56 @@ const CMD_SERVICE_UPDATE_V2: &str = "\
     63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d61747469638080802080\
     cab5ee01808080408094ebdc0301e80703e0d403010001047465616d036f7073b81702f4030102b0\
     ea01c09a0c03fa010101904ea0c21e0103bed095ffbc31";
+// Version 3 (`STATE_VERSION` 3): the endpoint mode, the exposed ports and the VIP index.
+// `CMD_SERVICE_CREATE_V2`, `CMD_SERVICE_UPDATE_V2` and `CMD_RESTORE_V2` are version 2's,
+// decoded into the `…V2` types and applied converted.
+const CMD_SERVICE_CREATE_V3: &str = "\
+    090b197330303030303030303030303030303030303030303030306103776562102f7573722f6269\
+    6e2f707974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f640770726f\
+    63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d61747469638080802080\
+    cab5ee01808080408094ebdc0301e80703e0d40301010001092f62696e2f747275658827e8070290\
+    4e01047465616d036f7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e000400028247\
+    8347030103776562102f7573722f62696e2f707974686f6e3302022d6d0b687474702e7365727665\
+    7201044d4f44450470726f640770726f63657373000201903f5001176e6f64652e6c6162656c732e\
+    7a6f6e653d3d61747469638080802080cab5ee01808080408094ebdc0301e80703e0d40301000104\
+    7465616d036f7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e010300028247834780\
+    d095ffbc318ad095ffbc3101020185d095ffbc31018ad095ffbc311075706461746520636f6d706c\
+    65746564020103776562092f62696e2f74727565000006646f636b65720001000000000000008827\
+    0000000000904e0100000088270001000000882700000001000203776562102f7573722f62696e2f\
+    707974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f640770726f6365\
+    7373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d61747469638080802080cab5\
+    ee01808080408094ebdc0301e80703e0d403010001047465616d036f7073b81702f4030102b0ea01\
+    c09a0c03fa010101904ea0c21e01030002824783470105";
+const CMD_SERVICE_UPDATE_V3: &str = "\
+    090c197330303030303030303030303030303030303030303030306103776562102f7573722f6269\
+    6e2f707974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f640770726f\
+    63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d61747469638080802080\
+    cab5ee01808080408094ebdc0301e80703e0d403010001047465616d036f7073b81702f4030102b0\
+    ea01c09a0c03fa010101904ea0c21e0103000282478347bfd095ffbc31";
+const CMD_RESTORE_V3: &str = "\
+    0d01196330666665653063306666656530633066666565306330666680d095ffbc31043082010204\
+    302e030401020501196d303030303030303030303030303030303030303030306d31196d30303030\
+    3030303030303030303030303030303030306d310707070707070707070707070707070707070707\
+    070707070707070707070707878e9cb8f0e0c183070470692d310d31302e302e302e313a34373437\
+    000000000d6c696e75782f616172636836348080808020040206646f636b65720770726f63657373\
+    05302e312e3080d095ffbc3180d095ffbc3101878e9cb8f0e0c18307196d30303030303030303030\
+    3030303030303030303030306d310001197330303030303030303030303030303030303030303030\
+    3061197330303030303030303030303030303030303030303030306103776562102f7573722f6269\
+    6e2f707974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f640770726f\
+    63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d61747469638080802080\
+    cab5ee01808080408094ebdc0301e80703e0d40301010001092f62696e2f747275658827e8070290\
+    4e01047465616d036f7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e000400028247\
+    8347030103776562102f7573722f62696e2f707974686f6e3302022d6d0b687474702e7365727665\
+    7201044d4f44450470726f640770726f63657373000201903f5001176e6f64652e6c6162656c732e\
+    7a6f6e653d3d61747469638080802080cab5ee01808080408094ebdc0301e80703e0d40301000104\
+    7465616d036f7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e010300028247834780\
+    d095ffbc318ad095ffbc3101020185d095ffbc31018ad095ffbc311075706461746520636f6d706c\
+    65746564020103776562092f62696e2f74727565000006646f636b65720001000000000000008827\
+    0000000000904e0100000088270001000000882700000001000203776562102f7573722f62696e2f\
+    707974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f640770726f6365\
+    7373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d61747469638080802080cab5\
+    ee01808080408094ebdc0301e80703e0d403010001047465616d036f7073b81702f4030102b0ea01\
+    c09a0c03fa010101904ea0c21e01030002824783470105000000";
 const CMD_RESTORE_V2: &str = "\
     0c01196330666665653063306666656530633066666565306330666680d095ffbc31043082010204\
     302e030401020501196d303030303030303030303030303030303030303030306d31196d30303030\
@@ -951,8 +1076,13 @@ fn raft_log_commands_keep_their_bytes() {
         ),
         (
             "CMD_RESTORE_V2",
-            Command::RestoreV2(Box::new(restore_state())),
+            Command::RestoreV2(Box::new(state_v2(&restore_state()))),
             CMD_RESTORE_V2,
+        ),
+        (
+            "CMD_RESTORE_V3",
+            Command::RestoreV3(Box::new(restore_state())),
+            CMD_RESTORE_V3,
         ),
     ];
     let service_commands = [
@@ -1086,13 +1216,27 @@ fn raft_log_commands_keep_their_bytes() {
         ),
         (
             "CMD_SERVICE_CREATE_V2",
-            ServiceCommand::create(service_record()),
+            ServiceCommand::CreateV2(Box::new(record_v2(&service_record()))),
             CMD_SERVICE_CREATE_V2,
         ),
         (
             "CMD_SERVICE_UPDATE_V2",
-            ServiceCommand::update(SERVICE_ID, service_spec_no_health(), T0 + 62),
+            ServiceCommand::UpdateV2 {
+                id: SERVICE_ID.into(),
+                spec: Box::new(spec_v2(&service_spec_no_health())),
+                at: T0 + 62,
+            },
             CMD_SERVICE_UPDATE_V2,
+        ),
+        (
+            "CMD_SERVICE_CREATE_V3",
+            ServiceCommand::create(service_record()),
+            CMD_SERVICE_CREATE_V3,
+        ),
+        (
+            "CMD_SERVICE_UPDATE_V3",
+            ServiceCommand::update(SERVICE_ID, service_spec_no_health(), T0 + 63),
+            CMD_SERVICE_UPDATE_V3,
         ),
     ];
     let all = node_commands.into_iter().chain(
@@ -1413,6 +1557,23 @@ pub(crate) const STATE_FULL_V2: &str = "\
     30303030303062036f6c64076e67696e783a31000006646f636b6572000100000000000000882700\
     00000000904e01000000882700010000008827000000030080d095ffbc318ad095ffbc3100000118\
     74303030303030303030303030303030303030303030303102";
+const SNAPSHOT_DATA_V3: &str = "\
+    01030107010301060103010203030102038302030119633066666565306330666665653063306666\
+    6565306330666680d095ffbc31043082010204302e030401020501196d3030303030303030303030\
+    30303030303030303030306d31196d303030303030303030303030303030303030303030306d3107\
+    07070707070707070707070707070707070707070707070707070707070707878e9cb8f0e0c18307\
+    0470692d310d31302e302e302e313a34373437000000000d6c696e75782f61617263683634808080\
+    8020040206646f636b65720770726f6365737305302e312e3080d095ffbc3180d095ffbc3101878e\
+    9cb8f0e0c18307196d303030303030303030303030303030303030303030306d310000000000";
+pub(crate) const SNAPSHOT_STORED_V3: &str = "\
+    01030107010301060103010203030102030b54332d4e312d372d3237389602010301070103010601\
+    030102030301020383020301196330666665653063306666656530633066666565306330666680d0\
+    95ffbc31043082010204302e030401020501196d3030303030303030303030303030303030303030\
+    30306d31196d303030303030303030303030303030303030303030306d3107070707070707070707\
+    07070707070707070707070707070707070707070707878e9cb8f0e0c183070470692d310d31302e\
+    302e302e313a34373437000000000d6c696e75782f616172636836348080808020040206646f636b\
+    65720770726f6365737305302e312e3080d095ffbc3180d095ffbc3101878e9cb8f0e0c18307196d\
+    303030303030303030303030303030303030303030306d310000000000";
 const SNAPSHOT_DATA_V2: &str = "\
     01030107010301060103010203030102038302020119633066666565306330666665653063306666\
     6565306330666680d095ffbc31043082010204302e030401020501196d3030303030303030303030\
@@ -1431,11 +1592,75 @@ pub(crate) const SNAPSHOT_STORED_V2: &str = "\
     65720770726f6365737305302e312e3080d095ffbc3180d095ffbc3101878e9cb8f0e0c18307196d\
     303030303030303030303030303030303030303030306d310000000000";
 
+// Version 3: the endpoint mode, the exposed ports and the VIP index. `STATE_FULL_V2` above
+// is version 2's: it still loads, converted.
+pub(crate) const STATE_FULL_V3: &str = "\
+    0301196330666665653063306666656530633066666565306330666680d095ffbc31043082010204\
+    302e030401020502196d303030303030303030303030303030303030303030306d31196d30303030\
+    3030303030303030303030303030303030306d310707070707070707070707070707070707070707\
+    070707070707070707070707878e9cb8f0e0c183070470692d310d31302e302e302e313a34373437\
+    000000000d6c696e75782f616172636836348080808020040206646f636b65720770726f63657373\
+    05302e312e3080d095ffbc3180d095ffbc3119773030303030303030303030303030303030303030\
+    30307732197730303030303030303030303030303030303030303030773208080808080808080808\
+    080808080808080808080808080808080808080808088890a0c080818284080470692d320d31302e\
+    302e302e323a3437343701020101047a6f6e650561747469630c6c696e75782f7838365f36348080\
+    80800401010770726f6365737305302e312e3081d095ffbc3182d095ffbc3101878e9cb8f0e0c183\
+    07196d303030303030303030303030303030303030303030306d3101090909090909090909090909\
+    09090909090909090909090909090909090909090119733030303030303030303030303030303030\
+    30303030303061197330303030303030303030303030303030303030303030306103776562102f75\
+    73722f62696e2f707974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f\
+    640770726f63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d6174746963\
+    8080802080cab5ee01808080408094ebdc0301e80703e0d40301010001092f62696e2f7472756588\
+    27e80702904e01047465616d036f7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e00\
+    04000282478347030103776562102f7573722f62696e2f707974686f6e3302022d6d0b687474702e\
+    73657276657201044d4f44450470726f640770726f63657373000201903f5001176e6f64652e6c61\
+    62656c732e7a6f6e653d3d61747469638080802080cab5ee01808080408094ebdc0301e80703e0d4\
+    03010001047465616d036f7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e01030002\
+    8247834780d095ffbc318ad095ffbc3101020185d095ffbc31018ad095ffbc311075706461746520\
+    636f6d706c65746564020103776562092f62696e2f74727565000006646f636b6572000100000000\
+    00000088270000000000904e0100000088270001000000882700000001000203776562102f757372\
+    2f62696e2f707974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f6407\
+    70726f63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d61747469638080\
+    802080cab5ee01808080408094ebdc0301e80703e0d403010001047465616d036f7073b81702f403\
+    0102b0ea01c09a0c03fa010101904ea0c21e01030002824783470105031874303030303030303030\
+    30303030303030303030303030301874303030303030303030303030303030303030303030303019\
+    7330303030303030303030303030303030303030303030306100010001196d303030303030303030\
+    303030303030303030303030306d310107028080802080cab5ee0194d095ffbc319ed095ffbc3101\
+    8ed095ffbc3101920201197461736b20657869746564207769746820636f64652031333700001874\
+    30303030303030303030303030303030303030303030311874303030303030303030303030303030\
+    3030303030303031197330303030303030303030303030303030303030303030306100010101196d\
+    303030303030303030303030303030303030303030306d310005028080802080cab5ee0194d095ff\
+    bc319ed095ffbc3100000000018fd095ffbc31187430303030303030303030303030303030303030\
+    30303032187430303030303030303030303030303030303030303030321973303030303030303030\
+    30303030303030303030303030306101197730303030303030303030303030303030303030303030\
+    773200000001028080802080cab5ee0194d095ffbc319ed095ffbc310000000102020403047a6f6e\
+    65000561747469630107808080200100011973303030303030303030303030303030303030303030\
+    3030621973303030303030303030303030303030303030303030303062036f6c64076e67696e783a\
+    31000006646f636b657200010000000000000088270000000000904e010000008827000100000088\
+    270000000000030080d095ffbc318ad095ffbc310000010501187430303030303030303030303030\
+    3030303030303030303102";
+
+/// A version-2 state as version 2 wrote it: its version byte, then postcard.
+fn encode_state_v2(s: &ClusterStateV2) -> Vec<u8> {
+    let mut out = vec![STATE_VERSION_V2];
+    out.extend(postcard::to_stdvec(s).expect("encode"));
+    out
+}
+
+/// Reads a state of version 2 as version 2 did.
+fn decode_state_v2(bytes: &[u8]) -> Result<ClusterStateV2, String> {
+    match bytes.split_first() {
+        Some((&STATE_VERSION_V2, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("state version {v} instead of {STATE_VERSION_V2}")),
+        None => Err("empty".into()),
+    }
+}
+
 #[test]
 fn cluster_state_keeps_its_bytes() {
     let mut g = Golden::default();
     assert_eq!(
-        STATE_VERSION, 2,
+        STATE_VERSION, 3,
         "a new state version needs a migration and a new case"
     );
     // Version 1, as version 1 wrote and read it (today's reader converts it: see
@@ -1449,8 +1674,15 @@ fn cluster_state_keeps_its_bytes() {
     );
     g.case(
         "STATE_FULL_V2",
-        &full_state(),
+        &state_v2(&full_state()),
         STATE_FULL_V2,
+        encode_state_v2,
+        decode_state_v2,
+    );
+    g.case(
+        "STATE_FULL_V3",
+        &full_state(),
+        STATE_FULL_V3,
         ClusterState::encode,
         ClusterState::decode,
     );
@@ -1491,12 +1723,12 @@ async fn raft_snapshot_keeps_its_bytes() {
     *sm.shared().write().expect("lock") = sm_data();
     let snapshot = sm.build_snapshot().await.expect("build");
     g.bytes(
-        "SNAPSHOT_DATA_V2",
+        "SNAPSHOT_DATA_V3",
         snapshot.snapshot.get_ref(),
-        SNAPSHOT_DATA_V2,
+        SNAPSHOT_DATA_V3,
     );
     let stored = read_meta_row(&db, "snapshot");
-    g.bytes("SNAPSHOT_STORED_V2", &stored, SNAPSHOT_STORED_V2);
+    g.bytes("SNAPSHOT_STORED_V3", &stored, SNAPSHOT_STORED_V3);
     // The same layout as the mirror that pins version 1's rows below.
     let (data, row) = snapshot_rows(small_state().encode());
     if data != snapshot.snapshot.get_ref().as_slice() || row != stored {
@@ -1510,11 +1742,16 @@ async fn raft_snapshot_keeps_its_bytes() {
     let (data, row) = snapshot_rows(encode_state_v1(&small_state_v1()));
     g.bytes("SNAPSHOT_DATA", &data, SNAPSHOT_DATA);
     g.bytes("SNAPSHOT_STORED", &row, SNAPSHOT_STORED);
+    // Version 2's rows, the same way.
+    let (data, row) = snapshot_rows(encode_state_v2(&state_v2(&small_state())));
+    g.bytes("SNAPSHOT_DATA_V2", &data, SNAPSHOT_DATA_V2);
+    g.bytes("SNAPSHOT_STORED_V2", &row, SNAPSHOT_STORED_V2);
 
     // The checked-in rows load at start, version 1's converted.
     for (i, (name, golden)) in [
         ("SNAPSHOT_STORED", SNAPSHOT_STORED),
         ("SNAPSHOT_STORED_V2", SNAPSHOT_STORED_V2),
+        ("SNAPSHOT_STORED_V3", SNAPSHOT_STORED_V3),
     ]
     .into_iter()
     .enumerate()
@@ -1572,6 +1809,8 @@ fn old_bytes_decode_into_todays_types() {
         rollback_config: UpdateConfig::default(),
         no_healthcheck: false,
         force_update: 0,
+        endpoint_mode: EndpointMode::Vip,
+        expose: Vec::new(),
     };
     let old = service_record_v1();
     let record_today = ServiceRecord {
@@ -1583,8 +1822,14 @@ fn old_bytes_decode_into_todays_types() {
         updated_at: old.updated_at,
         update_status: old.update_status.clone(),
         older_specs: BTreeMap::from([(1, ServiceSpec::new("web", "/bin/true"))]),
+        vip_index: None,
     };
     assert_eq!(ServiceRecord::from(old), record_today);
+    // What the state machine makes of it: the first VIP index.
+    let record_today = ServiceRecord {
+        vip_index: Some(0),
+        ..record_today
+    };
     assert_eq!(
         UpdateConfig::from(spec_v1("web", "/bin/true").update_config),
         UpdateConfig::default()
@@ -1620,7 +1865,13 @@ fn old_bytes_decode_into_todays_types() {
     let Command::Services(ServiceCommand::Create(rec)) = &create else {
         panic!("CMD_SERVICE_CREATE decodes to {create:?}");
     };
-    assert_eq!(ServiceRecord::from((**rec).clone()), record_today);
+    assert_eq!(
+        ServiceRecord::from((**rec).clone()),
+        ServiceRecord {
+            vip_index: None,
+            ..record_today.clone()
+        }
+    );
     let created = apply_both(
         &create,
         &Command::Services(ServiceCommand::create(record_today.clone())),
@@ -1663,7 +1914,7 @@ fn old_bytes_decode_into_todays_types() {
     assert_eq!(ClusterState::from((**state).clone()), small_state());
     let restored = apply_both(
         &restore,
-        &Command::RestoreV2(Box::new(small_state())),
+        &Command::RestoreV3(Box::new(small_state())),
         &created,
     );
     assert_eq!(restored, small_state());
@@ -2597,4 +2848,91 @@ fn logs_frames_keep_their_bytes() {
     let error = LogsFrame::Error("task t1 does not run on this node".into());
     g.frame("LOGS_ERROR", TAG_LOGS, &error, LOGS_ERROR);
     g.finish();
+}
+
+/// Bytes version 2 wrote (the log's `CreateV2`, `UpdateV2` and `RestoreV2`, a snapshot's
+/// state) decode into today's types: endpoint mode `vip`, no exposed ports, and every live
+/// service a VIP index in the order it was created; an old command applies as its `…V3`.
+#[test]
+fn version_2_bytes_decode_into_todays_types() {
+    let as_v2 = |s: &ServiceSpec| ServiceSpec {
+        endpoint_mode: EndpointMode::Vip,
+        expose: Vec::new(),
+        ..s.clone()
+    };
+    let record_as_v2 = |r: &ServiceRecord| ServiceRecord {
+        spec: as_v2(&r.spec),
+        previous_spec: r.previous_spec.as_ref().map(as_v2),
+        older_specs: r.older_specs.iter().map(|(&v, s)| (v, as_v2(s))).collect(),
+        vip_index: None,
+        ..r.clone()
+    };
+    let state = ClusterState::decode(&unhex(STATE_FULL_V2)).expect("STATE_FULL_V2 decodes");
+    let mut want = full_state();
+    for r in want
+        .services
+        .services
+        .values_mut()
+        .chain(want.services.removed.values_mut())
+    {
+        *r = record_as_v2(r);
+    }
+    if let Some(r) = want.services.services.get_mut(SERVICE_ID) {
+        r.vip_index = Some(0);
+    }
+    assert_eq!(state, want);
+
+    let decode = |name: &str, golden: &str| -> Command {
+        postcard::from_bytes(&unhex(golden)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let mut base = ClusterState::default();
+    base.apply(&Command::InitCluster {
+        cluster: cluster_record(),
+        node: manager_record(),
+    });
+    let apply_both = |old: &Command, new: &Command, base: &ClusterState| {
+        let (mut a, mut b) = (base.clone(), base.clone());
+        assert_eq!(a.apply(old), b.apply(new), "{old:?}");
+        assert_eq!(a, b, "{old:?}");
+        a
+    };
+    // `CreateV2`: the record converted, the VIP index the state machine's.
+    let today = record_as_v2(&service_record());
+    let created = apply_both(
+        &decode("CMD_SERVICE_CREATE_V2", CMD_SERVICE_CREATE_V2),
+        &Command::Services(ServiceCommand::create(today.clone())),
+        &base,
+    );
+    assert_eq!(
+        created.services.services[SERVICE_ID],
+        ServiceRecord {
+            vip_index: Some(0),
+            ..today
+        }
+    );
+    // `UpdateV2`: the spec converted.
+    let updated = apply_both(
+        &decode("CMD_SERVICE_UPDATE_V2", CMD_SERVICE_UPDATE_V2),
+        &Command::Services(ServiceCommand::update(
+            SERVICE_ID,
+            as_v2(&service_spec_no_health()),
+            T0 + 62,
+        )),
+        &created,
+    );
+    assert_eq!(
+        updated.services.services[SERVICE_ID].spec,
+        as_v2(&service_spec_no_health())
+    );
+    // `RestoreV2`: the state converted.
+    let restored = apply_both(
+        &decode("CMD_RESTORE_V2", CMD_RESTORE_V2),
+        &Command::RestoreV3(Box::new(ClusterState::from(state_v2(&restore_state())))),
+        &updated,
+    );
+    assert_eq!(
+        restored.services.services[SERVICE_ID].vip_index,
+        Some(0),
+        "a converted state gives its live services VIP indexes"
+    );
 }

@@ -389,9 +389,9 @@ fn service_command() -> impl Strategy<Value = ServiceCommand> {
             let mut rec = formats::service_record();
             rec.id = id;
             rec.version = version;
-            ServiceCommand::CreateV2(Box::new(rec))
+            ServiceCommand::create(rec)
         }),
-        (id(), any::<u64>()).prop_map(|(id, at)| ServiceCommand::UpdateV2 {
+        (id(), any::<u64>()).prop_map(|(id, at)| ServiceCommand::UpdateV3 {
             id,
             spec: Box::new(formats::service_spec()),
             at,
@@ -452,7 +452,7 @@ fn command() -> impl Strategy<Value = Command> {
         (btree_set(key(), 0..3)).prop_map(|removed_keys| {
             let mut state = formats::full_state();
             state.removed_keys = removed_keys;
-            Command::RestoreV2(Box::new(state))
+            Command::RestoreV3(Box::new(state))
         }),
     ]
 }

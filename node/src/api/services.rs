@@ -195,6 +195,10 @@ pub struct ServiceSpecBody {
     pub no_healthcheck: bool,
     /// Bumped by `service update --force`.
     pub force_update: u64,
+    /// `vip` (one virtual IP, balanced by every node) or `dnsrr` (the tasks' addresses).
+    pub endpoint_mode: String,
+    /// Target ports reachable by name without publishing them (`--expose`).
+    pub expose: Vec<u16>,
 }
 
 impl Default for ServiceSpecBody {
@@ -243,6 +247,8 @@ impl TryFrom<ServiceSpecBody> for ServiceSpec {
             rollback_config: b.rollback_config.into(),
             no_healthcheck: b.no_healthcheck,
             force_update: b.force_update,
+            endpoint_mode: b.endpoint_mode.parse().map_err(|e| format!("{e}"))?,
+            expose: b.expose,
         };
         spec.validate()?;
         Ok(spec)
@@ -275,6 +281,8 @@ impl From<&ServiceSpec> for ServiceSpecBody {
             rollback_config: s.rollback_config.into(),
             no_healthcheck: s.no_healthcheck,
             force_update: s.force_update,
+            endpoint_mode: s.endpoint_mode.to_string(),
+            expose: s.expose.clone(),
         }
     }
 }
@@ -557,6 +565,12 @@ pub struct ServiceUpdateBody {
     pub update_config: UpdateConfigPatch,
     /// Rollback settings changed.
     pub rollback_config: UpdateConfigPatch,
+    /// New endpoint mode: `vip` or `dnsrr`.
+    pub endpoint_mode: Option<String>,
+    /// Ports exposed (`--expose-add`).
+    pub expose_add: Vec<u16>,
+    /// Exposed ports removed (`--expose-rm`); applied before `expose_add`.
+    pub expose_rm: Vec<u16>,
 }
 
 /// What a [`ServiceUpdateBody`] becomes against the current spec.
@@ -669,6 +683,15 @@ impl ServiceUpdateBody {
         }
         self.update_config.apply_to(&mut s.update_config);
         self.rollback_config.apply_to(&mut s.rollback_config);
+        if let Some(m) = &self.endpoint_mode {
+            s.endpoint_mode = m.parse().map_err(|e| format!("{e}"))?;
+        }
+        s.expose.retain(|p| !self.expose_rm.contains(p));
+        for &p in &self.expose_add {
+            if !s.expose.contains(&p) {
+                s.expose.push(p);
+            }
+        }
         s.validate()?;
         Ok(UpdatePlan::Update(Box::new(s)))
     }
@@ -975,6 +998,9 @@ pub struct ServiceInspect {
     pub spec: ServiceSpecBody,
     /// The spec before the last update, or null.
     pub previous_spec: Option<ServiceSpecBody>,
+    /// The index of its virtual IP in every node's VIP range (the address is the range's
+    /// base plus it: `10.247.128.0` + index with the default `--network-subnet`).
+    pub vip_index: Option<u32>,
 }
 
 impl ServiceInspect {
@@ -984,6 +1010,7 @@ impl ServiceInspect {
             row: ServiceRow::of(state, rec),
             spec: (&rec.spec).into(),
             previous_spec: rec.previous_spec.as_ref().map(ServiceSpecBody::from),
+            vip_index: rec.vip_index,
         }
     }
 }
@@ -1023,7 +1050,7 @@ mod tests {
                 r#""monitor_ms":5000,"max_failure_ratio_ppm":0},"#,
                 r#""rollback_config":{"parallelism":1,"delay_ms":0,"order":"stop-first","failure_action":"pause","#,
                 r#""monitor_ms":5000,"max_failure_ratio_ppm":0},"#,
-                r#""no_healthcheck":false,"force_update":0}"#,
+                r#""no_healthcheck":false,"force_update":0,"endpoint_mode":"vip","expose":[]}"#,
             )
         );
         let back = serde_json::from_str::<ServiceSpecBody>(&json).unwrap();

@@ -348,7 +348,7 @@ impl Node {
             .wait_for_leader(Duration::from_secs(10))
             .await
             .ok_or(LifecycleError::NoElection)?;
-        manager.write(Command::RestoreV2(Box::new(state))).await?;
+        manager.write(Command::RestoreV3(Box::new(state))).await?;
         for (id, _) in &others {
             if let Ok(id) = id.parse::<NodeId>()
                 && let Some(conn) = self.pool.remove(&id)

@@ -5,20 +5,12 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
+pub use crate::manager::services::EndpointMode;
+
 use super::codec::{
     CLASS_ANY, CLASS_IN, Header, Message, Rcode, Reply, TCP_MAX, TYPE_A, TYPE_ANY, UDP_EDNS_MAX,
     UDP_PLAIN_MAX,
 };
-
-/// How a service's name is answered (Docker's `--endpoint-mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum EndpointMode {
-    /// One virtual IP, balanced by the node's proxy.
-    #[default]
-    Vip,
-    /// The addresses of its tasks (those reachable from the asker).
-    Dnsrr,
-}
 
 /// One service as the resolver sees it on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -73,7 +73,10 @@ impl Summary {
     pub fn of(state: &ClusterState, cmd: &Command) -> Self {
         let with_tasks = matches!(
             cmd,
-            Command::Services(_) | Command::Restore(_) | Command::RestoreV2(_)
+            Command::Services(_)
+                | Command::Restore(_)
+                | Command::RestoreV2(_)
+                | Command::RestoreV3(_)
         );
         Summary {
             cluster_id: state.cluster.as_ref().map(|c| c.id.clone()),
@@ -170,12 +173,15 @@ pub fn command_time(cmd: &Command) -> Option<Millis> {
         Command::RotateToken { .. }
         | Command::RemoveNode { .. }
         | Command::Restore(_)
-        | Command::RestoreV2(_) => None,
+        | Command::RestoreV2(_)
+        | Command::RestoreV3(_) => None,
         Command::Services(s) => Some(match s {
             ServiceCommand::Create(r) => r.created_at,
             ServiceCommand::CreateV2(r) => r.created_at,
+            ServiceCommand::CreateV3(r) => r.created_at,
             ServiceCommand::Update { at, .. }
             | ServiceCommand::UpdateV2 { at, .. }
+            | ServiceCommand::UpdateV3 { at, .. }
             | ServiceCommand::Scale { at, .. }
             | ServiceCommand::Remove { at, .. }
             | ServiceCommand::TaskReports { at, .. }
@@ -234,7 +240,10 @@ pub fn derive(
     if let Command::InitCluster { cluster, .. } = cmd {
         out.push("cluster", "init", &cluster.id, vec![]);
     }
-    if matches!(cmd, Command::Restore(_) | Command::RestoreV2(_)) {
+    if matches!(
+        cmd,
+        Command::Restore(_) | Command::RestoreV2(_) | Command::RestoreV3(_)
+    ) {
         let id = after.cluster_id.clone().unwrap_or_default();
         out.push("cluster", "restore", &id, vec![]);
         return out.events;

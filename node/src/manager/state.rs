@@ -8,16 +8,20 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::services::legacy::ServicesStateV1;
+use super::services::legacy::{ServicesStateV1, ServicesStateV2};
 use super::services::{ServiceCommand, ServicesState};
 
 /// Version byte that starts every encoded [`ClusterState`]. Version 1 ([`ClusterStateV1`],
 /// services without the rollback settings, `--no-healthcheck`, the force counter and the
-/// older specs) is still read, and converted.
-pub const STATE_VERSION: u8 = 2;
+/// older specs) and version 2 ([`ClusterStateV2`], services without the endpoint mode, the
+/// exposed ports and the VIP index) are still read, and converted.
+pub const STATE_VERSION: u8 = 3;
 
 /// The version byte of a [`ClusterStateV1`].
 pub const STATE_VERSION_V1: u8 = 1;
+
+/// The version byte of a [`ClusterStateV2`].
+pub const STATE_VERSION_V2: u8 = 2;
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
@@ -134,6 +138,41 @@ impl From<ClusterStateV1> for ClusterState {
     }
 }
 
+/// [`ClusterState`] as version 2 stored it (in snapshots after the byte
+/// [`STATE_VERSION_V2`], and in [`Command::RestoreV2`]): services of the version-2 shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStateV2 {
+    /// Set by `init`.
+    pub cluster: Option<ClusterRecord>,
+    /// Nodes by ID.
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// Raft IDs to node IDs.
+    pub raft_ids: BTreeMap<u64, String>,
+    /// Keys of removed nodes.
+    pub removed_keys: BTreeSet<[u8; 32]>,
+    /// Services and tasks.
+    pub services: ServicesStateV2,
+}
+
+impl From<ClusterStateV2> for ClusterState {
+    fn from(s: ClusterStateV2) -> Self {
+        let ClusterStateV2 {
+            cluster,
+            nodes,
+            raft_ids,
+            removed_keys,
+            services,
+        } = s;
+        ClusterState {
+            cluster,
+            nodes,
+            raft_ids,
+            removed_keys,
+            services: services.into(),
+        }
+    }
+}
+
 /// A change to the cluster state, proposed through Raft.
 ///
 /// New variants are only ever appended: the log holds encoded commands.
@@ -206,7 +245,7 @@ pub enum Command {
     /// Services and tasks: see [`ServiceCommand`].
     Services(ServiceCommand),
     /// `init --force-new-cluster` as version 1 wrote it (a state of version 1): applied as
-    /// [`Command::RestoreV2`] of the converted state. Kept for the log; not proposed.
+    /// [`Command::RestoreV3`] of the converted state. Kept for the log; not proposed.
     Restore(Box<ClusterStateV1>),
     /// A node reported capacity or drivers different from its record.
     SetNodeResources {
@@ -221,9 +260,12 @@ pub enum Command {
         /// When.
         at: Millis,
     },
+    /// `init --force-new-cluster` as version 2 wrote it (a state of version 2): applied as
+    /// [`Command::RestoreV3`] of the converted state. Kept for the log; not proposed.
+    RestoreV2(Box<ClusterStateV2>),
     /// `init --force-new-cluster`: a new Raft group starts from this whole state, taken
     /// from the surviving manager (its other managers already dropped from it).
-    RestoreV2(Box<ClusterState>),
+    RestoreV3(Box<ClusterState>),
 }
 
 /// Whether a joiner's `record` may be admitted: never for a removed key (a join does not
@@ -395,6 +437,10 @@ impl ClusterState {
                 CommandResult::Done
             }
             Command::RestoreV2(state) => {
+                *self = ClusterState::from((**state).clone());
+                CommandResult::Done
+            }
+            Command::RestoreV3(state) => {
                 *self = (**state).clone();
                 CommandResult::Done
             }
@@ -478,6 +524,9 @@ impl ClusterState {
             Some((&STATE_VERSION_V1, rest)) => postcard::from_bytes::<ClusterStateV1>(rest)
                 .map(ClusterState::from)
                 .map_err(|e| format!("corrupt cluster state (version {STATE_VERSION_V1}): {e}")),
+            Some((&STATE_VERSION_V2, rest)) => postcard::from_bytes::<ClusterStateV2>(rest)
+                .map(ClusterState::from)
+                .map_err(|e| format!("corrupt cluster state (version {STATE_VERSION_V2}): {e}")),
             Some((v, _)) => Err(format!(
                 "cluster state version {v} is not supported by this shoal (expects {STATE_VERSION})"
             )),

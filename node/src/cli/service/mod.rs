@@ -101,6 +101,14 @@ pub struct CreateArgs {
         allow_hyphen_values = true
     )]
     pub publish: Vec<String>,
+    /// Make a target port reachable by the service's name without publishing it:
+    /// PORT[/tcp]; repeatable. Published ports' targets are reachable by name anyway.
+    #[arg(long = "expose", value_name = "PORT")]
+    pub expose: Vec<String>,
+    /// How the service's name resolves: vip (one virtual IP, balanced by every node) or
+    /// dnsrr (the addresses of its tasks on the asking node).
+    #[arg(long, value_parser = ["vip", "dnsrr"])]
+    pub endpoint_mode: Option<String>,
     /// Placement constraint, e.g. node.labels.zone==attic (repeatable).
     #[arg(long)]
     pub constraint: Vec<String>,
@@ -187,6 +195,14 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpecBody> {
         .iter()
         .map(|p| update::publish("publish", p))
         .collect::<Result<_>>()?;
+    spec.expose = a
+        .expose
+        .iter()
+        .map(|p| update::exposed("expose", p))
+        .collect::<Result<_>>()?;
+    if let Some(m) = &a.endpoint_mode {
+        spec.endpoint_mode.clone_from(m);
+    }
     spec.constraints.clone_from(&a.constraint);
     if let Some(n) = &a.replicas_max_per_node {
         spec.max_replicas_per_node = update::count("replicas-max-per-node", n)?;

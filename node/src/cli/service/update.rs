@@ -115,6 +115,15 @@ pub struct UpdateArgs {
         allow_hyphen_values = true
     )]
     pub publish_rm: Vec<String>,
+    /// Make a target port reachable by name (PORT[/tcp]), repeatable.
+    #[arg(long = "expose-add", value_name = "PORT")]
+    pub expose_add: Vec<String>,
+    /// Stop exposing a port, repeatable.
+    #[arg(long = "expose-rm", value_name = "PORT")]
+    pub expose_rm: Vec<String>,
+    /// How the service's name resolves: vip or dnsrr.
+    #[arg(long, value_parser = ["vip", "dnsrr"])]
+    pub endpoint_mode: Option<String>,
     /// Number of tasks (alone: a scale, not a rolling update).
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub replicas: Option<String>,
@@ -493,6 +502,18 @@ fn amount(v: &Option<String>, parse: fn(&str) -> Result<u64, String>) -> Result<
         .map_err(|e| anyhow!("{e}"))
 }
 
+/// An exposed port, `PORT` or `PORT/tcp` (UDP is not served by name).
+pub fn exposed(flag: &str, s: &str) -> Result<u16> {
+    let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+    if !proto.eq_ignore_ascii_case("tcp") {
+        bail!("invalid --{flag} `{s}`: only tcp ports can be reached by name");
+    }
+    match port.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => bail!("invalid --{flag} `{s}`: expected a port 1-65535, e.g. 8080 or 8080/tcp"),
+    }
+}
+
 /// The request body of `service update` (everything checked that can be checked here).
 pub fn body_of(a: &UpdateArgs) -> Result<ServiceUpdateBody> {
     let mut b = ServiceUpdateBody {
@@ -562,6 +583,17 @@ pub fn body_of(a: &UpdateArgs) -> Result<ServiceUpdateBody> {
             .map(|s| duration_ms("stop-grace-period", s))
             .transpose()?,
         force: a.force,
+        endpoint_mode: a.endpoint_mode.clone(),
+        expose_add: a
+            .expose_add
+            .iter()
+            .map(|p| exposed("expose-add", p))
+            .collect::<Result<_>>()?,
+        expose_rm: a
+            .expose_rm
+            .iter()
+            .map(|p| exposed("expose-rm", p))
+            .collect::<Result<_>>()?,
         ..ServiceUpdateBody::default()
     };
     a.health.apply_to_body(&mut b)?;

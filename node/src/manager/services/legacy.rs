@@ -1,7 +1,8 @@
 //! The service types as version 1 of the Raft log and of the cluster state stored them
 //! (before the rollback settings, `--no-healthcheck`, the force counter and the older specs),
-//! kept so that every entry and snapshot written then still decodes, and converted into
-//! today's types with Docker's defaults for what they lack.
+//! and as version 2 did (before the endpoint mode, the exposed ports and the VIP index), kept
+//! so that every entry and snapshot written then still decodes, and converted into today's
+//! types with Docker's defaults for what they lack.
 //!
 //! Postcard is not self-describing: these are the old field lists, in the old order, with the
 //! old types. Never change them (golden bytes in `formats.rs`); a later change of the records
@@ -15,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use shoal_scheduler::Task;
 
 use super::spec::{
-    FailureAction, HealthCheckSpec, PortSpec, ResourceSpec, RestartPolicySpec, ServiceMode,
-    ServiceSpec, UpdateConfig, UpdateOrder,
+    EndpointMode, FailureAction, HealthCheckSpec, PortSpec, ResourceSpec, RestartPolicySpec,
+    ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
 };
 use super::state::{ServiceRecord, ServicesState, TaskHealth, UpdateStatus};
 use crate::manager::state::Millis;
@@ -132,6 +133,8 @@ impl From<ServiceSpecV1> for ServiceSpec {
             rollback_config: UpdateConfig::default(),
             no_healthcheck: false,
             force_update: 0,
+            endpoint_mode: EndpointMode::default(),
+            expose: Vec::new(),
         }
     }
 }
@@ -182,6 +185,7 @@ impl From<ServiceRecordV1> for ServiceRecord {
             updated_at,
             update_status,
             older_specs,
+            vip_index: None,
         }
     }
 }
@@ -212,11 +216,196 @@ impl From<ServicesStateV1> for ServicesState {
                 .map(|(id, r)| (id, ServiceRecord::from(r)))
                 .collect()
         };
-        ServicesState {
+        let mut state = ServicesState {
             services: records(services),
             tasks,
             removed: records(removed),
             health,
+        };
+        state.assign_vip_indexes();
+        state
+    }
+}
+
+/// [`ServiceSpec`] as version 2 stored it: before `endpoint_mode` and `expose`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpecV2 {
+    /// Unique name.
+    pub name: String,
+    /// Docker: image reference. Process: absolute path of the program.
+    pub image: String,
+    /// Command arguments.
+    pub args: Vec<String>,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// `docker` or `process`.
+    pub driver: String,
+    /// Replicated or global.
+    pub mode: ServiceMode,
+    /// Published ports.
+    pub ports: Vec<PortSpec>,
+    /// Placement constraints.
+    pub constraints: Vec<String>,
+    /// Reserved per task.
+    pub reservations: ResourceSpec,
+    /// Limits per task.
+    pub limits: ResourceSpec,
+    /// Restart policy.
+    pub restart_policy: RestartPolicySpec,
+    /// At most this many tasks per node (0 = unlimited).
+    pub max_replicas_per_node: u64,
+    /// Health check.
+    pub health_check: Option<HealthCheckSpec>,
+    /// Labels put on the tasks.
+    pub labels: BTreeMap<String, String>,
+    /// Time between the stop signal and SIGKILL, in milliseconds.
+    pub stop_grace_ms: u64,
+    /// Rolling update settings.
+    pub update_config: UpdateConfig,
+    /// Rollback settings.
+    pub rollback_config: UpdateConfig,
+    /// `--no-healthcheck`.
+    pub no_healthcheck: bool,
+    /// The force counter.
+    pub force_update: u64,
+}
+
+impl From<ServiceSpecV2> for ServiceSpec {
+    /// Docker's defaults for the rest: endpoint mode `vip`, no exposed ports.
+    fn from(s: ServiceSpecV2) -> Self {
+        let ServiceSpecV2 {
+            name,
+            image,
+            args,
+            env,
+            driver,
+            mode,
+            ports,
+            constraints,
+            reservations,
+            limits,
+            restart_policy,
+            max_replicas_per_node,
+            health_check,
+            labels,
+            stop_grace_ms,
+            update_config,
+            rollback_config,
+            no_healthcheck,
+            force_update,
+        } = s;
+        ServiceSpec {
+            name,
+            image,
+            args,
+            env,
+            driver,
+            mode,
+            ports,
+            constraints,
+            reservations,
+            limits,
+            restart_policy,
+            max_replicas_per_node,
+            health_check,
+            labels,
+            stop_grace_ms,
+            update_config,
+            rollback_config,
+            no_healthcheck,
+            force_update,
+            endpoint_mode: EndpointMode::default(),
+            expose: Vec::new(),
         }
+    }
+}
+
+/// [`ServiceRecord`] as version 2 stored it: version-2 specs, no VIP index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecordV2 {
+    /// Service ID.
+    pub id: String,
+    /// Current spec.
+    pub spec: ServiceSpecV2,
+    /// Spec version.
+    pub version: u64,
+    /// The spec before the last update.
+    pub previous_spec: Option<ServiceSpecV2>,
+    /// When it was created.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+    /// Latest rolling update, if any.
+    pub update_status: Option<UpdateStatus>,
+    /// The specs of earlier versions that tasks still run.
+    pub older_specs: BTreeMap<u64, ServiceSpecV2>,
+}
+
+impl From<ServiceRecordV2> for ServiceRecord {
+    /// The specs converted; the VIP index is given by the state machine (at create, or when a
+    /// whole state is converted).
+    fn from(r: ServiceRecordV2) -> Self {
+        let ServiceRecordV2 {
+            id,
+            spec,
+            version,
+            previous_spec,
+            created_at,
+            updated_at,
+            update_status,
+            older_specs,
+        } = r;
+        ServiceRecord {
+            id,
+            spec: spec.into(),
+            version,
+            previous_spec: previous_spec.map(ServiceSpec::from),
+            created_at,
+            updated_at,
+            update_status,
+            older_specs: older_specs
+                .into_iter()
+                .map(|(v, s)| (v, ServiceSpec::from(s)))
+                .collect(),
+            vip_index: None,
+        }
+    }
+}
+
+/// [`ServicesState`] holding version-2 records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicesStateV2 {
+    /// Live services by ID.
+    pub services: BTreeMap<String, ServiceRecordV2>,
+    /// Every task (current and history) by ID.
+    pub tasks: BTreeMap<String, Task>,
+    /// Removed services whose tasks still exist.
+    pub removed: BTreeMap<String, ServiceRecordV2>,
+    /// Last reported health of running tasks that have a health check.
+    pub health: BTreeMap<String, TaskHealth>,
+}
+
+impl From<ServicesStateV2> for ServicesState {
+    /// Every live service gets a VIP index, in the order they were created.
+    fn from(s: ServicesStateV2) -> Self {
+        let ServicesStateV2 {
+            services,
+            tasks,
+            removed,
+            health,
+        } = s;
+        let records = |m: BTreeMap<String, ServiceRecordV2>| {
+            m.into_iter()
+                .map(|(id, r)| (id, ServiceRecord::from(r)))
+                .collect()
+        };
+        let mut state = ServicesState {
+            services: records(services),
+            tasks,
+            removed: records(removed),
+            health,
+        };
+        state.assign_vip_indexes();
+        state
     }
 }

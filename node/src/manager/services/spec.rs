@@ -322,6 +322,21 @@ impl Default for UpdateConfig {
     }
 }
 
+/// How a service's name is answered (Docker's `--endpoint-mode`; ARCHITECTURE.md, "Service
+/// discovery").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointMode {
+    /// One virtual IP, balanced by every node's proxy.
+    #[default]
+    Vip,
+    /// The addresses of its tasks (those reachable from the asker).
+    Dnsrr,
+}
+
+/// At most this many `--expose` ports per service.
+pub const MAX_EXPOSE: usize = 64;
+
 /// A service's spec as Raft stores it (inside [`super::ServiceRecord`]); the API's JSON body
 /// is `crate::api::ServiceSpecBody`, converted into this with validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -364,6 +379,11 @@ pub struct ServiceSpec {
     pub no_healthcheck: bool,
     /// Bumped by `service update --force`: a changed value replaces every task.
     pub force_update: u64,
+    /// How the service's name resolves (`--endpoint-mode`).
+    pub endpoint_mode: EndpointMode,
+    /// Target ports reachable by name without publishing them (`--expose`, compose's
+    /// `expose:`): with the published ports' targets, the ports of its VIP.
+    pub expose: Vec<u16>,
 }
 
 impl Default for ServiceSpec {
@@ -388,6 +408,8 @@ impl Default for ServiceSpec {
             rollback_config: UpdateConfig::default(),
             no_healthcheck: false,
             force_update: 0,
+            endpoint_mode: EndpointMode::Vip,
+            expose: Vec::new(),
         }
     }
 }
@@ -573,6 +595,26 @@ impl ServiceSpec {
                 return Err(format!("port {} is published twice", p.published));
             }
         }
+        let mut exposed = BTreeSet::new();
+        for &p in &self.expose {
+            if p == 0 {
+                return Err("invalid exposed port 0: ports are 1-65535".into());
+            }
+            if !exposed.insert(p) {
+                return Err(format!("port {p} is exposed twice"));
+            }
+        }
+        if self.expose.len() > MAX_EXPOSE {
+            return Err(format!("at most {MAX_EXPOSE} ports may be exposed"));
+        }
+        if self.endpoint_mode == EndpointMode::Dnsrr
+            && let Some(p) = self.ports.iter().find(|p| p.mode == PublishMode::Ingress)
+        {
+            return Err(format!(
+                "port {} is published in ingress mode, which --endpoint-mode dnsrr cannot serve (no virtual IP): publish it with mode=host, or use --endpoint-mode vip",
+                p.published
+            ));
+        }
         let host = self.ports.iter().find(|p| p.mode == PublishMode::Host);
         if let Some(p) = host
             && self.mode != ServiceMode::Global
@@ -593,8 +635,16 @@ impl ServiceSpec {
         self.ports
             .iter()
             .map(|p| p.target)
+            .chain(self.expose.iter().copied())
             .filter(|t| seen.insert(*t))
             .collect()
+    }
+
+    /// The ports the service is reached on by name (its VIP's ports): the published ports'
+    /// targets, then the exposed ones, each once.
+    #[must_use]
+    pub fn discovery_ports(&self) -> Vec<u16> {
+        self.task_targets()
     }
 
     /// The ports that are part of a task (see [`ServiceSpec::same_task`]): the target ports

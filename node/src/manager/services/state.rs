@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use shoal_scheduler::{Decision, DesiredState, Task, TaskState, Timestamp};
 
-use super::legacy::{ServiceRecordV1, ServiceSpecV1};
+use super::legacy::{ServiceRecordV1, ServiceRecordV2, ServiceSpecV1, ServiceSpecV2};
 use super::spec::{
     MAX_REPLICAS, MAX_TASK_ERROR_LEN, ServiceMode, ServiceSpec, mode_word, validate_ident,
 };
@@ -83,6 +83,10 @@ pub struct ServiceRecord {
     /// current and previous specs are in `spec` and `previous_spec` too. Dropped once no task
     /// of the version is left.
     pub older_specs: BTreeMap<u64, ServiceSpec>,
+    /// Its virtual IP's index in every node's VIP range (service discovery): given by the
+    /// state machine at create, the lowest index no other live service holds; freed when the
+    /// service is removed. `None` only past the end of every range (never in practice).
+    pub vip_index: Option<u32>,
 }
 
 impl ServiceRecord {
@@ -97,6 +101,7 @@ impl ServiceRecord {
             updated_at: at,
             update_status: None,
             older_specs: BTreeMap::new(),
+            vip_index: None,
         }
     }
 
@@ -254,11 +259,26 @@ pub enum ServiceCommand {
         /// When.
         at: Millis,
     },
-    /// `service create`: unique ID and name; the spec must validate.
-    CreateV2(Box<ServiceRecord>),
+    /// `service create` as version 2 wrote it (before the endpoint mode, the exposed ports and
+    /// the VIP index): applied as [`ServiceCommand::CreateV3`] of the converted record. Kept
+    /// for the log; not proposed.
+    CreateV2(Box<ServiceRecordV2>),
+    /// `service update` as version 2 wrote it: applied as [`ServiceCommand::UpdateV3`] of the
+    /// converted spec. Kept for the log; not proposed.
+    UpdateV2 {
+        /// Service ID.
+        id: String,
+        /// The whole new spec.
+        spec: Box<ServiceSpecV2>,
+        /// When.
+        at: Millis,
+    },
+    /// `service create`: unique ID and name; the spec must validate. The record's VIP index
+    /// is the state machine's to give: whatever the command carries is replaced.
+    CreateV3(Box<ServiceRecord>),
     /// `service update`: a new spec (same name and mode kind); bumps the version and keeps
     /// the old spec for rollback.
-    UpdateV2 {
+    UpdateV3 {
         /// Service ID.
         id: String,
         /// The whole new spec.
@@ -316,14 +336,14 @@ pub enum ServiceOutcome {
 }
 
 impl ServiceCommand {
-    /// [`ServiceCommand::CreateV2`] for `record`.
+    /// [`ServiceCommand::CreateV3`] for `record`.
     pub fn create(record: ServiceRecord) -> Self {
-        ServiceCommand::CreateV2(Box::new(record))
+        ServiceCommand::CreateV3(Box::new(record))
     }
 
-    /// [`ServiceCommand::UpdateV2`] of service `id` to `spec`.
+    /// [`ServiceCommand::UpdateV3`] of service `id` to `spec`.
     pub fn update(id: impl Into<String>, spec: ServiceSpec, at: Millis) -> Self {
-        ServiceCommand::UpdateV2 {
+        ServiceCommand::UpdateV3 {
             id: id.into(),
             spec: Box::new(spec),
             at,
@@ -336,6 +356,30 @@ fn no_such_service(id: &str) -> String {
 }
 
 impl ServicesState {
+    /// The lowest VIP index no live service holds (a removed service's index is free again).
+    #[must_use]
+    pub fn free_vip_index(&self) -> Option<u32> {
+        crate::dns::vip::lowest_free(self.services.values().filter_map(|r| r.vip_index), u32::MAX)
+    }
+
+    /// Gives every live service without a VIP index one, in the order they were created (then
+    /// by ID): what a state written before VIP indexes existed gets when it is converted.
+    pub fn assign_vip_indexes(&mut self) {
+        let mut order: Vec<(Millis, String)> = self
+            .services
+            .values()
+            .filter(|r| r.vip_index.is_none())
+            .map(|r| (r.created_at, r.id.clone()))
+            .collect();
+        order.sort();
+        for (_, id) in order {
+            let index = self.free_vip_index();
+            if let Some(rec) = self.services.get_mut(&id) {
+                rec.vip_index = index;
+            }
+        }
+    }
+
     /// Applies `cmd` against the node table `nodes`; a refused command changes nothing.
     pub fn apply(
         &mut self,
@@ -344,12 +388,19 @@ impl ServicesState {
     ) -> Result<ServiceOutcome, String> {
         match cmd {
             ServiceCommand::Create(record) => self.create(&ServiceRecord::from((**record).clone())),
-            ServiceCommand::CreateV2(record) => self.create(record),
+            ServiceCommand::CreateV2(record) => {
+                self.create(&ServiceRecord::from((**record).clone()))
+            }
+            ServiceCommand::CreateV3(record) => self.create(record),
             ServiceCommand::Update { id, spec, at } => {
                 let spec = ServiceSpec::from((**spec).clone());
                 self.update(id, &spec, *at, false, "update in progress")
             }
             ServiceCommand::UpdateV2 { id, spec, at } => {
+                let spec = ServiceSpec::from((**spec).clone());
+                self.update(id, &spec, *at, false, "update in progress")
+            }
+            ServiceCommand::UpdateV3 { id, spec, at } => {
                 self.update(id, spec, *at, false, "update in progress")
             }
             ServiceCommand::Rollback { id, at } => {
@@ -450,6 +501,8 @@ impl ServicesState {
             ));
         }
         self.check_ports(&record.spec, &record.id)?;
+        let mut record = record.clone();
+        record.vip_index = self.free_vip_index();
         self.services.insert(record.id.clone(), record.clone());
         Ok(ServiceOutcome::Created {
             id: record.id.clone(),

@@ -998,3 +998,66 @@ fn an_ingress_port_change_replaces_no_task() {
     converge(&mut s, now + 10);
     assert_eq!(running_versions(&s, "s1"), vec![3, 3]);
 }
+
+/// Issue 22: every live service holds a VIP index, the lowest free one at create, whatever
+/// the command carried; a removed service's index is given to the next service; update and
+/// scale keep it.
+#[test]
+fn issue_22_vip_indexes_are_the_lowest_free_and_freed_on_remove() {
+    let mut s = cluster();
+    let create = |s: &mut ClusterState, id: &str, name: &str, carried: Option<u32>| {
+        let mut rec = ServiceRecord::new(id, ServiceSpec::new(name, "img:1"), 10);
+        rec.vip_index = carried;
+        let cmd = Command::Services(ServiceCommand::create(rec));
+        assert_eq!(s.apply(&cmd), CommandResult::Done);
+    };
+    let index = |s: &ClusterState, id: &str| s.services.services[id].vip_index;
+    create(&mut s, "s1", "a", Some(77));
+    create(&mut s, "s2", "b", None);
+    create(&mut s, "s3", "c", Some(0));
+    assert_eq!(
+        (index(&s, "s1"), index(&s, "s2"), index(&s, "s3")),
+        (Some(0), Some(1), Some(2))
+    );
+    let remove = Command::Services(ServiceCommand::Remove {
+        id: "s2".into(),
+        at: 11,
+    });
+    assert_eq!(s.apply(&remove), CommandResult::Done);
+    let mut spec = ServiceSpec::new("a", "img:2");
+    spec.expose = vec![8080];
+    spec.endpoint_mode = EndpointMode::Dnsrr;
+    let update = Command::Services(ServiceCommand::update("s1", spec, 12));
+    assert_eq!(s.apply(&update), CommandResult::Done);
+    assert_eq!(index(&s, "s1"), Some(0), "an update keeps the index");
+    create(&mut s, "s4", "d", None);
+    assert_eq!(
+        index(&s, "s4"),
+        Some(1),
+        "the removed service's index is reused"
+    );
+    create(&mut s, "s5", "e", None);
+    assert_eq!(index(&s, "s5"), Some(3));
+}
+
+/// Issue 22: exposed ports are checked, and `dnsrr` refuses ingress ports (Docker's rule:
+/// without a VIP the mesh has nothing to balance to).
+#[test]
+fn issue_22_endpoint_mode_and_expose_are_validated() {
+    let mut spec = ServiceSpec::new("api", "img:1");
+    spec.expose = vec![8080, 8080];
+    assert!(spec.validate().unwrap_err().contains("exposed twice"));
+    spec.expose = vec![0];
+    assert!(spec.validate().unwrap_err().contains("port 0"));
+    spec.expose = vec![8080];
+    spec.endpoint_mode = EndpointMode::Dnsrr;
+    assert_eq!(spec.validate(), Ok(()));
+    spec.ports = vec![PortSpec::tcp(80, 8080)];
+    assert!(spec.validate().unwrap_err().contains("dnsrr"));
+    spec.ports[0].mode = PublishMode::Host;
+    spec.max_replicas_per_node = 1;
+    assert_eq!(spec.validate(), Ok(()));
+    assert_eq!(spec.discovery_ports(), vec![8080]);
+    spec.expose = vec![9090, 8080];
+    assert_eq!(spec.discovery_ports(), vec![8080, 9090]);
+}
