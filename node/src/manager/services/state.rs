@@ -503,10 +503,9 @@ impl ServicesState {
         self.check_ports(&record.spec, &record.id)?;
         let mut record = record.clone();
         record.vip_index = self.free_vip_index();
-        self.services.insert(record.id.clone(), record.clone());
-        Ok(ServiceOutcome::Created {
-            id: record.id.clone(),
-        })
+        let id = record.id.clone();
+        self.services.insert(id.clone(), record);
+        Ok(ServiceOutcome::Created { id })
     }
 
     /// A new spec for service `id` (an update, or with `rollback` the previous spec back),
