@@ -152,6 +152,7 @@ pub async fn serve_session(
         });
     }
     let mut sent_endpoints: Option<crate::mesh::EndpointTable> = None;
+    let mut sent_discovery: Option<crate::mesh::DiscoveryTable> = None;
     let mut metrics = manager.metrics();
     let mut sent: Option<BTreeMap<String, session::Assignment>> = None;
     let mut sent_trust = None;
@@ -200,6 +201,16 @@ pub async fn serve_session(
             )
             .await?;
             sent_endpoints = Some(endpoints);
+        }
+        let discovery = manager.read_local(|s| services::discovery_table(&s.services, &s.nodes));
+        if sent_discovery.as_ref() != Some(&discovery) {
+            net::write_frame(
+                &mut send,
+                TAG_DISPATCH,
+                &ToWorker::Discovery(discovery.clone()),
+            )
+            .await?;
+            sent_discovery = Some(discovery);
         }
         if let Some(set) = assignment_change(sent.as_ref(), &current) {
             net::write_frame(&mut send, TAG_DISPATCH, &ToWorker::Assignments(set)).await?;
@@ -366,6 +377,7 @@ async fn session(
                     }
                 }
                 Some(ToWorker::Endpoints(table)) => node.mesh.set_table(table),
+                Some(ToWorker::Discovery(table)) => node.mesh.set_discovery(table),
                 None => break Ok(()),
             },
             batch = reports.recv() => match batch {

@@ -179,6 +179,10 @@ async fn serve_stream(
             let open: crate::mesh::MeshOpen = net::decode_body(tag, &body)?;
             node.mesh.serve_stream(open, send, recv).await
         }
+        (crate::mesh::TAG_VIP, Some(_)) => {
+            let open: crate::mesh::VipOpen = net::decode_body(tag, &body)?;
+            node.mesh.serve_vip_stream(open, send, recv).await
+        }
         (crate::logs::TAG_LOGS, Some(_)) => {
             let req: crate::logs::LogsRequest = net::decode_body(tag, &body)?;
             crate::logs::serve_stream(node.mesh_tasks.all(), req, send).await

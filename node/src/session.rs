@@ -47,6 +47,9 @@ pub enum ToWorker {
     /// The routing mesh's endpoint table (every published service's running tasks, on every
     /// node): sent first, then whenever it changes.
     Endpoints(crate::mesh::EndpointTable),
+    /// Service discovery's table (every live service, its VIP and its running tasks, on
+    /// every node): sent first, then whenever it changes.
+    Discovery(crate::mesh::DiscoveryTable),
 }
 
 /// Worker to leader.

@@ -21,7 +21,7 @@ use crate::manager::rpc::{
     MAX_APPEND_FRAME, MAX_SNAPSHOT_FRAME, MAX_VOTE_FRAME, TAG_RAFT_APPEND, TAG_RAFT_SNAPSHOT,
     TAG_RAFT_VOTE,
 };
-use crate::mesh::{MAX_MESH_OPEN, TAG_MESH};
+use crate::mesh::{MAX_MESH_OPEN, TAG_MESH, TAG_VIP};
 
 /// Stream tag of a liveness probe: the leader checks a node answers before it believes
 /// gossip that says it is down.
@@ -116,13 +116,17 @@ pub(crate) fn stream_rule(tag: u8) -> Option<Rule> {
         TAG_MESH => rule("mesh stream", Sender::Member, MAX_MESH_OPEN, false),
         // Served by every node, for the tasks its own drivers run (`logs::serve_stream`).
         TAG_LOGS => rule("logs request", Sender::Manager, MAX_LOGS_REQUEST, false),
+        // Any member may hold the VIP a client connected to; what the stream may reach is
+        // checked by the serving node's own discovery table (`Mesh::serve_vip_stream`): only
+        // a task running here, of a service reached by name on the port asked for.
+        TAG_VIP => rule("VIP stream", Sender::Member, MAX_MESH_OPEN, false),
         _ => return None,
     })
 }
 
 /// Every tag with a rule (for the tests).
 #[cfg(test)]
-const TAGS: [u8; 11] = [
+const TAGS: [u8; 12] = [
     TAG_JOIN,
     TAG_RAFT_APPEND,
     TAG_RAFT_VOTE,
@@ -134,6 +138,7 @@ const TAGS: [u8; 11] = [
     TAG_PING,
     TAG_MESH,
     TAG_LOGS,
+    TAG_VIP,
 ];
 
 /// What this node knows about a peer when it asks for something.

@@ -322,6 +322,52 @@ impl DockerDriver {
     pub fn scope(&self) -> &Scope {
         &self.inner.config.scope
     }
+
+    /// The containers' network, created when missing (with [`DockerConfig::ipam`] when
+    /// set): its bridge device and addresses, for service discovery.
+    pub async fn network_info(&self) -> Result<NetworkInfo, RuntimeError> {
+        let inner = &self.inner;
+        let id = inner.network().await?;
+        let docker = inner.client().await?;
+        let net = docker
+            .inspect_network(&id, None::<bollard::query_parameters::InspectNetworkOptions>)
+            .await
+            .map_err(|e| inner.err(format!("inspecting network {}", inner.config.network), e))?;
+        let bridge = net
+            .options
+            .as_ref()
+            .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
+            .unwrap_or_else(|| format!("br-{}", id.get(..12).unwrap_or(&id)));
+        let config = net
+            .ipam
+            .and_then(|i| i.config)
+            .and_then(|c| c.into_iter().find(|c| c.subnet.as_deref().is_some_and(|s| s.contains('.'))));
+        Ok(NetworkInfo {
+            id,
+            name: inner.config.network.clone(),
+            bridge,
+            subnet: config.as_ref().and_then(|c| c.subnet.clone()),
+            ip_range: config.as_ref().and_then(|c| c.ip_range.clone()),
+            gateway: config.and_then(|c| c.gateway),
+        })
+    }
+}
+
+/// The containers' network as the engine has it ([`DockerDriver::network_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkInfo {
+    /// The network's ID.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its bridge device on the host (`br-` and the ID's first 12 characters, unless set).
+    pub bridge: String,
+    /// Its IPv4 subnet.
+    pub subnet: Option<String>,
+    /// Where containers get their addresses, when limited.
+    pub ip_range: Option<String>,
+    /// The bridge's address.
+    pub gateway: Option<String>,
 }
 
 impl Inner {

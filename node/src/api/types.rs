@@ -49,6 +49,9 @@ pub struct Info {
     /// The routing mesh's counters on this node since it started.
     #[serde(default)]
     pub mesh: crate::mesh::MeshCounters,
+    /// Service discovery on this node: `on (…)`, `off (why)` or `starting (…)`.
+    #[serde(default)]
+    pub discovery: String,
 }
 
 /// `POST /v1/init`.

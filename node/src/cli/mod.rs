@@ -203,6 +203,17 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics at http://IP:PORT/metrics (off by default).
     #[arg(long, value_name = "IP:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+    /// The Docker network the containers join (created when missing).
+    #[arg(long, default_value = shoal_runtime::docker::DEFAULT_NETWORK, value_name = "NAME")]
+    pub network: String,
+    /// Service discovery: services reached by name from containers (DNS on the network's
+    /// gateway) and through a virtual IP per service, balanced by this node.
+    #[arg(long)]
+    pub discovery: bool,
+    /// The network's subnet when Shoal creates it: containers get the lower half, the
+    /// services' virtual IPs are the upper half.
+    #[arg(long, default_value = crate::dns::vip::DEFAULT_SUBNET, value_name = "CIDR")]
+    pub network_subnet: crate::dns::vip::Subnet,
 }
 
 /// `shoal node ...`.

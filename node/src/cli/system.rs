@@ -33,6 +33,10 @@ pub(super) fn daemon(runtime: &tokio::runtime::Runtime, args: DaemonArgs) -> Res
         cert_expiry: args.cert_expiry,
         publish_addr: args.publish_addr,
         metrics_addr: args.metrics_addr,
+        network: args.network,
+        discovery: args.discovery.then_some(daemon::DiscoveryOptions {
+            subnet: args.network_subnet,
+        }),
     }))
 }
 

@@ -166,6 +166,11 @@ impl Node {
             drivers: self.drivers.clone(),
             publish_addr: self.mesh.publish_addr().to_string(),
             mesh: self.mesh.counters(),
+            discovery: self
+                .discovery_status
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
             warning: self
                 .removed_notice
                 .lock()

@@ -62,10 +62,17 @@ impl Node {
         // an orphaned copy outlived its full assignment set). What the node *offers* for
         // placement still follows the start-up check; `--drivers` without docker excludes it.
         if self.docker_allowed {
-            match shoal_runtime::docker::DockerDriver::new(
-                shoal_runtime::docker::DockerConfig::new(scope),
-            ) {
+            let mut config = shoal_runtime::docker::DockerConfig::new(scope);
+            config.network.clone_from(&self.docker_network);
+            if let Some(d) = &self.discovery_opts {
+                config.ipam = Some(d.ipam());
+                config.dns = vec![d.subnet.gateway().to_string()];
+            }
+            match shoal_runtime::docker::DockerDriver::new(config) {
                 Ok(d) => {
+                    if let Some(opts) = self.discovery_opts.clone() {
+                        super::discovery::start(self, d.clone(), opts);
+                    }
                     drivers.insert("docker".into(), Arc::new(d));
                 }
                 Err(e) => warn!("docker driver unavailable: {e}"),
@@ -95,6 +102,7 @@ impl Node {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
+        super::discovery::stop(self).await;
         if stop_tasks {
             // Leaving: this node serves no published port any more.
             self.mesh.set_table(crate::mesh::EndpointTable::default());

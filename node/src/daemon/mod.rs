@@ -6,6 +6,7 @@
 //! `crate::roles`.
 
 mod authz;
+mod discovery;
 mod error;
 pub mod forward;
 mod handlers;
@@ -25,6 +26,7 @@ use tokio::sync::{RwLock, watch};
 use tracing::{info, warn};
 
 pub use authz::trust_from_state;
+pub use discovery::DiscoveryOptions;
 pub use node::{Node, REMOVED_REASON, cpus, memory_bytes};
 
 use crate::config::{SavedConfig, default_advertise, parse_advertise};
@@ -62,6 +64,10 @@ pub struct DaemonOptions {
     pub publish_addr: std::net::IpAddr,
     /// Where to serve Prometheus metrics (`--metrics-addr`), if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// The containers' Docker network (`--network`).
+    pub network: String,
+    /// Service discovery (`--discovery`, with `--network-subnet`), if on.
+    pub discovery: Option<discovery::DiscoveryOptions>,
 }
 
 /// The task drivers this machine offers: `process` always, `docker` when an engine
@@ -203,6 +209,14 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
             .drivers
             .as_ref()
             .is_none_or(|d| d.iter().any(|x| x == "docker")),
+        docker_network: opts.network.clone(),
+        discovery_status: std::sync::RwLock::new(if opts.discovery.is_some() {
+            "starting (with the worker)".into()
+        } else {
+            "off (daemon --discovery turns it on)".into()
+        }),
+        discovery_opts: opts.discovery.clone(),
+        discovery: std::sync::Mutex::new(None),
         state_dir,
     });
     // Bound before the cluster resumes: a taken port stops the daemon before it does anything.

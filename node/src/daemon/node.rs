@@ -89,9 +89,25 @@ pub struct Node {
     /// state, sent again by every worker session; `service inspect` and `ps` show them).
     pub(crate) publish_problems:
         std::sync::Mutex<std::collections::BTreeMap<String, Vec<crate::session::PublishProblem>>>,
+    /// The containers' Docker network (`daemon --network`).
+    pub(crate) docker_network: String,
+    /// Service discovery's settings (`daemon --discovery`), if on.
+    pub(crate) discovery_opts: Option<super::discovery::DiscoveryOptions>,
+    /// What service discovery runs while the worker does.
+    pub(crate) discovery: std::sync::Mutex<Option<super::discovery::Running>>,
+    /// Service discovery's state, as `info` shows it.
+    pub(crate) discovery_status: std::sync::RwLock<String>,
 }
 
 impl Node {
+    /// Records service discovery's state for `info`.
+    pub(crate) fn set_discovery_status(&self, status: String) {
+        *self
+            .discovery_status
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = status;
+    }
+
     pub(crate) fn advertise(&self) -> SocketAddr {
         *self
             .advertise

@@ -14,7 +14,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::{EndpointTable, MeshCounters, MeshOpen, MeshReply, TAG_MESH, TaskEndpoint, proxy};
+use super::{
+    DiscoveryTable, EndpointTable, MeshCounters, MeshOpen, MeshReply, TAG_MESH, TAG_VIP,
+    TaskEndpoint, VipOpen, proxy,
+};
 use crate::manager::services::{PortSpec, PublishMode};
 use crate::session::PublishProblem;
 
@@ -68,16 +71,31 @@ fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
+/// What a client connected to: a published port, or a service's VIP on one of its ports.
+#[derive(Debug, Clone)]
+pub(super) enum Entry {
+    /// The routing mesh's published port.
+    Published(u16),
+    /// Service discovery: `service_id`'s VIP (`addr`, the port its target).
+    Vip {
+        /// The service.
+        service_id: String,
+        /// The VIP and port the client connected to.
+        addr: SocketAddr,
+    },
+}
+
 pub(super) struct Inner {
     pub(super) node_id: String,
     pub(super) publish_addr: IpAddr,
     pub(super) table: watch::Sender<Arc<EndpointTable>>,
+    pub(super) discovery: watch::Sender<Arc<DiscoveryTable>>,
     pub(super) problems: watch::Sender<Vec<PublishProblem>>,
     counters: Counters,
     local: Arc<dyn LocalTasks>,
     peers: Arc<dyn Peers>,
-    /// Next round-robin position per published port.
-    turns: Mutex<HashMap<u16, usize>>,
+    /// Next round-robin position per published port (`p:PORT`) or VIP port (`v:ID:PORT`).
+    turns: Mutex<HashMap<String, usize>>,
     /// Task endpoints found, by (task, target).
     endpoints: Mutex<HashMap<(String, u16), SocketAddr>>,
     /// Nodes whose stream failed lately, and when.
@@ -117,6 +135,7 @@ impl Mesh {
                 node_id: node_id.into(),
                 publish_addr,
                 table: watch::channel(Arc::new(EndpointTable::default())).0,
+                discovery: watch::channel(Arc::new(DiscoveryTable::default())).0,
                 problems: watch::channel(Vec::new()).0,
                 counters: Counters::default(),
                 local,
@@ -153,6 +172,89 @@ impl Mesh {
                 .iter()
                 .any(|s| s.tasks.iter().any(|t| &t.task_id == task))
         });
+    }
+
+    /// Serves names and VIPs from `table` from now on (the leader's latest).
+    pub fn set_discovery(&self, table: DiscoveryTable) {
+        self.inner.discovery.send_if_modified(|t| {
+            if **t == table {
+                return false;
+            }
+            *t = Arc::new(table);
+            true
+        });
+    }
+
+    /// The discovery table served from.
+    #[must_use]
+    pub fn discovery(&self) -> Arc<DiscoveryTable> {
+        self.inner.discovery.borrow().clone()
+    }
+
+    /// The discovery table, and its changes.
+    #[must_use]
+    pub fn discovery_changes(&self) -> watch::Receiver<Arc<DiscoveryTable>> {
+        self.inner.discovery.subscribe()
+    }
+
+    /// Serves this node's VIPs (`vip_of(index)`: the VIP of a service's index on this
+    /// node's network) until the mesh is dropped or the returned task is aborted.
+    pub fn start_vips(
+        &self,
+        vip_of: Arc<dyn Fn(u32) -> Option<std::net::Ipv4Addr> + Send + Sync>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(super::vip::run(
+            Arc::downgrade(&self.inner),
+            self.inner.discovery.subscribe(),
+            vip_of,
+        ))
+    }
+
+    /// Serves a peer's VIP stream (tag 12): connects to the task it names if that task runs
+    /// here and its service is reached on that port (this node's own discovery table
+    /// decides, never the peer), answers, then splices.
+    pub async fn serve_vip_stream(
+        &self,
+        open: VipOpen,
+        mut send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> Result<(), crate::net::NetError> {
+        let inner = &self.inner;
+        let table = self.discovery();
+        let found = table.service(&open.service_id).and_then(|svc| {
+            svc.ports.contains(&open.target).then_some(())?;
+            svc.tasks
+                .iter()
+                .find(|t| t.task_id == open.task_id && t.node_id == inner.node_id)
+                .cloned()
+        });
+        let Some(task) = found else {
+            let why = format!(
+                "no service is reached on port {} with task {} on this node",
+                open.target, open.task_id
+            );
+            crate::net::write_frame(&mut send, TAG_VIP, &MeshReply::Refused(why)).await?;
+            let _ = send.finish();
+            return Ok(());
+        };
+        let port = PortSpec::tcp(open.target, open.target);
+        let mut stream = match inner
+            .connect_local(&task, port, open.client, open.client, LAST_CONNECT_TIMEOUT)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                bump(&inner.counters.failed_connects, 1);
+                crate::net::write_frame(&mut send, TAG_VIP, &MeshReply::Refused(e)).await?;
+                let _ = send.finish();
+                return Ok(());
+            }
+        };
+        crate::net::write_frame(&mut send, TAG_VIP, &MeshReply::Connected).await?;
+        bump(&inner.counters.remote_served, 1);
+        let mut io = tokio::io::join(recv, send);
+        inner.splice(&mut stream, &mut io).await;
+        Ok(())
     }
 
     /// Where published ports listen.
@@ -241,32 +343,86 @@ impl Mesh {
 impl Inner {
     /// Forwards one client connection accepted on `published`: to the next ready task in
     /// turn, trying the others when a connect fails; dropped when none takes it.
-    pub(super) async fn forward(&self, mut client: TcpStream, from: SocketAddr, published: u16) {
-        let table = self.table.borrow().clone();
-        let Some((svc, port)) = table.by_published(published) else {
-            bump(&self.counters.dropped, 1);
-            return;
+    pub(super) async fn forward(&self, client: TcpStream, from: SocketAddr, entry: Entry) {
+        // The service, its tasks that may take the connection, the port to reach them on,
+        // where the client connected, and the round-robin key.
+        let (service_id, tasks, port, ingress, turn_key) = match &entry {
+            Entry::Published(published) => {
+                let published = *published;
+                let table = self.table.borrow().clone();
+                let Some((svc, port)) = table.by_published(published) else {
+                    bump(&self.counters.dropped, 1);
+                    return;
+                };
+                // Where the client connected: only a PROXY header needs the exact address
+                // (a system call per connection otherwise saved).
+                let listening = SocketAddr::new(self.publish_addr, published);
+                let ingress = if port.proxy_protocol {
+                    client.local_addr().unwrap_or(listening)
+                } else {
+                    listening
+                };
+                let tasks: Vec<TaskEndpoint> = svc
+                    .tasks
+                    .iter()
+                    .filter(|t| {
+                        t.ready && (port.mode == PublishMode::Ingress || t.node_id == self.node_id)
+                    })
+                    .cloned()
+                    .collect();
+                (
+                    svc.service_id.clone(),
+                    tasks,
+                    port,
+                    ingress,
+                    format!("p:{published}"),
+                )
+            }
+            Entry::Vip { service_id, addr } => {
+                let table = self.discovery.borrow().clone();
+                let Some(svc) = table
+                    .service(service_id)
+                    .filter(|s| s.ports.contains(&addr.port()))
+                else {
+                    bump(&self.counters.dropped, 1);
+                    return;
+                };
+                let tasks: Vec<TaskEndpoint> =
+                    svc.tasks.iter().filter(|t| t.ready).cloned().collect();
+                (
+                    service_id.clone(),
+                    tasks,
+                    PortSpec::tcp(addr.port(), addr.port()),
+                    *addr,
+                    format!("v:{service_id}:{}", addr.port()),
+                )
+            }
         };
-        // Where the client connected: only a PROXY header needs the exact address (a
-        // system call per connection otherwise saved).
-        let listening = SocketAddr::new(self.publish_addr, published);
-        let ingress = if port.proxy_protocol {
-            client.local_addr().unwrap_or(listening)
-        } else {
-            listening
-        };
-        let mut candidates: Vec<&TaskEndpoint> = svc
-            .tasks
-            .iter()
-            .filter(|t| t.ready && (port.mode == PublishMode::Ingress || t.node_id == self.node_id))
-            .collect();
+        self.forward_to(client, from, &entry, &service_id, tasks, port, ingress, turn_key)
+            .await;
+    }
+
+    /// [`Inner::forward`] once the candidates are known.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_to(
+        &self,
+        mut client: TcpStream,
+        from: SocketAddr,
+        entry: &Entry,
+        service_id: &str,
+        tasks: Vec<TaskEndpoint>,
+        port: PortSpec,
+        ingress: SocketAddr,
+        turn_key: String,
+    ) {
+        let mut candidates: Vec<&TaskEndpoint> = tasks.iter().collect();
         if candidates.is_empty() {
             bump(&self.counters.dropped, 1);
             return;
         }
         let start = {
             let mut turns = lock(&self.turns);
-            let turn = turns.entry(published).or_default();
+            let turn = turns.entry(turn_key).or_default();
             *turn = turn.wrapping_add(1);
             *turn
         };
@@ -301,7 +457,7 @@ impl Inner {
                 }
             } else {
                 match self
-                    .open_remote(&svc.service_id, task, published, from, ingress, timeout)
+                    .open_remote(service_id, task, entry, from, ingress, timeout)
                     .await
                 {
                     Ok(mut io) => {
@@ -370,28 +526,41 @@ impl Inner {
         Ok(stream)
     }
 
-    /// Opens a mesh stream to the task's node and waits for it to connect.
+    /// Opens a mesh stream (tag 10 for a published port, 12 for a VIP) to the task's node
+    /// and waits for it to connect.
     async fn open_remote(
         &self,
         service_id: &str,
         task: &TaskEndpoint,
-        published: u16,
+        entry: &Entry,
         client: SocketAddr,
         ingress: SocketAddr,
         timeout: Duration,
     ) -> Result<tokio::io::Join<quinn::RecvStream, quinn::SendStream>, String> {
         let attempt = async {
             let (mut send, mut recv) = self.peers.open(&task.node_id, task.node_addr).await?;
-            let open = MeshOpen {
-                service_id: service_id.to_owned(),
-                task_id: task.task_id.clone(),
-                published,
-                client,
-                ingress,
+            let written = match entry {
+                Entry::Published(published) => {
+                    let open = MeshOpen {
+                        service_id: service_id.to_owned(),
+                        task_id: task.task_id.clone(),
+                        published: *published,
+                        client,
+                        ingress,
+                    };
+                    crate::net::write_frame(&mut send, TAG_MESH, &open).await
+                }
+                Entry::Vip { addr, .. } => {
+                    let open = VipOpen {
+                        service_id: service_id.to_owned(),
+                        task_id: task.task_id.clone(),
+                        target: addr.port(),
+                        client,
+                    };
+                    crate::net::write_frame(&mut send, TAG_VIP, &open).await
+                }
             };
-            crate::net::write_frame(&mut send, TAG_MESH, &open)
-                .await
-                .map_err(|e| e.to_string())?;
+            written.map_err(|e| e.to_string())?;
             let (_, reply) = crate::net::read_frame::<MeshReply>(&mut recv, super::MAX_MESH_OPEN)
                 .await
                 .map_err(|e| e.to_string())?;

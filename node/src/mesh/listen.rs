@@ -153,6 +153,10 @@ async fn accept_loop(mesh: Weak<Inner>, listener: tokio::net::TcpListener, port:
             return;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(async move { inner.forward(stream, from, port).await });
+        tokio::spawn(async move {
+            inner
+                .forward(stream, from, super::forward::Entry::Published(port))
+                .await;
+        });
     }
 }

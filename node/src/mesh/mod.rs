@@ -13,13 +13,32 @@ mod proxy;
 mod table;
 #[cfg(test)]
 mod tests;
+mod vip;
 
 pub use forward::{LocalTasks, Mesh, Peers};
 pub use proxy::v2_header;
-pub use table::{EndpointTable, PublishedService, TaskEndpoint};
+pub use table::{DiscoveredService, DiscoveryTable, EndpointTable, PublishedService, TaskEndpoint};
+pub use vip::wanted_vips;
 
 /// Stream tag of a mesh connection: the ingress node asks the task's node to connect.
 pub const TAG_MESH: u8 = 10;
+/// Stream tag of a VIP connection (service discovery): the node whose VIP a client
+/// connected to asks the task's node to connect to the task's target port.
+pub const TAG_VIP: u8 = 12;
+
+/// The first frame of a VIP stream (answered with a [`MeshReply`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipOpen {
+    /// The service.
+    pub service_id: String,
+    /// The task (must run on the node that serves the stream).
+    pub task_id: String,
+    /// The target port (must be one of the service's discovery ports in the serving node's
+    /// own table).
+    pub target: u16,
+    /// The client's address, as the VIP's node saw it.
+    pub client: SocketAddr,
+}
 /// Largest first frame of a mesh stream.
 pub const MAX_MESH_OPEN: usize = 4 * 1024;
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manager::services::PortSpec;
+use crate::manager::services::{EndpointMode, PortSpec};
 
 /// Every service with published ports, and its running tasks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +58,41 @@ impl EndpointTable {
     /// The service with this ID.
     #[must_use]
     pub fn service(&self, service_id: &str) -> Option<&PublishedService> {
+        self.services.iter().find(|s| s.service_id == service_id)
+    }
+}
+
+/// Service discovery's table (issue 22): every live service, how its name resolves, its VIP
+/// index and the ports reached through it, and its running tasks — as the leader pushes it
+/// to every node (`ToWorker::Discovery`). A node answers names and serves its VIPs from the
+/// last table it got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveryTable {
+    /// Every live service.
+    pub services: Vec<DiscoveredService>,
+}
+
+/// One service as discovery sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveredService {
+    /// Service ID.
+    pub service_id: String,
+    /// Service name (what resolves).
+    pub name: String,
+    /// `vip` or `dnsrr`.
+    pub endpoint_mode: EndpointMode,
+    /// Its VIP's index in every node's VIP range.
+    pub vip_index: Option<u32>,
+    /// The target ports its VIP serves (published ports' targets and exposed ports).
+    pub ports: Vec<u16>,
+    /// Its tasks that run (desired and observed), in a stable order.
+    pub tasks: Vec<TaskEndpoint>,
+}
+
+impl DiscoveryTable {
+    /// The service with this ID.
+    #[must_use]
+    pub fn service(&self, service_id: &str) -> Option<&DiscoveredService> {
         self.services.iter().find(|s| s.service_id == service_id)
     }
 }

@@ -170,51 +170,78 @@ pub fn endpoint_table(
         .services
         .values()
         .filter(|rec| !rec.spec.ports.is_empty())
-        .map(|rec| {
-            let tasks = state
-                .tasks
-                .values()
-                .filter(|t| {
-                    t.service_id.0 == rec.id
-                        && t.desired_state == DesiredState::Running
-                        && t.state == shoal_scheduler::TaskState::Running
-                })
-                .filter_map(|t| {
-                    let node = nodes.get(t.node_id.as_ref()?.0.as_str())?;
-                    if node.status == shoal_scheduler::NodeStatus::Down {
-                        return None;
-                    }
-                    let node_addr = node.addr.parse().ok()?;
-                    // The task's own spec says whether it has a check: during an update
-                    // that adds one, the old tasks still serve.
-                    let spec = rec.spec_for_version(t.spec_version);
-                    let require_healthy = spec.health_check.is_some() && !spec.no_healthcheck;
-                    let ready = match state.health.get(t.id.as_str()) {
-                        Some(shoal_scheduler::TaskHealth::Healthy) => true,
-                        Some(
-                            shoal_scheduler::TaskHealth::Starting
-                            | shoal_scheduler::TaskHealth::Unhealthy,
-                        ) => false,
-                        Some(shoal_scheduler::TaskHealth::None) | None => !require_healthy,
-                    };
-                    Some(crate::mesh::TaskEndpoint {
-                        task_id: t.id.0.clone(),
-                        node_id: node.id.clone(),
-                        node_addr,
-                        driver: spec.driver.clone(),
-                        ready,
-                    })
-                })
-                .collect();
-            crate::mesh::PublishedService {
-                service_id: rec.id.clone(),
-                name: rec.spec.name.clone(),
-                ports: rec.spec.ports.clone(),
-                tasks,
-            }
+        .map(|rec| crate::mesh::PublishedService {
+            service_id: rec.id.clone(),
+            name: rec.spec.name.clone(),
+            ports: rec.spec.ports.clone(),
+            tasks: task_endpoints(state, nodes, rec),
         })
         .collect();
     crate::mesh::EndpointTable { services }
+}
+
+/// Service discovery's table (issue 22): every live service with its endpoint mode, VIP
+/// index and ports, and its tasks as [`endpoint_table`] lists them.
+pub fn discovery_table(
+    state: &ServicesState,
+    nodes: &BTreeMap<String, NodeRecord>,
+) -> crate::mesh::DiscoveryTable {
+    let services = state
+        .services
+        .values()
+        .map(|rec| crate::mesh::DiscoveredService {
+            service_id: rec.id.clone(),
+            name: rec.spec.name.clone(),
+            endpoint_mode: rec.spec.endpoint_mode,
+            vip_index: rec.vip_index,
+            ports: rec.spec.discovery_ports(),
+            tasks: task_endpoints(state, nodes, rec),
+        })
+        .collect();
+    crate::mesh::DiscoveryTable { services }
+}
+
+/// The tasks of `rec` that run and are meant to, on nodes not known to be down, with their
+/// readiness.
+fn task_endpoints(
+    state: &ServicesState,
+    nodes: &BTreeMap<String, NodeRecord>,
+    rec: &ServiceRecord,
+) -> Vec<crate::mesh::TaskEndpoint> {
+    state
+        .tasks
+        .values()
+        .filter(|t| {
+            t.service_id.0 == rec.id
+                && t.desired_state == DesiredState::Running
+                && t.state == shoal_scheduler::TaskState::Running
+        })
+        .filter_map(|t| {
+            let node = nodes.get(t.node_id.as_ref()?.0.as_str())?;
+            if node.status == shoal_scheduler::NodeStatus::Down {
+                return None;
+            }
+            let node_addr = node.addr.parse().ok()?;
+            // The task's own spec says whether it has a check: during an update that adds
+            // one, the old tasks still serve.
+            let spec = rec.spec_for_version(t.spec_version);
+            let require_healthy = spec.health_check.is_some() && !spec.no_healthcheck;
+            let ready = match state.health.get(t.id.as_str()) {
+                Some(shoal_scheduler::TaskHealth::Healthy) => true,
+                Some(
+                    shoal_scheduler::TaskHealth::Starting | shoal_scheduler::TaskHealth::Unhealthy,
+                ) => false,
+                Some(shoal_scheduler::TaskHealth::None) | None => !require_healthy,
+            };
+            Some(crate::mesh::TaskEndpoint {
+                task_id: t.id.0.clone(),
+                node_id: node.id.clone(),
+                node_addr,
+                driver: spec.driver.clone(),
+                ready,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
