@@ -46,12 +46,18 @@ impl Node {
         let mut drivers: BTreeMap<String, Arc<dyn shoal_runtime::Driver>> = BTreeMap::new();
         let exe = std::env::current_exe()
             .map_err(|e| LifecycleError::Start(format!("cannot find the shoal binary: {e}")))?;
-        let process =
-            shoal_runtime::process::ProcessDriver::new(shoal_runtime::process::ProcessConfig::new(
-                self.state_dir.root().join("tasks"),
-                scope.clone(),
-                shoal_runtime::process::ShimCommand::shoal_subcommand(exe),
-            ))
+        let mut process_config = shoal_runtime::process::ProcessConfig::new(
+            self.state_dir.root().join("tasks"),
+            scope.clone(),
+            shoal_runtime::process::ShimCommand::shoal_subcommand(exe),
+        );
+        if let Some(d) = &self.discovery_opts {
+            // Service names for process tasks: the same server the containers use.
+            process_config
+                .env
+                .insert("SHOAL_DNS".into(), d.subnet.gateway().to_string());
+        }
+        let process = shoal_runtime::process::ProcessDriver::new(process_config)
             .map_err(|e| LifecycleError::Start(format!("cannot start the process driver: {e}")))?;
         if self.drivers.iter().any(|d| d == "process") {
             drivers.insert(process.kind().as_str().into(), Arc::new(process));

@@ -84,6 +84,9 @@ pub struct ProcessConfig {
     pub shim: ShimCommand,
     /// Size at which each of stdout.log / stderr.log is rotated (one old copy is kept).
     pub log_max_bytes: u64,
+    /// Environment every task gets (before its spec's own, which may override it): e.g.
+    /// `SHOAL_DNS`, the node's resolver of service names.
+    pub env: BTreeMap<String, String>,
 }
 
 impl ProcessConfig {
@@ -94,6 +97,7 @@ impl ProcessConfig {
             scope,
             shim,
             log_max_bytes: 10 * 1024 * 1024,
+            env: BTreeMap::new(),
         }
     }
 }
@@ -625,6 +629,12 @@ impl Inner {
         for p in ports {
             env.insert(format!("PORT_{}", p.target), p.addr.port().to_string());
         }
+        env.extend(
+            self.config
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env
     }
