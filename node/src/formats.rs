@@ -73,7 +73,10 @@ use crate::manager::state::{
 };
 use crate::manager::store::{LogStore, SmData, StateMachineStore, open_db};
 use crate::manager::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::mesh::{EndpointTable, MeshOpen, MeshReply, PublishedService, TAG_MESH, TaskEndpoint};
+use crate::mesh::{
+    DiscoveredService, DiscoveryTable, EndpointTable, MeshOpen, MeshReply, PublishedService,
+    TAG_MESH, TAG_VIP, TaskEndpoint, VipOpen,
+};
 use crate::net::{FRAME_HEADER_LEN, FRAME_VERSION, NetError, decode_body};
 use crate::pki::token::{JoinToken, TOKEN_PREFIX, TokenPayload, TokenRole};
 use crate::session::PublishProblem;
@@ -2130,6 +2133,12 @@ fn worker_session_frames_keep_their_bytes() {
         TO_WORKER_ENDPOINTS,
     );
     g.frame(
+        "TO_WORKER_DISCOVERY",
+        TAG_DISPATCH,
+        &ToWorker::Discovery(discovery_table()),
+        TO_WORKER_DISCOVERY,
+    );
+    g.frame(
         "TO_LEADER_PUBLISH_PROBLEMS",
         TAG_DISPATCH,
         &ToLeader::PublishProblems(vec![PublishProblem {
@@ -2168,6 +2177,40 @@ pub(crate) const MESH_CONNECTED: &str = "\
 pub(crate) const MESH_REFUSED: &str = "\
     0a0000002101011e6e6f2073657276696365207075626c697368657320706f72742038303830";
 
+pub(crate) const TO_WORKER_DISCOVERY: &str = "\
+    080000008c0104021973303030303030303030303030303030303030303030303061037765620001\
+    05025082470118743030303030303030303030303030303030303030303031197730303030303030\
+    3030303030303030303030303030307732000a0000028b2506646f636b6572011973303030303030\
+    30303030303030303030303030303030306202646201000000";
+pub(crate) const VIP_OPEN: &str = "\
+    0c0000003d0119733030303030303030303030303030303030303030303030611874303030303030\
+    303030303030303030303030303030303150000af70005b88e03";
+
+/// A discovery table with both endpoint modes.
+pub(crate) fn discovery_table() -> DiscoveryTable {
+    let task = endpoint_table().services[0].tasks[0].clone();
+    DiscoveryTable {
+        services: vec![
+            DiscoveredService {
+                service_id: SERVICE_ID.into(),
+                name: "web".into(),
+                endpoint_mode: EndpointMode::Vip,
+                vip_index: Some(5),
+                ports: vec![80, 9090],
+                tasks: vec![task],
+            },
+            DiscoveredService {
+                service_id: "s00000000000000000000000b".into(),
+                name: "db".into(),
+                endpoint_mode: EndpointMode::Dnsrr,
+                vip_index: None,
+                ports: Vec::new(),
+                tasks: Vec::new(),
+            },
+        ],
+    }
+}
+
 pub(crate) fn endpoint_table() -> EndpointTable {
     let mut host = PortSpec::tcp(9000, 9000);
     host.mode = PublishMode::Host;
@@ -2205,6 +2248,13 @@ fn mesh_frames_and_published_ports_keep_their_bytes() {
         ingress: "10.0.0.1:8080".parse().expect("address"),
     };
     g.frame("MESH_OPEN", TAG_MESH, &open, MESH_OPEN);
+    let vip = VipOpen {
+        service_id: SERVICE_ID.into(),
+        task_id: "t00000000000000000000001".into(),
+        target: 80,
+        client: "10.247.0.5:51000".parse().expect("address"),
+    };
+    g.frame("VIP_OPEN", TAG_VIP, &vip, VIP_OPEN);
     g.frame(
         "MESH_CONNECTED",
         TAG_MESH,

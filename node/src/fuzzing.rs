@@ -36,8 +36,8 @@ use crate::net::decode_body;
 use crate::pki::token::JoinToken;
 use crate::session::{SessionHello, ToLeader, ToWorker};
 
-/// The stream tags, in tag order (1 ..= 11): [`frame`] decodes each.
-pub const STREAM_TAGS: [u8; 11] = [
+/// The stream tags, in tag order (1 ..= 12): [`frame`] decodes each.
+pub const STREAM_TAGS: [u8; 12] = [
     crate::join::TAG_JOIN,
     crate::manager::rpc::TAG_RAFT_APPEND,
     crate::manager::rpc::TAG_RAFT_VOTE,
@@ -49,6 +49,7 @@ pub const STREAM_TAGS: [u8; 11] = [
     crate::trust::TAG_PING,
     crate::mesh::TAG_MESH,
     crate::logs::TAG_LOGS,
+    crate::mesh::TAG_VIP,
 ];
 
 fn ok<T, E>(r: Result<T, E>) -> bool {
@@ -163,6 +164,10 @@ pub fn stream(tag: u8, bytes: &[u8]) -> bool {
         crate::logs::TAG_LOGS => {
             body::<crate::logs::LogsRequest>(tag, bytes).is_some()
                 | body::<crate::logs::LogsFrame>(tag, bytes).is_some()
+        }
+        crate::mesh::TAG_VIP => {
+            body::<crate::mesh::VipOpen>(tag, bytes).is_some()
+                | body::<crate::mesh::MeshReply>(tag, bytes).is_some()
         }
         _ => false,
     }
@@ -499,6 +504,7 @@ mod tests {
             ("TO_WORKER_TRUST", formats::TO_WORKER_TRUST),
             ("TO_WORKER_CERT", formats::TO_WORKER_CERT),
             ("TO_WORKER_ENDPOINTS", formats::TO_WORKER_ENDPOINTS),
+            ("TO_WORKER_DISCOVERY", formats::TO_WORKER_DISCOVERY),
             ("TO_LEADER_REPORTS", formats::TO_LEADER_REPORTS),
             (
                 "TO_LEADER_PUBLISH_PROBLEMS",
@@ -506,6 +512,7 @@ mod tests {
             ),
             ("PING", formats::PING),
             ("MESH_OPEN", formats::MESH_OPEN),
+            ("VIP_OPEN", formats::VIP_OPEN),
             ("MESH_CONNECTED", formats::MESH_CONNECTED),
             ("MESH_REFUSED", formats::MESH_REFUSED),
             ("LOGS_REQUEST", formats::LOGS_REQUEST),
@@ -610,6 +617,8 @@ mod tests {
             ("snapshot-v2", 4, formats::SNAPSHOT_STORED_V2),
             ("state", 5, formats::STATE_FULL),
             ("state-v2", 5, formats::STATE_FULL_V2),
+            ("snapshot-v3", 4, formats::SNAPSHOT_STORED_V3),
+            ("state-v3", 5, formats::STATE_FULL_V3),
         ] {
             let mut row = vec![which];
             row.extend(unhex(hex));

@@ -330,7 +330,10 @@ impl DockerDriver {
         let id = inner.network().await?;
         let docker = inner.client().await?;
         let net = docker
-            .inspect_network(&id, None::<bollard::query_parameters::InspectNetworkOptions>)
+            .inspect_network(
+                &id,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
             .await
             .map_err(|e| inner.err(format!("inspecting network {}", inner.config.network), e))?;
         let bridge = net
@@ -338,10 +341,10 @@ impl DockerDriver {
             .as_ref()
             .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
             .unwrap_or_else(|| format!("br-{}", id.get(..12).unwrap_or(&id)));
-        let config = net
-            .ipam
-            .and_then(|i| i.config)
-            .and_then(|c| c.into_iter().find(|c| c.subnet.as_deref().is_some_and(|s| s.contains('.'))));
+        let config = net.ipam.and_then(|i| i.config).and_then(|c| {
+            c.into_iter()
+                .find(|c| c.subnet.as_deref().is_some_and(|s| s.contains('.')))
+        });
         Ok(NetworkInfo {
             id,
             name: inner.config.network.clone(),

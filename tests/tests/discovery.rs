@@ -147,7 +147,15 @@ fn issue_22_a_container_reaches_a_service_by_name_on_other_nodes() -> Result<()>
     }
     let _networks = Networks::new(&[141, 142, 143, 144]);
     let (mut ms, ws) = start_cluster_with("dn-", 140, 1, 3, 1, |d| {
-        let n = 141 + d.addr.ip().to_string().rsplit('.').next().unwrap_or("0").parse::<u8>()? - 1;
+        let n = 141
+            + d.addr
+                .ip()
+                .to_string()
+                .rsplit('.')
+                .next()
+                .unwrap_or("0")
+                .parse::<u8>()?
+            - 1;
         discovery_flags(d, n);
         Ok(())
     })?;
@@ -157,14 +165,36 @@ fn issue_22_a_container_reaches_a_service_by_name_on_other_nodes() -> Result<()>
         wait_discovery_on(d)?;
     }
     ms[0].ok(&[
-        "service", "create", "--name", "api", "--replicas", "3", "--replicas-max-per-node",
-        "1", "--constraint", "node.role==manager", "--expose", "80", IMAGE, "sh", "-c", HTTPD,
+        "service",
+        "create",
+        "--name",
+        "api",
+        "--replicas",
+        "3",
+        "--replicas-max-per-node",
+        "1",
+        "--constraint",
+        "node.role==manager",
+        "--expose",
+        "80",
+        IMAGE,
+        "sh",
+        "-c",
+        HTTPD,
     ])?;
     wait_running(&ms[0], "api", 3)?;
     let w = &ws[0];
     let placed = format!("node.hostname=={}", w.name);
     ms[0].ok(&[
-        "service", "create", "--name", "client", "--constraint", &placed, IMAGE, "sh", "-c",
+        "service",
+        "create",
+        "--name",
+        "client",
+        "--constraint",
+        &placed,
+        IMAGE,
+        "sh",
+        "-c",
         IDLE,
     ])?;
     wait_running(&ms[0], "client", 1)?;
@@ -207,8 +237,18 @@ fn issue_22_a_container_reaches_a_service_by_name_on_other_nodes() -> Result<()>
         r=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $a 80 | tail -n 1); \
         echo \"vip=$a got=$r\"; sleep 0.5; done";
     ms[0].ok(&[
-        "service", "create", "--name", "pclient", "--driver", "process", "--constraint", &placed,
-        "/bin/busybox", "sh", "-c", script,
+        "service",
+        "create",
+        "--name",
+        "pclient",
+        "--driver",
+        "process",
+        "--constraint",
+        &placed,
+        "/bin/busybox",
+        "sh",
+        "-c",
+        script,
     ])?;
     let line = poll_until(
         "the process task to reach api by name",
@@ -262,10 +302,24 @@ fn issue_22_unknown_and_removed_names_are_nxdomain_and_dnsrr_answers_tasks() -> 
     let cluster = cluster_id(m)?;
     let _containers = ClusterContainers(cluster.clone());
     wait_discovery_on(m)?;
-    m.ok(&["service", "create", "--name", "client", IMAGE, "sh", "-c", IDLE])?;
     m.ok(&[
-        "service", "create", "--name", "rr", "--replicas", "2", "--endpoint-mode", "dnsrr",
-        "--expose", "80", IMAGE, "sh", "-c", HTTPD,
+        "service", "create", "--name", "client", IMAGE, "sh", "-c", IDLE,
+    ])?;
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "rr",
+        "--replicas",
+        "2",
+        "--endpoint-mode",
+        "dnsrr",
+        "--expose",
+        "80",
+        IMAGE,
+        "sh",
+        "-c",
+        HTTPD,
     ])?;
     m.ok(&[
         "service", "create", "--name", "gone", "--expose", "80", IMAGE, "sh", "-c", HTTPD,
@@ -328,6 +382,88 @@ fn issue_22_unknown_and_removed_names_are_nxdomain_and_dnsrr_answers_tasks() -> 
     ensure!(
         took < Duration::from_secs(2),
         "gone still resolved {took:?} after service rm (one `docker exec` is about 0.2 s)"
+    );
+    Ok(())
+}
+
+/// Requests per second from a client container, `count` HTTP/1.0 requests in turn (one
+/// connection each) to `target` port 80; every answer must be one of `ok`.
+fn rate(id: &str, target: &str, count: usize, ok: &BTreeSet<String>) -> Result<f64> {
+    let started = Instant::now();
+    let answers = requests(id, target, count)?;
+    let secs = started.elapsed().as_secs_f64();
+    let good = answers.iter().filter(|a| ok.contains(*a)).count();
+    ensure!(
+        good == count,
+        "{good} of {count} requests to {target} answered: {:?}",
+        &answers[..answers.len().min(5)]
+    );
+    Ok(count as f64 / secs)
+}
+
+/// The benchmark behind BENCHMARKS.md's "Service discovery: by name vs directly": request
+/// throughput from a client container to one httpd task, directly at the container's
+/// address, by name with the task on the client's node (the VIP proxy's local path), and by
+/// name from another node (the QUIC path). Sequential requests, one connection each, timed
+/// around one `docker exec` (its ~0.2 s included). Run with `scripts/bench-discovery.sh`.
+#[test]
+#[ignore = "benchmark: scripts/bench-discovery.sh"]
+fn bench_requests_by_name_vs_direct() -> Result<()> {
+    if !docker_ready()? {
+        return Ok(());
+    }
+    const COUNT: usize = 300;
+    let _networks = Networks::new(&[146, 147]);
+    let (ms, ws) = start_cluster_with("db-", 142, 1, 1, 1, |d| {
+        let n = if d.name.contains('w') { 147 } else { 146 };
+        discovery_flags(d, n);
+        Ok(())
+    })?;
+    let m = &ms[0];
+    let cluster = cluster_id(m)?;
+    let _containers = ClusterContainers(cluster.clone());
+    wait_discovery_on(m)?;
+    wait_discovery_on(&ws[0])?;
+    let on_m = format!("node.hostname=={}", m.name);
+    let on_w = format!("node.hostname=={}", ws[0].name);
+    m.ok(&[
+        "service", "create", "--name", "api", "--constraint", &on_m, "--expose", "80", IMAGE,
+        "sh", "-c", HTTPD,
+    ])?;
+    for (name, place) in [("near", &on_m), ("far", &on_w)] {
+        m.ok(&[
+            "service", "create", "--name", name, "--constraint", place, IMAGE, "sh", "-c", IDLE,
+        ])?;
+    }
+    for s in ["api", "near", "far"] {
+        wait_running(m, s, 1)?;
+    }
+    let api = container_of(&cluster, "api")?;
+    let ok: BTreeSet<String> = [api.get(..12).unwrap_or_default().to_string()].into();
+    let ip = docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &api,
+    ])?
+    .trim()
+    .to_string();
+    let near = container_of(&cluster, "near")?;
+    let far = container_of(&cluster, "far")?;
+    // Warm up (name lookups, the QUIC connection), then measure.
+    rate(&near, "api", 10, &ok)?;
+    rate(&far, "api", 10, &ok)?;
+    let direct = rate(&near, &ip, COUNT, &ok)?;
+    let local = rate(&near, "api", COUNT, &ok)?;
+    let remote = rate(&far, "api", COUNT, &ok)?;
+    println!("direct to the container {ip}: {direct:.0} requests/s ({COUNT} in turn)");
+    println!(
+        "by name, task on the same node: {local:.0} requests/s, {:.2} of direct",
+        local / direct
+    );
+    println!(
+        "by name, task on another node (QUIC): {remote:.0} requests/s, {:.2} of direct",
+        remote / direct
     );
     Ok(())
 }

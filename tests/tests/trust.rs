@@ -29,8 +29,8 @@ use shoal::join::{JoinResponse, TAG_JOIN};
 use shoal::manager::rpc::{TAG_RAFT_APPEND, TAG_RAFT_SNAPSHOT, TAG_RAFT_VOTE};
 use shoal::manager::services::{ServiceCommand, ServiceSpec};
 use shoal::manager::state::{
-    Availability, ClusterRecord, ClusterState, ClusterStateV1, Command, CommandResult, NodeRecord,
-    NodeStatus, Role,
+    Availability, ClusterRecord, ClusterState, ClusterStateV1, ClusterStateV2, Command,
+    CommandResult, NodeRecord, NodeStatus, Role,
 };
 use shoal::manager::types::{Entry, TypeConfig};
 use shoal::pki::NodeKey;
@@ -836,7 +836,7 @@ fn issue_14_worker_certificate_cannot_forward_raft_commands() -> Result<()> {
         ),
         (
             "Restore a state where w1 is the only manager",
-            Command::RestoreV2(Box::new(state.clone())),
+            Command::RestoreV3(Box::new(state.clone())),
         ),
     ];
     rogue_reaches_leader(&rogue, leader, &w1_id)?;
@@ -852,7 +852,7 @@ fn issue_14_worker_certificate_cannot_forward_raft_commands() -> Result<()> {
             judge_write(&o),
         );
     }
-    // Restore is never accepted forwarded, whoever sends it, in today's shape or version 1's.
+    // Restore is never accepted forwarded, whoever sends it, in today's shape or an older version's.
     let old_state = ClusterStateV1 {
         cluster: state.cluster.clone(),
         nodes: state.nodes.clone(),
@@ -860,8 +860,19 @@ fn issue_14_worker_certificate_cannot_forward_raft_commands() -> Result<()> {
         removed_keys: state.removed_keys.clone(),
         ..ClusterStateV1::default()
     };
+    let v2_state = ClusterStateV2 {
+        cluster: state.cluster.clone(),
+        nodes: state.nodes.clone(),
+        raft_ids: state.raft_ids.clone(),
+        removed_keys: state.removed_keys.clone(),
+        ..ClusterStateV2::default()
+    };
     let restores = [
-        ("RestoreV2", Command::RestoreV2(Box::new(state))),
+        ("RestoreV3", Command::RestoreV3(Box::new(state))),
+        (
+            "RestoreV2 (version 2)",
+            Command::RestoreV2(Box::new(v2_state)),
+        ),
         ("Restore (version 1)", Command::Restore(Box::new(old_state))),
     ];
     let m_creds = Credentials::from_state_dir(&follower.state_dir)?;

@@ -76,7 +76,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Run the node daemon.
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>),
     /// Show this node and its cluster.
     Info {
         /// json, table, or a Go template.
@@ -299,7 +299,7 @@ pub fn run(cli: Cli) -> Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Cmd::Daemon(args) => system::daemon(&runtime, args),
+        Cmd::Daemon(args) => system::daemon(&runtime, *args),
         Cmd::Version => {
             println!("shoal {}", env!("CARGO_PKG_VERSION"));
             Ok(())

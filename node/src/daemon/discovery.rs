@@ -118,16 +118,25 @@ async fn stop_running(r: Running) {
         let _ = t.await;
     }
     // The listeners are closed (a socket bound to a VIP outlives its route): the route goes.
-    if let Some((bridge, range)) = r.route {
-        if let Err(e) = route("del", &bridge, range).await {
-            warn!("cannot remove the VIP route {range} from {bridge}: {e}");
-        }
+    if let Some((bridge, range)) = r.route
+        && let Err(e) = route("del", &bridge, range).await
+    {
+        warn!("cannot remove the VIP route {range} from {bridge}: {e}");
     }
 }
 
 async fn route(verb: &str, bridge: &str, range: Subnet) -> Result<(), String> {
     let out = tokio::process::Command::new("ip")
-        .args(["route", verb, "local", &range.to_string(), "dev", bridge, "table", "local"])
+        .args([
+            "route",
+            verb,
+            "local",
+            &range.to_string(),
+            "dev",
+            bridge,
+            "table",
+            "local",
+        ])
         .output()
         .await
         .map_err(|e| format!("cannot run `ip`: {e} (install iproute2)"))?;
@@ -167,9 +176,12 @@ async fn setup(
         .and_then(|g| g.parse::<Ipv4Addr>().ok())
         .unwrap_or_else(|| subnet.gateway());
     let range = subnet.vip_range();
-    route("replace", &info.bridge, range)
-        .await
-        .map_err(|e| format!("cannot make the VIP range {range} local on {}: {e}", info.bridge))?;
+    route("replace", &info.bridge, range).await.map_err(|e| {
+        format!(
+            "cannot make the VIP range {range} local on {}: {e}",
+            info.bridge
+        )
+    })?;
     let dns_addr = SocketAddr::new(IpAddr::V4(gateway), 53);
     let udp = tokio::net::UdpSocket::bind(dns_addr)
         .await

@@ -398,8 +398,17 @@ impl Inner {
                 )
             }
         };
-        self.forward_to(client, from, &entry, &service_id, tasks, port, ingress, turn_key)
-            .await;
+        self.forward_to(
+            client,
+            from,
+            &entry,
+            &service_id,
+            tasks,
+            port,
+            ingress,
+            turn_key,
+        )
+        .await;
     }
 
     /// [`Inner::forward`] once the candidates are known.

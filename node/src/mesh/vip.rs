@@ -41,10 +41,7 @@ pub fn wanted_vips(
             continue;
         };
         for &port in &svc.ports {
-            wanted.insert(
-                SocketAddr::new(vip.into(), port),
-                svc.service_id.clone(),
-            );
+            wanted.insert(SocketAddr::new(vip.into(), port), svc.service_id.clone());
         }
     }
     wanted
@@ -172,7 +169,12 @@ mod tests {
     use super::*;
     use crate::mesh::DiscoveredService;
 
-    fn service(id: &str, mode: EndpointMode, index: Option<u32>, ports: &[u16]) -> DiscoveredService {
+    fn service(
+        id: &str,
+        mode: EndpointMode,
+        index: Option<u32>,
+        ports: &[u16],
+    ) -> DiscoveredService {
         DiscoveredService {
             service_id: id.into(),
             name: id.into(),

@@ -629,12 +629,7 @@ impl Inner {
         for p in ports {
             env.insert(format!("PORT_{}", p.target), p.addr.port().to_string());
         }
-        env.extend(
-            self.config
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
+        env.extend(self.config.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env
     }
