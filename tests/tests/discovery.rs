@@ -427,12 +427,31 @@ fn bench_requests_by_name_vs_direct() -> Result<()> {
     let on_m = format!("node.hostname=={}", m.name);
     let on_w = format!("node.hostname=={}", ws[0].name);
     m.ok(&[
-        "service", "create", "--name", "api", "--constraint", &on_m, "--expose", "80", IMAGE,
-        "sh", "-c", HTTPD,
+        "service",
+        "create",
+        "--name",
+        "api",
+        "--constraint",
+        &on_m,
+        "--expose",
+        "80",
+        IMAGE,
+        "sh",
+        "-c",
+        HTTPD,
     ])?;
     for (name, place) in [("near", &on_m), ("far", &on_w)] {
         m.ok(&[
-            "service", "create", "--name", name, "--constraint", place, IMAGE, "sh", "-c", IDLE,
+            "service",
+            "create",
+            "--name",
+            name,
+            "--constraint",
+            place,
+            IMAGE,
+            "sh",
+            "-c",
+            IDLE,
         ])?;
     }
     for s in ["api", "near", "far"] {
