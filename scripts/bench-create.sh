@@ -134,7 +134,7 @@ engine_floor() { # COUNT MODE(parallel|serial) → ms from issue to the last sta
 
 start_daemon() { # NAME ADDR
     local name=$1 addr=$2
-    "$SHOAL" daemon --state-dir "$DIR/$name" --socket "$DIR/$name.sock" \
+    "$SHOAL" daemon --no-discovery --state-dir "$DIR/$name" --socket "$DIR/$name.sock" \
         --listen-addr "$addr:4747" --hostname "$name" 2>"$DIR/$name.log" &
     PIDS+=($!)
     for _ in $(seq 200); do [[ -S "$DIR/$name.sock" ]] && return 0; sleep 0.05; done

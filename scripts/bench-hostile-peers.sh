@@ -40,7 +40,7 @@ trap cleanup EXIT INT TERM
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-"$B" daemon --state-dir "$D/m" --socket "$D/m.sock" --listen-addr "$ADDR" \
+"$B" daemon --no-discovery --state-dir "$D/m" --socket "$D/m.sock" --listen-addr "$ADDR" \
     --hostname hostile-target 2>"$D/daemon.log" &
 PM=$!
 for _ in $(seq 100); do [[ -S "$D/m.sock" ]] && break; sleep 0.1; done

@@ -64,7 +64,7 @@ sh2() { "$SHOAL" -H "unix://$DIR/n2.sock" "$@"; }
 
 start_node() { # N → starts node N on 127.0.43.N, sets P<N>
     local n=$1 ip=127.0.43.$1
-    RUST_LOG=${RUST_LOG:-warn} "$SHOAL" daemon --state-dir "$DIR/n$n" --socket "$DIR/n$n.sock" \
+    RUST_LOG=${RUST_LOG:-warn} "$SHOAL" daemon --no-discovery --state-dir "$DIR/n$n" --socket "$DIR/n$n.sock" \
         --listen-addr "$ip:4747" --publish-addr "$ip" --hostname "bench-mesh-$n" \
         2>"$DIR/n$n.log" &
     printf -v "P$n" '%s' "$!"

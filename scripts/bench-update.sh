@@ -182,7 +182,7 @@ swarm_run() { # sets ELAPSED (ns); runs in this shell, so the trap knows the swa
 sh_() { "$SHOAL" -H "unix://$DIR/node.sock" "$@"; }
 
 shoal_run() { # sets ELAPSED (ns); runs in this shell, so the trap knows the daemon
-    "$SHOAL" daemon --state-dir "$DIR/node" --socket "$DIR/node.sock" \
+    "$SHOAL" daemon --no-discovery --state-dir "$DIR/node" --socket "$DIR/node.sock" \
         --listen-addr 127.0.43.20:4747 --hostname bench-update 2>"$DIR/node.log" &
     DAEMON_PID=$!
     local i

@@ -4,7 +4,8 @@
 #   workers) in a temp dir; deploys `web`, three replicas of a small HTTP server published
 #   on port 8080 of every node through the routing mesh (on Docker with the local busybox
 #   test image when an engine answers, else as plain processes); shows `node ls` and
-#   `service ps`; asks each node's port 8080; rolls the service to a new version
+#   `service ps`; asks each node's port 8080; (on Docker) asks `web` by name from inside
+#   one of its containers (service discovery); rolls the service to a new version
 #   (start-first, with a health check) while requests keep flowing, and counts the failed
 #   ones; shows `service logs`; kills a node with kill -9 and shows its task running
 #   elsewhere. Ctrl-C, or the end, stops the daemons and removes their tasks, containers
@@ -94,6 +95,7 @@ if command -v docker >/dev/null; then
         ids="\$ids \$(docker ps -aq --filter "label=shoal.cluster=\$c" 2>/dev/null || true)"
     done
     [[ -z \${ids// /} ]] || docker rm -f \$ids >/dev/null 2>&1 || true
+    for i in 1 2 3; do docker network rm "shoal-demo-\$i" >/dev/null 2>&1 || true; done
 fi
 rm -rf "$DIR"
 EOF
@@ -119,11 +121,18 @@ q() { "$SHOAL" -H "unix://$DIR/n1.sock" "$@"; }
 
 step "shoal daemon ...   (three nodes: 127.0.42.1, .2, .3; state and logs in $DIR)"
 for i in 1 2 3; do
+    # Service discovery: three daemons share this machine's engine, so each gets a network
+    # of its own (one daemon per machine needs neither flag).
+    if [[ $DRIVER == docker ]]; then
+        net=(--network "shoal-demo-$i" --network-subnet "10.215.$i.0/24")
+    else
+        net=(--no-discovery)
+    fi
     # setsid: a daemon of its own session, so Ctrl-C reaches this script only and the
     # cleanup decides what stops.
     NO_COLOR=1 setsid "$SHOAL" daemon --state-dir "$DIR/n$i" --socket "$DIR/n$i.sock" \
         --listen-addr "127.0.42.$i:4747" --publish-addr "127.0.42.$i" --hostname "node-$i" \
-        --drivers "$DRIVER" </dev/null >"$DIR/n$i.log" 2>&1 &
+        --drivers "$DRIVER" "${net[@]}" </dev/null >"$DIR/n$i.log" 2>&1 &
     PIDS+=($!)
 done
 for i in 1 2 3; do
@@ -199,6 +208,24 @@ ask() {
     done
 }
 ask hello 1 2 3
+
+# Service discovery: from inside a container, `web` is a name (DNS on the node's network
+# gateway) for a virtual IP that the node balances over the replicas, wherever they run.
+if [[ $DRIVER == docker ]]; then
+    inside=$(docker ps -q --filter "label=shoal.cluster=$CLUSTER" --filter label=shoal.service.name=web | head -n 1)
+    [[ -n $inside ]] || fail "no container of web found"
+    step "docker exec <a web container> sh -c 'nc web 80'   (by name, from inside; three times)"
+    for _ in 1 2 3; do
+        answer=''
+        for _ in $(seq 50); do
+            answer=$(docker exec "$inside" sh -c "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 web 80 | tail -n 1" 2>/dev/null) || answer=''
+            [[ $answer == *hello* ]] && break
+            sleep 0.2
+        done
+        printf 'web:80 -> %s\n' "${answer:-(no answer)}"
+        [[ $answer == *hello* ]] || fail "web by name answered '${answer}', not 'hello ...'"
+    done
+fi
 
 # Requests back to back against node $1 while something happens.
 LOAD_STOP="$DIR/load.stop"

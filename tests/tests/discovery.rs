@@ -1,5 +1,5 @@
-//! Issue 22: services find each other by name. Every daemon runs with `--discovery` on its
-//! own Docker network (`shoal-dt-N`, `10.214.N.0/24`: containers in `.0/25`, VIPs in
+//! Issue 22: services find each other by name. Every daemon runs discovery (the default) on
+//! its own Docker network (`shoal-dt-N`, `10.214.N.0/24`: containers in `.0/25`, VIPs in
 //! `.128/25`), as several nodes sharing one engine must; a container on a node resolves a
 //! service through that node's DNS server (the gateway, `.1`) to the service's VIP on that
 //! node, and the node's VIP listener balances connections over the service's tasks — local
@@ -62,10 +62,10 @@ impl Drop for Networks {
     }
 }
 
-/// Daemon flags: discovery on network `shoal-dt-N`, subnet `10.214.N.0/24`.
+/// Daemon flags: discovery (on by default; the harness turns it off for daemons without a
+/// network of their own) on network `shoal-dt-N`, subnet `10.214.N.0/24`.
 fn discovery_flags(d: &mut Daemon, n: u8) {
     d.extra.extend([
-        "--discovery".to_string(),
         "--network".to_string(),
         format!("shoal-dt-{n}"),
         "--network-subnet".to_string(),

@@ -206,10 +206,11 @@ pub struct DaemonArgs {
     /// The Docker network the containers join (created when missing).
     #[arg(long, default_value = shoal_runtime::docker::DEFAULT_NETWORK, value_name = "NAME")]
     pub network: String,
-    /// Service discovery: services reached by name from containers (DNS on the network's
-    /// gateway) and through a virtual IP per service, balanced by this node.
+    /// Turn off service discovery (on by default with Docker: services reached by name from
+    /// containers — DNS on the network's gateway — through a virtual IP per service, balanced
+    /// by this node). Several daemons on one machine need a --network each, or this.
     #[arg(long)]
-    pub discovery: bool,
+    pub no_discovery: bool,
     /// The network's subnet when Shoal creates it: containers get the lower half, the
     /// services' virtual IPs are the upper half.
     #[arg(long, default_value = crate::dns::vip::DEFAULT_SUBNET, value_name = "CIDR")]

@@ -83,6 +83,10 @@ impl Node {
                 }
                 Err(e) => warn!("docker driver unavailable: {e}"),
             }
+        } else if self.discovery_opts.is_some() {
+            self.set_discovery_status(
+                "off (no Docker driver: names and VIPs live on the containers' network)".into(),
+            );
         }
         self.mesh_tasks.set(drivers.clone());
         let config = WorkerConfig::new(drivers, self.state_dir.root().join("worker"));

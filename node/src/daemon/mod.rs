@@ -66,7 +66,7 @@ pub struct DaemonOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// The containers' Docker network (`--network`).
     pub network: String,
-    /// Service discovery (`--discovery`, with `--network-subnet`), if on.
+    /// Service discovery (on unless `--no-discovery`), if on.
     pub discovery: Option<discovery::DiscoveryOptions>,
 }
 
@@ -211,9 +211,9 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
             .is_none_or(|d| d.iter().any(|x| x == "docker")),
         docker_network: opts.network.clone(),
         discovery_status: std::sync::RwLock::new(if opts.discovery.is_some() {
-            "starting (with the worker)".into()
+            "waiting (it starts with the worker: init or join)".into()
         } else {
-            "off (daemon --discovery turns it on)".into()
+            "off (daemon --no-discovery)".into()
         }),
         discovery_opts: opts.discovery.clone(),
         discovery: std::sync::Mutex::new(None),
