@@ -724,9 +724,7 @@ impl Daemon {
             // Service discovery is on by default, on the engine's one `shoal` network: the
             // daemons of the tests share one engine, so only a test that gives a daemon a
             // network of its own (`--network`, tests/tests/discovery.rs) runs it.
-            .args(
-                (!self.extra.iter().any(|a| a == "--network")).then_some("--no-discovery"),
-            )
+            .args((!self.extra.iter().any(|a| a == "--network")).then_some("--no-discovery"))
             .env(
                 "RUST_LOG",
                 std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info".into()),
