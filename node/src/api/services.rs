@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use shoal_scheduler::{RestartCondition, Slot, Task, TaskState};
 
 use crate::manager::services::{
-    FailureAction, HealthCheckSpec, HealthTestSpec, PortSpec, ResourceSpec, RestartPolicySpec,
-    ServiceMode, ServiceRecord, ServiceSpec, ServicesState, UpdateConfig, UpdateOrder,
-    mode_replicas, mode_word,
+    FailureAction, HealthCheckSpec, HealthTestSpec, MountSpec, PortSpec, ResourceSpec,
+    RestartPolicySpec, ServiceMode, ServiceRecord, ServiceSpec, ServicesState, UpdateConfig,
+    UpdateOrder, mode_replicas, mode_word,
 };
 use crate::manager::state::NodeRecord;
 use crate::util::rfc3339_millis;
@@ -199,6 +199,48 @@ pub struct ServiceSpecBody {
     pub endpoint_mode: String,
     /// Target ports reachable by name without publishing them (`--expose`).
     pub expose: Vec<u16>,
+    /// Mounts on every task (`--mount`).
+    pub mounts: Vec<MountBody>,
+}
+
+/// A mount as the API shows it: Docker's `--mount` fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountBody {
+    /// `bind`, `volume` or `tmpfs`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The node's path (bind) or the volume's name; empty for tmpfs.
+    #[serde(default)]
+    pub source: String,
+    /// Where in the task.
+    pub target: String,
+    /// Read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl TryFrom<MountBody> for MountSpec {
+    type Error = String;
+
+    fn try_from(m: MountBody) -> Result<Self, String> {
+        Ok(MountSpec {
+            kind: m.kind.parse().map_err(|e| format!("{e}"))?,
+            source: m.source,
+            target: m.target,
+            read_only: m.read_only,
+        })
+    }
+}
+
+impl From<&MountSpec> for MountBody {
+    fn from(m: &MountSpec) -> Self {
+        MountBody {
+            kind: m.kind.to_string(),
+            source: m.source.clone(),
+            target: m.target.clone(),
+            read_only: m.read_only,
+        }
+    }
 }
 
 impl Default for ServiceSpecBody {
@@ -249,6 +291,11 @@ impl TryFrom<ServiceSpecBody> for ServiceSpec {
             force_update: b.force_update,
             endpoint_mode: b.endpoint_mode.parse().map_err(|e| format!("{e}"))?,
             expose: b.expose,
+            mounts: b
+                .mounts
+                .into_iter()
+                .map(MountSpec::try_from)
+                .collect::<Result<_, _>>()?,
         };
         spec.validate()?;
         Ok(spec)
@@ -283,6 +330,7 @@ impl From<&ServiceSpec> for ServiceSpecBody {
             force_update: s.force_update,
             endpoint_mode: s.endpoint_mode.to_string(),
             expose: s.expose.clone(),
+            mounts: s.mounts.iter().map(MountBody::from).collect(),
         }
     }
 }
@@ -571,6 +619,10 @@ pub struct ServiceUpdateBody {
     pub expose_add: Vec<u16>,
     /// Exposed ports removed (`--expose-rm`); applied before `expose_add`.
     pub expose_rm: Vec<u16>,
+    /// Mounts added (`--mount-add`), each replacing the mount with the same target.
+    pub mount_add: Vec<MountBody>,
+    /// Mounts removed, by target (`--mount-rm`); applied before `mount_add`.
+    pub mount_rm: Vec<String>,
 }
 
 /// What a [`ServiceUpdateBody`] becomes against the current spec.
@@ -685,6 +737,19 @@ impl ServiceUpdateBody {
         self.rollback_config.apply_to(&mut s.rollback_config);
         if let Some(m) = &self.endpoint_mode {
             s.endpoint_mode = m.parse().map_err(|e| format!("{e}"))?;
+        }
+        s.mounts.retain(|m| {
+            !self
+                .mount_rm
+                .iter()
+                .any(|t| t.trim_end_matches('/') == m.target.trim_end_matches('/'))
+        });
+        for m in &self.mount_add {
+            let m = MountSpec::try_from(m.clone())?;
+            match s.mounts.iter_mut().find(|x| x.target == m.target) {
+                Some(x) => *x = m,
+                None => s.mounts.push(m),
+            }
         }
         s.expose.retain(|p| !self.expose_rm.contains(p));
         for &p in &self.expose_add {
@@ -1050,7 +1115,7 @@ mod tests {
                 r#""monitor_ms":5000,"max_failure_ratio_ppm":0},"#,
                 r#""rollback_config":{"parallelism":1,"delay_ms":0,"order":"stop-first","failure_action":"pause","#,
                 r#""monitor_ms":5000,"max_failure_ratio_ppm":0},"#,
-                r#""no_healthcheck":false,"force_update":0,"endpoint_mode":"vip","expose":[]}"#,
+                r#""no_healthcheck":false,"force_update":0,"endpoint_mode":"vip","expose":[],"mounts":[]}"#,
             )
         );
         let back = serde_json::from_str::<ServiceSpecBody>(&json).unwrap();

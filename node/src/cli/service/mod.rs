@@ -101,6 +101,13 @@ pub struct CreateArgs {
         allow_hyphen_values = true
     )]
     pub publish: Vec<String>,
+    /// Mount on every task: type=bind|volume|tmpfs,source=…,target=…[,readonly]
+    /// (Docker's syntax; repeatable). Local to the node each task runs on.
+    #[arg(long = "mount", value_name = "SPEC")]
+    pub mount: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE lines; repeatable; -e wins).
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<String>,
     /// Make a target port reachable by the service's name without publishing it:
     /// PORT[/tcp]; repeatable. Published ports' targets are reachable by name anyway.
     #[arg(long = "expose", value_name = "PORT")]
@@ -176,7 +183,15 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpecBody> {
     let mut spec = ServiceSpecBody::new(a.name.clone(), a.image.clone());
     spec.args.clone_from(&a.args);
     spec.driver = a.driver.clone().unwrap_or_else(|| "docker".into());
-    spec.env = pairs(&a.env, "environment variable")?;
+    for f in &a.env_file {
+        spec.env.extend(update::env_file(f)?);
+    }
+    spec.env.extend(pairs(&a.env, "environment variable")?);
+    spec.mounts = a
+        .mount
+        .iter()
+        .map(|m| update::mount("mount", m))
+        .collect::<Result<_>>()?;
     spec.labels = pairs(&a.labels, "label")?;
     let replicas = a
         .replicas

@@ -115,6 +115,13 @@ pub struct UpdateArgs {
         allow_hyphen_values = true
     )]
     pub publish_rm: Vec<String>,
+    /// Add a mount (type=bind|volume|tmpfs,source=…,target=…[,readonly]), replacing the mount
+    /// with the same target; repeatable.
+    #[arg(long = "mount-add", value_name = "SPEC")]
+    pub mount_add: Vec<String>,
+    /// Remove the mount at this target, repeatable.
+    #[arg(long = "mount-rm", value_name = "TARGET")]
+    pub mount_rm: Vec<String>,
     /// Make a target port reachable by name (PORT[/tcp]), repeatable.
     #[arg(long = "expose-add", value_name = "PORT")]
     pub expose_add: Vec<String>,
@@ -502,6 +509,81 @@ fn amount(v: &Option<String>, parse: fn(&str) -> Result<u64, String>) -> Result<
         .map_err(|e| anyhow!("{e}"))
 }
 
+/// A `--mount` value, Docker's syntax: `type=bind|volume|tmpfs,source=…,target=…[,readonly]`
+/// (`src`, `dst`/`destination`, `ro` too; `readonly=true|false`). Options Shoal does not
+/// support (`volume-driver`, `bind-propagation`, `tmpfs-size`, …) are refused by name.
+pub fn mount(flag: &str, s: &str) -> Result<crate::api::services::MountBody> {
+    let mut kind = None;
+    let mut source = String::new();
+    let mut target = None;
+    let mut read_only = false;
+    for field in s.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        let (key, value) = match field.split_once('=') {
+            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim())),
+            None => (field.to_ascii_lowercase(), None),
+        };
+        match (key.as_str(), value) {
+            ("type", Some(v)) => kind = Some(v.to_string()),
+            ("source" | "src", Some(v)) => source = v.to_string(),
+            ("target" | "destination" | "dst", Some(v)) => target = Some(v.to_string()),
+            ("readonly" | "ro", None) => read_only = true,
+            ("readonly" | "ro", Some(v)) => {
+                read_only = match v.to_ascii_lowercase().as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => bail!("invalid --{flag} `{s}`: readonly is true or false, not `{v}`"),
+                };
+            }
+            _ => bail!(
+                "invalid --{flag} `{s}`: `{key}` is not supported (type, source, target and readonly are)"
+            ),
+        }
+    }
+    let Some(target) = target else {
+        bail!("invalid --{flag} `{s}`: a target is required (target=/path/in/the/task)");
+    };
+    Ok(crate::api::services::MountBody {
+        kind: kind.unwrap_or_else(|| "volume".into()),
+        source,
+        target,
+        read_only,
+    })
+}
+
+/// The variables of `--env-file` files, Docker's format: `KEY=VALUE` per line, `#` comments
+/// and blank lines skipped, and a lone `KEY` taken from this environment (left out when it is
+/// not set there).
+pub fn env_file(path: &str) -> Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read --env-file {path}: {e}"))?;
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                out.insert(k.trim().to_string(), v.to_string());
+            }
+            Some(_) => bail!(
+                "--env-file {path}, line {}: a variable name is missing",
+                n + 1
+            ),
+            None => {
+                let k = line.trim();
+                if k.contains(char::is_whitespace) {
+                    bail!("--env-file {path}, line {}: `{k}` is not KEY=VALUE", n + 1);
+                }
+                if let Ok(v) = std::env::var(k) {
+                    out.insert(k.to_string(), v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// An exposed port, `PORT` or `PORT/tcp` (UDP is not served by name).
 pub fn exposed(flag: &str, s: &str) -> Result<u16> {
     let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
@@ -584,6 +666,12 @@ pub fn body_of(a: &UpdateArgs) -> Result<ServiceUpdateBody> {
             .transpose()?,
         force: a.force,
         endpoint_mode: a.endpoint_mode.clone(),
+        mount_add: a
+            .mount_add
+            .iter()
+            .map(|m| mount("mount-add", m))
+            .collect::<Result<_>>()?,
+        mount_rm: a.mount_rm.clone(),
         expose_add: a
             .expose_add
             .iter()
@@ -904,5 +992,64 @@ mod tests {
             ..HealthFlags::default()
         };
         assert!(lonely.apply_to_spec(&mut spec).is_err());
+    }
+
+    /// Issue 23: `--mount` takes Docker's syntax, its aliases and a bare `readonly`, and names
+    /// what it does not support.
+    #[test]
+    fn issue_23_mount_flags_take_dockers_syntax() {
+        let m = mount("mount", "type=bind,src=/srv/www,dst=/www,ro").unwrap();
+        assert_eq!(
+            (
+                m.kind.as_str(),
+                m.source.as_str(),
+                m.target.as_str(),
+                m.read_only
+            ),
+            ("bind", "/srv/www", "/www", true)
+        );
+        let m = mount("mount", "source=data,target=/data,readonly=false").unwrap();
+        assert_eq!((m.kind.as_str(), m.read_only), ("volume", false));
+        let m = mount("mount", "type=tmpfs,destination=/run/x").unwrap();
+        assert_eq!((m.kind.as_str(), m.source.as_str()), ("tmpfs", ""));
+        let e = mount("mount", "type=bind,source=/a")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a target is required"), "{e}");
+        let e = mount("mount", "type=tmpfs,target=/t,tmpfs-size=64m")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`tmpfs-size` is not supported"), "{e}");
+        let e = mount("mount-add", "target=/t,readonly=maybe")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--mount-add") && e.contains("maybe"), "{e}");
+    }
+
+    /// Issue 23: `--env-file` reads Docker's format: comments and blank lines skipped, a lone
+    /// name taken from this environment, a line without a name refused with its number.
+    #[test]
+    fn issue_23_env_file_reads_dockers_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("env");
+        // PATH is set in every test environment.
+        std::fs::write(
+            &path,
+            "# db\nDB_USER=app\n\n  DB_URL=postgres://db/x?a=b\nPATH\nSHOAL_UNSET_VAR_FOR_TEST\n",
+        )
+        .unwrap();
+        let env = env_file(path.to_str().unwrap()).unwrap();
+        assert_eq!(env.get("DB_USER").map(String::as_str), Some("app"));
+        assert_eq!(
+            env.get("DB_URL").map(String::as_str),
+            Some("postgres://db/x?a=b")
+        );
+        assert_eq!(env.get("PATH"), std::env::var("PATH").ok().as_ref());
+        assert!(!env.contains_key("SHOAL_UNSET_VAR_FOR_TEST"));
+        std::fs::write(&path, "A=1\n=2\n").unwrap();
+        let e = env_file(path.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        let e = env_file("/nonexistent/env").unwrap_err().to_string();
+        assert!(e.contains("cannot read --env-file /nonexistent/env"), "{e}");
     }
 }

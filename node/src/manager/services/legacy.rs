@@ -135,6 +135,7 @@ impl From<ServiceSpecV1> for ServiceSpec {
             force_update: 0,
             endpoint_mode: EndpointMode::default(),
             expose: Vec::new(),
+            mounts: Vec::new(),
         }
     }
 }
@@ -316,6 +317,7 @@ impl From<ServiceSpecV2> for ServiceSpec {
             force_update,
             endpoint_mode: EndpointMode::default(),
             expose: Vec::new(),
+            mounts: Vec::new(),
         }
     }
 }

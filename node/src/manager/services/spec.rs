@@ -337,6 +337,78 @@ pub enum EndpointMode {
 /// At most this many `--expose` ports per service.
 pub const MAX_EXPOSE: usize = 64;
 
+/// At most this many `--mount`s per service.
+pub const MAX_MOUNTS: usize = 64;
+
+/// What a mount is (Docker's `--mount type=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MountType {
+    /// A path of the node's filesystem.
+    Bind,
+    /// A Docker volume on the node (named, or anonymous when the source is empty).
+    Volume,
+    /// A tmpfs in the task's memory.
+    Tmpfs,
+}
+
+shoal_scheduler::words!(MountType, "mount type", "bind, volume or tmpfs", {
+    MountType::Bind => "bind",
+    MountType::Volume => "volume",
+    MountType::Tmpfs => "tmpfs",
+});
+
+/// A mount on every task of a service (`--mount`; Docker driver only). Local to the node the
+/// task runs on: a bind's path and a volume live on that node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// Bind, volume or tmpfs.
+    pub kind: MountType,
+    /// The node's path (bind, absolute) or the volume's name (empty: anonymous); empty for
+    /// tmpfs.
+    pub source: String,
+    /// Where in the task's filesystem (absolute).
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+impl MountSpec {
+    /// The mount's own checks, one line each.
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |s: &str| s.contains('\0') || s.contains(',') || s.chars().any(char::is_control);
+        if !self.target.starts_with('/') || bad(&self.target) {
+            return Err(format!(
+                "invalid mount target `{}`: an absolute path is required",
+                self.target.escape_debug()
+            ));
+        }
+        match self.kind {
+            MountType::Bind if !self.source.starts_with('/') || bad(&self.source) => Err(format!(
+                "invalid bind mount source `{}`: an absolute path on the node is required",
+                self.source.escape_debug()
+            )),
+            MountType::Volume
+                if !self.source.is_empty()
+                    && (!self.source.starts_with(|c: char| c.is_ascii_alphanumeric())
+                        || !self.source.chars().all(|c| {
+                            c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+                        })) =>
+            {
+                Err(format!(
+                    "invalid volume name `{}`: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+                    self.source.escape_debug()
+                ))
+            }
+            MountType::Tmpfs if !self.source.is_empty() => Err(format!(
+                "a tmpfs mount takes no source (got `{}`)",
+                self.source.escape_debug()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A service's spec as Raft stores it (inside [`super::ServiceRecord`]); the API's JSON body
 /// is `crate::api::ServiceSpecBody`, converted into this with validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -384,6 +456,8 @@ pub struct ServiceSpec {
     /// Target ports reachable by name without publishing them (`--expose`, compose's
     /// `expose:`): with the published ports' targets, the ports of its VIP.
     pub expose: Vec<u16>,
+    /// Mounts on every task (`--mount`; Docker driver only).
+    pub mounts: Vec<MountSpec>,
 }
 
 impl Default for ServiceSpec {
@@ -410,6 +484,7 @@ impl Default for ServiceSpec {
             force_update: 0,
             endpoint_mode: EndpointMode::Vip,
             expose: Vec::new(),
+            mounts: Vec::new(),
         }
     }
 }
@@ -531,6 +606,7 @@ impl ServiceSpec {
             }
         }
         self.validate_ports()?;
+        self.validate_mounts()?;
         self.parsed_constraints()?;
         let (r, l) = (self.reservations, self.limits);
         if l.memory_bytes > 0 && r.memory_bytes > l.memory_bytes {
@@ -628,6 +704,31 @@ impl ServiceSpec {
         Ok(())
     }
 
+    /// The mounts' checks: each valid, each target once, at most [`MAX_MOUNTS`], and only
+    /// with the Docker driver.
+    fn validate_mounts(&self) -> Result<(), String> {
+        if self.mounts.is_empty() {
+            return Ok(());
+        }
+        if self.driver != "docker" {
+            return Err(
+                "--mount needs the docker driver: the process driver runs programs on the node's own filesystem"
+                    .into(),
+            );
+        }
+        if self.mounts.len() > MAX_MOUNTS {
+            return Err(format!("at most {MAX_MOUNTS} mounts are allowed"));
+        }
+        let mut targets = BTreeSet::new();
+        for m in &self.mounts {
+            m.validate()?;
+            if !targets.insert(m.target.trim_end_matches('/')) {
+                return Err(format!("two mounts have the target {}", m.target));
+            }
+        }
+        Ok(())
+    }
+
     /// The target ports a task is given (deduplicated, in the spec's order: the first is the
     /// process driver's `PORT`).
     fn task_targets(&self) -> Vec<u16> {
@@ -686,6 +787,7 @@ impl ServiceSpec {
             && self.labels == other.labels
             && self.stop_grace_ms == other.stop_grace_ms
             && self.force_update == other.force_update
+            && self.mounts == other.mounts
     }
 
     /// The runtime spec of one task of this service.
@@ -714,6 +816,20 @@ impl ServiceSpec {
             spec.health = Some(HealthCheck::new(HealthTest::None));
         }
         spec.stop_grace = Duration::from_millis(self.stop_grace_ms);
+        spec.mounts = self
+            .mounts
+            .iter()
+            .map(|m| shoal_runtime::Mount {
+                kind: match m.kind {
+                    MountType::Bind => shoal_runtime::MountKind::Bind,
+                    MountType::Volume => shoal_runtime::MountKind::Volume,
+                    MountType::Tmpfs => shoal_runtime::MountKind::Tmpfs,
+                },
+                source: m.source.clone(),
+                target: m.target.clone(),
+                read_only: m.read_only,
+            })
+            .collect();
         spec
     }
 }

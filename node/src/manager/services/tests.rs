@@ -1061,3 +1061,50 @@ fn issue_22_endpoint_mode_and_expose_are_validated() {
     spec.expose = vec![9090, 8080];
     assert_eq!(spec.discovery_ports(), vec![8080, 9090]);
 }
+
+/// Issue 23: mounts are checked (absolute targets, each once; a bind's absolute source; a
+/// volume's name; no source for tmpfs; Docker driver only) and are part of the task: a
+/// changed mount replaces the tasks.
+#[test]
+fn issue_23_mounts_are_validated_and_part_of_the_task() {
+    let m = |kind, source: &str, target: &str| MountSpec {
+        kind,
+        source: source.into(),
+        target: target.into(),
+        read_only: false,
+    };
+    let mut spec = ServiceSpec::new("db", "img:1");
+    spec.mounts = vec![
+        m(MountType::Bind, "/srv/db", "/var/lib/db"),
+        m(MountType::Volume, "pgdata", "/data"),
+        m(MountType::Volume, "", "/anon"),
+        m(MountType::Tmpfs, "", "/run/cache"),
+    ];
+    assert_eq!(spec.validate(), Ok(()));
+    let task = spec.task_spec("t1", "s1", 1);
+    assert_eq!(task.mounts.len(), 4);
+    assert_eq!(task.mounts[0].kind, shoal_runtime::MountKind::Bind);
+    let cases: [(MountSpec, &str); 5] = [
+        (m(MountType::Bind, "srv", "/x"), "absolute path on the node"),
+        (m(MountType::Bind, "/srv", "x"), "invalid mount target"),
+        (m(MountType::Volume, "../etc", "/x"), "invalid volume name"),
+        (m(MountType::Tmpfs, "/srv", "/x"), "takes no source"),
+        (
+            m(MountType::Tmpfs, "", "/data/"),
+            "two mounts have the target",
+        ),
+    ];
+    for (bad, why) in cases {
+        let mut s = spec.clone();
+        s.mounts.push(bad);
+        let e = s.validate().unwrap_err();
+        assert!(e.contains(why), "{e}");
+    }
+    let mut process = spec.clone();
+    process.driver = "process".into();
+    process.image = "/bin/true".into();
+    assert!(process.validate().unwrap_err().contains("docker driver"));
+    let mut ro = spec.clone();
+    ro.mounts[0].read_only = true;
+    assert!(!spec.same_task(&ro), "a changed mount replaces the tasks");
+}

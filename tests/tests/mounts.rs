@@ -1,0 +1,144 @@
+//! Issue 23 (part 4): mounts and environment files on services, on a real daemon and Docker.
+//! One node on 127.0.150.1. A service gets a read-only bind mount of a temp dir, a named
+//! volume and a tmpfs, and variables from an `--env-file`; the test looks inside its
+//! container with `docker exec`, then removes a mount with `service update --mount-rm` and
+//! sees the new task without it.
+//!
+//! Cleaning up: the [`Daemon`] (dropped also when the test fails) kills the daemon and its
+//! tasks, a [`ClusterContainers`] guard removes the cluster's containers, and a [`Volume`]
+//! guard then removes the test's volume. Needs Docker and the test image: skips without them
+//! and fails under `SHOAL_REQUIRE_DOCKER=1`.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use shoal_tests::{
+    ClusterContainers, Daemon, cluster_id, docker, docker_ready, poll_until, service_containers,
+    start_cluster_from,
+};
+
+const IMAGE: &str = shoal_tests::TEST_IMAGE;
+
+/// Removes a Docker volume when dropped (after the containers: declare it first).
+struct Volume(String);
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = docker(&["volume", "rm", "-f", &self.0]);
+    }
+}
+
+/// The one running container of `service`, once its task runs the spec `version`.
+fn container(d: &Daemon, cluster: &str, service: &str, version: u64) -> Result<String> {
+    poll_until(
+        &format!("the container of {service} at version {version}"),
+        Duration::from_secs(60),
+        || {
+            let rows = shoal_tests::tasks(d, service)?;
+            let current = rows.iter().any(|t| {
+                t["state"] == "running"
+                    && t["desired_state"] == "running"
+                    && t["version"].as_u64() == Some(version)
+            });
+            ensure!(current, "no running task of version {version}: {rows:?}");
+            let c = service_containers(cluster, service)?;
+            ensure!(c.len() == 1, "{} containers", c.len());
+            Ok(Some(c[0].id.clone()))
+        },
+    )
+}
+
+/// A bind mount (read-only), a named volume and a tmpfs reach the task's container as asked,
+/// with the variables of an `--env-file`; `--mount-rm` takes one away with a rolling update.
+#[test]
+fn issue_23_mounts_and_env_files_reach_the_container() -> Result<()> {
+    if !docker_ready()? {
+        return Ok(());
+    }
+    let volume = Volume(format!("shoal-t23-{}", std::process::id()));
+    let host = tempfile::tempdir()?;
+    std::fs::write(host.path().join("hello"), "from the node\n")?;
+    let env_file = host.path().join("app.env");
+    std::fs::write(&env_file, "# settings\nGREETING=bonjour\nMODE=test\n")?;
+    let (ms, _) = start_cluster_from("mt-", 150, 1, 1, 0)?;
+    let m = &ms[0];
+    let cluster = cluster_id(m)?;
+    let _containers = ClusterContainers(cluster.clone());
+    let bind = format!(
+        "type=bind,source={},target=/cfg,readonly",
+        host.path().display()
+    );
+    let vol = format!("type=volume,source={},target=/data", volume.0);
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "app",
+        "--mount",
+        &bind,
+        "--mount",
+        &vol,
+        "--mount",
+        "type=tmpfs,target=/scratch",
+        "--env-file",
+        &env_file.display().to_string(),
+        "-e",
+        "MODE=prod",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; sleep 3600 & wait",
+    ])?;
+    let id = container(m, &cluster, "app", 1)?;
+    let exec = |script: &str| docker(&["exec", &id, "sh", "-c", script]);
+
+    ensure!(exec("cat /cfg/hello")?.trim() == "from the node");
+    let denied = exec("touch /cfg/new 2>&1 && echo written || echo denied")?;
+    ensure!(
+        denied.contains("denied") && denied.contains("Read-only"),
+        "the bind mount should be read-only: {denied}"
+    );
+    exec("echo kept > /data/file")?;
+    let inspect = docker(&["volume", "inspect", "-f", "{{.Name}}", &volume.0])?;
+    ensure!(
+        inspect.trim() == volume.0,
+        "the volume should exist: {inspect}"
+    );
+    let mounts = exec("cat /proc/mounts")?;
+    ensure!(
+        mounts
+            .lines()
+            .any(|l| l.starts_with("tmpfs /scratch tmpfs")),
+        "/scratch should be a tmpfs:\n{mounts}"
+    );
+    let env = exec("env")?;
+    ensure!(
+        env.lines().any(|l| l == "GREETING=bonjour") && env.lines().any(|l| l == "MODE=prod"),
+        "the env file's variables, -e winning, should be in the task:\n{env}"
+    );
+    let spec = m.inspect(&["service", "inspect", "app"])?;
+    let kinds: Vec<&str> = spec["spec"]["mounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["type"].as_str())
+        .collect();
+    ensure!(
+        kinds == ["bind", "volume", "tmpfs"],
+        "inspect shows {kinds:?}"
+    );
+
+    m.ok(&["service", "update", "--mount-rm", "/scratch", "app"])?;
+    let id = container(m, &cluster, "app", 2)?;
+    let mounts = docker(&["exec", &id, "cat", "/proc/mounts"])?;
+    ensure!(
+        !mounts.lines().any(|l| l.contains(" /scratch ")),
+        "/scratch should be gone after --mount-rm:\n{mounts}"
+    );
+    let kept = docker(&["exec", &id, "cat", "/data/file"])?;
+    ensure!(
+        kept.trim() == "kept",
+        "the volume's data should outlive the task"
+    );
+    Ok(())
+}
