@@ -213,7 +213,7 @@ pub async fn serve_session(
             sent_discovery = Some(discovery);
         }
         if let Some(set) = assignment_change(sent.as_ref(), &current) {
-            net::write_frame(&mut send, TAG_DISPATCH, &ToWorker::Assignments(set)).await?;
+            net::write_frame(&mut send, TAG_DISPATCH, &ToWorker::AssignmentsV2(set)).await?;
             sent = Some(current);
         }
         tokio::select! {
@@ -359,7 +359,15 @@ async fn session(
                 }
             }
             msg = sets_rx.recv() => match msg {
-                Some(ToWorker::Assignments(set)) => {
+                Some(ToWorker::AssignmentsV2(set)) => {
+                    if let Err(e) = worker.apply(set).await {
+                        break Err(e.to_string());
+                    }
+                }
+                Some(ToWorker::Assignments(old)) => {
+                    let Some(set) = old.into_today() else {
+                        break Err("the leader sent assignments this worker cannot read".into());
+                    };
                     if let Err(e) = worker.apply(set).await {
                         break Err(e.to_string());
                     }

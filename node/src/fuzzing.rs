@@ -343,7 +343,7 @@ fn api_request(req: &ApiRequest) -> bool {
 /// end every session of a worker it is assigned to, so this panics (a fuzz finding).
 fn assignable(spec: &ServiceSpec) -> bool {
     let task = spec.task_spec("t1", "s1", 1);
-    let set = ToWorker::Assignments(crate::session::AssignmentSet {
+    let set = ToWorker::AssignmentsV2(crate::session::AssignmentSet {
         full: true,
         tasks: vec![crate::session::Assignment {
             task_id: "t1".into(),
@@ -505,6 +505,10 @@ mod tests {
             ("TO_WORKER_CERT", formats::TO_WORKER_CERT),
             ("TO_WORKER_ENDPOINTS", formats::TO_WORKER_ENDPOINTS),
             ("TO_WORKER_DISCOVERY", formats::TO_WORKER_DISCOVERY),
+            (
+                "TO_WORKER_ASSIGNMENTS_V2",
+                formats::TO_WORKER_ASSIGNMENTS_V2,
+            ),
             ("TO_LEADER_REPORTS", formats::TO_LEADER_REPORTS),
             (
                 "TO_LEADER_PUBLISH_PROBLEMS",

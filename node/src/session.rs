@@ -30,8 +30,9 @@ pub struct SessionHello {
 /// Leader to worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToWorker {
-    /// Assignments: the full set first, then changes.
-    Assignments(AssignmentSet),
+    /// Assignments as releases before the task options wrote them (tasks without
+    /// `TaskSpec::options`): read from an older leader, converted; never sent.
+    Assignments(legacy::AssignmentSetV1),
     /// Who the managers are and which keys were removed: sent first, then on change. The
     /// worker believes leader hints and become-manager requests only from these managers
     /// and refuses removed keys on every stream.
@@ -50,6 +51,178 @@ pub enum ToWorker {
     /// Service discovery's table (every live service, its VIP and its running tasks, on
     /// every node): sent first, then whenever it changes.
     Discovery(crate::mesh::DiscoveryTable),
+    /// Assignments: the full set first, then changes.
+    AssignmentsV2(AssignmentSet),
+}
+
+/// The worker session's messages as earlier releases wrote them, kept so that a worker reads
+/// an older leader's (workers are upgraded first: ARCHITECTURE.md, "Formats and upgrades").
+pub mod legacy {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+    use shoal_runtime::{HealthCheck, Mount, Resources, TaskSpec};
+
+    use super::{Assignment, AssignmentSet, DesiredState};
+
+    /// [`TaskSpec`] before `options`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct TaskSpecV1 {
+        /// Task id.
+        pub task_id: String,
+        /// Service id.
+        pub service_id: String,
+        /// Service name.
+        pub service_name: String,
+        /// Slot.
+        pub slot: u64,
+        /// Image or program.
+        pub image: String,
+        /// Arguments.
+        pub args: Vec<String>,
+        /// Environment.
+        pub env: BTreeMap<String, String>,
+        /// Labels.
+        pub labels: BTreeMap<String, String>,
+        /// Target ports.
+        pub ports: Vec<u16>,
+        /// Limits.
+        pub resources: Resources,
+        /// Health check.
+        pub health: Option<HealthCheck>,
+        /// Stop signal.
+        pub stop_signal: Option<String>,
+        /// Stop grace period, as humantime wrote it (`TaskSpec` writes it the same way).
+        pub stop_grace: String,
+        /// Mounts.
+        pub mounts: Vec<Mount>,
+    }
+
+    impl TaskSpecV1 {
+        /// Today's spec, with the default options; `None` when the stop grace period does not
+        /// parse (the whole message is then refused, as any undecodable one).
+        #[must_use]
+        pub fn into_today(self) -> Option<TaskSpec> {
+            let stop_grace = humantime::parse_duration(&self.stop_grace).ok()?;
+            Some(TaskSpec {
+                task_id: self.task_id,
+                service_id: self.service_id,
+                service_name: self.service_name,
+                slot: self.slot,
+                image: self.image,
+                args: self.args,
+                env: self.env,
+                labels: self.labels,
+                ports: self.ports,
+                resources: self.resources,
+                health: self.health,
+                stop_signal: self.stop_signal,
+                stop_grace,
+                mounts: self.mounts,
+                options: shoal_runtime::TaskOptions::default(),
+            })
+        }
+
+        /// A spec as version 1 wrote it (for the golden tests): the options dropped.
+        #[must_use]
+        pub fn from_today(s: &TaskSpec) -> TaskSpecV1 {
+            TaskSpecV1 {
+                task_id: s.task_id.clone(),
+                service_id: s.service_id.clone(),
+                service_name: s.service_name.clone(),
+                slot: s.slot,
+                image: s.image.clone(),
+                args: s.args.clone(),
+                env: s.env.clone(),
+                labels: s.labels.clone(),
+                ports: s.ports.clone(),
+                resources: s.resources,
+                health: s.health.clone(),
+                stop_signal: s.stop_signal.clone(),
+                stop_grace: humantime::format_duration(s.stop_grace).to_string(),
+                mounts: s.mounts.clone(),
+            }
+        }
+    }
+
+    /// [`Assignment`] holding a [`TaskSpecV1`].
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct AssignmentV1 {
+        /// Task id.
+        pub task_id: String,
+        /// Service id.
+        pub service_id: String,
+        /// Service name.
+        pub service_name: String,
+        /// Slot.
+        pub slot: u64,
+        /// Driver.
+        pub driver: String,
+        /// What to run.
+        pub spec: TaskSpecV1,
+        /// Desired state.
+        pub desired: DesiredState,
+    }
+
+    /// [`AssignmentSet`] of [`AssignmentV1`]s.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    pub struct AssignmentSetV1 {
+        /// Full set or change.
+        pub full: bool,
+        /// Tasks added or updated.
+        pub tasks: Vec<AssignmentV1>,
+        /// Task ids no longer assigned.
+        pub removed: Vec<String>,
+    }
+
+    impl AssignmentSetV1 {
+        /// Today's set; `None` when a spec does not convert.
+        #[must_use]
+        pub fn into_today(self) -> Option<AssignmentSet> {
+            let tasks = self
+                .tasks
+                .into_iter()
+                .map(|a| {
+                    Some(Assignment {
+                        task_id: a.task_id,
+                        service_id: a.service_id,
+                        service_name: a.service_name,
+                        slot: a.slot,
+                        driver: a.driver,
+                        spec: a.spec.into_today()?,
+                        desired: a.desired,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some(AssignmentSet {
+                full: self.full,
+                tasks,
+                removed: self.removed,
+            })
+        }
+
+        /// A set as version 1 wrote it (for the golden tests).
+        #[must_use]
+        pub fn from_today(s: &AssignmentSet) -> AssignmentSetV1 {
+            AssignmentSetV1 {
+                full: s.full,
+                tasks: s
+                    .tasks
+                    .iter()
+                    .map(|a| AssignmentV1 {
+                        task_id: a.task_id.clone(),
+                        service_id: a.service_id.clone(),
+                        service_name: a.service_name.clone(),
+                        slot: a.slot,
+                        driver: a.driver.clone(),
+                        spec: TaskSpecV1::from_today(&a.spec),
+                        desired: a.desired,
+                    })
+                    .collect(),
+                removed: s.removed.clone(),
+            }
+        }
+    }
 }
 
 /// Worker to leader.

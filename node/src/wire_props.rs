@@ -244,7 +244,7 @@ prop_compose! {
 
 fn to_worker() -> impl Strategy<Value = ToWorker> {
     prop_oneof![
-        assignment_set().prop_map(ToWorker::Assignments),
+        assignment_set().prop_map(ToWorker::AssignmentsV2),
         (vec(key(), 0..3), vec(key(), 0..3))
             .prop_map(|(managers, removed)| ToWorker::Trust { managers, removed }),
         vec(any::<u8>(), 0..64).prop_map(ToWorker::Cert),

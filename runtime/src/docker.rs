@@ -17,9 +17,10 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage,
-    HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig, Ipam, IpamConfig,
-    Mount as DockerMount, MountType, NetworkCreateRequest, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, DeviceMapping,
+    EventMessage, HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig, Ipam,
+    IpamConfig, Mount as DockerMount, MountType, NetworkCreateRequest, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
@@ -107,6 +108,9 @@ pub struct DockerConfig {
     /// Service discovery (issue 22): the containers' DNS servers (`HostConfig.dns`: the
     /// upstreams of Docker's embedded resolver on the network). Empty: the engine's, as before.
     pub dns: Vec<String>,
+    /// Whether tasks may run `--privileged` or with added capabilities (`daemon
+    /// --allow-privileged`); refused otherwise.
+    pub allow_privileged: bool,
 }
 
 /// A network's addresses, as `docker network create --subnet --ip-range --gateway` sets them.
@@ -131,6 +135,7 @@ impl DockerConfig {
             pull_timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(120),
             ipam: None,
+            allow_privileged: false,
             dns: Vec::new(),
         }
     }
@@ -673,9 +678,14 @@ impl Inner {
                 ..Default::default()
             })
             .collect();
+        let o = &spec.options;
         ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
+            entrypoint: o.entrypoint.clone(),
+            user: o.user.clone(),
+            working_dir: o.workdir.clone(),
+            hostname: o.hostname.clone(),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
             exposed_ports: (!spec.ports.is_empty())
@@ -703,6 +713,20 @@ impl Inner {
                 }),
                 log_config: Some(log_config()),
                 dns: (!self.config.dns.is_empty()).then(|| self.config.dns.clone()),
+                init: o.init.then_some(true),
+                devices: (!o.devices.is_empty()).then(|| {
+                    o.devices
+                        .iter()
+                        .map(|d| DeviceMapping {
+                            path_on_host: Some(d.host.clone()),
+                            path_in_container: Some(d.container.clone()),
+                            cgroup_permissions: Some(d.permissions.clone()),
+                        })
+                        .collect()
+                }),
+                cap_add: (!o.cap_add.is_empty()).then(|| o.cap_add.clone()),
+                cap_drop: (!o.cap_drop.is_empty()).then(|| o.cap_drop.clone()),
+                privileged: o.privileged.then_some(true),
                 ..Default::default()
             }),
             ..Default::default()
@@ -801,6 +825,12 @@ impl Inner {
     }
 
     async fn create(&self, docker: &Docker, spec: &TaskSpec) -> Result<Created, RuntimeError> {
+        if spec.options.escalates() && !self.config.allow_privileged {
+            return Err(RuntimeError::StartFailed {
+                task_id: spec.task_id.clone(),
+                reason: "this node does not run tasks with --privileged or --cap-add: start its daemon with --allow-privileged".into(),
+            });
+        }
         let name = format!("{}.{}.{}", spec.service_name, spec.slot, spec.task_id);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         for attempt in 0..2 {

@@ -59,8 +59,9 @@ mod status;
 pub use driver::{Availability, BoxFuture, BoxStream, Driver, DriverKind};
 pub use error::RuntimeError;
 pub use spec::{
-    HealthCheck, HealthTest, LABEL_CLUSTER, LABEL_NODE, LABEL_PREFIX, LABEL_SERVICE,
-    LABEL_SERVICE_NAME, LABEL_SLOT, LABEL_TASK, Mount, MountKind, Resources, Scope, TaskSpec,
+    Device, HealthCheck, HealthTest, LABEL_CLUSTER, LABEL_NODE, LABEL_PREFIX, LABEL_SERVICE,
+    LABEL_SERVICE_NAME, LABEL_SLOT, LABEL_TASK, Mount, MountKind, Resources, Scope, TaskOptions,
+    TaskSpec,
 };
 pub use status::{
     Event, Health, LogChunk, LogOptions, LogStream, PortEndpoint, RunState, TaskStatus,

@@ -87,6 +87,54 @@ pub struct TaskSpec {
     pub stop_grace: Duration,
     /// Mounts (Docker only; the process driver rejects them).
     pub mounts: Vec<Mount>,
+    /// The process's user, directory and entrypoint, its hostname, an init, devices and
+    /// privileges (Docker; the process driver takes the directory only and rejects the rest).
+    /// Missing in files written before it (the worker cache, `task.json`): the defaults.
+    #[serde(default)]
+    pub options: TaskOptions,
+}
+
+/// The less common settings of a task, Docker's names in brackets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskOptions {
+    /// Replaces the image's entrypoint (`Entrypoint`); `Some(vec![])` clears it.
+    pub entrypoint: Option<Vec<String>>,
+    /// User (and group) to run as: `name`, `uid`, `name:group` or `uid:gid` (`User`).
+    pub user: Option<String>,
+    /// Working directory (`WorkingDir`; the process driver's directory for the program).
+    pub workdir: Option<String>,
+    /// The container's hostname (`Hostname`).
+    pub hostname: Option<String>,
+    /// Run an init as PID 1 that reaps zombies and forwards signals (`HostConfig.Init`).
+    pub init: bool,
+    /// Devices of the node given to the task (`HostConfig.Devices`).
+    pub devices: Vec<Device>,
+    /// Capabilities added (`HostConfig.CapAdd`).
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped (`HostConfig.CapDrop`).
+    pub cap_drop: Vec<String>,
+    /// Every capability and device (`HostConfig.Privileged`).
+    pub privileged: bool,
+}
+
+impl TaskOptions {
+    /// Whether the task asks for more than a container gets by default: `--privileged` or an
+    /// added capability (what a node allows only with `daemon --allow-privileged`).
+    #[must_use]
+    pub fn escalates(&self) -> bool {
+        self.privileged || !self.cap_add.is_empty()
+    }
+}
+
+/// A device of the node inside a task (`--device HOST[:CONTAINER[:PERMISSIONS]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// The node's device path (`/dev/gpiomem`).
+    pub host: String,
+    /// Its path in the task (the same by default).
+    pub container: String,
+    /// cgroup permissions: some of `r`, `w`, `m` (`rwm` by default).
+    pub permissions: String,
 }
 
 impl TaskSpec {
@@ -119,6 +167,7 @@ impl TaskSpec {
             stop_signal: None,
             stop_grace: Duration::from_secs(10),
             mounts: Vec::new(),
+            options: TaskOptions::default(),
         }
     }
 

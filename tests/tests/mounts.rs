@@ -142,3 +142,145 @@ fn issue_23_mounts_and_env_files_reach_the_container() -> Result<()> {
     );
     Ok(())
 }
+
+/// The bits of `CapBnd` in `/proc/1/status` of container `id`.
+fn bounding_caps(id: &str) -> Result<u64> {
+    let status = docker(&["exec", id, "cat", "/proc/1/status"])?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
+    Ok(u64::from_str_radix(&hex, 16)?)
+}
+
+/// `CAP_NET_RAW` and `CAP_SYS_RAWIO` (linux/capability.h).
+const NET_RAW: u64 = 1 << 13;
+const SYS_RAWIO: u64 = 1 << 17;
+
+/// User, working directory, hostname, entrypoint, init, a device and a dropped capability
+/// reach the container; an added capability is refused on a node whose daemon was not
+/// started with `--allow-privileged` (the task fails with that reason) and granted on one
+/// that was.
+#[test]
+fn issue_23_task_options_reach_the_container_and_privileges_need_the_nodes_consent() -> Result<()> {
+    if !docker_ready()? {
+        return Ok(());
+    }
+    let (ms, ws) = shoal_tests::start_cluster_with("mo-", 150, 11, 1, 1, |d| {
+        if d.name.contains('w') {
+            d.extra.push("--allow-privileged".into());
+        }
+        Ok(())
+    })?;
+    let (m, w) = (&ms[0], &ws[0]);
+    let cluster = cluster_id(m)?;
+    let _containers = ClusterContainers(cluster.clone());
+    let on_m = format!("node.hostname=={}", m.name);
+    let on_w = format!("node.hostname=={}", w.name);
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "opts",
+        "--constraint",
+        &on_m,
+        "--user",
+        "1000:1000",
+        "--workdir",
+        "/srv",
+        "--hostname",
+        "pi-web",
+        "--entrypoint",
+        "sh -c",
+        "--init",
+        "--device",
+        "/dev/null:/dev/gpio-test:rw",
+        "--cap-drop",
+        "net_raw",
+        IMAGE,
+        "trap 'exit 0' TERM; sleep 3600 & wait",
+    ])?;
+    let id = container(m, &cluster, "opts", 1)?;
+    let out = docker(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "id -u; id -g; pwd; hostname; test -c /dev/gpio-test && echo device; tr '\\0' ' ' < /proc/1/cmdline",
+    ])?;
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    ensure!(
+        lines.len() == 6
+            && lines[..5] == ["1000", "1000", "/srv", "pi-web", "device"]
+            && lines[5].contains("init"),
+        "inside the task: {lines:?}"
+    );
+    ensure!(
+        bounding_caps(&id)? & NET_RAW == 0,
+        "NET_RAW should be dropped"
+    );
+    let spec = m.inspect(&["service", "inspect", "opts"])?;
+    ensure!(
+        spec["spec"]["cap_drop"] == serde_json::json!(["NET_RAW"]),
+        "inspect shows the capability as Docker writes it: {}",
+        spec["spec"]["cap_drop"]
+    );
+
+    // Refused where the daemon does not allow it, with the reason on the task.
+    m.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "raw-m",
+        "--constraint",
+        &on_m,
+        "--cap-add",
+        "SYS_RAWIO",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; sleep 3600 & wait",
+    ])?;
+    let error = poll_until(
+        "raw-m's task to be refused",
+        Duration::from_secs(60),
+        || {
+            let rows = shoal_tests::tasks(m, "raw-m")?;
+            let error = rows
+                .iter()
+                .filter_map(|t| t["error"].as_str())
+                .find(|e| e.contains("--allow-privileged"))
+                .map(str::to_string);
+            ensure!(error.is_some(), "no refusal yet: {rows:?}");
+            Ok(error)
+        },
+    )?;
+    ensure!(
+        service_containers(&cluster, "raw-m")?.is_empty(),
+        "no container may run for a refused task ({error})"
+    );
+    // Granted where it does.
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "raw-w",
+        "--constraint",
+        &on_w,
+        "--cap-add",
+        "SYS_RAWIO",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; sleep 3600 & wait",
+    ])?;
+    let id = container(m, &cluster, "raw-w", 1)?;
+    ensure!(
+        bounding_caps(&id)? & SYS_RAWIO != 0,
+        "SYS_RAWIO should be added on the node that allows it"
+    );
+    Ok(())
+}

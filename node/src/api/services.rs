@@ -15,8 +15,8 @@ use shoal_scheduler::{RestartCondition, Slot, Task, TaskState};
 
 use crate::manager::services::{
     FailureAction, HealthCheckSpec, HealthTestSpec, MountSpec, PortSpec, ResourceSpec,
-    RestartPolicySpec, ServiceMode, ServiceRecord, ServiceSpec, ServicesState, UpdateConfig,
-    UpdateOrder, mode_replicas, mode_word,
+    RestartPolicySpec, ServiceMode, ServiceRecord, ServiceSpec, ServicesState, TaskOptionsSpec,
+    UpdateConfig, UpdateOrder, capability, mode_replicas, mode_word,
 };
 use crate::manager::state::NodeRecord;
 use crate::util::rfc3339_millis;
@@ -201,6 +201,36 @@ pub struct ServiceSpecBody {
     pub expose: Vec<u16>,
     /// Mounts on every task (`--mount`).
     pub mounts: Vec<MountBody>,
+    /// Replaces the image's entrypoint (`--entrypoint`).
+    pub entrypoint: Option<Vec<String>>,
+    /// User to run as (`--user`).
+    pub user: Option<String>,
+    /// Working directory (`--workdir`).
+    pub workdir: Option<String>,
+    /// The container's hostname (`--hostname`).
+    pub hostname: Option<String>,
+    /// An init as PID 1 (`--init`).
+    pub init: bool,
+    /// Devices, `HOST[:CONTAINER[:PERMISSIONS]]` (`--device`).
+    pub devices: Vec<String>,
+    /// Capabilities added (`--cap-add`).
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped (`--cap-drop`).
+    pub cap_drop: Vec<String>,
+    /// Every capability and device (`--privileged`; only on nodes that allow it).
+    pub privileged: bool,
+}
+
+/// Capabilities as Docker takes them (upper case, without `CAP_`), each once.
+fn capabilities(caps: &[String]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in caps {
+        let c = capability(c)?;
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    Ok(out)
 }
 
 /// A mount as the API shows it: Docker's `--mount` fields.
@@ -296,6 +326,21 @@ impl TryFrom<ServiceSpecBody> for ServiceSpec {
                 .into_iter()
                 .map(MountSpec::try_from)
                 .collect::<Result<_, _>>()?,
+            options: TaskOptionsSpec {
+                entrypoint: b.entrypoint,
+                user: b.user,
+                workdir: b.workdir,
+                hostname: b.hostname,
+                init: b.init,
+                devices: b
+                    .devices
+                    .iter()
+                    .map(|d| d.parse())
+                    .collect::<Result<_, _>>()?,
+                cap_add: capabilities(&b.cap_add)?,
+                cap_drop: capabilities(&b.cap_drop)?,
+                privileged: b.privileged,
+            },
         };
         spec.validate()?;
         Ok(spec)
@@ -331,6 +376,20 @@ impl From<&ServiceSpec> for ServiceSpecBody {
             endpoint_mode: s.endpoint_mode.to_string(),
             expose: s.expose.clone(),
             mounts: s.mounts.iter().map(MountBody::from).collect(),
+            entrypoint: s.options.entrypoint.clone(),
+            user: s.options.user.clone(),
+            workdir: s.options.workdir.clone(),
+            hostname: s.options.hostname.clone(),
+            init: s.options.init,
+            devices: s
+                .options
+                .devices
+                .iter()
+                .map(|d| format!("{}:{}:{}", d.host, d.container, d.permissions))
+                .collect(),
+            cap_add: s.options.cap_add.clone(),
+            cap_drop: s.options.cap_drop.clone(),
+            privileged: s.options.privileged,
         }
     }
 }
@@ -623,6 +682,20 @@ pub struct ServiceUpdateBody {
     pub mount_add: Vec<MountBody>,
     /// Mounts removed, by target (`--mount-rm`); applied before `mount_add`.
     pub mount_rm: Vec<String>,
+    /// New entrypoint (`--entrypoint`; empty: the image's again).
+    pub entrypoint: Option<Vec<String>>,
+    /// New user (`--user`; empty: the image's again).
+    pub user: Option<String>,
+    /// New working directory (`--workdir`; empty: the image's again).
+    pub workdir: Option<String>,
+    /// New hostname (`--hostname`; empty: Docker's default again).
+    pub hostname: Option<String>,
+    /// An init or not (`--init`).
+    pub init: Option<bool>,
+    /// Capabilities added (`--cap-add`; also taken off the dropped ones).
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped (`--cap-drop`; also taken off the added ones).
+    pub cap_drop: Vec<String>,
 }
 
 /// What a [`ServiceUpdateBody`] becomes against the current spec.
@@ -749,6 +822,35 @@ impl ServiceUpdateBody {
             match s.mounts.iter_mut().find(|x| x.target == m.target) {
                 Some(x) => *x = m,
                 None => s.mounts.push(m),
+            }
+        }
+        let o = &mut s.options;
+        let text = |v: &String| (!v.is_empty()).then(|| v.clone());
+        if let Some(e) = &self.entrypoint {
+            o.entrypoint = (!e.is_empty()).then(|| e.clone());
+        }
+        if let Some(v) = &self.user {
+            o.user = text(v);
+        }
+        if let Some(v) = &self.workdir {
+            o.workdir = text(v);
+        }
+        if let Some(v) = &self.hostname {
+            o.hostname = text(v);
+        }
+        if let Some(v) = self.init {
+            o.init = v;
+        }
+        for c in capabilities(&self.cap_add)? {
+            o.cap_drop.retain(|x| *x != c);
+            if !o.cap_add.contains(&c) {
+                o.cap_add.push(c);
+            }
+        }
+        for c in capabilities(&self.cap_drop)? {
+            o.cap_add.retain(|x| *x != c);
+            if !o.cap_drop.contains(&c) {
+                o.cap_drop.push(c);
             }
         }
         s.expose.retain(|p| !self.expose_rm.contains(p));
@@ -1115,7 +1217,9 @@ mod tests {
                 r#""monitor_ms":5000,"max_failure_ratio_ppm":0},"#,
                 r#""rollback_config":{"parallelism":1,"delay_ms":0,"order":"stop-first","failure_action":"pause","#,
                 r#""monitor_ms":5000,"max_failure_ratio_ppm":0},"#,
-                r#""no_healthcheck":false,"force_update":0,"endpoint_mode":"vip","expose":[],"mounts":[]}"#,
+                r#""no_healthcheck":false,"force_update":0,"endpoint_mode":"vip","expose":[],"mounts":[],"#,
+                r#""entrypoint":null,"user":null,"workdir":null,"hostname":null,"init":false,"devices":[],"#,
+                r#""cap_add":[],"cap_drop":[],"privileged":false}"#,
             )
         );
         let back = serde_json::from_str::<ServiceSpecBody>(&json).unwrap();
@@ -1384,5 +1488,38 @@ mod tests {
                 .unwrap_err()
                 .contains("global")
         );
+    }
+
+    /// Issue 23: `service update` sets and clears the task options (an empty value clears),
+    /// and a capability moves between the added and the dropped ones as Docker's does.
+    #[test]
+    fn issue_23_update_sets_and_clears_task_options() {
+        let mut cur = ServiceSpec::new("web", "img:1");
+        cur.options.cap_add = vec!["SYS_RAWIO".into()];
+        let s = updated(
+            r#"{"user":"1000","workdir":"/srv","hostname":"h1","entrypoint":["/init","--"],"init":true,"cap_add":["cap_net_admin"],"cap_drop":["sys_rawio"],"mount_add":[{"type":"tmpfs","target":"/t"}]}"#,
+            &cur,
+        );
+        assert_eq!(s.options.user.as_deref(), Some("1000"));
+        assert_eq!(s.options.workdir.as_deref(), Some("/srv"));
+        assert_eq!(s.options.hostname.as_deref(), Some("h1"));
+        assert_eq!(
+            s.options.entrypoint,
+            Some(vec!["/init".to_string(), "--".to_string()])
+        );
+        assert!(s.options.init);
+        assert_eq!(s.options.cap_add, ["NET_ADMIN"]);
+        assert_eq!(s.options.cap_drop, ["SYS_RAWIO"]);
+        assert_eq!(s.mounts.len(), 1);
+        let cleared = updated(
+            r#"{"user":"","workdir":"","hostname":"","entrypoint":[],"init":false,"mount_rm":["/t/"]}"#,
+            &s,
+        );
+        assert_eq!(cleared.options.user, None);
+        assert_eq!(cleared.options.workdir, None);
+        assert_eq!(cleared.options.hostname, None);
+        assert_eq!(cleared.options.entrypoint, None);
+        assert!(!cleared.options.init);
+        assert!(cleared.mounts.is_empty());
     }
 }

@@ -206,6 +206,10 @@ pub struct DaemonArgs {
     /// The Docker network the containers join (created when missing).
     #[arg(long, default_value = shoal_runtime::docker::DEFAULT_NETWORK, value_name = "NAME")]
     pub network: String,
+    /// Run tasks that ask for --privileged or --cap-add on this node (refused otherwise: a
+    /// stolen node's certificate must not be able to get root on the others).
+    #[arg(long)]
+    pub allow_privileged: bool,
     /// Turn off service discovery (on by default with Docker: services reached by name from
     /// containers — DNS on the network's gateway — through a virtual IP per service, balanced
     /// by this node). Several daemons on one machine need a --network each, or this.

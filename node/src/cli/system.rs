@@ -34,6 +34,7 @@ pub(super) fn daemon(runtime: &tokio::runtime::Runtime, args: DaemonArgs) -> Res
         publish_addr: args.publish_addr,
         metrics_addr: args.metrics_addr,
         network: args.network,
+        allow_privileged: args.allow_privileged,
         discovery: (!args.no_discovery).then_some(daemon::DiscoveryOptions {
             subnet: args.network_subnet,
         }),

@@ -70,6 +70,7 @@ impl Node {
         if self.docker_allowed {
             let mut config = shoal_runtime::docker::DockerConfig::new(scope);
             config.network.clone_from(&self.docker_network);
+            config.allow_privileged = self.allow_privileged;
             if let Some(d) = &self.discovery_opts {
                 config.ipam = Some(d.ipam());
                 config.dns = vec![d.subnet.gateway().to_string()];

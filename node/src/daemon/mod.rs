@@ -66,6 +66,8 @@ pub struct DaemonOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// The containers' Docker network (`--network`).
     pub network: String,
+    /// Whether tasks may run privileged or with added capabilities (`--allow-privileged`).
+    pub allow_privileged: bool,
     /// Service discovery (on unless `--no-discovery`), if on.
     pub discovery: Option<discovery::DiscoveryOptions>,
 }
@@ -210,6 +212,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
             .as_ref()
             .is_none_or(|d| d.iter().any(|x| x == "docker")),
         docker_network: opts.network.clone(),
+        allow_privileged: opts.allow_privileged,
         discovery_status: std::sync::RwLock::new(if opts.discovery.is_some() {
             "waiting (it starts with the worker: init or join)".into()
         } else {

@@ -91,6 +91,8 @@ pub struct Node {
         std::sync::Mutex<std::collections::BTreeMap<String, Vec<crate::session::PublishProblem>>>,
     /// The containers' Docker network (`daemon --network`).
     pub(crate) docker_network: String,
+    /// `daemon --allow-privileged`.
+    pub(crate) allow_privileged: bool,
     /// Service discovery's settings (`daemon --discovery`), if on.
     pub(crate) discovery_opts: Option<super::discovery::DiscoveryOptions>,
     /// What service discovery runs while the worker does.

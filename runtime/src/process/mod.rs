@@ -481,6 +481,11 @@ impl Inner {
                 "the process driver does not support mounts".into(),
             ));
         }
+        if spec.options != crate::spec::TaskOptions::default() {
+            return Err(RuntimeError::InvalidSpec(
+                "the process driver does not support --user, --workdir, --hostname, --entrypoint, --init, --device, --cap-add, --cap-drop or --privileged".into(),
+            ));
+        }
         let program = check_program(&spec.image)?;
         match self.record(&spec.task_id) {
             Ok(record) => return self.status_of(&record),

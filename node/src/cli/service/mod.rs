@@ -105,6 +105,33 @@ pub struct CreateArgs {
     /// (Docker's syntax; repeatable). Local to the node each task runs on.
     #[arg(long = "mount", value_name = "SPEC")]
     pub mount: Vec<String>,
+    /// User to run as: name, uid, name:group or uid:gid.
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Working directory inside the task.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// The container's hostname.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Replace the image's entrypoint (a command line, split as a shell would).
+    #[arg(long, allow_hyphen_values = true)]
+    pub entrypoint: Option<String>,
+    /// Run an init inside each task that reaps processes and forwards signals.
+    #[arg(long)]
+    pub init: bool,
+    /// A device of the node in each task: HOST[:CONTAINER[:PERMISSIONS]] (repeatable).
+    #[arg(long = "device", value_name = "DEVICE")]
+    pub device: Vec<String>,
+    /// Add a Linux capability (repeatable; only on nodes started with --allow-privileged).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a Linux capability (repeatable).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// Every capability and device (only on nodes started with --allow-privileged).
+    #[arg(long)]
+    pub privileged: bool,
     /// Read environment variables from a file (KEY=VALUE lines; repeatable; -e wins).
     #[arg(long = "env-file", value_name = "FILE")]
     pub env_file: Vec<String>,
@@ -192,6 +219,19 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpecBody> {
         .iter()
         .map(|m| update::mount("mount", m))
         .collect::<Result<_>>()?;
+    spec.user.clone_from(&a.user);
+    spec.workdir.clone_from(&a.workdir);
+    spec.hostname.clone_from(&a.hostname);
+    spec.entrypoint = a
+        .entrypoint
+        .as_deref()
+        .map(update::split_args)
+        .transpose()?;
+    spec.init = a.init;
+    spec.devices.clone_from(&a.device);
+    spec.cap_add.clone_from(&a.cap_add);
+    spec.cap_drop.clone_from(&a.cap_drop);
+    spec.privileged = a.privileged;
     spec.labels = pairs(&a.labels, "label")?;
     let replicas = a
         .replicas

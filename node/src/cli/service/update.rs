@@ -115,6 +115,30 @@ pub struct UpdateArgs {
         allow_hyphen_values = true
     )]
     pub publish_rm: Vec<String>,
+    /// New user to run as (empty: the image's).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// New working directory (empty: the image's).
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// New hostname (empty: Docker's default).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// New entrypoint, a command line (empty: the image's).
+    #[arg(long, allow_hyphen_values = true)]
+    pub entrypoint: Option<String>,
+    /// Run an init inside each task.
+    #[arg(long, conflicts_with = "no_init")]
+    pub init: bool,
+    /// No init inside the tasks.
+    #[arg(long)]
+    pub no_init: bool,
+    /// Add a Linux capability (repeatable).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a Linux capability (repeatable).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
     /// Add a mount (type=bind|volume|tmpfs,source=…,target=…[,readonly]), replacing the mount
     /// with the same target; repeatable.
     #[arg(long = "mount-add", value_name = "SPEC")]
@@ -672,6 +696,19 @@ pub fn body_of(a: &UpdateArgs) -> Result<ServiceUpdateBody> {
             .map(|m| mount("mount-add", m))
             .collect::<Result<_>>()?,
         mount_rm: a.mount_rm.clone(),
+        user: a.user.clone(),
+        workdir: a.workdir.clone(),
+        hostname: a.hostname.clone(),
+        entrypoint: a.entrypoint.as_deref().map(split_args).transpose()?,
+        init: if a.init {
+            Some(true)
+        } else if a.no_init {
+            Some(false)
+        } else {
+            None
+        },
+        cap_add: a.cap_add.clone(),
+        cap_drop: a.cap_drop.clone(),
         expose_add: a
             .expose_add
             .iter()

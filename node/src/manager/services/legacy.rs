@@ -136,6 +136,7 @@ impl From<ServiceSpecV1> for ServiceSpec {
             endpoint_mode: EndpointMode::default(),
             expose: Vec::new(),
             mounts: Vec::new(),
+            options: super::spec::TaskOptionsSpec::default(),
         }
     }
 }
@@ -318,6 +319,7 @@ impl From<ServiceSpecV2> for ServiceSpec {
             endpoint_mode: EndpointMode::default(),
             expose: Vec::new(),
             mounts: Vec::new(),
+            options: super::spec::TaskOptionsSpec::default(),
         }
     }
 }

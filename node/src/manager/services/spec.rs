@@ -358,6 +358,194 @@ shoal_scheduler::words!(MountType, "mount type", "bind, volume or tmpfs", {
     MountType::Tmpfs => "tmpfs",
 });
 
+/// The less common task settings of a service (issue 23): user, directory, entrypoint,
+/// hostname, an init, devices and privileges (Docker driver only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskOptionsSpec {
+    /// `--entrypoint` (argv; `Some(vec![])` clears the image's).
+    pub entrypoint: Option<Vec<String>>,
+    /// `--user`.
+    pub user: Option<String>,
+    /// `--workdir`.
+    pub workdir: Option<String>,
+    /// `--hostname`.
+    pub hostname: Option<String>,
+    /// `--init`.
+    pub init: bool,
+    /// `--device`.
+    pub devices: Vec<DeviceSpec>,
+    /// `--cap-add` (upper case, without `CAP_`; `ALL` for all).
+    pub cap_add: Vec<String>,
+    /// `--cap-drop`.
+    pub cap_drop: Vec<String>,
+    /// `--privileged`.
+    pub privileged: bool,
+}
+
+/// A device of the node in every task (`--device HOST[:CONTAINER[:PERMISSIONS]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    /// The node's path.
+    pub host: String,
+    /// The path in the task.
+    pub container: String,
+    /// Some of `rwm`.
+    pub permissions: String,
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+
+    /// `HOST[:CONTAINER[:PERMISSIONS]]`, Docker's `--device`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(':');
+        let host = parts.next().unwrap_or_default().to_string();
+        let container = parts
+            .next()
+            .filter(|c| !c.is_empty())
+            .unwrap_or(&host)
+            .to_string();
+        let permissions = parts.next().unwrap_or("rwm").to_string();
+        if parts.next().is_some() {
+            return Err(format!(
+                "invalid device `{s}`: expected HOST[:CONTAINER[:PERMISSIONS]]"
+            ));
+        }
+        let d = DeviceSpec {
+            host,
+            container,
+            permissions,
+        };
+        d.validate()?;
+        Ok(d)
+    }
+}
+
+impl DeviceSpec {
+    /// Absolute paths, and permissions of `r`, `w`, `m`.
+    pub fn validate(&self) -> Result<(), String> {
+        let path_ok = |p: &str| p.starts_with('/') && !p.chars().any(|c| c.is_control());
+        if !path_ok(&self.host) || !path_ok(&self.container) {
+            return Err(format!(
+                "invalid device `{}:{}`: absolute paths are required (e.g. /dev/gpiomem)",
+                self.host.escape_debug(),
+                self.container.escape_debug()
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        if self.permissions.is_empty()
+            || !self
+                .permissions
+                .chars()
+                .all(|c| matches!(c, 'r' | 'w' | 'm') && seen.insert(c))
+        {
+            return Err(format!(
+                "invalid device permissions `{}`: some of r, w and m (e.g. rwm)",
+                self.permissions.escape_debug()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A capability as Docker takes it: upper case, without the `CAP_` prefix (`NET_ADMIN`,
+/// `ALL`).
+pub fn capability(s: &str) -> Result<String, String> {
+    let up = s.trim().to_ascii_uppercase();
+    let name = up.strip_prefix("CAP_").unwrap_or(&up);
+    if name.is_empty()
+        || name.len() > 32
+        || !name.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+    {
+        return Err(format!(
+            "invalid capability `{}`: a name such as NET_ADMIN, SYS_RAWIO or ALL",
+            s.escape_debug()
+        ));
+    }
+    Ok(name.to_string())
+}
+
+impl TaskOptionsSpec {
+    /// The options' checks, one line each.
+    pub fn validate(&self) -> Result<(), String> {
+        let text_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 256
+                && !s.chars().any(|c| c.is_control() || c.is_whitespace())
+        };
+        if let Some(u) = &self.user
+            && !text_ok(u)
+        {
+            return Err(format!(
+                "invalid user `{}`: name, uid, name:group or uid:gid",
+                u.escape_debug()
+            ));
+        }
+        if let Some(w) = &self.workdir
+            && (!w.starts_with('/') || w.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "invalid workdir `{}`: an absolute path is required",
+                w.escape_debug()
+            ));
+        }
+        if let Some(h) = &self.hostname {
+            let ok = !h.is_empty()
+                && h.len() <= 63
+                && h.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+            if !ok {
+                return Err(format!(
+                    "invalid hostname `{}`: letters, digits, - and ., at most 63",
+                    h.escape_debug()
+                ));
+            }
+        }
+        if let Some(e) = &self.entrypoint
+            && e.iter().any(|a| a.contains('\0'))
+        {
+            return Err("the entrypoint may not contain NUL characters".into());
+        }
+        for d in &self.devices {
+            d.validate()?;
+        }
+        for c in self.cap_add.iter().chain(&self.cap_drop) {
+            if capability(c)? != *c {
+                return Err(format!(
+                    "invalid capability `{c}`: write it as {}",
+                    capability(c)?
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The runtime's options.
+    #[must_use]
+    pub fn to_runtime(&self) -> shoal_runtime::TaskOptions {
+        shoal_runtime::TaskOptions {
+            entrypoint: self.entrypoint.clone(),
+            user: self.user.clone(),
+            workdir: self.workdir.clone(),
+            hostname: self.hostname.clone(),
+            init: self.init,
+            devices: self
+                .devices
+                .iter()
+                .map(|d| shoal_runtime::Device {
+                    host: d.host.clone(),
+                    container: d.container.clone(),
+                    permissions: d.permissions.clone(),
+                })
+                .collect(),
+            cap_add: self.cap_add.clone(),
+            cap_drop: self.cap_drop.clone(),
+            privileged: self.privileged,
+        }
+    }
+}
+
 /// A mount on every task of a service (`--mount`; Docker driver only). Local to the node the
 /// task runs on: a bind's path and a volume live on that node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -458,6 +646,9 @@ pub struct ServiceSpec {
     pub expose: Vec<u16>,
     /// Mounts on every task (`--mount`; Docker driver only).
     pub mounts: Vec<MountSpec>,
+    /// User, directory, entrypoint, hostname, init, devices and privileges of every task
+    /// (Docker driver only).
+    pub options: TaskOptionsSpec,
 }
 
 impl Default for ServiceSpec {
@@ -485,6 +676,7 @@ impl Default for ServiceSpec {
             endpoint_mode: EndpointMode::Vip,
             expose: Vec::new(),
             mounts: Vec::new(),
+            options: TaskOptionsSpec::default(),
         }
     }
 }
@@ -607,6 +799,10 @@ impl ServiceSpec {
         }
         self.validate_ports()?;
         self.validate_mounts()?;
+        self.options.validate()?;
+        if self.driver != "docker" && self.options != TaskOptionsSpec::default() {
+            return Err("--user, --workdir, --hostname, --entrypoint, --init, --device, --cap-add, --cap-drop and --privileged need the docker driver".into());
+        }
         self.parsed_constraints()?;
         let (r, l) = (self.reservations, self.limits);
         if l.memory_bytes > 0 && r.memory_bytes > l.memory_bytes {
@@ -788,6 +984,7 @@ impl ServiceSpec {
             && self.stop_grace_ms == other.stop_grace_ms
             && self.force_update == other.force_update
             && self.mounts == other.mounts
+            && self.options == other.options
     }
 
     /// The runtime spec of one task of this service.
@@ -816,6 +1013,7 @@ impl ServiceSpec {
             spec.health = Some(HealthCheck::new(HealthTest::None));
         }
         spec.stop_grace = Duration::from_millis(self.stop_grace_ms);
+        spec.options = self.options.to_runtime();
         spec.mounts = self
             .mounts
             .iter()

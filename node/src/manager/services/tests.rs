@@ -1108,3 +1108,80 @@ fn issue_23_mounts_are_validated_and_part_of_the_task() {
     ro.mounts[0].read_only = true;
     assert!(!spec.same_task(&ro), "a changed mount replaces the tasks");
 }
+
+/// Issue 23: `--device` takes Docker's `HOST[:CONTAINER[:PERMISSIONS]]`, capabilities are
+/// written as Docker writes them, and the options are checked, Docker driver only, part of
+/// the task.
+#[test]
+fn issue_23_task_options_parse_and_validate() {
+    let d: DeviceSpec = "/dev/gpiomem".parse().unwrap();
+    assert_eq!(
+        (
+            d.host.as_str(),
+            d.container.as_str(),
+            d.permissions.as_str()
+        ),
+        ("/dev/gpiomem", "/dev/gpiomem", "rwm")
+    );
+    let d: DeviceSpec = "/dev/ttyUSB0:/dev/modem:rw".parse().unwrap();
+    assert_eq!(
+        (d.container.as_str(), d.permissions.as_str()),
+        ("/dev/modem", "rw")
+    );
+    for bad in ["dev/x", "/dev/x:/y:rx", "/dev/x:/y:rr", "/a:/b:r:w"] {
+        assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
+    }
+    assert_eq!(capability("cap_net_admin").as_deref(), Ok("NET_ADMIN"));
+    assert_eq!(capability("all").as_deref(), Ok("ALL"));
+    assert!(capability("net admin").is_err());
+
+    let mut spec = ServiceSpec::new("gpio", "img:1");
+    spec.options = TaskOptionsSpec {
+        user: Some("pi".into()),
+        workdir: Some("/home/pi".into()),
+        hostname: Some("pi-1".into()),
+        entrypoint: Some(vec!["/init".into()]),
+        init: true,
+        devices: vec!["/dev/gpiomem".parse().unwrap()],
+        cap_add: vec!["SYS_RAWIO".into()],
+        cap_drop: vec!["NET_RAW".into()],
+        privileged: false,
+    };
+    assert_eq!(spec.validate(), Ok(()));
+    let task = spec.task_spec("t1", "s1", 1);
+    assert_eq!(task.options.user.as_deref(), Some("pi"));
+    assert!(task.options.escalates());
+    for (change, why) in [
+        (
+            (|s: &mut ServiceSpec| s.options.workdir = Some("rel".into())) as fn(&mut ServiceSpec),
+            "absolute path",
+        ),
+        (
+            |s| s.options.hostname = Some("-x".into()),
+            "invalid hostname",
+        ),
+        (|s| s.options.user = Some("a b".into()), "invalid user"),
+        (
+            |s| s.options.cap_add = vec!["net_admin".into()],
+            "write it as NET_ADMIN",
+        ),
+        (
+            |s| {
+                s.driver = "process".into();
+                s.image = "/bin/true".into();
+            },
+            "need the docker driver",
+        ),
+    ] {
+        let mut s = spec.clone();
+        change(&mut s);
+        let e = s.validate().unwrap_err();
+        assert!(e.contains(why), "{e}");
+    }
+    let mut other = spec.clone();
+    other.options.init = false;
+    assert!(
+        !spec.same_task(&other),
+        "a changed option replaces the tasks"
+    );
+}
