@@ -10,7 +10,9 @@
 //! from a process-driver task that resolves through `$SHOAL_DNS`.
 //!
 //! Address blocks: 127.0.140.1–.4 (networks 141–144): by name across nodes and a node
-//! killed; 127.0.141.1 (network 145): names that do not exist, a removed service, dnsrr.
+//! killed; 127.0.141.1 (network 145): names that do not exist, a removed service, dnsrr;
+//! 127.0.141.11 (network 148): a rolling update; 127.0.142.1–.2 (networks 146–147): the
+//! benchmark.
 //!
 //! Cleaning up: the [`Daemon`]s (dropped also when a test fails) kill their daemons and
 //! tasks, a [`ClusterContainers`] guard removes the cluster's containers, and a [`Networks`]
@@ -483,6 +485,83 @@ fn bench_requests_by_name_vs_direct() -> Result<()> {
     println!(
         "by name, task on another node (QUIC): {remote:.0} requests/s, {:.2} of direct",
         remote / direct
+    );
+    Ok(())
+}
+
+/// A task leaves rotation before it stops: while `api` (two replicas) rolls to a new version
+/// one task at a time, requests by name from a client keep succeeding, and some are answered
+/// by the new tasks.
+#[test]
+fn issue_22_requests_by_name_keep_succeeding_through_a_rolling_update() -> Result<()> {
+    if !docker_ready()? {
+        return Ok(());
+    }
+    let _networks = Networks::new(&[148]);
+    let (ms, _) = start_cluster_with("du-", 141, 11, 1, 0, |d| {
+        discovery_flags(d, 148);
+        Ok(())
+    })?;
+    let m = &ms[0];
+    let cluster = cluster_id(m)?;
+    let _containers = ClusterContainers(cluster.clone());
+    wait_discovery_on(m)?;
+    m.ok(&[
+        "service", "create", "--name", "client", IMAGE, "sh", "-c", IDLE,
+    ])?;
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "api",
+        "--replicas",
+        "2",
+        "--expose",
+        "80",
+        IMAGE,
+        "sh",
+        "-c",
+        HTTPD,
+    ])?;
+    wait_running(m, "api", 2)?;
+    let client = container_of(&cluster, "client")?;
+    let old: BTreeSet<String> = service_containers(&cluster, "api")?
+        .iter()
+        .map(|c| c.id.get(..12).unwrap_or_default().to_string())
+        .collect();
+    poll_until("api by name", Duration::from_secs(20), || {
+        let a = requests(&client, "api", 2)?;
+        ensure!(a.iter().all(|x| old.contains(x)), "{a:?}");
+        Ok(Some(()))
+    })?;
+    m.ok(&["service", "update", "-d", "--force", "api"])?;
+    let answers: Vec<String> = exec(
+        &client,
+        "end=$(( $(date +%s) + 8 )); while [ $(date +%s) -lt $end ]; do \
+           r=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 api 80 | tail -n 1); \
+           echo \"${r:-FAIL}\"; \
+         done",
+    )?
+    .lines()
+    .map(|l| l.trim().to_string())
+    .collect();
+    let failed = answers.iter().filter(|a| *a == "FAIL").count();
+    let new = answers
+        .iter()
+        .filter(|a| *a != "FAIL" && !old.contains(*a))
+        .count();
+    println!(
+        "{} requests during the update: {failed} failed, {new} answered by new tasks",
+        answers.len()
+    );
+    ensure!(
+        failed == 0,
+        "{failed} of {} requests by name failed during the rolling update",
+        answers.len()
+    );
+    ensure!(
+        new > 0,
+        "no request reached a new task within 8 s: the update did not overlap the requests"
     );
     Ok(())
 }
