@@ -111,6 +111,9 @@ pub struct DockerConfig {
     /// Whether tasks may run `--privileged` or with added capabilities (`daemon
     /// --allow-privileged`); refused otherwise.
     pub allow_privileged: bool,
+    /// Where the files given to tasks (configs) are written, one directory per task
+    /// (bind-mounted read-only; removed with the task). `None`: tasks with files are refused.
+    pub files_dir: Option<std::path::PathBuf>,
 }
 
 /// A network's addresses, as `docker network create --subnet --ip-range --gateway` sets them.
@@ -136,6 +139,7 @@ impl DockerConfig {
             request_timeout: Duration::from_secs(120),
             ipam: None,
             allow_privileged: false,
+            files_dir: None,
             dns: Vec::new(),
         }
     }
@@ -647,6 +651,44 @@ impl Inner {
         Ok(found.into_iter().map(|(_, id)| id).collect())
     }
 
+    /// The task's files, written under `files_dir/TASK/` with their owner and mode, as
+    /// read-only bind mounts.
+    fn write_files(&self, spec: &TaskSpec) -> Result<Vec<DockerMount>, RuntimeError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let files = &spec.options.files;
+        if files.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(root) = &self.config.files_dir else {
+            return Err(RuntimeError::StartFailed {
+                task_id: spec.task_id.clone(),
+                reason: "this driver has no directory for configs".into(),
+            });
+        };
+        let dir = root.join(&spec.task_id);
+        let io = |what: String, e: std::io::Error| RuntimeError::io(what, e);
+        std::fs::create_dir_all(&dir).map_err(|e| io(format!("creating {}", dir.display()), e))?;
+        let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700));
+        let mut mounts = Vec::new();
+        for (n, f) in files.iter().enumerate() {
+            let path = dir.join(n.to_string());
+            std::fs::write(&path, &f.data)
+                .map_err(|e| io(format!("writing {}", path.display()), e))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode & 0o777))
+                .map_err(|e| io(format!("setting the mode of {}", path.display()), e))?;
+            std::os::unix::fs::chown(&path, Some(f.uid), Some(f.gid))
+                .map_err(|e| io(format!("setting the owner of {}", path.display()), e))?;
+            mounts.push(DockerMount {
+                typ: Some(MountType::BIND),
+                source: Some(path.display().to_string()),
+                target: Some(f.target.clone()),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+        Ok(mounts)
+    }
+
     fn create_body(&self, spec: &TaskSpec, network: &str) -> ContainerCreateBody {
         let scope = &self.config.scope;
         let mut labels: HashMap<String, String> = spec
@@ -832,10 +874,18 @@ impl Inner {
             });
         }
         let name = format!("{}.{}.{}", spec.service_name, spec.slot, spec.task_id);
+        let files = self.write_files(spec)?;
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         for attempt in 0..2 {
             let network = self.network().await?;
-            let body = self.create_body(spec, &network);
+            let mut body = self.create_body(spec, &network);
+            if !files.is_empty()
+                && let Some(host) = body.host_config.as_mut()
+            {
+                host.mounts
+                    .get_or_insert_with(Vec::new)
+                    .extend(files.iter().cloned());
+            }
             match docker.create_container(Some(options.clone()), body).await {
                 Ok(created) => return Ok(Created::New(created.id)),
                 Err(e) if is_status(&e, 409) => {
@@ -965,7 +1015,11 @@ impl Inner {
             .force(true)
             .v(true)
             .build();
-        match docker.remove_container(&id, Some(options)).await {
+        let removed = docker.remove_container(&id, Some(options)).await;
+        if let Some(root) = &self.config.files_dir {
+            let _ = std::fs::remove_dir_all(root.join(task_id));
+        }
+        match removed {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 404) => Err(RuntimeError::NotFound {
                 task_id: task_id.to_owned(),

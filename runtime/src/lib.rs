@@ -60,8 +60,8 @@ pub use driver::{Availability, BoxFuture, BoxStream, Driver, DriverKind};
 pub use error::RuntimeError;
 pub use spec::{
     Device, HealthCheck, HealthTest, LABEL_CLUSTER, LABEL_NODE, LABEL_PREFIX, LABEL_SERVICE,
-    LABEL_SERVICE_NAME, LABEL_SLOT, LABEL_TASK, Mount, MountKind, Resources, Scope, TaskOptions,
-    TaskSpec,
+    LABEL_SERVICE_NAME, LABEL_SLOT, LABEL_TASK, Mount, MountKind, Resources, Scope, TaskFile,
+    TaskOptions, TaskSpec,
 };
 pub use status::{
     Event, Health, LogChunk, LogOptions, LogStream, PortEndpoint, RunState, TaskStatus,

@@ -115,6 +115,34 @@ pub struct TaskOptions {
     pub cap_drop: Vec<String>,
     /// Every capability and device (`HostConfig.Privileged`).
     pub privileged: bool,
+    /// Files given to the task, read-only (configs): written on the node, bind-mounted.
+    pub files: Vec<TaskFile>,
+}
+
+/// A file given to a task (a config), read-only at `target`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFile {
+    /// Its path in the task.
+    pub target: String,
+    /// Its bytes.
+    pub data: Vec<u8>,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Permissions.
+    pub mode: u32,
+}
+
+impl std::fmt::Debug for TaskFile {
+    /// Without the bytes (logs stay short).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskFile")
+            .field("target", &self.target)
+            .field("bytes", &self.data.len())
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish_non_exhaustive()
+    }
 }
 
 impl TaskOptions {

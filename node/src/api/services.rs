@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use shoal_scheduler::{RestartCondition, Slot, Task, TaskState};
 
 use crate::manager::services::{
-    FailureAction, HealthCheckSpec, HealthTestSpec, MountSpec, PortSpec, ResourceSpec,
+    ConfigRef, FailureAction, HealthCheckSpec, HealthTestSpec, MountSpec, PortSpec, ResourceSpec,
     RestartPolicySpec, ServiceMode, ServiceRecord, ServiceSpec, ServicesState, TaskOptionsSpec,
     UpdateConfig, UpdateOrder, capability, mode_replicas, mode_word,
 };
@@ -219,6 +219,112 @@ pub struct ServiceSpecBody {
     pub cap_drop: Vec<String>,
     /// Every capability and device (`--privileged`; only on nodes that allow it).
     pub privileged: bool,
+    /// Configs given to the tasks as files (`--config`).
+    pub configs: Vec<ConfigRefBody>,
+}
+
+/// `POST /v1/configs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigCreateBody {
+    /// Its name.
+    pub name: String,
+    /// Its bytes, base64.
+    pub data: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A config as `config ls` and `config inspect` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigView {
+    /// ID.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The bytes, base64 (`inspect` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+impl ConfigView {
+    /// The view of `c`, with its data or not.
+    #[must_use]
+    pub fn of(c: &crate::manager::services::ConfigRecord, with_data: bool) -> ConfigView {
+        use base64::Engine as _;
+        ConfigView {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            size: c.data.len() as u64,
+            labels: c.labels.clone(),
+            created_at: rfc3339_millis(c.created_at),
+            data: with_data.then(|| base64::engine::general_purpose::STANDARD.encode(&c.data)),
+        }
+    }
+}
+
+/// A service's use of a config, as the API takes and shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRefBody {
+    /// The config's name.
+    pub name: String,
+    /// Its ID (shown; ignored when given).
+    #[serde(default)]
+    pub id: String,
+    /// The file's path in the task (empty: `/NAME`).
+    #[serde(default)]
+    pub target: String,
+    /// Owner.
+    #[serde(default)]
+    pub uid: u32,
+    /// Group.
+    #[serde(default)]
+    pub gid: u32,
+    /// Permissions (default 0444).
+    #[serde(default = "default_config_mode")]
+    pub mode: u32,
+}
+
+fn default_config_mode() -> u32 {
+    0o444
+}
+
+impl From<ConfigRefBody> for ConfigRef {
+    /// The ID is the handler's to resolve from the name.
+    fn from(b: ConfigRefBody) -> Self {
+        let target = if b.target.is_empty() {
+            format!("/{}", b.name)
+        } else {
+            b.target
+        };
+        ConfigRef {
+            config_id: String::new(),
+            config_name: b.name,
+            target,
+            uid: b.uid,
+            gid: b.gid,
+            mode: b.mode,
+        }
+    }
+}
+
+impl From<&ConfigRef> for ConfigRefBody {
+    fn from(c: &ConfigRef) -> Self {
+        ConfigRefBody {
+            name: c.config_name.clone(),
+            id: c.config_id.clone(),
+            target: c.target.clone(),
+            uid: c.uid,
+            gid: c.gid,
+            mode: c.mode,
+        }
+    }
 }
 
 /// Capabilities as Docker takes them (upper case, without `CAP_`), each once.
@@ -341,6 +447,7 @@ impl TryFrom<ServiceSpecBody> for ServiceSpec {
                 cap_drop: capabilities(&b.cap_drop)?,
                 privileged: b.privileged,
             },
+            configs: b.configs.into_iter().map(ConfigRef::from).collect(),
         };
         spec.validate()?;
         Ok(spec)
@@ -390,6 +497,7 @@ impl From<&ServiceSpec> for ServiceSpecBody {
             cap_add: s.options.cap_add.clone(),
             cap_drop: s.options.cap_drop.clone(),
             privileged: s.options.privileged,
+            configs: s.configs.iter().map(ConfigRefBody::from).collect(),
         }
     }
 }
@@ -696,6 +804,10 @@ pub struct ServiceUpdateBody {
     pub cap_add: Vec<String>,
     /// Capabilities dropped (`--cap-drop`; also taken off the added ones).
     pub cap_drop: Vec<String>,
+    /// Configs added (`--config-add`), each replacing the use of the same target.
+    pub config_add: Vec<ConfigRefBody>,
+    /// Configs no longer used, by name (`--config-rm`); applied before `config_add`.
+    pub config_rm: Vec<String>,
 }
 
 /// What a [`ServiceUpdateBody`] becomes against the current spec.
@@ -852,6 +964,13 @@ impl ServiceUpdateBody {
             if !o.cap_drop.contains(&c) {
                 o.cap_drop.push(c);
             }
+        }
+        s.configs
+            .retain(|c| !self.config_rm.contains(&c.config_name));
+        for c in &self.config_add {
+            let c = ConfigRef::from(c.clone());
+            s.configs.retain(|x| x.target != c.target);
+            s.configs.push(c);
         }
         s.expose.retain(|p| !self.expose_rm.contains(p));
         for &p in &self.expose_add {
@@ -1219,7 +1338,7 @@ mod tests {
                 r#""monitor_ms":5000,"max_failure_ratio_ppm":0},"#,
                 r#""no_healthcheck":false,"force_update":0,"endpoint_mode":"vip","expose":[],"mounts":[],"#,
                 r#""entrypoint":null,"user":null,"workdir":null,"hostname":null,"init":false,"devices":[],"#,
-                r#""cap_add":[],"cap_drop":[],"privileged":false}"#,
+                r#""cap_add":[],"cap_drop":[],"privileged":false,"configs":[]}"#,
             )
         );
         let back = serde_json::from_str::<ServiceSpecBody>(&json).unwrap();

@@ -1,6 +1,7 @@
 //! The `shoal` command line: the daemon itself, and commands that talk to it.
 
 mod completion;
+mod config;
 mod events;
 mod listing;
 mod node;
@@ -141,6 +142,9 @@ pub enum Cmd {
     /// Manage services.
     #[command(subcommand)]
     Service(service::ServiceCmd),
+    /// Manage configs (files given to services' tasks).
+    #[command(subcommand)]
+    Config(config::ConfigCmd),
     /// Stream cluster events (from this manager's applied Raft log).
     Events(events::EventsArgs),
     /// Print a shell completion script (bash, zsh or fish).
@@ -347,6 +351,7 @@ async fn dispatch(client: &Client, command: Cmd) -> Result<()> {
         } => system::join_token(client, &role, quiet, rotate, ttl).await,
         Cmd::Node(cmd) => node::run(client, cmd).await,
         Cmd::Service(cmd) => service::run(client, cmd).await,
+        Cmd::Config(cmd) => config::run(client, cmd).await,
         Cmd::Events(args) => events::run(client, args).await,
         Cmd::Daemon(_) | Cmd::Version | Cmd::Completion { .. } | Cmd::Man { .. } => {
             unreachable!("handled before connecting")

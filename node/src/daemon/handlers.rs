@@ -107,6 +107,14 @@ impl Node {
                 Reply::json(&self.set_role(reference, Role::Worker).await?)
             }
             // Services and their tasks.
+            (&Method::POST, ["v1", "configs"]) => Reply::json(&self.config_create(&req).await?),
+            (&Method::GET, ["v1", "configs"]) => Reply::json(&self.config_list().await?),
+            (&Method::GET, ["v1", "configs", reference]) => {
+                Reply::json(&self.config_inspect(reference).await?)
+            }
+            (&Method::DELETE, ["v1", "configs", reference]) => {
+                Reply::json(&self.config_remove(reference).await?)
+            }
             (&Method::POST, ["v1", "services"]) => Reply::json(&self.service_create(&req).await?),
             (&Method::GET, ["v1", "services"]) => Reply::json(&self.service_list().await?),
             (&Method::GET, ["v1", "services", reference]) => {

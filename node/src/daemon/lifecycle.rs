@@ -71,6 +71,7 @@ impl Node {
             let mut config = shoal_runtime::docker::DockerConfig::new(scope);
             config.network.clone_from(&self.docker_network);
             config.allow_privileged = self.allow_privileged;
+            config.files_dir = Some(self.state_dir.root().join("files"));
             if let Some(d) = &self.discovery_opts {
                 config.ipam = Some(d.ipam());
                 config.dns = vec![d.subnet.gateway().to_string()];

@@ -176,6 +176,8 @@ pub fn command_time(cmd: &Command) -> Option<Millis> {
         | Command::RestoreV2(_)
         | Command::RestoreV3(_) => None,
         Command::Services(s) => Some(match s {
+            ServiceCommand::CreateConfig(c) => c.created_at,
+            ServiceCommand::RemoveConfig { .. } => return None,
             ServiceCommand::Create(r) => r.created_at,
             ServiceCommand::CreateV2(r) => r.created_at,
             ServiceCommand::CreateV3(r) => r.created_at,

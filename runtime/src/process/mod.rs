@@ -483,7 +483,7 @@ impl Inner {
         }
         if spec.options != crate::spec::TaskOptions::default() {
             return Err(RuntimeError::InvalidSpec(
-                "the process driver does not support --user, --workdir, --hostname, --entrypoint, --init, --device, --cap-add, --cap-drop or --privileged".into(),
+                "the process driver does not support --user, --workdir, --hostname, --entrypoint, --init, --device, --cap-add, --cap-drop, --privileged or --config".into(),
             ));
         }
         let program = check_program(&spec.image)?;

@@ -105,6 +105,10 @@ pub struct CreateArgs {
     /// (Docker's syntax; repeatable). Local to the node each task runs on.
     #[arg(long = "mount", value_name = "SPEC")]
     pub mount: Vec<String>,
+    /// Give the tasks a config as a read-only file: NAME (at /NAME) or
+    /// source=NAME,target=/path[,uid=N,gid=N,mode=0444]; repeatable.
+    #[arg(long = "config", value_name = "CONFIG")]
+    pub config: Vec<String>,
     /// User to run as: name, uid, name:group or uid:gid.
     #[arg(short = 'u', long)]
     pub user: Option<String>,
@@ -218,6 +222,11 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpecBody> {
         .mount
         .iter()
         .map(|m| update::mount("mount", m))
+        .collect::<Result<_>>()?;
+    spec.configs = a
+        .config
+        .iter()
+        .map(|c| update::config_ref("config", c))
         .collect::<Result<_>>()?;
     spec.user.clone_from(&a.user);
     spec.workdir.clone_from(&a.workdir);

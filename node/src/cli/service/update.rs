@@ -139,6 +139,12 @@ pub struct UpdateArgs {
     /// Drop a Linux capability (repeatable).
     #[arg(long = "cap-drop", value_name = "CAP")]
     pub cap_drop: Vec<String>,
+    /// Give the tasks a config: NAME or source=NAME,target=/path[,uid,gid,mode]; repeatable.
+    #[arg(long = "config-add", value_name = "CONFIG")]
+    pub config_add: Vec<String>,
+    /// Stop giving the tasks a config (by name), repeatable.
+    #[arg(long = "config-rm", value_name = "NAME")]
+    pub config_rm: Vec<String>,
     /// Add a mount (type=bind|volume|tmpfs,source=…,target=…[,readonly]), replacing the mount
     /// with the same target; repeatable.
     #[arg(long = "mount-add", value_name = "SPEC")]
@@ -574,6 +580,46 @@ pub fn mount(flag: &str, s: &str) -> Result<crate::api::services::MountBody> {
     })
 }
 
+/// A `--config` value: `NAME`, or `source=NAME[,target=/path][,uid=N][,gid=N][,mode=0444]`
+/// (Docker's syntax).
+pub fn config_ref(flag: &str, s: &str) -> Result<crate::api::services::ConfigRefBody> {
+    let mut body = crate::api::services::ConfigRefBody {
+        name: String::new(),
+        id: String::new(),
+        target: String::new(),
+        uid: 0,
+        gid: 0,
+        mode: 0o444,
+    };
+    if !s.contains('=') {
+        body.name = s.trim().to_string();
+    } else {
+        for field in s.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+            let Some((k, v)) = field.split_once('=') else {
+                bail!("invalid --{flag} `{s}`: `{field}` is not KEY=VALUE");
+            };
+            let num = |v: &str, radix| {
+                u32::from_str_radix(v, radix)
+                    .map_err(|_| anyhow::anyhow!("invalid --{flag} `{s}`: {k}={v} is not a number"))
+            };
+            match k.trim() {
+                "source" | "src" => body.name = v.to_string(),
+                "target" | "dst" | "destination" => body.target = v.to_string(),
+                "uid" => body.uid = num(v, 10)?,
+                "gid" => body.gid = num(v, 10)?,
+                "mode" => body.mode = num(v, 8)?,
+                other => bail!(
+                    "invalid --{flag} `{s}`: `{other}` is not supported (source, target, uid, gid and mode are)"
+                ),
+            }
+        }
+    }
+    if body.name.is_empty() {
+        bail!("invalid --{flag} `{s}`: the config's name is required (source=NAME)");
+    }
+    Ok(body)
+}
+
 /// The variables of `--env-file` files, Docker's format: `KEY=VALUE` per line, `#` comments
 /// and blank lines skipped, and a lone `KEY` taken from this environment (left out when it is
 /// not set there).
@@ -709,6 +755,12 @@ pub fn body_of(a: &UpdateArgs) -> Result<ServiceUpdateBody> {
         },
         cap_add: a.cap_add.clone(),
         cap_drop: a.cap_drop.clone(),
+        config_add: a
+            .config_add
+            .iter()
+            .map(|c| config_ref("config-add", c))
+            .collect::<Result<_>>()?,
+        config_rm: a.config_rm.clone(),
         expose_add: a
             .expose_add
             .iter()

@@ -26,8 +26,16 @@ impl Node {
     pub(super) async fn service_create(&self, req: &ApiRequest) -> Result<ServiceRef, ApiError> {
         let manager = self.manager().await?;
         let body: ServiceSpecBody = req.json()?;
-        let spec = ServiceSpec::try_from(body).map_err(ApiError::bad_request)?;
+        let mut spec = ServiceSpec::try_from(body).map_err(ApiError::bad_request)?;
         let id = crate::util::random_id();
+        if !spec.configs.is_empty() {
+            spec = read(&manager, |s| {
+                let mut spec = spec;
+                s.services.resolve_config_refs(&mut spec).map(|()| spec)
+            })
+            .await?
+            .map_err(ApiError::not_found)?;
+        }
         if !spec.ports.is_empty() {
             // The state machine refuses it too (racing creates); this is the early answer.
             read(&manager, |s| s.services.check_ports(&spec, &id))
@@ -39,6 +47,94 @@ impl Node {
         self.write(Command::Services(ServiceCommand::create(record)))
             .await?;
         Ok(ServiceRef { id, name })
+    }
+
+    /// `POST /v1/configs`: a new config (`{"name", "data": base64, "labels"}`).
+    pub(super) async fn config_create(
+        &self,
+        req: &ApiRequest,
+    ) -> Result<crate::api::services::ConfigView, ApiError> {
+        use base64::Engine as _;
+        let body: crate::api::services::ConfigCreateBody = req.json()?;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(body.data.as_bytes())
+            .map_err(|e| ApiError::bad_request(format!("the config's data is not base64: {e}")))?;
+        crate::manager::services::validate_object_name("config", &body.name)
+            .map_err(ApiError::bad_request)?;
+        let record = crate::manager::services::ConfigRecord {
+            id: crate::util::random_id(),
+            name: body.name,
+            data,
+            labels: body.labels,
+            created_at: now_ms(),
+        };
+        let view = crate::api::services::ConfigView::of(&record, true);
+        self.write(Command::Services(ServiceCommand::CreateConfig(Box::new(
+            record,
+        ))))
+        .await?;
+        Ok(view)
+    }
+
+    /// `GET /v1/configs`.
+    pub(super) async fn config_list(
+        &self,
+    ) -> Result<Vec<crate::api::services::ConfigView>, ApiError> {
+        let manager = self.manager().await?;
+        read(&manager, |s| {
+            s.services
+                .configs
+                .values()
+                .map(|c| crate::api::services::ConfigView::of(c, false))
+                .collect()
+        })
+        .await
+    }
+
+    /// `GET /v1/configs/{ref}`: with its data.
+    pub(super) async fn config_inspect(
+        &self,
+        reference: &str,
+    ) -> Result<crate::api::services::ConfigView, ApiError> {
+        let manager = self.manager().await?;
+        read(&manager, |s| {
+            s.services
+                .resolve_config(reference)
+                .map(|c| crate::api::services::ConfigView::of(c, true))
+        })
+        .await?
+        .map_err(ApiError::not_found)
+    }
+
+    /// `DELETE /v1/configs/{ref}`: refused (409) while a service uses it.
+    pub(super) async fn config_remove(
+        &self,
+        reference: &str,
+    ) -> Result<crate::api::services::ConfigView, ApiError> {
+        let manager = self.manager().await?;
+        let (view, in_use) = read(&manager, |s| {
+            let c = s.services.resolve_config(reference)?;
+            let in_use = s
+                .services
+                .services
+                .values()
+                .find(|r| r.spec.configs.iter().any(|x| x.config_id == c.id))
+                .map(|r| r.spec.name.clone());
+            Ok::<_, String>((crate::api::services::ConfigView::of(c, false), in_use))
+        })
+        .await?
+        .map_err(ApiError::not_found)?;
+        if let Some(service) = in_use {
+            return Err(ApiError::conflict(format!(
+                "config `{}` is in use by service `{service}`: remove it from the service first (`service update --config-rm {}`)",
+                view.name, view.name
+            )));
+        }
+        self.write(Command::Services(ServiceCommand::RemoveConfig {
+            id: view.id.clone(),
+        }))
+        .await?;
+        Ok(view)
     }
 
     /// `GET /v1/services`.
@@ -158,8 +254,11 @@ impl Node {
                 .services
                 .resolve_service(reference)
                 .map_err(ApiError::not_found)?;
-            let plan = body.plan(&rec.spec).map_err(ApiError::bad_request)?;
-            if let UpdatePlan::Update(spec) = &plan {
+            let mut plan = body.plan(&rec.spec).map_err(ApiError::bad_request)?;
+            if let UpdatePlan::Update(spec) = &mut plan {
+                s.services
+                    .resolve_config_refs(spec)
+                    .map_err(ApiError::not_found)?;
                 // The service's own ports do not conflict with themselves; the state machine
                 // checks again when the update is applied.
                 s.services

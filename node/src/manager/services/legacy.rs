@@ -137,6 +137,7 @@ impl From<ServiceSpecV1> for ServiceSpec {
             expose: Vec::new(),
             mounts: Vec::new(),
             options: super::spec::TaskOptionsSpec::default(),
+            configs: Vec::new(),
         }
     }
 }
@@ -223,6 +224,7 @@ impl From<ServicesStateV1> for ServicesState {
             tasks,
             removed: records(removed),
             health,
+            configs: BTreeMap::new(),
         };
         state.assign_vip_indexes();
         state
@@ -320,6 +322,7 @@ impl From<ServiceSpecV2> for ServiceSpec {
             expose: Vec::new(),
             mounts: Vec::new(),
             options: super::spec::TaskOptionsSpec::default(),
+            configs: Vec::new(),
         }
     }
 }
@@ -408,6 +411,7 @@ impl From<ServicesStateV2> for ServicesState {
             tasks,
             removed: records(removed),
             health,
+            configs: BTreeMap::new(),
         };
         state.assign_vip_indexes();
         state

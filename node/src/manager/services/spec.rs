@@ -542,8 +542,27 @@ impl TaskOptionsSpec {
             cap_add: self.cap_add.clone(),
             cap_drop: self.cap_drop.clone(),
             privileged: self.privileged,
+            files: Vec::new(),
         }
     }
+}
+
+/// A config given to every task of a service (`--config NAME[,target=…,uid=…,gid=…,mode=…]`):
+/// a file at `target`, read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRef {
+    /// The config's ID (the API handler resolves the name; the state machine checks it).
+    pub config_id: String,
+    /// Its name (as given; shown by `inspect`).
+    pub config_name: String,
+    /// The file's path in the task (default `/NAME`).
+    pub target: String,
+    /// Owner (numeric, default `0`).
+    pub uid: u32,
+    /// Group (numeric, default `0`).
+    pub gid: u32,
+    /// Permissions (default `0o444`).
+    pub mode: u32,
 }
 
 /// A mount on every task of a service (`--mount`; Docker driver only). Local to the node the
@@ -649,6 +668,8 @@ pub struct ServiceSpec {
     /// User, directory, entrypoint, hostname, init, devices and privileges of every task
     /// (Docker driver only).
     pub options: TaskOptionsSpec,
+    /// Configs given to every task as files (`--config`; Docker driver only).
+    pub configs: Vec<ConfigRef>,
 }
 
 impl Default for ServiceSpec {
@@ -677,6 +698,7 @@ impl Default for ServiceSpec {
             expose: Vec::new(),
             mounts: Vec::new(),
             options: TaskOptionsSpec::default(),
+            configs: Vec::new(),
         }
     }
 }
@@ -700,6 +722,24 @@ pub fn validate_service_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Checks the name of a config (or secret): `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 64.
+pub fn validate_object_name(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {what} name `{}`: 1-64 of [a-zA-Z0-9_.-], starting with a letter or digit",
+            name.escape_debug()
+        ))
+    }
 }
 
 /// Checks an ID that the runtime uses in labels and names: 1–64 of `[A-Za-z0-9_.-]`, not
@@ -799,6 +839,7 @@ impl ServiceSpec {
         }
         self.validate_ports()?;
         self.validate_mounts()?;
+        self.validate_configs()?;
         self.options.validate()?;
         if self.driver != "docker" && self.options != TaskOptionsSpec::default() {
             return Err("--user, --workdir, --hostname, --entrypoint, --init, --device, --cap-add, --cap-drop and --privileged need the docker driver".into());
@@ -900,6 +941,43 @@ impl ServiceSpec {
         Ok(())
     }
 
+    /// The configs' checks: absolute targets, each once (and not a mount's), modes of at most
+    /// `0o777`, Docker driver only.
+    fn validate_configs(&self) -> Result<(), String> {
+        if self.configs.is_empty() {
+            return Ok(());
+        }
+        if self.driver != "docker" {
+            return Err("--config needs the docker driver".into());
+        }
+        let mut targets: BTreeSet<&str> = self
+            .mounts
+            .iter()
+            .map(|m| m.target.trim_end_matches('/'))
+            .collect();
+        for c in &self.configs {
+            if !c.target.starts_with('/')
+                || c.target.ends_with('/')
+                || c.target.chars().any(|ch| ch.is_control() || ch == ',')
+            {
+                return Err(format!(
+                    "invalid config target `{}`: an absolute file path is required",
+                    c.target.escape_debug()
+                ));
+            }
+            if c.mode > 0o777 {
+                return Err(format!("invalid config mode {:o}: at most 0777", c.mode));
+            }
+            if !targets.insert(c.target.as_str()) {
+                return Err(format!(
+                    "two configs or mounts have the target {}",
+                    c.target
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The mounts' checks: each valid, each target once, at most [`MAX_MOUNTS`], and only
     /// with the Docker driver.
     fn validate_mounts(&self) -> Result<(), String> {
@@ -985,6 +1063,7 @@ impl ServiceSpec {
             && self.force_update == other.force_update
             && self.mounts == other.mounts
             && self.options == other.options
+            && self.configs == other.configs
     }
 
     /// The runtime spec of one task of this service.

@@ -160,6 +160,25 @@ pub struct TaskReport {
     pub at_ms: Millis,
 }
 
+/// At most this many bytes in a config (Swarm's limit).
+pub const MAX_CONFIG_BYTES: usize = 500 * 1024;
+
+/// A config (`shoal config create`): a named, immutable file given to the tasks of the
+/// services that reference it. Not secret: stored and sent as is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRecord {
+    /// Config ID (drawn by the API handler).
+    pub id: String,
+    /// Unique name: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 64 characters.
+    pub name: String,
+    /// The file's bytes (at most [`MAX_CONFIG_BYTES`]).
+    pub data: Vec<u8>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// When it was created.
+    pub created_at: Millis,
+}
+
 /// Services and tasks as Raft replicates them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicesState {
@@ -172,6 +191,8 @@ pub struct ServicesState {
     pub removed: BTreeMap<String, ServiceRecord>,
     /// Last reported health of running tasks that have a health check.
     pub health: BTreeMap<String, TaskHealth>,
+    /// Configs by ID.
+    pub configs: BTreeMap<String, ConfigRecord>,
 }
 
 /// A change to services or tasks, proposed through Raft inside
@@ -286,6 +307,13 @@ pub enum ServiceCommand {
         /// When.
         at: Millis,
     },
+    /// `config create`: unique ID and name, at most [`MAX_CONFIG_BYTES`].
+    CreateConfig(Box<ConfigRecord>),
+    /// `config rm`: refused while a service's current spec uses it.
+    RemoveConfig {
+        /// Config ID.
+        id: String,
+    },
 }
 
 /// What an applied [`ServiceCommand`] did.
@@ -319,6 +347,11 @@ pub enum ServiceOutcome {
     },
     /// A rolling update status was recorded.
     StatusSet,
+    /// A config was created or removed.
+    Config {
+        /// Its ID.
+        id: String,
+    },
     /// Decisions applied.
     Decisions {
         /// Applied.
@@ -349,6 +382,10 @@ impl ServiceCommand {
             at,
         }
     }
+}
+
+fn no_such_config(id: &str) -> String {
+    format!("no such config: {id}")
 }
 
 fn no_such_service(id: &str) -> String {
@@ -392,6 +429,22 @@ impl ServicesState {
                 self.create(&ServiceRecord::from((**record).clone()))
             }
             ServiceCommand::CreateV3(record) => self.create(record),
+            ServiceCommand::CreateConfig(config) => self.create_config(config),
+            ServiceCommand::RemoveConfig { id } => {
+                let config = self.configs.get(id).ok_or_else(|| no_such_config(id))?;
+                if let Some(user) = self
+                    .services
+                    .values()
+                    .find(|s| s.spec.configs.iter().any(|c| c.config_id == *id))
+                {
+                    return Err(format!(
+                        "config `{}` is in use by service `{}`: remove it from the service first (`service update --config-rm {}`)",
+                        config.name, user.spec.name, config.name
+                    ));
+                }
+                self.configs.remove(id);
+                Ok(ServiceOutcome::Config { id: id.clone() })
+            }
             ServiceCommand::Update { id, spec, at } => {
                 let spec = ServiceSpec::from((**spec).clone());
                 self.update(id, &spec, *at, false, "update in progress")
@@ -501,6 +554,7 @@ impl ServicesState {
             ));
         }
         self.check_ports(&record.spec, &record.id)?;
+        self.check_configs(&record.spec)?;
         let mut record = record.clone();
         record.vip_index = self.free_vip_index();
         let id = record.id.clone();
@@ -535,6 +589,7 @@ impl ServicesState {
             ));
         }
         self.check_ports(spec, id)?;
+        self.check_configs(spec)?;
         let rec = self
             .services
             .get_mut(id)
@@ -842,6 +897,87 @@ impl ServicesState {
                 many.len()
             )),
         }
+    }
+
+    /// Refuses a spec that uses a config that does not exist.
+    fn check_configs(&self, spec: &ServiceSpec) -> Result<(), String> {
+        match spec
+            .configs
+            .iter()
+            .find(|c| !self.configs.contains_key(&c.config_id))
+        {
+            Some(c) => Err(format!(
+                "no such config: {} (create it with `shoal config create`)",
+                c.config_name
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn create_config(&mut self, config: &ConfigRecord) -> Result<ServiceOutcome, String> {
+        validate_ident("config ID", &config.id)?;
+        super::spec::validate_object_name("config", &config.name)?;
+        if config.data.len() > MAX_CONFIG_BYTES {
+            return Err(format!(
+                "config `{}` is {} bytes: at most {MAX_CONFIG_BYTES}",
+                config.name,
+                config.data.len()
+            ));
+        }
+        if self.configs.contains_key(&config.id) {
+            return Err(format!("config ID {} already exists", config.id));
+        }
+        if self.configs.values().any(|c| c.name == config.name) {
+            return Err(format!("a config named `{}` already exists", config.name));
+        }
+        self.configs.insert(config.id.clone(), config.clone());
+        Ok(ServiceOutcome::Config {
+            id: config.id.clone(),
+        })
+    }
+
+    /// The config `reference` names: ID, name or unique ID prefix.
+    pub fn resolve_config(&self, reference: &str) -> Result<&ConfigRecord, String> {
+        if let Some(c) = self.configs.get(reference) {
+            return Ok(c);
+        }
+        if let Some(c) = self.configs.values().find(|c| c.name == reference) {
+            return Ok(c);
+        }
+        let by_prefix: Vec<&ConfigRecord> = self
+            .configs
+            .values()
+            .filter(|c| !reference.is_empty() && c.id.starts_with(reference))
+            .collect();
+        match by_prefix.as_slice() {
+            [one] => Ok(one),
+            [] => Err(no_such_config(reference)),
+            many => Err(format!(
+                "config `{reference}` is ambiguous: it matches {} config IDs; give more characters",
+                many.len()
+            )),
+        }
+    }
+
+    /// Gives the config references of `spec` that name a config but have no ID yet (what
+    /// the API body carries) the ID of the config of that name.
+    pub fn resolve_config_refs(&self, spec: &mut ServiceSpec) -> Result<(), String> {
+        for r in &mut spec.configs {
+            if r.config_id.is_empty() {
+                r.config_id = self
+                    .configs
+                    .values()
+                    .find(|c| c.name == r.config_name)
+                    .map(|c| c.id.clone())
+                    .ok_or_else(|| {
+                        format!(
+                            "no such config: {} (create it with `shoal config create {} FILE`)",
+                            r.config_name, r.config_name
+                        )
+                    })?;
+            }
+        }
+        Ok(())
     }
 
     /// Tasks of a service (current and history).

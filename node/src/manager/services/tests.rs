@@ -1185,3 +1185,78 @@ fn issue_23_task_options_parse_and_validate() {
         "a changed option replaces the tasks"
     );
 }
+
+/// Issue 23: configs have unique names and a size limit, a service may use only configs that
+/// exist, a config in use cannot be removed, and the assignments carry its bytes.
+#[test]
+fn issue_23_configs_are_checked_kept_while_used_and_sent_with_the_tasks() {
+    let mut s = cluster();
+    let config = |id: &str, name: &str, data: &[u8]| {
+        Command::Services(ServiceCommand::CreateConfig(Box::new(ConfigRecord {
+            id: id.into(),
+            name: name.into(),
+            data: data.to_vec(),
+            labels: BTreeMap::new(),
+            created_at: 5,
+        })))
+    };
+    assert_eq!(
+        s.apply(&config("c1", "app.conf", b"a=1\n")),
+        CommandResult::Done
+    );
+    let refused = |r: CommandResult, why: &str| match r {
+        CommandResult::Refused(e) => assert!(e.contains(why), "{e}"),
+        other => panic!("expected a refusal ({why}), got {other:?}"),
+    };
+    refused(s.apply(&config("c2", "app.conf", b"")), "already exists");
+    refused(
+        s.apply(&config("c3", "bad name", b"")),
+        "invalid config name",
+    );
+    refused(
+        s.apply(&config("c4", "big", &vec![0; MAX_CONFIG_BYTES + 1])),
+        "at most",
+    );
+    let mut spec = ServiceSpec::new("web", "img:1");
+    spec.configs = vec![ConfigRef {
+        config_id: String::new(),
+        config_name: "app.conf".into(),
+        target: "/etc/app.conf".into(),
+        uid: 0,
+        gid: 0,
+        mode: 0o440,
+    }];
+    let mut unknown = spec.clone();
+    unknown.configs[0].config_name = "nope".into();
+    assert!(s.services.resolve_config_refs(&mut unknown).is_err());
+    s.services.resolve_config_refs(&mut spec).unwrap();
+    assert_eq!(spec.configs[0].config_id, "c1");
+    let mut dangling = spec.clone();
+    dangling.configs[0].config_id = "c9".into();
+    refused(create(&mut s, "s0", dangling), "no such config");
+    assert_eq!(create(&mut s, "s1", spec), CommandResult::Done);
+    converge(&mut s, 100);
+    let files: Vec<_> = ["n1", "n2", "n3"]
+        .iter()
+        .flat_map(|n| assignments_for(&s.services, n))
+        .flat_map(|a| a.spec.options.files)
+        .collect();
+    assert_eq!(files.len(), 1);
+    assert_eq!(
+        (
+            files[0].target.as_str(),
+            files[0].data.as_slice(),
+            files[0].mode
+        ),
+        ("/etc/app.conf", b"a=1\n".as_slice(), 0o440)
+    );
+    let remove = Command::Services(ServiceCommand::RemoveConfig { id: "c1".into() });
+    refused(s.apply(&remove), "in use by service `web`");
+    let rm = Command::Services(ServiceCommand::Remove {
+        id: "s1".into(),
+        at: 200,
+    });
+    assert_eq!(s.apply(&rm), CommandResult::Done);
+    assert_eq!(s.apply(&remove), CommandResult::Done);
+    assert!(s.services.configs.is_empty());
+}

@@ -137,13 +137,29 @@ pub fn assignments_for(state: &ServicesState, node_id: &str) -> Vec<Assignment> 
             let rec = live.or_else(|| state.removed.get(t.service_id.as_str()))?;
             let spec = rec.spec_for_version(t.spec_version);
             let slot = slot_number(&t.slot);
+            let mut task_spec = spec.task_spec(t.id.as_str(), &rec.id, slot);
+            // Configs travel with the assignment (a removed config's file is left out).
+            task_spec.options.files = spec
+                .configs
+                .iter()
+                .filter_map(|c| {
+                    let config = state.configs.get(&c.config_id)?;
+                    Some(shoal_runtime::TaskFile {
+                        target: c.target.clone(),
+                        data: config.data.clone(),
+                        uid: c.uid,
+                        gid: c.gid,
+                        mode: c.mode,
+                    })
+                })
+                .collect();
             Some(Assignment {
                 task_id: t.id.0.clone(),
                 service_id: rec.id.clone(),
                 service_name: spec.name.clone(),
                 slot,
                 driver: spec.driver.clone(),
-                spec: spec.task_spec(t.id.as_str(), &rec.id, slot),
+                spec: task_spec,
                 desired: if live.is_some()
                     && t.desired_state == DesiredState::Running
                     && !t.state.is_terminal()

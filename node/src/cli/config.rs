@@ -1,0 +1,131 @@
+//! `shoal config`: configs, named immutable files given to the tasks of the services that
+//! use them (`service create --config NAME`).
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+
+use anyhow::{Context as _, Result, bail};
+use base64::Engine as _;
+
+use super::output;
+use crate::api::client::Client;
+use crate::api::services::{ConfigCreateBody, ConfigView};
+
+/// `shoal config …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigCmd {
+    /// Create a config from a file, or from standard input with `-`.
+    Create {
+        /// Labels (K=V), repeatable.
+        #[arg(short = 'l', long = "label")]
+        labels: Vec<String>,
+        /// Its name.
+        name: String,
+        /// The file (`-`: standard input).
+        file: String,
+    },
+    /// List configs.
+    #[command(alias = "list")]
+    Ls {
+        /// Only IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show configs, their data included (base64).
+    Inspect {
+        /// IDs, unique ID prefixes or names.
+        #[arg(required = true)]
+        configs: Vec<String>,
+    },
+    /// Remove configs (refused while a service uses one).
+    #[command(alias = "remove")]
+    Rm {
+        /// IDs, unique ID prefixes or names.
+        #[arg(required = true)]
+        configs: Vec<String>,
+    },
+}
+
+/// Runs `shoal config …`.
+pub async fn run(client: &Client, cmd: ConfigCmd) -> Result<()> {
+    match cmd {
+        ConfigCmd::Create { labels, name, file } => {
+            let mut data = Vec::new();
+            if file == "-" {
+                std::io::stdin()
+                    .read_to_end(&mut data)
+                    .context("cannot read the config from standard input")?;
+            } else {
+                data = std::fs::read(&file).with_context(|| format!("cannot read {file}"))?;
+            }
+            let mut label_map = BTreeMap::new();
+            for l in &labels {
+                let Some((k, v)) = l.split_once('=') else {
+                    bail!("invalid label `{l}`: expected KEY=VALUE");
+                };
+                label_map.insert(k.to_string(), v.to_string());
+            }
+            let body = ConfigCreateBody {
+                name,
+                data: base64::engine::general_purpose::STANDARD.encode(&data),
+                labels: label_map,
+            };
+            let view: ConfigView = client.post("/v1/configs", &body).await?;
+            println!("{}", view.id);
+            Ok(())
+        }
+        ConfigCmd::Ls { quiet } => {
+            let mut list: Vec<ConfigView> = client.get("/v1/configs").await?;
+            list.sort_by(|a, b| a.name.cmp(&b.name));
+            if quiet {
+                for c in &list {
+                    println!("{}", c.id);
+                }
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|c| {
+                    vec![
+                        output::id(&c.id, false),
+                        c.name.clone(),
+                        c.size.to_string(),
+                        c.created_at.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                output::table(&["ID", "NAME", "SIZE", "CREATED"], &rows)
+            );
+            Ok(())
+        }
+        ConfigCmd::Inspect { configs } => {
+            let mut found = Vec::new();
+            let mut failed = Vec::new();
+            for c in &configs {
+                match client.get::<ConfigView>(&format!("/v1/configs/{c}")).await {
+                    Ok(v) => found.push(v),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            if !found.is_empty() {
+                output::print_json(&found)?;
+            }
+            output::fail_if_any(failed)
+        }
+        ConfigCmd::Rm { configs } => {
+            let mut failed = Vec::new();
+            for c in &configs {
+                match client
+                    .delete::<ConfigView>(&format!("/v1/configs/{c}"))
+                    .await
+                {
+                    Ok(v) => println!("{}", v.name),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            output::fail_if_any(failed)
+        }
+    }
+}
