@@ -1346,6 +1346,27 @@ pub fn service_containers(cluster: &str, service: &str) -> Result<Vec<ServiceCon
         .collect())
 }
 
+/// The one running container of `service` of `cluster`, once `d` shows a task of spec
+/// `version` running (waits up to a minute).
+pub fn running_container(d: &Daemon, cluster: &str, service: &str, version: u64) -> Result<String> {
+    poll_until(
+        &format!("the container of {service} at version {version}"),
+        Duration::from_secs(60),
+        || {
+            let rows = tasks(d, service)?;
+            let current = rows.iter().any(|t| {
+                t["state"] == "running"
+                    && t["desired_state"] == "running"
+                    && t["version"].as_u64() == Some(version)
+            });
+            anyhow::ensure!(current, "no running task of version {version}: {rows:?}");
+            let c = service_containers(cluster, service)?;
+            anyhow::ensure!(c.len() == 1, "{} containers", c.len());
+            Ok(Some(c[0].id.clone()))
+        },
+    )
+}
+
 /// Runs `docker ARGS...` (with a deadline); fails with its stderr unless it succeeds.
 pub fn docker(args: &[&str]) -> Result<String> {
     let out = output_within(

@@ -8,35 +8,12 @@
 //! in the daemon's state dir, removed with it). Needs Docker and the test image: skips
 //! without them and fails under `SHOAL_REQUIRE_DOCKER=1`.
 
-use std::time::Duration;
-
 use anyhow::{Result, ensure};
 use shoal_tests::{
-    ClusterContainers, Daemon, cluster_id, docker, docker_ready, poll_until, service_containers,
-    start_cluster_from,
+    ClusterContainers, cluster_id, docker, docker_ready, running_container, start_cluster_from,
 };
 
 const IMAGE: &str = shoal_tests::TEST_IMAGE;
-
-/// The one running container of `service`, once its task runs the spec `version`.
-fn container(d: &Daemon, cluster: &str, service: &str, version: u64) -> Result<String> {
-    poll_until(
-        &format!("the container of {service} at version {version}"),
-        Duration::from_secs(60),
-        || {
-            let rows = shoal_tests::tasks(d, service)?;
-            let current = rows.iter().any(|t| {
-                t["state"] == "running"
-                    && t["desired_state"] == "running"
-                    && t["version"].as_u64() == Some(version)
-            });
-            ensure!(current, "no running task of version {version}: {rows:?}");
-            let c = service_containers(cluster, service)?;
-            ensure!(c.len() == 1, "{} containers", c.len());
-            Ok(Some(c[0].id.clone()))
-        },
-    )
-}
 
 /// A config reaches the task as a read-only file; in use it cannot be removed; a new one
 /// rolls the service and frees the old one.
@@ -76,7 +53,7 @@ fn issue_23_a_config_reaches_the_task_and_cannot_be_removed_while_used() -> Resu
         "-c",
         "trap 'exit 0' TERM; sleep 3600 & wait",
     ])?;
-    let id = container(m, &cluster, "app", 1)?;
+    let id = running_container(m, &cluster, "app", 1)?;
     let out = docker(&[
         "exec",
         &id,
@@ -106,7 +83,7 @@ fn issue_23_a_config_reaches_the_task_and_cannot_be_removed_while_used() -> Resu
         "source=app-v2,target=/etc/app.conf",
         "app",
     ])?;
-    let id = container(m, &cluster, "app", 2)?;
+    let id = running_container(m, &cluster, "app", 2)?;
     let now = docker(&["exec", &id, "cat", "/etc/app.conf"])?;
     ensure!(
         now.trim() == "greeting = bonjour",

@@ -137,6 +137,40 @@ fn container_of(cluster: &str, service: &str) -> Result<String> {
     )
 }
 
+/// One node with discovery on network `shoal-dt-{net}`, and an idle `client` container.
+/// Dropped in field order: the cluster's containers, then the daemon, then the network.
+struct OneNode {
+    _containers: ClusterContainers,
+    ms: Vec<Daemon>,
+    _networks: Networks,
+    cluster: String,
+    client: String,
+}
+
+impl OneNode {
+    fn start(prefix: &str, block: u8, first: u8, net: u8) -> Result<OneNode> {
+        let networks = Networks::new(&[net]);
+        let (ms, _) = start_cluster_with(prefix, block, first, 1, 0, |d| {
+            discovery_flags(d, net);
+            Ok(())
+        })?;
+        let cluster = cluster_id(&ms[0])?;
+        let containers = ClusterContainers(cluster.clone());
+        wait_discovery_on(&ms[0])?;
+        ms[0].ok(&[
+            "service", "create", "--name", "client", IMAGE, "sh", "-c", IDLE,
+        ])?;
+        let client = container_of(&cluster, "client")?;
+        Ok(OneNode {
+            _containers: containers,
+            ms,
+            _networks: networks,
+            cluster,
+            client,
+        })
+    }
+}
+
 /// A client container on a fourth node reaches `api` (3 replicas, one on each manager) by
 /// name: the requests spread over all three replicas, every one of them remote (the client
 /// node's mesh counter of remote forwards moves), a process-driver task on the same node
@@ -295,18 +329,8 @@ fn issue_22_unknown_and_removed_names_are_nxdomain_and_dnsrr_answers_tasks() -> 
     if !docker_ready()? {
         return Ok(());
     }
-    let _networks = Networks::new(&[145]);
-    let (ms, _) = start_cluster_with("dx-", 141, 1, 1, 0, |d| {
-        discovery_flags(d, 145);
-        Ok(())
-    })?;
-    let m = &ms[0];
-    let cluster = cluster_id(m)?;
-    let _containers = ClusterContainers(cluster.clone());
-    wait_discovery_on(m)?;
-    m.ok(&[
-        "service", "create", "--name", "client", IMAGE, "sh", "-c", IDLE,
-    ])?;
+    let node = OneNode::start("dx-", 141, 1, 145)?;
+    let (m, client) = (&node.ms[0], &node.client);
     m.ok(&[
         "service",
         "create",
@@ -328,11 +352,10 @@ fn issue_22_unknown_and_removed_names_are_nxdomain_and_dnsrr_answers_tasks() -> 
     ])?;
     wait_running(m, "rr", 2)?;
     wait_running(m, "gone", 1)?;
-    let client = container_of(&cluster, "client")?;
 
     // Unknown: NXDOMAIN, not a hang.
     let started = Instant::now();
-    let out = exec(&client, "nslookup nosuch 2>&1; true")?;
+    let out = exec(client, "nslookup nosuch 2>&1; true")?;
     let took = started.elapsed();
     ensure!(out.contains("NXDOMAIN"), "nslookup nosuch printed:\n{out}");
     ensure!(
@@ -342,7 +365,7 @@ fn issue_22_unknown_and_removed_names_are_nxdomain_and_dnsrr_answers_tasks() -> 
 
     // dnsrr: the tasks' own addresses, no VIP.
     let rr_ips = poll_until("rr to answer its tasks", Duration::from_secs(10), || {
-        let out = exec(&client, "nslookup rr 2>&1; true")?;
+        let out = exec(client, "nslookup rr 2>&1; true")?;
         let ips: BTreeSet<String> = out
             .lines()
             .filter_map(|l| l.strip_prefix("Address:"))
@@ -359,14 +382,14 @@ fn issue_22_unknown_and_removed_names_are_nxdomain_and_dnsrr_answers_tasks() -> 
             "dnsrr answered {ip}, which is not a container address (10.214.145.0/25)"
         );
     }
-    let answers = requests(&client, "rr", 2)?;
+    let answers = requests(client, "rr", 2)?;
     ensure!(
         answers.iter().all(|a| a != "FAIL"),
         "rr by name: {answers:?}"
     );
 
     // Removed: no longer resolves, within a second.
-    let out = exec(&client, "nslookup gone 2>&1; true")?;
+    let out = exec(client, "nslookup gone 2>&1; true")?;
     ensure!(
         out.contains("10.214.145.1"),
         "gone should resolve to its VIP first:\n{out}"
@@ -374,7 +397,7 @@ fn issue_22_unknown_and_removed_names_are_nxdomain_and_dnsrr_answers_tasks() -> 
     m.ok(&["service", "rm", "gone"])?;
     let removed = Instant::now();
     poll_until("gone to stop resolving", Duration::from_secs(10), || {
-        let out = exec(&client, "nslookup gone 2>&1; true")?;
+        let out = exec(client, "nslookup gone 2>&1; true")?;
         ensure!(out.contains("NXDOMAIN"), "still resolves:\n{out}");
         Ok(Some(()))
     })
@@ -497,18 +520,8 @@ fn issue_22_requests_by_name_keep_succeeding_through_a_rolling_update() -> Resul
     if !docker_ready()? {
         return Ok(());
     }
-    let _networks = Networks::new(&[148]);
-    let (ms, _) = start_cluster_with("du-", 141, 11, 1, 0, |d| {
-        discovery_flags(d, 148);
-        Ok(())
-    })?;
-    let m = &ms[0];
-    let cluster = cluster_id(m)?;
-    let _containers = ClusterContainers(cluster.clone());
-    wait_discovery_on(m)?;
-    m.ok(&[
-        "service", "create", "--name", "client", IMAGE, "sh", "-c", IDLE,
-    ])?;
+    let node = OneNode::start("du-", 141, 11, 148)?;
+    let (m, cluster, client) = (&node.ms[0], &node.cluster, &node.client);
     m.ok(&[
         "service",
         "create",
@@ -524,13 +537,12 @@ fn issue_22_requests_by_name_keep_succeeding_through_a_rolling_update() -> Resul
         HTTPD,
     ])?;
     wait_running(m, "api", 2)?;
-    let client = container_of(&cluster, "client")?;
-    let old: BTreeSet<String> = service_containers(&cluster, "api")?
+    let old: BTreeSet<String> = service_containers(cluster, "api")?
         .iter()
         .map(|c| c.id.get(..12).unwrap_or_default().to_string())
         .collect();
     poll_until("api by name", Duration::from_secs(20), || {
-        let a = requests(&client, "api", 2)?;
+        let a = requests(client, "api", 2)?;
         ensure!(a.iter().all(|x| old.contains(x)), "{a:?}");
         Ok(Some(()))
     })?;

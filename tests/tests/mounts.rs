@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use shoal_tests::{
-    ClusterContainers, Daemon, cluster_id, docker, docker_ready, poll_until, service_containers,
-    start_cluster_from,
+    ClusterContainers, cluster_id, docker, docker_ready, poll_until, running_container,
+    service_containers, start_cluster_from,
 };
 
 const IMAGE: &str = shoal_tests::TEST_IMAGE;
@@ -26,26 +26,6 @@ impl Drop for Volume {
     fn drop(&mut self) {
         let _ = docker(&["volume", "rm", "-f", &self.0]);
     }
-}
-
-/// The one running container of `service`, once its task runs the spec `version`.
-fn container(d: &Daemon, cluster: &str, service: &str, version: u64) -> Result<String> {
-    poll_until(
-        &format!("the container of {service} at version {version}"),
-        Duration::from_secs(60),
-        || {
-            let rows = shoal_tests::tasks(d, service)?;
-            let current = rows.iter().any(|t| {
-                t["state"] == "running"
-                    && t["desired_state"] == "running"
-                    && t["version"].as_u64() == Some(version)
-            });
-            ensure!(current, "no running task of version {version}: {rows:?}");
-            let c = service_containers(cluster, service)?;
-            ensure!(c.len() == 1, "{} containers", c.len());
-            Ok(Some(c[0].id.clone()))
-        },
-    )
 }
 
 /// A bind mount (read-only), a named volume and a tmpfs reach the task's container as asked,
@@ -89,7 +69,7 @@ fn issue_23_mounts_and_env_files_reach_the_container() -> Result<()> {
         "-c",
         "trap 'exit 0' TERM; sleep 3600 & wait",
     ])?;
-    let id = container(m, &cluster, "app", 1)?;
+    let id = running_container(m, &cluster, "app", 1)?;
     let exec = |script: &str| docker(&["exec", &id, "sh", "-c", script]);
 
     ensure!(exec("cat /cfg/hello")?.trim() == "from the node");
@@ -129,7 +109,7 @@ fn issue_23_mounts_and_env_files_reach_the_container() -> Result<()> {
     );
 
     m.ok(&["service", "update", "--mount-rm", "/scratch", "app"])?;
-    let id = container(m, &cluster, "app", 2)?;
+    let id = running_container(m, &cluster, "app", 2)?;
     let mounts = docker(&["exec", &id, "cat", "/proc/mounts"])?;
     ensure!(
         !mounts.lines().any(|l| l.contains(" /scratch ")),
@@ -202,7 +182,7 @@ fn issue_23_task_options_reach_the_container_and_privileges_need_the_nodes_conse
         IMAGE,
         "trap 'exit 0' TERM; sleep 3600 & wait",
     ])?;
-    let id = container(m, &cluster, "opts", 1)?;
+    let id = running_container(m, &cluster, "opts", 1)?;
     let out = docker(&[
         "exec",
         &id,
@@ -277,7 +257,7 @@ fn issue_23_task_options_reach_the_container_and_privileges_need_the_nodes_conse
         "-c",
         "trap 'exit 0' TERM; sleep 3600 & wait",
     ])?;
-    let id = container(m, &cluster, "raw-w", 1)?;
+    let id = running_container(m, &cluster, "raw-w", 1)?;
     ensure!(
         bounding_caps(&id)? & SYS_RAWIO != 0,
         "SYS_RAWIO should be added on the node that allows it"
