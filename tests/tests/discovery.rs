@@ -548,7 +548,7 @@ fn issue_22_requests_by_name_keep_succeeding_through_a_rolling_update() -> Resul
     })?;
     m.ok(&["service", "update", "-d", "--force", "api"])?;
     let answers: Vec<String> = exec(
-        &client,
+        client,
         "end=$(( $(date +%s) + 8 )); while [ $(date +%s) -lt $end ]; do \
            r=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 api 80 | tail -n 1); \
            echo \"${r:-FAIL}\"; \
