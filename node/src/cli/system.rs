@@ -76,6 +76,9 @@ pub(super) async fn info(client: &Client, format: Format) -> Result<()> {
     if !info.publish_addr.is_empty() {
         println!(" Publish address: {}", info.publish_addr);
     }
+    if !info.discovery.is_empty() {
+        println!(" Service discovery: {}", info.discovery);
+    }
     let m = &info.mesh;
     println!(
         " Routing mesh: {} local and {} remote forwards, {} served for other nodes, {} failed connects, {} dropped, {} bytes in, {} bytes out",
