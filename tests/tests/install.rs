@@ -579,10 +579,12 @@ fn bootstrap(dir: &Path, m: &Daemon, hosts: &[&str], extra: &[&str]) -> Result<O
         .arg(&bin)
         .arg("--ssh")
         .arg(&ssh)
-        // Each host's own root: the fake ssh runs on this machine.
+        // Each host's own root: the fake ssh runs on this machine. Its daemons share this
+        // machine's Docker engine (as the harness's do), so without service discovery: it
+        // would create the engine's `shoal` network from every namespace at once.
         .arg("--install-opts")
         .arg(format!(
-            r#"--root "{}/$(ip netns identify)/root" --no-systemd"#,
+            r#"--root "{}/$(ip netns identify)/root" --no-systemd --daemon-opts --no-discovery"#,
             dir.display()
         ))
         .arg("--timeout")
