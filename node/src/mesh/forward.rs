@@ -71,6 +71,15 @@ fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
+/// Whose round-robin position a connection takes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Turn {
+    /// A published port.
+    Published(u16),
+    /// A service's VIP port.
+    Vip(String, u16),
+}
+
 /// What a client connected to: a published port, or a service's VIP on one of its ports.
 #[derive(Debug, Clone)]
 pub(super) enum Entry {
@@ -94,8 +103,8 @@ pub(super) struct Inner {
     counters: Counters,
     local: Arc<dyn LocalTasks>,
     peers: Arc<dyn Peers>,
-    /// Next round-robin position per published port (`p:PORT`) or VIP port (`v:ID:PORT`).
-    turns: Mutex<HashMap<String, usize>>,
+    /// Next round-robin position per published port or per service's VIP port.
+    turns: Mutex<HashMap<Turn, usize>>,
     /// Task endpoints found, by (task, target).
     endpoints: Mutex<HashMap<(String, u16), SocketAddr>>,
     /// Nodes whose stream failed lately, and when.
@@ -344,13 +353,17 @@ impl Inner {
     /// Forwards one client connection accepted on `published`: to the next ready task in
     /// turn, trying the others when a connect fails; dropped when none takes it.
     pub(super) async fn forward(&self, client: TcpStream, from: SocketAddr, entry: Entry) {
+        // The table the candidates are borrowed from stays alive for the whole connection
+        // (an `Arc` of the one the node serves from: nothing is copied per connection).
+        let published_table;
+        let discovery_table;
         // The service, its tasks that may take the connection, the port to reach them on,
-        // where the client connected, and the round-robin key.
-        let (service_id, tasks, port, ingress, turn_key) = match &entry {
+        // where the client connected, and whose round-robin turn it is.
+        let (service_id, candidates, port, ingress, turn) = match &entry {
             Entry::Published(published) => {
                 let published = *published;
-                let table = self.table.borrow().clone();
-                let Some((svc, port)) = table.by_published(published) else {
+                published_table = self.table.borrow().clone();
+                let Some((svc, port)) = published_table.by_published(published) else {
                     bump(&self.counters.dropped, 1);
                     return;
                 };
@@ -362,51 +375,33 @@ impl Inner {
                 } else {
                     listening
                 };
-                let tasks: Vec<TaskEndpoint> = svc
+                let tasks: Vec<&TaskEndpoint> = svc
                     .tasks
                     .iter()
                     .filter(|t| {
                         t.ready && (port.mode == PublishMode::Ingress || t.node_id == self.node_id)
                     })
-                    .cloned()
                     .collect();
-                (
-                    svc.service_id.clone(),
-                    tasks,
-                    port,
-                    ingress,
-                    format!("p:{published}"),
-                )
+                let turn = Turn::Published(published);
+                (svc.service_id.as_str(), tasks, port, ingress, turn)
             }
             Entry::Vip { service_id, addr } => {
-                let table = self.discovery.borrow().clone();
-                let Some(svc) = table
+                discovery_table = self.discovery.borrow().clone();
+                let Some(svc) = discovery_table
                     .service(service_id)
                     .filter(|s| s.ports.contains(&addr.port()))
                 else {
                     bump(&self.counters.dropped, 1);
                     return;
                 };
-                let tasks: Vec<TaskEndpoint> =
-                    svc.tasks.iter().filter(|t| t.ready).cloned().collect();
-                (
-                    service_id.clone(),
-                    tasks,
-                    PortSpec::tcp(addr.port(), addr.port()),
-                    *addr,
-                    format!("v:{service_id}:{}", addr.port()),
-                )
+                let tasks: Vec<&TaskEndpoint> = svc.tasks.iter().filter(|t| t.ready).collect();
+                let port = PortSpec::tcp(addr.port(), addr.port());
+                let turn = Turn::Vip(service_id.clone(), addr.port());
+                (svc.service_id.as_str(), tasks, port, *addr, turn)
             }
         };
         self.forward_to(
-            client,
-            from,
-            &entry,
-            &service_id,
-            tasks,
-            port,
-            ingress,
-            turn_key,
+            client, from, &entry, service_id, candidates, port, ingress, turn,
         )
         .await;
     }
@@ -419,19 +414,18 @@ impl Inner {
         from: SocketAddr,
         entry: &Entry,
         service_id: &str,
-        tasks: Vec<TaskEndpoint>,
+        mut candidates: Vec<&TaskEndpoint>,
         port: PortSpec,
         ingress: SocketAddr,
-        turn_key: String,
+        turn: Turn,
     ) {
-        let mut candidates: Vec<&TaskEndpoint> = tasks.iter().collect();
         if candidates.is_empty() {
             bump(&self.counters.dropped, 1);
             return;
         }
         let start = {
             let mut turns = lock(&self.turns);
-            let turn = turns.entry(turn_key).or_default();
+            let turn = turns.entry(turn).or_default();
             *turn = turn.wrapping_add(1);
             *turn
         };

@@ -182,6 +182,7 @@ pub fn endpoint_table(
     state: &ServicesState,
     nodes: &BTreeMap<String, NodeRecord>,
 ) -> crate::mesh::EndpointTable {
+    let mut running = running_tasks(state);
     let services = state
         .services
         .values()
@@ -190,7 +191,7 @@ pub fn endpoint_table(
             service_id: rec.id.clone(),
             name: rec.spec.name.clone(),
             ports: rec.spec.ports.clone(),
-            tasks: task_endpoints(state, nodes, rec),
+            tasks: task_endpoints(state, nodes, rec, running.remove(rec.id.as_str())),
         })
         .collect();
     crate::mesh::EndpointTable { services }
@@ -202,6 +203,7 @@ pub fn discovery_table(
     state: &ServicesState,
     nodes: &BTreeMap<String, NodeRecord>,
 ) -> crate::mesh::DiscoveryTable {
+    let mut running = running_tasks(state);
     let services = state
         .services
         .values()
@@ -211,27 +213,33 @@ pub fn discovery_table(
             endpoint_mode: rec.spec.endpoint_mode,
             vip_index: rec.vip_index,
             ports: rec.spec.discovery_ports(),
-            tasks: task_endpoints(state, nodes, rec),
+            tasks: task_endpoints(state, nodes, rec, running.remove(rec.id.as_str())),
         })
         .collect();
     crate::mesh::DiscoveryTable { services }
 }
 
-/// The tasks of `rec` that run and are meant to, on nodes not known to be down, with their
-/// readiness.
+/// The tasks that run and are meant to, by service, in one pass over the tasks.
+fn running_tasks(state: &ServicesState) -> BTreeMap<&str, Vec<&shoal_scheduler::Task>> {
+    let mut by_service: BTreeMap<&str, Vec<&shoal_scheduler::Task>> = BTreeMap::new();
+    for t in state.tasks.values().filter(|t| {
+        t.desired_state == DesiredState::Running && t.state == shoal_scheduler::TaskState::Running
+    }) {
+        by_service.entry(t.service_id.as_str()).or_default().push(t);
+    }
+    by_service
+}
+
+/// `tasks` (the running tasks of `rec`) on nodes not known to be down, with their readiness.
 fn task_endpoints(
     state: &ServicesState,
     nodes: &BTreeMap<String, NodeRecord>,
     rec: &ServiceRecord,
+    tasks: Option<Vec<&shoal_scheduler::Task>>,
 ) -> Vec<crate::mesh::TaskEndpoint> {
-    state
-        .tasks
-        .values()
-        .filter(|t| {
-            t.service_id.0 == rec.id
-                && t.desired_state == DesiredState::Running
-                && t.state == shoal_scheduler::TaskState::Running
-        })
+    tasks
+        .unwrap_or_default()
+        .into_iter()
         .filter_map(|t| {
             let node = nodes.get(t.node_id.as_ref()?.0.as_str())?;
             if node.status == shoal_scheduler::NodeStatus::Down {
