@@ -221,6 +221,8 @@ pub struct ServiceSpecBody {
     pub privileged: bool,
     /// Configs given to the tasks as files (`--config`).
     pub configs: Vec<ConfigRefBody>,
+    /// Secrets given to the tasks as in-memory files (`--secret`).
+    pub secrets: Vec<SecretRefBody>,
 }
 
 /// `POST /v1/configs`.
@@ -293,6 +295,29 @@ pub struct ConfigRefBody {
 
 fn default_config_mode() -> u32 {
     0o444
+}
+
+/// A service's use of a secret, as the API takes and shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRefBody {
+    /// The secret's name.
+    pub name: String,
+    /// Its ID (shown; ignored when given).
+    #[serde(default)]
+    pub id: String,
+    /// The file in the task: a name under `/run/secrets/` or an absolute path (empty:
+    /// `/run/secrets/NAME`).
+    #[serde(default)]
+    pub target: String,
+    /// Owner.
+    #[serde(default)]
+    pub uid: u32,
+    /// Group.
+    #[serde(default)]
+    pub gid: u32,
+    /// Permissions (default 0444, as Docker's).
+    #[serde(default = "default_config_mode")]
+    pub mode: u32,
 }
 
 impl From<ConfigRefBody> for ConfigRef {
@@ -398,6 +423,9 @@ impl TryFrom<ServiceSpecBody> for ServiceSpec {
     type Error = String;
 
     fn try_from(b: ServiceSpecBody) -> Result<Self, String> {
+        if !b.secrets.is_empty() {
+            return Err("secrets are not built yet".into());
+        }
         let spec = ServiceSpec {
             name: b.name,
             image: b.image,
@@ -498,6 +526,7 @@ impl From<&ServiceSpec> for ServiceSpecBody {
             cap_drop: s.options.cap_drop.clone(),
             privileged: s.options.privileged,
             configs: s.configs.iter().map(ConfigRefBody::from).collect(),
+            secrets: Vec::new(),
         }
     }
 }
@@ -808,6 +837,13 @@ pub struct ServiceUpdateBody {
     pub config_add: Vec<ConfigRefBody>,
     /// Configs no longer used, by name (`--config-rm`); applied before `config_add`.
     pub config_rm: Vec<String>,
+    /// Secrets added (`--secret-add`), each replacing the use of the same target.
+    pub secret_add: Vec<SecretRefBody>,
+    /// Secrets no longer used, by name (`--secret-rm`); applied before `secret_add`.
+    pub secret_rm: Vec<String>,
+    /// A whole new spec (what `stack deploy` sends), applied before every other field; its
+    /// name must be the service's.
+    pub spec: Option<Box<ServiceSpecBody>>,
 }
 
 /// What a [`ServiceUpdateBody`] becomes against the current spec.
@@ -825,6 +861,15 @@ impl ServiceUpdateBody {
         self.replicas.is_some()
             && ServiceUpdateBody {
                 replicas: None,
+                ..self.clone()
+            } == ServiceUpdateBody::default()
+    }
+
+    /// True when the body is a whole spec and nothing else.
+    fn spec_only(&self) -> bool {
+        self.spec.is_some()
+            && ServiceUpdateBody {
+                spec: None,
                 ..self.clone()
             } == ServiceUpdateBody::default()
     }
@@ -847,7 +892,35 @@ impl ServiceUpdateBody {
             }
             return Ok(UpdatePlan::Scale(r));
         }
-        let mut s = current.clone();
+        let mut s = match &self.spec {
+            Some(body) => {
+                let mut s = ServiceSpec::try_from((**body).clone())?;
+                if s.name != current.name {
+                    return Err(format!(
+                        "the new spec names `{}`, not `{}`: a service cannot be renamed",
+                        s.name, current.name
+                    ));
+                }
+                // `--force` counts on; a whole spec does not restart tasks by resetting it.
+                s.force_update = s.force_update.max(current.force_update);
+                if let (
+                    ServiceMode::Replicated { replicas },
+                    ServiceMode::Replicated { .. },
+                    true,
+                ) = (s.mode, current.mode, self.spec_only())
+                {
+                    let same_but_replicas = ServiceSpec {
+                        mode: current.mode,
+                        ..s.clone()
+                    };
+                    if same_but_replicas == *current && s.mode != current.mode {
+                        return Ok(UpdatePlan::Scale(replicas));
+                    }
+                }
+                s
+            }
+            None => current.clone(),
+        };
         if let Some(image) = &self.image {
             s.image.clone_from(image);
         }
