@@ -156,6 +156,7 @@ pub async fn serve_session(
     let mut metrics = manager.metrics();
     let mut sent: Option<BTreeMap<String, session::Assignment>> = None;
     let mut sent_trust = None;
+    let mut sent_secrets: Option<BTreeMap<String, Vec<services::SecretRef>>> = None;
     let mut renewed = false;
     loop {
         if !manager.is_leader() {
@@ -211,6 +212,35 @@ pub async fn serve_session(
             )
             .await?;
             sent_discovery = Some(discovery);
+        }
+        // Secrets go before the assignments that need them, and only to this node's tasks.
+        let wanted = manager.read_local(|s| services::secrets_wanted(&s.services, &node_id));
+        if sent_secrets.as_ref() != Some(&wanted) {
+            let files = if wanted.is_empty() {
+                Some(BTreeMap::new())
+            } else {
+                match node.secrets_key(&manager, false).await {
+                    Ok(key) => Some(manager.read_local(|s| {
+                        crate::daemon::secrets::secret_files(&s.services, &wanted, &key)
+                    })),
+                    Err(e) => {
+                        tracing::warn!(node = %node_id, "cannot send secrets: {e}");
+                        None
+                    }
+                }
+            };
+            if let Some(files) = files {
+                if !(files.is_empty() && sent_secrets.is_none()) {
+                    let msg = ToWorker::Secrets(
+                        files
+                            .into_iter()
+                            .map(|(task_id, files)| session::TaskSecrets { task_id, files })
+                            .collect(),
+                    );
+                    net::write_frame(&mut send, TAG_DISPATCH, &msg).await?;
+                }
+                sent_secrets = Some(wanted);
+            }
         }
         if let Some(set) = assignment_change(sent.as_ref(), &current) {
             net::write_frame(&mut send, TAG_DISPATCH, &ToWorker::AssignmentsV2(set)).await?;
@@ -386,6 +416,12 @@ async fn session(
                 }
                 Some(ToWorker::Endpoints(table)) => node.mesh.set_table(table),
                 Some(ToWorker::Discovery(table)) => node.mesh.set_discovery(table),
+                Some(ToWorker::Secrets(tasks)) => {
+                    crate::metrics::global()
+                        .secrets_received(tasks.iter().map(|t| t.files.len()).sum());
+                    node.worker_secrets
+                        .replace(tasks.into_iter().map(|t| (t.task_id, t.files)).collect());
+                }
                 None => break Ok(()),
             },
             batch = reports.recv() => match batch {

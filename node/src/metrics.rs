@@ -69,6 +69,11 @@ pub struct Metrics {
     join_admitted: Counter,
     /// Worker sessions served by this node as the leader.
     sessions: Gauge,
+    /// Secret files this node's worker received from the leader (the bytes of one secret
+    /// for one task count once per message that carries them).
+    secrets_received: Counter,
+    /// Secret files this node's worker holds in memory now.
+    secrets_held: Gauge,
     /// Duration of the worker's runtime operations, by `op` and `driver`.
     reconcile: Family<Labels, Histogram>,
     scrape: Scraped,
@@ -117,6 +122,18 @@ impl Metrics {
             "dispatch_sessions",
             "Worker sessions open on this node as the leader",
             sessions.clone(),
+        );
+        let secrets_received = Counter::default();
+        r.register(
+            "worker_secrets_received",
+            "Secret files this node's worker received for its tasks (never a secret of another node's task)",
+            secrets_received.clone(),
+        );
+        let secrets_held = Gauge::default();
+        r.register(
+            "worker_secrets_held",
+            "Secret files this node's worker holds in memory for its tasks",
+            secrets_held.clone(),
         );
         let reconcile =
             Family::<Labels, Histogram>::new_with_constructor(reconcile_histogram as fn() -> _);
@@ -204,6 +221,8 @@ impl Metrics {
             join_refused,
             join_admitted,
             sessions,
+            secrets_received,
+            secrets_held,
             reconcile,
             scrape,
         }
@@ -225,6 +244,13 @@ impl Metrics {
     pub fn session_opened(&self) -> SessionGuard {
         self.sessions.inc();
         SessionGuard
+    }
+
+    /// The worker received `files` secret files and now holds that many.
+    pub fn secrets_received(&self, files: usize) {
+        self.secrets_received.inc_by(files as u64);
+        self.secrets_held
+            .set(i64::try_from(files).unwrap_or(i64::MAX));
     }
 
     /// A worker runtime operation `op` on `driver` took `took`.

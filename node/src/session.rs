@@ -53,6 +53,19 @@ pub enum ToWorker {
     Discovery(crate::mesh::DiscoveryTable),
     /// Assignments: the full set first, then changes.
     AssignmentsV2(AssignmentSet),
+    /// The secrets of the tasks assigned to this worker that need some, by task ID: the whole
+    /// set, sent before the assignments that need them and again whenever it changes (only
+    /// when there are or were some). Kept in memory only; never in the worker's cache.
+    Secrets(Vec<TaskSecrets>),
+}
+
+/// One task's secrets (`ToWorker::Secrets`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSecrets {
+    /// The task.
+    pub task_id: String,
+    /// Its secret files (the bytes: `Debug` leaves them out).
+    pub files: Vec<shoal_runtime::TaskFile>,
 }
 
 /// The worker session's messages as earlier releases wrote them, kept so that a worker reads

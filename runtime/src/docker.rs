@@ -114,6 +114,10 @@ pub struct DockerConfig {
     /// Where the files given to tasks (configs) are written, one directory per task
     /// (bind-mounted read-only; removed with the task). `None`: tasks with files are refused.
     pub files_dir: Option<std::path::PathBuf>,
+    /// Where the tasks' secrets are written, one directory per task, bind-mounted
+    /// read-only and removed with the task: a memory-backed (tmpfs) directory. `None`: tasks
+    /// with secrets are refused.
+    pub secrets_dir: Option<std::path::PathBuf>,
 }
 
 /// A network's addresses, as `docker network create --subnet --ip-range --gateway` sets them.
@@ -140,6 +144,7 @@ impl DockerConfig {
             ipam: None,
             allow_privileged: false,
             files_dir: None,
+            secrets_dir: None,
             dns: Vec::new(),
         }
     }
@@ -689,6 +694,37 @@ impl Inner {
         Ok(mounts)
     }
 
+    /// The task's secrets, written under `secrets_dir/TASK/` (memory-backed) with their owner
+    /// and mode, as read-only bind mounts.
+    fn write_secrets(&self, spec: &TaskSpec) -> Result<Vec<DockerMount>, RuntimeError> {
+        let secrets = &spec.options.secrets;
+        if secrets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(root) = &self.config.secrets_dir else {
+            return Err(RuntimeError::StartFailed {
+                task_id: spec.task_id.clone(),
+                reason: "this driver has no memory-backed directory for secrets".into(),
+            });
+        };
+        let written = crate::secrets::write(
+            root,
+            &spec.task_id,
+            secrets,
+            crate::secrets::Naming::Numbered,
+        )?;
+        Ok(written
+            .into_iter()
+            .map(|(path, target)| DockerMount {
+                typ: Some(MountType::BIND),
+                source: Some(path.display().to_string()),
+                target: Some(target),
+                read_only: Some(true),
+                ..Default::default()
+            })
+            .collect())
+    }
+
     fn create_body(&self, spec: &TaskSpec, network: &str) -> ContainerCreateBody {
         let scope = &self.config.scope;
         let mut labels: HashMap<String, String> = spec
@@ -874,7 +910,8 @@ impl Inner {
             });
         }
         let name = format!("{}.{}.{}", spec.service_name, spec.slot, spec.task_id);
-        let files = self.write_files(spec)?;
+        let mut files = self.write_files(spec)?;
+        files.extend(self.write_secrets(spec)?);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         for attempt in 0..2 {
             let network = self.network().await?;
@@ -1018,6 +1055,9 @@ impl Inner {
         let removed = docker.remove_container(&id, Some(options)).await;
         if let Some(root) = &self.config.files_dir {
             let _ = std::fs::remove_dir_all(root.join(task_id));
+        }
+        if let Some(root) = &self.config.secrets_dir {
+            crate::secrets::remove(root, task_id);
         }
         match removed {
             Ok(()) => Ok(()),

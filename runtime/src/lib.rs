@@ -52,6 +52,7 @@ mod error;
 mod logfile;
 pub mod process;
 mod procfs;
+pub mod secrets;
 pub mod shim;
 mod spec;
 mod status;

@@ -117,6 +117,11 @@ pub struct TaskOptions {
     pub privileged: bool,
     /// Files given to the task, read-only (configs): written on the node, bind-mounted.
     pub files: Vec<TaskFile>,
+    /// Secrets given to the task, read-only, in memory (a tmpfs on the node). Never
+    /// serialized: not on the wire (they travel apart), not in the worker cache, not in a
+    /// process task's `task.json`; the worker fills them in from memory at start.
+    #[serde(skip)]
+    pub secrets: Vec<TaskFile>,
 }
 
 /// A file given to a task (a config), read-only at `target`.

@@ -15,8 +15,8 @@ use shoal_scheduler::{RestartCondition, Slot, Task, TaskState};
 
 use crate::manager::services::{
     ConfigRef, FailureAction, HealthCheckSpec, HealthTestSpec, MountSpec, PortSpec, ResourceSpec,
-    RestartPolicySpec, ServiceMode, ServiceRecord, ServiceSpec, ServicesState, TaskOptionsSpec,
-    UpdateConfig, UpdateOrder, capability, mode_replicas, mode_word,
+    RestartPolicySpec, SecretRef, ServiceMode, ServiceRecord, ServiceSpec, ServicesState,
+    TaskOptionsSpec, UpdateConfig, UpdateOrder, capability, mode_replicas, mode_word,
 };
 use crate::manager::state::NodeRecord;
 use crate::util::rfc3339_millis;
@@ -237,6 +237,53 @@ pub struct ConfigCreateBody {
     pub labels: BTreeMap<String, String>,
 }
 
+/// `POST /v1/secrets`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretCreateBody {
+    /// Its name.
+    pub name: String,
+    /// Its bytes, base64.
+    pub data: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for SecretCreateBody {
+    /// Without the bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretCreateBody")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A secret as `secret ls` and `secret inspect` show it: never its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretView {
+    /// ID.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl SecretView {
+    /// The view of `s`.
+    #[must_use]
+    pub fn of(s: &crate::manager::services::SecretRecord) -> SecretView {
+        SecretView {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            labels: s.labels.clone(),
+            created_at: rfc3339_millis(s.created_at),
+        }
+    }
+}
+
 /// A config as `config ls` and `config inspect` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigView {
@@ -318,6 +365,41 @@ pub struct SecretRefBody {
     /// Permissions (default 0444, as Docker's).
     #[serde(default = "default_config_mode")]
     pub mode: u32,
+}
+
+impl From<SecretRefBody> for SecretRef {
+    /// The ID is the handler's to resolve from the name; a relative target is a file under
+    /// `/run/secrets/`.
+    fn from(b: SecretRefBody) -> Self {
+        let target = if b.target.is_empty() {
+            format!("/run/secrets/{}", b.name)
+        } else if b.target.starts_with('/') {
+            b.target
+        } else {
+            format!("/run/secrets/{}", b.target)
+        };
+        SecretRef {
+            secret_id: String::new(),
+            secret_name: b.name,
+            target,
+            uid: b.uid,
+            gid: b.gid,
+            mode: b.mode,
+        }
+    }
+}
+
+impl From<&SecretRef> for SecretRefBody {
+    fn from(c: &SecretRef) -> Self {
+        SecretRefBody {
+            name: c.secret_name.clone(),
+            id: c.secret_id.clone(),
+            target: c.target.clone(),
+            uid: c.uid,
+            gid: c.gid,
+            mode: c.mode,
+        }
+    }
 }
 
 impl From<ConfigRefBody> for ConfigRef {
@@ -423,9 +505,6 @@ impl TryFrom<ServiceSpecBody> for ServiceSpec {
     type Error = String;
 
     fn try_from(b: ServiceSpecBody) -> Result<Self, String> {
-        if !b.secrets.is_empty() {
-            return Err("secrets are not built yet".into());
-        }
         let spec = ServiceSpec {
             name: b.name,
             image: b.image,
@@ -476,6 +555,7 @@ impl TryFrom<ServiceSpecBody> for ServiceSpec {
                 privileged: b.privileged,
             },
             configs: b.configs.into_iter().map(ConfigRef::from).collect(),
+            secrets: b.secrets.into_iter().map(SecretRef::from).collect(),
         };
         spec.validate()?;
         Ok(spec)
@@ -526,7 +606,7 @@ impl From<&ServiceSpec> for ServiceSpecBody {
             cap_drop: s.options.cap_drop.clone(),
             privileged: s.options.privileged,
             configs: s.configs.iter().map(ConfigRefBody::from).collect(),
-            secrets: Vec::new(),
+            secrets: s.secrets.iter().map(SecretRefBody::from).collect(),
         }
     }
 }
@@ -1044,6 +1124,13 @@ impl ServiceUpdateBody {
             let c = ConfigRef::from(c.clone());
             s.configs.retain(|x| x.target != c.target);
             s.configs.push(c);
+        }
+        s.secrets
+            .retain(|c| !self.secret_rm.contains(&c.secret_name));
+        for c in &self.secret_add {
+            let c = SecretRef::from(c.clone());
+            s.secrets.retain(|x| x.target != c.target);
+            s.secrets.push(c);
         }
         s.expose.retain(|p| !self.expose_rm.contains(p));
         for &p in &self.expose_add {

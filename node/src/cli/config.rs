@@ -46,29 +46,40 @@ pub enum ConfigCmd {
     },
 }
 
+/// The bytes of `file` (`-`: standard input) for a `what` (`config`, `secret`).
+pub(super) fn read_input(file: &str, what: &str) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    if file == "-" {
+        std::io::stdin()
+            .read_to_end(&mut data)
+            .with_context(|| format!("cannot read the {what} from standard input"))?;
+    } else {
+        data = std::fs::read(file).with_context(|| format!("cannot read {file}"))?;
+    }
+    Ok(data)
+}
+
+/// `-l K=V` labels.
+pub(super) fn label_map(labels: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for l in labels {
+        let Some((k, v)) = l.split_once('=') else {
+            bail!("invalid label `{l}`: expected KEY=VALUE");
+        };
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
 /// Runs `shoal config …`.
 pub async fn run(client: &Client, cmd: ConfigCmd) -> Result<()> {
     match cmd {
         ConfigCmd::Create { labels, name, file } => {
-            let mut data = Vec::new();
-            if file == "-" {
-                std::io::stdin()
-                    .read_to_end(&mut data)
-                    .context("cannot read the config from standard input")?;
-            } else {
-                data = std::fs::read(&file).with_context(|| format!("cannot read {file}"))?;
-            }
-            let mut label_map = BTreeMap::new();
-            for l in &labels {
-                let Some((k, v)) = l.split_once('=') else {
-                    bail!("invalid label `{l}`: expected KEY=VALUE");
-                };
-                label_map.insert(k.to_string(), v.to_string());
-            }
+            let data = read_input(&file, "config")?;
             let body = ConfigCreateBody {
                 name,
                 data: base64::engine::general_purpose::STANDARD.encode(&data),
-                labels: label_map,
+                labels: label_map(&labels)?,
             };
             let view: ConfigView = client.post("/v1/configs", &body).await?;
             println!("{}", view.id);

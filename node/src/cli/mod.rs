@@ -6,6 +6,7 @@ mod events;
 mod listing;
 mod node;
 mod output;
+mod secret;
 mod service;
 mod system;
 
@@ -145,6 +146,9 @@ pub enum Cmd {
     /// Manage configs (files given to services' tasks).
     #[command(subcommand)]
     Config(config::ConfigCmd),
+    /// Manage secrets (values given to services' tasks as in-memory files).
+    #[command(subcommand)]
+    Secret(secret::SecretCmd),
     /// Stream cluster events (from this manager's applied Raft log).
     Events(events::EventsArgs),
     /// Print a shell completion script (bash, zsh or fish).
@@ -352,6 +356,7 @@ async fn dispatch(client: &Client, command: Cmd) -> Result<()> {
         Cmd::Node(cmd) => node::run(client, cmd).await,
         Cmd::Service(cmd) => service::run(client, cmd).await,
         Cmd::Config(cmd) => config::run(client, cmd).await,
+        Cmd::Secret(cmd) => secret::run(client, cmd).await,
         Cmd::Events(args) => events::run(client, args).await,
         Cmd::Daemon(_) | Cmd::Version | Cmd::Completion { .. } | Cmd::Man { .. } => {
             unreachable!("handled before connecting")

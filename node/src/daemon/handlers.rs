@@ -115,6 +115,14 @@ impl Node {
             (&Method::DELETE, ["v1", "configs", reference]) => {
                 Reply::json(&self.config_remove(reference).await?)
             }
+            (&Method::POST, ["v1", "secrets"]) => Reply::json(&self.secret_create(&req).await?),
+            (&Method::GET, ["v1", "secrets"]) => Reply::json(&self.secret_list().await?),
+            (&Method::GET, ["v1", "secrets", reference]) => {
+                Reply::json(&self.secret_inspect(reference).await?)
+            }
+            (&Method::DELETE, ["v1", "secrets", reference]) => {
+                Reply::json(&self.secret_remove(reference).await?)
+            }
             (&Method::POST, ["v1", "services"]) => Reply::json(&self.service_create(&req).await?),
             (&Method::GET, ["v1", "services"]) => Reply::json(&self.service_list().await?),
             (&Method::GET, ["v1", "services", reference]) => {

@@ -39,6 +39,18 @@ impl Node {
         Ok(())
     }
 
+    /// Where this node's tasks' secrets live: a directory of its own on a memory-backed
+    /// filesystem (`/dev/shm`, else `/run`), never on disk. `None` when neither is a tmpfs:
+    /// tasks with secrets are then refused here.
+    fn secrets_dir(&self) -> Option<std::path::PathBuf> {
+        let name = format!("shoal-secrets-{}", self.node_id);
+        ["/dev/shm", "/run"]
+            .iter()
+            .map(std::path::Path::new)
+            .find(|p| shoal_runtime::secrets::memory_backed(p))
+            .map(|p| p.join(name))
+    }
+
     /// Starts this node's worker and its session to the leader.
     pub(super) fn start_worker(self: &Arc<Self>, cluster_id: &str) -> Result<(), LifecycleError> {
         use shoal_runtime::Driver as _;
@@ -57,6 +69,8 @@ impl Node {
                 .env
                 .insert("SHOAL_DNS".into(), d.subnet.gateway().to_string());
         }
+        let secrets_dir = self.secrets_dir();
+        process_config.secrets_dir.clone_from(&secrets_dir);
         let process = shoal_runtime::process::ProcessDriver::new(process_config)
             .map_err(|e| LifecycleError::Start(format!("cannot start the process driver: {e}")))?;
         if self.drivers.iter().any(|d| d == "process") {
@@ -72,6 +86,7 @@ impl Node {
             config.network.clone_from(&self.docker_network);
             config.allow_privileged = self.allow_privileged;
             config.files_dir = Some(self.state_dir.root().join("files"));
+            config.secrets_dir.clone_from(&secrets_dir);
             if let Some(d) = &self.discovery_opts {
                 config.ipam = Some(d.ipam());
                 config.dns = vec![d.subnet.gateway().to_string()];
@@ -91,7 +106,8 @@ impl Node {
             );
         }
         self.mesh_tasks.set(drivers.clone());
-        let config = WorkerConfig::new(drivers, self.state_dir.root().join("worker"));
+        let mut config = WorkerConfig::new(drivers, self.state_dir.root().join("worker"));
+        config.secrets = self.worker_secrets.clone();
         let (handle, reports) = Worker::start(config)
             .map_err(|e| LifecycleError::Start(format!("cannot start the worker: {e}")))?;
         *self
@@ -368,7 +384,7 @@ impl Node {
             .wait_for_leader(Duration::from_secs(10))
             .await
             .ok_or(LifecycleError::NoElection)?;
-        manager.write(Command::RestoreV3(Box::new(state))).await?;
+        manager.write(Command::RestoreV4(Box::new(state))).await?;
         for (id, _) in &others {
             if let Ok(id) = id.parse::<NodeId>()
                 && let Some(conn) = self.pool.remove(&id)

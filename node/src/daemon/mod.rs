@@ -13,6 +13,7 @@ mod handlers;
 mod lifecycle;
 mod mesh;
 mod node;
+pub(crate) mod secrets;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -180,6 +181,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     let node = Arc::new(Node {
         mesh,
         mesh_tasks,
+        worker_secrets: Arc::default(),
         publish_problems: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         pool,
         dialed_tx,
@@ -231,6 +233,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     }
     tokio::spawn(crate::peer::serve_accepted(node.clone(), accepted));
     tokio::spawn(crate::liveness::run(node.clone()));
+    tokio::spawn(crate::daemon::secrets::keep_secrets_key(node.clone()));
     tokio::spawn(crate::quorum::run(node.clone()));
     tokio::spawn(crate::peer::serve_dialed(node.clone(), dialed_rx));
     tokio::spawn(node.clone().trust_loop());

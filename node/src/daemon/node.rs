@@ -85,6 +85,8 @@ pub struct Node {
     pub(crate) mesh: crate::mesh::Mesh,
     /// The drivers the mesh finds this node's tasks with (set when the worker starts).
     pub(crate) mesh_tasks: Arc<super::mesh::DriverTasks>,
+    /// The secrets of this node's tasks, as the leader sent them (memory only).
+    pub(crate) worker_secrets: Arc<crate::worker::SecretStore>,
     /// On the leader: the published ports each node reported it cannot listen on (soft
     /// state, sent again by every worker session; `service inspect` and `ps` show them).
     pub(crate) publish_problems:

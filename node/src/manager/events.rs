@@ -174,14 +174,20 @@ pub fn command_time(cmd: &Command) -> Option<Millis> {
         | Command::RemoveNode { .. }
         | Command::Restore(_)
         | Command::RestoreV2(_)
-        | Command::RestoreV3(_) => None,
+        | Command::RestoreV3(_)
+        | Command::RestoreV4(_) => None,
         Command::Services(s) => Some(match s {
             ServiceCommand::CreateConfig(c) => c.created_at,
-            ServiceCommand::RemoveConfig { .. } => return None,
+            ServiceCommand::CreateSecret(c) => c.created_at,
+            ServiceCommand::RemoveConfig { .. }
+            | ServiceCommand::RemoveSecret { .. }
+            | ServiceCommand::ShareSecretsKey { .. } => return None,
             ServiceCommand::Create(r) => r.created_at,
             ServiceCommand::CreateV2(r) => r.created_at,
             ServiceCommand::CreateV3(r) => r.created_at,
+            ServiceCommand::CreateV4(r) => r.created_at,
             ServiceCommand::Update { at, .. }
+            | ServiceCommand::UpdateV4 { at, .. }
             | ServiceCommand::UpdateV2 { at, .. }
             | ServiceCommand::UpdateV3 { at, .. }
             | ServiceCommand::Scale { at, .. }
@@ -244,7 +250,7 @@ pub fn derive(
     }
     if matches!(
         cmd,
-        Command::Restore(_) | Command::RestoreV2(_) | Command::RestoreV3(_)
+        Command::Restore(_) | Command::RestoreV2(_) | Command::RestoreV3(_) | Command::RestoreV4(_)
     ) {
         let id = after.cluster_id.clone().unwrap_or_default();
         out.push("cluster", "restore", &id, vec![]);

@@ -8,20 +8,24 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::services::legacy::{ServicesStateV1, ServicesStateV2};
+use super::services::legacy::{ServicesStateV1, ServicesStateV2, ServicesStateV3};
 use super::services::{ServiceCommand, ServicesState};
 
 /// Version byte that starts every encoded [`ClusterState`]. Version 1 ([`ClusterStateV1`],
 /// services without the rollback settings, `--no-healthcheck`, the force counter and the
 /// older specs) and version 2 ([`ClusterStateV2`], services without the endpoint mode, the
-/// exposed ports and the VIP index) are still read, and converted.
-pub const STATE_VERSION: u8 = 3;
+/// exposed ports and the VIP index) and version 3 ([`ClusterStateV3`], before secrets) are
+/// still read, and converted.
+pub const STATE_VERSION: u8 = 4;
 
 /// The version byte of a [`ClusterStateV1`].
 pub const STATE_VERSION_V1: u8 = 1;
 
 /// The version byte of a [`ClusterStateV2`].
 pub const STATE_VERSION_V2: u8 = 2;
+
+/// The version byte of a [`ClusterStateV3`].
+pub const STATE_VERSION_V3: u8 = 3;
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
@@ -101,6 +105,41 @@ pub struct ClusterState {
     pub removed_keys: BTreeSet<[u8; 32]>,
     /// Services and tasks.
     pub services: ServicesState,
+}
+
+/// [`ClusterState`] as version 3 stored it (in snapshots after the byte
+/// [`STATE_VERSION_V3`], and in [`Command::RestoreV3`]): services before secrets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStateV3 {
+    /// Set by `init`.
+    pub cluster: Option<ClusterRecord>,
+    /// Nodes by ID.
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// Raft IDs to node IDs.
+    pub raft_ids: BTreeMap<u64, String>,
+    /// Keys of removed nodes.
+    pub removed_keys: BTreeSet<[u8; 32]>,
+    /// Services and tasks.
+    pub services: ServicesStateV3,
+}
+
+impl From<ClusterStateV3> for ClusterState {
+    fn from(s: ClusterStateV3) -> Self {
+        let ClusterStateV3 {
+            cluster,
+            nodes,
+            raft_ids,
+            removed_keys,
+            services,
+        } = s;
+        ClusterState {
+            cluster,
+            nodes,
+            raft_ids,
+            removed_keys,
+            services: services.into(),
+        }
+    }
 }
 
 /// [`ClusterState`] as version 1 stored it (in snapshots after the byte
@@ -263,9 +302,12 @@ pub enum Command {
     /// `init --force-new-cluster` as version 2 wrote it (a state of version 2): applied as
     /// [`Command::RestoreV3`] of the converted state. Kept for the log; not proposed.
     RestoreV2(Box<ClusterStateV2>),
+    /// `init --force-new-cluster` as version 3 wrote it: applied as [`Command::RestoreV4`] of
+    /// the converted state. Kept for the log; not proposed.
+    RestoreV3(Box<ClusterStateV3>),
     /// `init --force-new-cluster`: a new Raft group starts from this whole state, taken
     /// from the surviving manager (its other managers already dropped from it).
-    RestoreV3(Box<ClusterState>),
+    RestoreV4(Box<ClusterState>),
 }
 
 /// Whether a joiner's `record` may be admitted: never for a removed key (a join does not
@@ -441,9 +483,14 @@ impl ClusterState {
                 CommandResult::Done
             }
             Command::RestoreV3(state) => {
+                *self = ClusterState::from((**state).clone());
+                CommandResult::Done
+            }
+            Command::RestoreV4(state) => {
                 *self = (**state).clone();
                 CommandResult::Done
             }
+
             Command::Services(cmd) => match self.services.apply(cmd, &self.nodes) {
                 Ok(_) => CommandResult::Done,
                 Err(reason) => CommandResult::Refused(reason),
@@ -527,6 +574,9 @@ impl ClusterState {
             Some((&STATE_VERSION_V2, rest)) => postcard::from_bytes::<ClusterStateV2>(rest)
                 .map(ClusterState::from)
                 .map_err(|e| format!("corrupt cluster state (version {STATE_VERSION_V2}): {e}")),
+            Some((&STATE_VERSION_V3, rest)) => postcard::from_bytes::<ClusterStateV3>(rest)
+                .map(ClusterState::from)
+                .map_err(|e| format!("corrupt cluster state (version {STATE_VERSION_V3}): {e}")),
             Some((v, _)) => Err(format!(
                 "cluster state version {v} is not supported by this shoal (expects {STATE_VERSION})"
             )),

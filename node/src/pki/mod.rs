@@ -14,6 +14,7 @@
 mod ca;
 mod cert;
 mod key;
+pub mod seal;
 mod tls;
 pub mod token;
 

@@ -286,6 +286,21 @@ impl Actor {
             let _ = tx.send(Internal::OpDone { task_id, outcome });
             return;
         };
+        let op = match op {
+            Op::Start(mut spec) if spec.labels.contains_key(super::LABEL_SECRETS) => {
+                let Some(files) = self.config.secrets.get(&task_id) else {
+                    let outcome = Outcome::StartFailed {
+                        rejected: false,
+                        error: "the task's secrets have not reached this node (they are sent by the leader and kept in memory only)".into(),
+                    };
+                    let _ = tx.send(Internal::OpDone { task_id, outcome });
+                    return;
+                };
+                spec.options.secrets = files;
+                Op::Start(spec)
+            }
+            op => op,
+        };
         let name = op.name();
         let driver_name = driver_name.to_owned();
         tokio::spawn(async move {

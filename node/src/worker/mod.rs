@@ -112,6 +112,45 @@ pub struct WorkerConfig {
     /// Capacity of the report channel, in batches. When the receiver lags, pending reports are
     /// coalesced (latest state per task) until there is room again.
     pub report_capacity: usize,
+    /// The secrets of this node's tasks, as the leader last sent them (memory only).
+    pub secrets: Arc<SecretStore>,
+}
+
+/// The label a task's spec carries when it needs secrets (their names): the worker starts
+/// it only with its secrets from the [`SecretStore`].
+pub const LABEL_SECRETS: &str = "shoal.secrets";
+
+/// The secrets of this node's tasks, by task ID, in memory only (never in the cache): what
+/// the leader sends apart from the assignments (`ToWorker::Secrets`).
+#[derive(Default)]
+pub struct SecretStore {
+    tasks: std::sync::Mutex<BTreeMap<String, Vec<shoal_runtime::TaskFile>>>,
+}
+
+impl std::fmt::Debug for SecretStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretStore").finish_non_exhaustive()
+    }
+}
+
+impl SecretStore {
+    /// Replaces every task's secrets.
+    pub fn replace(&self, tasks: BTreeMap<String, Vec<shoal_runtime::TaskFile>>) {
+        *self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tasks;
+    }
+
+    /// The secrets of `task_id`, if the leader sent them.
+    #[must_use]
+    pub fn get(&self, task_id: &str) -> Option<Vec<shoal_runtime::TaskFile>> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(task_id)
+            .cloned()
+    }
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -141,6 +180,7 @@ impl WorkerConfig {
             resync_interval: Duration::from_secs(10),
             ended_retention: Duration::from_secs(3600),
             report_capacity: 64,
+            secrets: Arc::default(),
         }
     }
 }

@@ -87,6 +87,9 @@ pub struct ProcessConfig {
     /// Environment every task gets (before its spec's own, which may override it): e.g.
     /// `SHOAL_DNS`, the node's resolver of service names.
     pub env: BTreeMap<String, String>,
+    /// Where the tasks' secrets are written (memory-backed; one directory per task, handed
+    /// to it as `SHOAL_SECRETS_DIR`). `None`: tasks with secrets are refused.
+    pub secrets_dir: Option<PathBuf>,
 }
 
 impl ProcessConfig {
@@ -98,6 +101,7 @@ impl ProcessConfig {
             shim,
             log_max_bytes: 10 * 1024 * 1024,
             env: BTreeMap::new(),
+            secrets_dir: None,
         }
     }
 }
@@ -481,7 +485,12 @@ impl Inner {
                 "the process driver does not support mounts".into(),
             ));
         }
-        if spec.options != crate::spec::TaskOptions::default() {
+        let secrets = &spec.options.secrets;
+        if (crate::spec::TaskOptions {
+            secrets: Vec::new(),
+            ..spec.options.clone()
+        }) != crate::spec::TaskOptions::default()
+        {
             return Err(RuntimeError::InvalidSpec(
                 "the process driver does not support --user, --workdir, --hostname, --entrypoint, --init, --device, --cap-add, --cap-drop, --privileged or --config".into(),
             ));
@@ -498,11 +507,57 @@ impl Inner {
             fs::remove_dir_all(&dir)
                 .map_err(|e| RuntimeError::io(format!("removing stale {}", dir.display()), e))?;
         }
+        let with_secrets;
+        let spec = if secrets.is_empty() {
+            spec
+        } else {
+            with_secrets = self.write_secrets(spec)?;
+            &with_secrets
+        };
         let result = self.launch(spec, &program, &dir).await;
         if result.is_err() {
             let _ = fs::remove_dir_all(&dir);
+            if let Some(root) = &self.config.secrets_dir {
+                crate::secrets::remove(root, &spec.task_id);
+            }
         }
         result
+    }
+
+    /// Writes the task's secrets as 0400 files of the daemon's user in its memory-backed
+    /// directory, and returns the spec with `SHOAL_SECRETS_DIR` naming it.
+    fn write_secrets(&self, spec: &TaskSpec) -> Result<TaskSpec, RuntimeError> {
+        let Some(root) = &self.config.secrets_dir else {
+            return Err(RuntimeError::StartFailed {
+                task_id: spec.task_id.clone(),
+                reason: "this driver has no memory-backed directory for secrets".into(),
+            });
+        };
+        let files: Vec<crate::spec::TaskFile> = spec
+            .options
+            .secrets
+            .iter()
+            .map(|f| crate::spec::TaskFile {
+                mode: 0o400,
+                uid: nix::unistd::getuid().as_raw(),
+                gid: nix::unistd::getgid().as_raw(),
+                ..f.clone()
+            })
+            .collect();
+        crate::secrets::write(
+            root,
+            &spec.task_id,
+            &files,
+            crate::secrets::Naming::ByTarget,
+        )?;
+        let mut spec = spec.clone();
+        spec.env.insert(
+            "SHOAL_SECRETS_DIR".to_owned(),
+            crate::secrets::task_dir(root, &spec.task_id)
+                .display()
+                .to_string(),
+        );
+        Ok(spec)
     }
 
     async fn launch(
@@ -733,6 +788,9 @@ impl Inner {
             if procfs::is_same_process(pid, ticks) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
+        }
+        if let Some(root) = &self.config.secrets_dir {
+            crate::secrets::remove(root, task_id);
         }
         self.monitored
             .lock()

@@ -109,6 +109,10 @@ pub struct CreateArgs {
     /// source=NAME,target=/path[,uid=N,gid=N,mode=0444]; repeatable.
     #[arg(long = "config", value_name = "CONFIG")]
     pub config: Vec<String>,
+    /// Give the tasks a secret as a read-only in-memory file: NAME (at /run/secrets/NAME)
+    /// or source=NAME,target=NAME|/path[,uid=N,gid=N,mode=0444]; repeatable.
+    #[arg(long = "secret", value_name = "SECRET")]
+    pub secret: Vec<String>,
     /// User to run as: name, uid, name:group or uid:gid.
     #[arg(short = 'u', long)]
     pub user: Option<String>,
@@ -227,6 +231,11 @@ fn spec_of(a: &CreateArgs) -> Result<ServiceSpecBody> {
         .config
         .iter()
         .map(|c| update::config_ref("config", c))
+        .collect::<Result<_>>()?;
+    spec.secrets = a
+        .secret
+        .iter()
+        .map(|c| update::secret_ref("secret", c))
         .collect::<Result<_>>()?;
     spec.user.clone_from(&a.user);
     spec.workdir.clone_from(&a.workdir);

@@ -145,6 +145,13 @@ pub struct UpdateArgs {
     /// Stop giving the tasks a config (by name), repeatable.
     #[arg(long = "config-rm", value_name = "NAME")]
     pub config_rm: Vec<String>,
+    /// Give the tasks a secret: NAME or source=NAME,target=NAME|/path[,uid,gid,mode];
+    /// repeatable.
+    #[arg(long = "secret-add", value_name = "SECRET")]
+    pub secret_add: Vec<String>,
+    /// Stop giving the tasks a secret (by name), repeatable.
+    #[arg(long = "secret-rm", value_name = "NAME")]
+    pub secret_rm: Vec<String>,
     /// Add a mount (type=bind|volume|tmpfs,source=…,target=…[,readonly]), replacing the mount
     /// with the same target; repeatable.
     #[arg(long = "mount-add", value_name = "SPEC")]
@@ -615,9 +622,23 @@ pub fn config_ref(flag: &str, s: &str) -> Result<crate::api::services::ConfigRef
         }
     }
     if body.name.is_empty() {
-        bail!("invalid --{flag} `{s}`: the config's name is required (source=NAME)");
+        bail!("invalid --{flag} `{s}`: the name is required (source=NAME)");
     }
     Ok(body)
+}
+
+/// A `--secret` value: `NAME` (at `/run/secrets/NAME`), or
+/// `source=NAME[,target=NAME|/path][,uid=N][,gid=N][,mode=0444]` (Docker's syntax).
+pub fn secret_ref(flag: &str, s: &str) -> Result<crate::api::services::SecretRefBody> {
+    let c = config_ref(flag, s)?;
+    Ok(crate::api::services::SecretRefBody {
+        name: c.name,
+        id: c.id,
+        target: c.target,
+        uid: c.uid,
+        gid: c.gid,
+        mode: c.mode,
+    })
 }
 
 /// The variables of `--env-file` files, Docker's format: `KEY=VALUE` per line, `#` comments
@@ -761,6 +782,12 @@ pub fn body_of(a: &UpdateArgs) -> Result<ServiceUpdateBody> {
             .map(|c| config_ref("config-add", c))
             .collect::<Result<_>>()?,
         config_rm: a.config_rm.clone(),
+        secret_add: a
+            .secret_add
+            .iter()
+            .map(|c| secret_ref("secret-add", c))
+            .collect::<Result<_>>()?,
+        secret_rm: a.secret_rm.clone(),
         expose_add: a
             .expose_add
             .iter()

@@ -16,10 +16,10 @@ use serde::{Deserialize, Serialize};
 use shoal_scheduler::Task;
 
 use super::spec::{
-    EndpointMode, FailureAction, HealthCheckSpec, PortSpec, ResourceSpec, RestartPolicySpec,
-    ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
+    ConfigRef, EndpointMode, FailureAction, HealthCheckSpec, MountSpec, PortSpec, ResourceSpec,
+    RestartPolicySpec, ServiceMode, ServiceSpec, TaskOptionsSpec, UpdateConfig, UpdateOrder,
 };
-use super::state::{ServiceRecord, ServicesState, TaskHealth, UpdateStatus};
+use super::state::{ConfigRecord, ServiceRecord, ServicesState, TaskHealth, UpdateStatus};
 use crate::manager::state::Millis;
 
 /// [`UpdateConfig`] before `monitor_ms` and `max_failure_ratio_ppm`.
@@ -138,6 +138,7 @@ impl From<ServiceSpecV1> for ServiceSpec {
             mounts: Vec::new(),
             options: super::spec::TaskOptionsSpec::default(),
             configs: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 }
@@ -224,7 +225,7 @@ impl From<ServicesStateV1> for ServicesState {
             tasks,
             removed: records(removed),
             health,
-            configs: BTreeMap::new(),
+            ..ServicesState::default()
         };
         state.assign_vip_indexes();
         state
@@ -323,6 +324,7 @@ impl From<ServiceSpecV2> for ServiceSpec {
             mounts: Vec::new(),
             options: super::spec::TaskOptionsSpec::default(),
             configs: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 }
@@ -411,9 +413,216 @@ impl From<ServicesStateV2> for ServicesState {
             tasks,
             removed: records(removed),
             health,
-            configs: BTreeMap::new(),
+            ..ServicesState::default()
         };
         state.assign_vip_indexes();
         state
+    }
+}
+
+/// [`ServiceSpec`] as version 3 stored it: before `secrets`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpecV3 {
+    /// Unique name: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 63 characters.
+    pub name: String,
+    /// Docker: image reference. Process: absolute path of the program.
+    pub image: String,
+    /// Command arguments (Docker: replaces the image's `CMD` when not empty).
+    pub args: Vec<String>,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// `docker` or `process`.
+    pub driver: String,
+    /// Replicated or global.
+    pub mode: ServiceMode,
+    /// Published ports.
+    pub ports: Vec<PortSpec>,
+    /// Placement constraints (`node.labels.zone==attic`), checked by [`ServiceSpec::validate`].
+    pub constraints: Vec<String>,
+    /// Reserved per task (placement).
+    pub reservations: ResourceSpec,
+    /// Limits per task (enforced by the driver).
+    pub limits: ResourceSpec,
+    /// Restart policy.
+    pub restart_policy: RestartPolicySpec,
+    /// At most this many tasks per node (0 = unlimited).
+    pub max_replicas_per_node: u64,
+    /// Health check.
+    pub health_check: Option<HealthCheckSpec>,
+    /// Labels put on the tasks (may not start with `shoal.`).
+    pub labels: BTreeMap<String, String>,
+    /// Time between the stop signal and SIGKILL, in milliseconds.
+    pub stop_grace_ms: u64,
+    /// Rolling update settings.
+    pub update_config: UpdateConfig,
+    /// Rollback settings (`--rollback-*`; the failure action is pause or continue).
+    pub rollback_config: UpdateConfig,
+    /// `--no-healthcheck`: disable any health check, the image's `HEALTHCHECK` included.
+    pub no_healthcheck: bool,
+    /// Bumped by `service update --force`: a changed value replaces every task.
+    pub force_update: u64,
+    /// How the service's name resolves (`--endpoint-mode`).
+    pub endpoint_mode: EndpointMode,
+    /// Target ports reachable by name without publishing them (`--expose`, compose's
+    /// `expose:`): with the published ports' targets, the ports of its VIP.
+    pub expose: Vec<u16>,
+    /// Mounts on every task (`--mount`; Docker driver only).
+    pub mounts: Vec<MountSpec>,
+    /// User, directory, entrypoint, hostname, init, devices and privileges of every task
+    /// (Docker driver only).
+    pub options: TaskOptionsSpec,
+    /// Configs given to every task as files (`--config`; Docker driver only).
+    pub configs: Vec<ConfigRef>,
+}
+
+impl From<ServiceSpecV3> for ServiceSpec {
+    /// No secrets.
+    fn from(s: ServiceSpecV3) -> Self {
+        let ServiceSpecV3 {
+            name,
+            image,
+            args,
+            env,
+            driver,
+            mode,
+            ports,
+            constraints,
+            reservations,
+            limits,
+            restart_policy,
+            max_replicas_per_node,
+            health_check,
+            labels,
+            stop_grace_ms,
+            update_config,
+            rollback_config,
+            no_healthcheck,
+            force_update,
+            endpoint_mode,
+            expose,
+            mounts,
+            options,
+            configs,
+        } = s;
+        ServiceSpec {
+            name,
+            image,
+            args,
+            env,
+            driver,
+            mode,
+            ports,
+            constraints,
+            reservations,
+            limits,
+            restart_policy,
+            max_replicas_per_node,
+            health_check,
+            labels,
+            stop_grace_ms,
+            update_config,
+            rollback_config,
+            no_healthcheck,
+            force_update,
+            endpoint_mode,
+            expose,
+            mounts,
+            options,
+            configs,
+            secrets: Vec::new(),
+        }
+    }
+}
+
+/// [`ServiceRecord`] as version 3 stored it: version-3 specs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecordV3 {
+    /// Service ID.
+    pub id: String,
+    /// Current spec.
+    pub spec: ServiceSpecV3,
+    /// Spec version.
+    pub version: u64,
+    /// The spec before the last update.
+    pub previous_spec: Option<ServiceSpecV3>,
+    /// When it was created.
+    pub created_at: Millis,
+    /// Last change.
+    pub updated_at: Millis,
+    /// Latest rolling update, if any.
+    pub update_status: Option<UpdateStatus>,
+    /// The specs of earlier versions that tasks still run.
+    pub older_specs: BTreeMap<u64, ServiceSpecV3>,
+    /// Its VIP index.
+    pub vip_index: Option<u32>,
+}
+
+impl From<ServiceRecordV3> for ServiceRecord {
+    fn from(r: ServiceRecordV3) -> Self {
+        let ServiceRecordV3 {
+            id,
+            spec,
+            version,
+            previous_spec,
+            created_at,
+            updated_at,
+            update_status,
+            older_specs,
+            vip_index,
+        } = r;
+        ServiceRecord {
+            id,
+            spec: spec.into(),
+            version,
+            previous_spec: previous_spec.map(ServiceSpec::from),
+            created_at,
+            updated_at,
+            update_status,
+            older_specs: older_specs
+                .into_iter()
+                .map(|(v, s)| (v, ServiceSpec::from(s)))
+                .collect(),
+            vip_index,
+        }
+    }
+}
+
+/// [`ServicesState`] as version 3 stored it: version-3 records, no secrets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicesStateV3 {
+    /// Live services by ID.
+    pub services: BTreeMap<String, ServiceRecordV3>,
+    /// Every task (current and history) by ID.
+    pub tasks: BTreeMap<String, Task>,
+    /// Removed services whose tasks still exist.
+    pub removed: BTreeMap<String, ServiceRecordV3>,
+    /// Last reported health of running tasks that have a health check.
+    pub health: BTreeMap<String, TaskHealth>,
+    /// Configs by ID.
+    pub configs: BTreeMap<String, ConfigRecord>,
+}
+
+impl From<ServicesStateV3> for ServicesState {
+    fn from(s: ServicesStateV3) -> Self {
+        let ServicesStateV3 {
+            services,
+            tasks,
+            removed,
+            health,
+            configs,
+        } = s;
+        let records = |m: BTreeMap<String, ServiceRecordV3>| {
+            m.into_iter()
+                .map(|(id, r)| (id, ServiceRecord::from(r)))
+                .collect()
+        };
+        ServicesState {
+            services: records(services),
+            tasks,
+            removed: records(removed),
+            health,
+            configs,
+            ..ServicesState::default()
+        }
     }
 }

@@ -19,6 +19,7 @@
 //! command variant and a migration (golden bytes in `formats.rs`).
 
 pub mod legacy;
+pub mod secrets;
 pub mod spec;
 pub mod state;
 pub mod view;
@@ -26,6 +27,7 @@ pub mod view;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use secrets::*;
 pub use spec::*;
 pub use state::*;
 pub use view::*;

@@ -543,6 +543,7 @@ impl TaskOptionsSpec {
             cap_drop: self.cap_drop.clone(),
             privileged: self.privileged,
             files: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 }
@@ -556,6 +557,24 @@ pub struct ConfigRef {
     /// Its name (as given; shown by `inspect`).
     pub config_name: String,
     /// The file's path in the task (default `/NAME`).
+    pub target: String,
+    /// Owner (numeric, default `0`).
+    pub uid: u32,
+    /// Group (numeric, default `0`).
+    pub gid: u32,
+    /// Permissions (default `0o444`).
+    pub mode: u32,
+}
+
+/// A secret given to every task of a service (`--secret NAME[,target=…,uid=…,gid=…,mode=…]`):
+/// an in-memory file, read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRef {
+    /// The secret's ID (the API handler resolves the name; the state machine checks it).
+    pub secret_id: String,
+    /// Its name (as given; shown by `inspect`).
+    pub secret_name: String,
+    /// The file's path in the task: absolute (default `/run/secrets/NAME`).
     pub target: String,
     /// Owner (numeric, default `0`).
     pub uid: u32,
@@ -670,6 +689,8 @@ pub struct ServiceSpec {
     pub options: TaskOptionsSpec,
     /// Configs given to every task as files (`--config`; Docker driver only).
     pub configs: Vec<ConfigRef>,
+    /// Secrets given to every task as in-memory files (`--secret`).
+    pub secrets: Vec<SecretRef>,
 }
 
 impl Default for ServiceSpec {
@@ -699,6 +720,7 @@ impl Default for ServiceSpec {
             mounts: Vec::new(),
             options: TaskOptionsSpec::default(),
             configs: Vec::new(),
+            secrets: Vec::new(),
         }
     }
 }
@@ -840,6 +862,7 @@ impl ServiceSpec {
         self.validate_ports()?;
         self.validate_mounts()?;
         self.validate_configs()?;
+        self.validate_secrets()?;
         self.options.validate()?;
         if self.driver != "docker" && self.options != TaskOptionsSpec::default() {
             return Err("--user, --workdir, --hostname, --entrypoint, --init, --device, --cap-add, --cap-drop and --privileged need the docker driver".into());
@@ -978,6 +1001,46 @@ impl ServiceSpec {
         Ok(())
     }
 
+    /// The secrets' checks: absolute targets, each once (and not a config's or a mount's),
+    /// modes of at most `0o777`; for the process driver, whose tasks find them in one
+    /// directory (`$SHOAL_SECRETS_DIR`), distinct file names.
+    fn validate_secrets(&self) -> Result<(), String> {
+        let mut targets: BTreeSet<&str> = self
+            .mounts
+            .iter()
+            .map(|m| m.target.trim_end_matches('/'))
+            .chain(self.configs.iter().map(|c| c.target.as_str()))
+            .collect();
+        let mut names: BTreeSet<&str> = BTreeSet::new();
+        for c in &self.secrets {
+            if !c.target.starts_with('/')
+                || c.target.ends_with('/')
+                || c.target.chars().any(|ch| ch.is_control() || ch == ',')
+            {
+                return Err(format!(
+                    "invalid secret target `{}`: a file name or an absolute file path is required",
+                    c.target.escape_debug()
+                ));
+            }
+            if c.mode > 0o777 {
+                return Err(format!("invalid secret mode {:o}: at most 0777", c.mode));
+            }
+            if !targets.insert(c.target.as_str()) {
+                return Err(format!(
+                    "two secrets, configs or mounts have the target {}",
+                    c.target
+                ));
+            }
+            let name = c.target.rsplit('/').next().unwrap_or_default();
+            if self.driver == "process" && !names.insert(name) {
+                return Err(format!(
+                    "two secrets have the file name `{name}`: a process task finds its secrets in one directory"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The mounts' checks: each valid, each target once, at most [`MAX_MOUNTS`], and only
     /// with the Docker driver.
     fn validate_mounts(&self) -> Result<(), String> {
@@ -1064,6 +1127,7 @@ impl ServiceSpec {
             && self.mounts == other.mounts
             && self.options == other.options
             && self.configs == other.configs
+            && self.secrets == other.secrets
     }
 
     /// The runtime spec of one task of this service.
@@ -1072,6 +1136,16 @@ impl ServiceSpec {
         spec.args.clone_from(&self.args);
         spec.env.clone_from(&self.env);
         spec.labels.clone_from(&self.labels);
+        if !self.secrets.is_empty() {
+            // The worker starts the task only with these, sent apart (never the bytes here).
+            let names: Vec<&str> = self
+                .secrets
+                .iter()
+                .map(|s| s.secret_name.as_str())
+                .collect();
+            spec.labels
+                .insert(crate::worker::LABEL_SECRETS.into(), names.join(","));
+        }
         spec.ports = self.task_targets();
         spec.resources = shoal_runtime::Resources {
             memory_bytes: Some(self.limits.memory_bytes).filter(|&m| m > 0),

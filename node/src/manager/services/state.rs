@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use shoal_scheduler::{Decision, DesiredState, Task, TaskState, Timestamp};
 
-use super::legacy::{ServiceRecordV1, ServiceRecordV2, ServiceSpecV1, ServiceSpecV2};
+use super::legacy::{
+    ServiceRecordV1, ServiceRecordV2, ServiceRecordV3, ServiceSpecV1, ServiceSpecV2, ServiceSpecV3,
+};
 use super::spec::{
     MAX_REPLICAS, MAX_TASK_ERROR_LEN, ServiceMode, ServiceSpec, mode_word, validate_ident,
 };
@@ -193,6 +195,10 @@ pub struct ServicesState {
     pub health: BTreeMap<String, TaskHealth>,
     /// Configs by ID.
     pub configs: BTreeMap<String, ConfigRecord>,
+    /// Secrets by ID (encrypted).
+    pub secrets: BTreeMap<String, super::SecretRecord>,
+    /// The cluster's secrets key sealed to each manager's node key, by node ID.
+    pub secrets_key: BTreeMap<String, crate::pki::seal::SealedKey>,
 }
 
 /// A change to services or tasks, proposed through Raft inside
@@ -294,16 +300,16 @@ pub enum ServiceCommand {
         /// When.
         at: Millis,
     },
-    /// `service create`: unique ID and name; the spec must validate. The record's VIP index
-    /// is the state machine's to give: whatever the command carries is replaced.
-    CreateV3(Box<ServiceRecord>),
-    /// `service update`: a new spec (same name and mode kind); bumps the version and keeps
-    /// the old spec for rollback.
+    /// `service create` as version 3 wrote it (before secrets): applied as
+    /// [`ServiceCommand::CreateV4`] of the converted record. Kept for the log; not proposed.
+    CreateV3(Box<ServiceRecordV3>),
+    /// `service update` as version 3 wrote it: applied as [`ServiceCommand::UpdateV4`] of the
+    /// converted spec. Kept for the log; not proposed.
     UpdateV3 {
         /// Service ID.
         id: String,
         /// The whole new spec.
-        spec: Box<ServiceSpec>,
+        spec: Box<ServiceSpecV3>,
         /// When.
         at: Millis,
     },
@@ -313,6 +319,35 @@ pub enum ServiceCommand {
     RemoveConfig {
         /// Config ID.
         id: String,
+    },
+    /// `service create`: unique ID and name; the spec must validate. The record's VIP index
+    /// is the state machine's to give: whatever the command carries is replaced.
+    CreateV4(Box<ServiceRecord>),
+    /// `service update`: a new spec (same name and mode kind); bumps the version and keeps
+    /// the old spec for rollback.
+    UpdateV4 {
+        /// Service ID.
+        id: String,
+        /// The whole new spec.
+        spec: Box<ServiceSpec>,
+        /// When.
+        at: Millis,
+    },
+    /// `secret create`: unique ID and name, at most [`super::MAX_SECRET_BYTES`], encrypted
+    /// under the secrets key the managers hold.
+    CreateSecret(Box<super::SecretRecord>),
+    /// `secret rm`: refused while a service's current spec uses it.
+    RemoveSecret {
+        /// Secret ID.
+        id: String,
+    },
+    /// The secrets key sealed to managers (by node ID: added or replaced), and taken from
+    /// others (`drop`: demoted or removed nodes). Refused when it would mix two keys.
+    ShareSecretsKey {
+        /// Sealed keys by node ID.
+        set: BTreeMap<String, crate::pki::seal::SealedKey>,
+        /// Node IDs whose sealed key is dropped.
+        drop: Vec<String>,
     },
 }
 
@@ -369,14 +404,14 @@ pub enum ServiceOutcome {
 }
 
 impl ServiceCommand {
-    /// [`ServiceCommand::CreateV3`] for `record`.
+    /// [`ServiceCommand::CreateV4`] for `record`.
     pub fn create(record: ServiceRecord) -> Self {
-        ServiceCommand::CreateV3(Box::new(record))
+        ServiceCommand::CreateV4(Box::new(record))
     }
 
-    /// [`ServiceCommand::UpdateV3`] of service `id` to `spec`.
+    /// [`ServiceCommand::UpdateV4`] of service `id` to `spec`.
     pub fn update(id: impl Into<String>, spec: ServiceSpec, at: Millis) -> Self {
-        ServiceCommand::UpdateV3 {
+        ServiceCommand::UpdateV4 {
             id: id.into(),
             spec: Box::new(spec),
             at,
@@ -428,7 +463,13 @@ impl ServicesState {
             ServiceCommand::CreateV2(record) => {
                 self.create(&ServiceRecord::from((**record).clone()))
             }
-            ServiceCommand::CreateV3(record) => self.create(record),
+            ServiceCommand::CreateV3(record) => {
+                self.create(&ServiceRecord::from((**record).clone()))
+            }
+            ServiceCommand::CreateV4(record) => self.create(record),
+            ServiceCommand::CreateSecret(secret) => self.create_secret(secret),
+            ServiceCommand::RemoveSecret { id } => self.remove_secret(id),
+            ServiceCommand::ShareSecretsKey { set, drop } => self.share_secrets_key(set, drop),
             ServiceCommand::CreateConfig(config) => self.create_config(config),
             ServiceCommand::RemoveConfig { id } => {
                 let config = self.configs.get(id).ok_or_else(|| no_such_config(id))?;
@@ -454,6 +495,10 @@ impl ServicesState {
                 self.update(id, &spec, *at, false, "update in progress")
             }
             ServiceCommand::UpdateV3 { id, spec, at } => {
+                let spec = ServiceSpec::from((**spec).clone());
+                self.update(id, &spec, *at, false, "update in progress")
+            }
+            ServiceCommand::UpdateV4 { id, spec, at } => {
                 self.update(id, spec, *at, false, "update in progress")
             }
             ServiceCommand::Rollback { id, at } => {
@@ -555,6 +600,7 @@ impl ServicesState {
         }
         self.check_ports(&record.spec, &record.id)?;
         self.check_configs(&record.spec)?;
+        self.check_secrets(&record.spec)?;
         let mut record = record.clone();
         record.vip_index = self.free_vip_index();
         let id = record.id.clone();
@@ -590,6 +636,7 @@ impl ServicesState {
         }
         self.check_ports(spec, id)?;
         self.check_configs(spec)?;
+        self.check_secrets(spec)?;
         let rec = self
             .services
             .get_mut(id)

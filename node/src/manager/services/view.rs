@@ -16,6 +16,29 @@ use crate::manager::state::NodeRecord;
 /// What a worker must run or stop: the worker's own wire type.
 pub use crate::session::Assignment;
 
+/// The secrets the tasks assigned to `node_id` need, by task ID: each secret's ID and its
+/// use. Only tasks meant to run (the bytes go nowhere else). The dispatcher decrypts them.
+pub fn secrets_wanted(
+    state: &ServicesState,
+    node_id: &str,
+) -> BTreeMap<String, Vec<super::SecretRef>> {
+    state
+        .tasks
+        .values()
+        .filter(|t| {
+            t.node_id.as_ref().is_some_and(|n| n.as_str() == node_id)
+                && t.desired_state == DesiredState::Running
+                && !t.state.is_terminal()
+                && !t.state.is_unassigned()
+        })
+        .filter_map(|t| {
+            let rec = state.services.get(t.service_id.as_str())?;
+            let spec = rec.spec_for_version(t.spec_version);
+            (!spec.secrets.is_empty()).then(|| (t.id.0.clone(), spec.secrets.clone()))
+        })
+        .collect()
+}
+
 /// The scheduler's node for a node record.
 pub fn view_node(n: &NodeRecord) -> shoal_scheduler::Node {
     shoal_scheduler::Node {
