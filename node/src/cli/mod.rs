@@ -7,6 +7,7 @@ mod listing;
 mod node;
 mod output;
 mod service;
+mod stack;
 mod system;
 
 use std::net::SocketAddr;
@@ -145,6 +146,9 @@ pub enum Cmd {
     /// Manage configs (files given to services' tasks).
     #[command(subcommand)]
     Config(config::ConfigCmd),
+    /// Manage stacks (services deployed together from compose files).
+    #[command(subcommand)]
+    Stack(stack::StackCmd),
     /// Stream cluster events (from this manager's applied Raft log).
     Events(events::EventsArgs),
     /// Print a shell completion script (bash, zsh or fish).
@@ -352,6 +356,7 @@ async fn dispatch(client: &Client, command: Cmd) -> Result<()> {
         Cmd::Node(cmd) => node::run(client, cmd).await,
         Cmd::Service(cmd) => service::run(client, cmd).await,
         Cmd::Config(cmd) => config::run(client, cmd).await,
+        Cmd::Stack(cmd) => stack::run(client, cmd).await,
         Cmd::Events(args) => events::run(client, args).await,
         Cmd::Daemon(_) | Cmd::Version | Cmd::Completion { .. } | Cmd::Man { .. } => {
             unreachable!("handled before connecting")
