@@ -1851,4 +1851,21 @@ services:
             ["services.web.restart", "services.worker.restart"]
         );
     }
+
+    #[test]
+    fn issue_23_stack_example_compose_file_is_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("db_password.txt"), b"change-me").unwrap();
+        let example = ComposeFile {
+            name: "scripts/examples/compose.yml".into(),
+            text: include_str!("../../../../scripts/examples/compose.yml").into(),
+        };
+        let s = parse("home", &[example], dir.path(), &env(&[])).unwrap();
+        let names: Vec<&str> = s.services.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["home_web", "home_db"]);
+        assert_eq!(s.services[0].ports[0].published, 8080);
+        assert_eq!(s.services[1].secrets[0].name, "home_db_password");
+        assert_eq!(s.services[1].mounts[0].source, "home_db_data");
+        assert_eq!(s.ignored, ["services.web.depends_on"]);
+    }
 }
