@@ -8,6 +8,7 @@ mod node;
 mod output;
 mod secret;
 mod service;
+mod stack;
 mod system;
 
 use std::net::SocketAddr;
@@ -149,6 +150,9 @@ pub enum Cmd {
     /// Manage secrets (values given to services' tasks as in-memory files).
     #[command(subcommand)]
     Secret(secret::SecretCmd),
+    /// Manage stacks (services deployed together from compose files).
+    #[command(subcommand)]
+    Stack(stack::StackCmd),
     /// Stream cluster events (from this manager's applied Raft log).
     Events(events::EventsArgs),
     /// Print a shell completion script (bash, zsh or fish).
@@ -357,6 +361,7 @@ async fn dispatch(client: &Client, command: Cmd) -> Result<()> {
         Cmd::Service(cmd) => service::run(client, cmd).await,
         Cmd::Config(cmd) => config::run(client, cmd).await,
         Cmd::Secret(cmd) => secret::run(client, cmd).await,
+        Cmd::Stack(cmd) => stack::run(client, cmd).await,
         Cmd::Events(args) => events::run(client, args).await,
         Cmd::Daemon(_) | Cmd::Version | Cmd::Completion { .. } | Cmd::Man { .. } => {
             unreachable!("handled before connecting")

@@ -4,7 +4,7 @@
 
 mod logs;
 mod progress;
-mod update;
+pub(super) mod update;
 
 use std::collections::BTreeMap;
 
