@@ -59,18 +59,20 @@ use crate::forward::{
 use crate::join::{JoinAccepted, JoinRequest, JoinResponse, MemberHint, TAG_JOIN};
 use crate::manager::rpc::{TAG_RAFT_APPEND, TAG_RAFT_SNAPSHOT, TAG_RAFT_VOTE};
 use crate::manager::services::legacy::{
-    ServiceRecordV1, ServiceRecordV2, ServiceSpecV1, ServiceSpecV2, ServicesStateV1,
-    ServicesStateV2, UpdateConfigV1,
+    ServiceRecordV1, ServiceRecordV2, ServiceRecordV3, ServiceSpecV1, ServiceSpecV2, ServiceSpecV3,
+    ServicesStateV1, ServicesStateV2, ServicesStateV3, UpdateConfigV1,
 };
 use crate::manager::services::{
     ConfigRecord, ConfigRef, DeviceSpec, EndpointMode, FailureAction, HealthCheckSpec,
     HealthTestSpec, MountSpec, MountType, PortSpec, PublishMode, ResourceSpec, RestartCondition,
-    RestartPolicySpec, ServiceCommand, ServiceMode, ServiceRecord, ServiceSpec, ServicesState,
-    TaskHealth, TaskOptionsSpec, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
+    RestartPolicySpec, SecretRecord, SecretRef, ServiceCommand, ServiceMode, ServiceRecord,
+    ServiceSpec, ServicesState, TaskHealth, TaskOptionsSpec, UpdateConfig, UpdateOrder,
+    UpdateState, UpdateStatus,
 };
 use crate::manager::state::{
-    Availability, ClusterRecord, ClusterState, ClusterStateV1, ClusterStateV2, Command,
-    CommandResult, NodeRecord, NodeStatus, Role, STATE_VERSION, STATE_VERSION_V1, STATE_VERSION_V2,
+    Availability, ClusterRecord, ClusterState, ClusterStateV1, ClusterStateV2, ClusterStateV3,
+    Command, CommandResult, NodeRecord, NodeStatus, Role, STATE_VERSION, STATE_VERSION_V1,
+    STATE_VERSION_V2, STATE_VERSION_V3,
 };
 use crate::manager::store::{LogStore, SmData, StateMachineStore, open_db};
 use crate::manager::types::{Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
@@ -445,6 +447,7 @@ pub(crate) fn service_spec() -> ServiceSpec {
         mounts: Vec::new(),
         options: TaskOptionsSpec::default(),
         configs: Vec::new(),
+        secrets: Vec::new(),
     }
 }
 
@@ -625,6 +628,166 @@ pub(crate) fn state_v2(s: &ClusterState) -> ClusterStateV2 {
     }
 }
 
+/// Today's spec as version 3 held it (no secrets).
+pub(crate) fn spec_v3(s: &ServiceSpec) -> ServiceSpecV3 {
+    let ServiceSpec {
+        name,
+        image,
+        args,
+        env,
+        driver,
+        mode,
+        ports,
+        constraints,
+        reservations,
+        limits,
+        restart_policy,
+        max_replicas_per_node,
+        health_check,
+        labels,
+        stop_grace_ms,
+        update_config,
+        rollback_config,
+        no_healthcheck,
+        force_update,
+        endpoint_mode,
+        expose,
+        mounts,
+        options,
+        configs,
+        secrets: _,
+    } = s.clone();
+    ServiceSpecV3 {
+        name,
+        image,
+        args,
+        env,
+        driver,
+        mode,
+        ports,
+        constraints,
+        reservations,
+        limits,
+        restart_policy,
+        max_replicas_per_node,
+        health_check,
+        labels,
+        stop_grace_ms,
+        update_config,
+        rollback_config,
+        no_healthcheck,
+        force_update,
+        endpoint_mode,
+        expose,
+        mounts,
+        options,
+        configs,
+    }
+}
+
+/// Today's record as version 3 held it.
+pub(crate) fn record_v3(r: &ServiceRecord) -> ServiceRecordV3 {
+    ServiceRecordV3 {
+        id: r.id.clone(),
+        spec: spec_v3(&r.spec),
+        version: r.version,
+        previous_spec: r.previous_spec.as_ref().map(spec_v3),
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+        update_status: r.update_status.clone(),
+        older_specs: r
+            .older_specs
+            .iter()
+            .map(|(&v, s)| (v, spec_v3(s)))
+            .collect(),
+        vip_index: r.vip_index,
+    }
+}
+
+/// Today's state as version 3 held it (no secrets).
+pub(crate) fn state_v3(s: &ClusterState) -> ClusterStateV3 {
+    let records = |m: &BTreeMap<String, ServiceRecord>| {
+        m.iter().map(|(id, r)| (id.clone(), record_v3(r))).collect()
+    };
+    ClusterStateV3 {
+        cluster: s.cluster.clone(),
+        nodes: s.nodes.clone(),
+        raft_ids: s.raft_ids.clone(),
+        removed_keys: s.removed_keys.clone(),
+        services: ServicesStateV3 {
+            services: records(&s.services.services),
+            tasks: s.services.tasks.clone(),
+            removed: records(&s.services.removed),
+            health: s.services.health.clone(),
+            configs: s.services.configs.clone(),
+        },
+    }
+}
+
+/// A secret's fixed record (its "ciphertext" is fixed bytes: the format is what is pinned).
+pub(crate) fn secret_record() -> SecretRecord {
+    SecretRecord {
+        id: "k0000000000000000000000001".into(),
+        name: "db_password".into(),
+        labels: BTreeMap::from([("com.docker.stack.namespace".into(), "home".into())]),
+        created_at: T0 + 70,
+        key_id: [7; 8],
+        nonce: [3; 12],
+        sealed: vec![0xaa; 24],
+    }
+}
+
+/// The secrets key sealed to the manager (fixed bytes).
+pub(crate) fn sealed_key() -> crate::pki::seal::SealedKey {
+    crate::pki::seal::SealedKey {
+        key_id: [7; 8],
+        ephemeral: [5; 32],
+        sealed: vec![0xbb; 48],
+    }
+}
+
+/// Today's spec with a secret.
+pub(crate) fn service_spec_with_secret() -> ServiceSpec {
+    ServiceSpec {
+        secrets: vec![SecretRef {
+            secret_id: "k0000000000000000000000001".into(),
+            secret_name: "db_password".into(),
+            target: "/run/secrets/db_password".into(),
+            uid: 0,
+            gid: 70,
+            mode: 0o440,
+        }],
+        ..service_spec_no_health()
+    }
+}
+
+/// [`full_state`] with a secret, its use and the sealed key: version 4's state.
+pub(crate) fn full_state_v4() -> ClusterState {
+    let mut s = full_state();
+    if let Some(r) = s.services.services.get_mut(SERVICE_ID) {
+        r.spec = service_spec_with_secret();
+    }
+    s.services.secrets = BTreeMap::from([(secret_record().id, secret_record())]);
+    s.services.secrets_key = BTreeMap::from([(MANAGER_ID.into(), sealed_key())]);
+    s
+}
+
+/// A version-3 state as version 3 wrote it: its version byte, then postcard.
+fn encode_state_v3(s: &ClusterStateV3) -> Vec<u8> {
+    let mut out = vec![STATE_VERSION_V3];
+    out.extend(postcard::to_stdvec(s).expect("encode"));
+    out
+}
+
+/// Reads a state of version 3 as version 3 did.
+fn decode_state_v3(bytes: &[u8]) -> Result<ClusterStateV3, String> {
+    match bytes.split_first() {
+        Some((&STATE_VERSION_V3, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("state version {v} instead of {STATE_VERSION_V3}")),
+        None => Err("empty".into()),
+    }
+}
+
 fn zone_constraint() -> Constraint {
     Constraint {
         field: ConstraintField::Label("zone".into()),
@@ -723,6 +886,7 @@ pub(crate) fn full_state() -> ClusterState {
             removed: BTreeMap::from([(removed.id.clone(), removed)]),
             health: BTreeMap::from([("t00000000000000000000001".into(), TaskHealth::Healthy)]),
             configs: BTreeMap::from([(CONFIG_ID.into(), config_record())]),
+            ..ServicesState::default()
         },
     }
 }
@@ -1083,6 +1247,80 @@ const CMD_RESTORE_V3: &str = "\
     6e653d3d61747469638080802080cab5ee01808080408094ebdc0301e80703e0d403010001047465\
     616d036f7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e0103000282478347000000\
     0000000000000000010500000000";
+const CMD_SERVICE_CREATE_V4: &str = "\
+    090f197330303030303030303030303030303030303030303030306103776562102f7573722f6269\
+    6e2f707974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f640770726f\
+    63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d61747469638080802080\
+    cab5ee01808080408094ebdc0301e80703e0d403010001047465616d036f7073b81702f4030102b0\
+    ea01c09a0c03fa010101904ea0c21e01030002824783470000000000000000000000011a6b303030\
+    303030303030303030303030303030303030303030310b64625f70617373776f7264182f72756e2f\
+    736563726574732f64625f70617373776f72640046a002030103776562102f7573722f62696e2f70\
+    7974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f640770726f636573\
+    73000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d61747469638080802080cab5ee\
+    01808080408094ebdc0301e80703e0d403010001047465616d036f7073b81702f4030102b0ea01c0\
+    9a0c03fa010101904ea0c21e010300028247834700000000000000000000000080d095ffbc318ad0\
+    95ffbc3101020185d095ffbc31018ad095ffbc311075706461746520636f6d706c65746564020103\
+    776562092f62696e2f74727565000006646f636b657200010000000000000088270000000000904e\
+    0100000088270001000000882700000001000300082f7372762f777777042f777777010104646174\
+    61052f64617461000200042f746d70000102092f62696e2f74696e69022d2d0109313030303a3130\
+    303001042f737276010670692d77656201010c2f6465762f6770696f6d656d0c2f6465762f677069\
+    6f6d656d02727701095359535f524157494f01074e45545f52415701011963303030303030303030\
+    3030303030303030303030303030610a6e67696e782e636f6e66152f6574632f6e67696e782f6e67\
+    696e782e636f6e666565a002000203776562102f7573722f62696e2f707974686f6e3302022d6d0b\
+    687474702e73657276657201044d4f44450470726f640770726f63657373000201903f5001176e6f\
+    64652e6c6162656c732e7a6f6e653d3d61747469638080802080cab5ee01808080408094ebdc0301\
+    e80703e0d403010001047465616d036f7073b81702f4030102b0ea01c09a0c03fa010101904ea0c2\
+    1e01030002824783470000000000000000000000000105";
+const CMD_SERVICE_UPDATE_V4: &str = "\
+    0910197330303030303030303030303030303030303030303030306103776562102f7573722f6269\
+    6e2f707974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f640770726f\
+    63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d61747469638080802080\
+    cab5ee01808080408094ebdc0301e80703e0d403010001047465616d036f7073b81702f4030102b0\
+    ea01c09a0c03fa010101904ea0c21e01030002824783470000000000000000000000011a6b303030\
+    303030303030303030303030303030303030303030310b64625f70617373776f7264182f72756e2f\
+    736563726574732f64625f70617373776f72640046a002c0d095ffbc31";
+const CMD_CREATE_SECRET: &str = "\
+    09111a6b303030303030303030303030303030303030303030303030310b64625f70617373776f72\
+    64011a636f6d2e646f636b65722e737461636b2e6e616d65737061636504686f6d65c6d095ffbc31\
+    070707070707070703030303030303030303030318aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\
+    aaaaaaaaaa";
+const CMD_REMOVE_SECRET: &str = "\
+    09121a6b30303030303030303030303030303030303030303030303031";
+const CMD_SHARE_SECRETS_KEY: &str = "\
+    091301196d303030303030303030303030303030303030303030306d310707070707070707050505\
+    050505050505050505050505050505050505050505050505050505050530bbbbbbbbbbbbbbbbbbbb\
+    bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb0119\
+    77303030303030303030303030303030303030303030307732";
+const CMD_RESTORE_V4: &str = "\
+    0e01196330666665653063306666656530633066666565306330666680d095ffbc31043082010204\
+    302e030401020501196d303030303030303030303030303030303030303030306d31196d30303030\
+    3030303030303030303030303030303030306d310707070707070707070707070707070707070707\
+    070707070707070707070707878e9cb8f0e0c183070470692d310d31302e302e302e313a34373437\
+    000000000d6c696e75782f616172636836348080808020040206646f636b65720770726f63657373\
+    05302e312e3080d095ffbc3180d095ffbc3101878e9cb8f0e0c18307196d30303030303030303030\
+    3030303030303030303030306d310001197330303030303030303030303030303030303030303030\
+    3061197330303030303030303030303030303030303030303030306103776562102f7573722f6269\
+    6e2f707974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f640770726f\
+    63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d61747469638080802080\
+    cab5ee01808080408094ebdc0301e80703e0d40301010001092f62696e2f747275658827e8070290\
+    4e01047465616d036f7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e000400028247\
+    8347000000000000000000000000030103776562102f7573722f62696e2f707974686f6e3302022d\
+    6d0b687474702e73657276657201044d4f44450470726f640770726f63657373000201903f500117\
+    6e6f64652e6c6162656c732e7a6f6e653d3d61747469638080802080cab5ee01808080408094ebdc\
+    0301e80703e0d403010001047465616d036f7073b81702f4030102b0ea01c09a0c03fa010101904e\
+    a0c21e010300028247834700000000000000000000000080d095ffbc318ad095ffbc3101020185d0\
+    95ffbc31018ad095ffbc311075706461746520636f6d706c65746564020103776562092f62696e2f\
+    74727565000006646f636b657200010000000000000088270000000000904e010000008827000100\
+    0000882700000001000300082f7372762f777777042f77777701010464617461052f646174610002\
+    00042f746d70000102092f62696e2f74696e69022d2d0109313030303a3130303001042f73727601\
+    0670692d77656201010c2f6465762f6770696f6d656d0c2f6465762f6770696f6d656d0272770109\
+    5359535f524157494f01074e45545f52415701011963303030303030303030303030303030303030\
+    3030303030610a6e67696e782e636f6e66152f6574632f6e67696e782f6e67696e782e636f6e6665\
+    65a002000203776562102f7573722f62696e2f707974686f6e3302022d6d0b687474702e73657276\
+    657201044d4f44450470726f640770726f63657373000201903f5001176e6f64652e6c6162656c73\
+    2e7a6f6e653d3d61747469638080802080cab5ee01808080408094ebdc0301e80703e0d403010001\
+    047465616d036f7073b81702f4030102b0ea01c09a0c03fa010101904ea0c21e0103000282478347\
+    0000000000000000000000000105000000000000";
 const CMD_RESTORE_V2: &str = "\
     0c01196330666665653063306666656530633066666565306330666680d095ffbc31043082010204\
     302e030401020501196d303030303030303030303030303030303030303030306d31196d30303030\
@@ -1203,8 +1441,13 @@ fn raft_log_commands_keep_their_bytes() {
         ),
         (
             "CMD_RESTORE_V3",
-            Command::RestoreV3(Box::new(restore_state())),
+            Command::RestoreV3(Box::new(state_v3(&restore_state()))),
             CMD_RESTORE_V3,
+        ),
+        (
+            "CMD_RESTORE_V4",
+            Command::RestoreV4(Box::new(restore_state())),
+            CMD_RESTORE_V4,
         ),
     ];
     let service_commands = [
@@ -1352,12 +1595,16 @@ fn raft_log_commands_keep_their_bytes() {
         ),
         (
             "CMD_SERVICE_CREATE_V3",
-            ServiceCommand::create(service_record()),
+            ServiceCommand::CreateV3(Box::new(record_v3(&service_record()))),
             CMD_SERVICE_CREATE_V3,
         ),
         (
             "CMD_SERVICE_UPDATE_V3",
-            ServiceCommand::update(SERVICE_ID, service_spec_no_health(), T0 + 63),
+            ServiceCommand::UpdateV3 {
+                id: SERVICE_ID.into(),
+                spec: Box::new(spec_v3(&service_spec_no_health())),
+                at: T0 + 63,
+            },
             CMD_SERVICE_UPDATE_V3,
         ),
         (
@@ -1371,6 +1618,39 @@ fn raft_log_commands_keep_their_bytes() {
                 id: CONFIG_ID.into(),
             },
             CMD_REMOVE_CONFIG,
+        ),
+        (
+            "CMD_SERVICE_CREATE_V4",
+            ServiceCommand::create(ServiceRecord {
+                spec: service_spec_with_secret(),
+                ..service_record()
+            }),
+            CMD_SERVICE_CREATE_V4,
+        ),
+        (
+            "CMD_SERVICE_UPDATE_V4",
+            ServiceCommand::update(SERVICE_ID, service_spec_with_secret(), T0 + 64),
+            CMD_SERVICE_UPDATE_V4,
+        ),
+        (
+            "CMD_CREATE_SECRET",
+            ServiceCommand::CreateSecret(Box::new(secret_record())),
+            CMD_CREATE_SECRET,
+        ),
+        (
+            "CMD_REMOVE_SECRET",
+            ServiceCommand::RemoveSecret {
+                id: secret_record().id,
+            },
+            CMD_REMOVE_SECRET,
+        ),
+        (
+            "CMD_SHARE_SECRETS_KEY",
+            ServiceCommand::ShareSecretsKey {
+                set: BTreeMap::from([(MANAGER_ID.into(), sealed_key())]),
+                drop: vec![WORKER_ID.into()],
+            },
+            CMD_SHARE_SECRETS_KEY,
         ),
     ];
     let all = node_commands.into_iter().chain(
@@ -1691,6 +1971,24 @@ pub(crate) const STATE_FULL_V2: &str = "\
     30303030303062036f6c64076e67696e783a31000006646f636b6572000100000000000000882700\
     00000000904e01000000882700010000008827000000030080d095ffbc318ad095ffbc3100000118\
     74303030303030303030303030303030303030303030303102";
+const SNAPSHOT_DATA_V4: &str = "\
+    01030107010301060103010203030102038602040119633066666565306330666665653063306666\
+    6565306330666680d095ffbc31043082010204302e030401020501196d3030303030303030303030\
+    30303030303030303030306d31196d303030303030303030303030303030303030303030306d3107\
+    07070707070707070707070707070707070707070707070707070707070707878e9cb8f0e0c18307\
+    0470692d310d31302e302e302e313a34373437000000000d6c696e75782f61617263683634808080\
+    8020040206646f636b65720770726f6365737305302e312e3080d095ffbc3180d095ffbc3101878e\
+    9cb8f0e0c18307196d303030303030303030303030303030303030303030306d3100000000000000\
+    00";
+pub(crate) const SNAPSHOT_STORED_V4: &str = "\
+    01030107010301060103010203030102030b54332d4e312d372d3238319902010301070103010601\
+    030102030301020386020401196330666665653063306666656530633066666565306330666680d0\
+    95ffbc31043082010204302e030401020501196d3030303030303030303030303030303030303030\
+    30306d31196d303030303030303030303030303030303030303030306d3107070707070707070707\
+    07070707070707070707070707070707070707070707878e9cb8f0e0c183070470692d310d31302e\
+    302e302e313a34373437000000000d6c696e75782f616172636836348080808020040206646f636b\
+    65720770726f6365737305302e312e3080d095ffbc3180d095ffbc3101878e9cb8f0e0c18307196d\
+    303030303030303030303030303030303030303030306d310000000000000000";
 const SNAPSHOT_DATA_V3: &str = "\
     01030107010301060103010203030102038402030119633066666565306330666665653063306666\
     6565306330666680d095ffbc31043082010204302e030401020501196d3030303030303030303030\
@@ -1728,6 +2026,67 @@ pub(crate) const SNAPSHOT_STORED_V2: &str = "\
 
 // Version 3: the endpoint mode, the exposed ports and the VIP index. `STATE_FULL_V2` above
 // is version 2's: it still loads, converted.
+pub(crate) const STATE_FULL_V4: &str = "\
+    0401196330666665653063306666656530633066666565306330666680d095ffbc31043082010204\
+    302e030401020502196d303030303030303030303030303030303030303030306d31196d30303030\
+    3030303030303030303030303030303030306d310707070707070707070707070707070707070707\
+    070707070707070707070707878e9cb8f0e0c183070470692d310d31302e302e302e313a34373437\
+    000000000d6c696e75782f616172636836348080808020040206646f636b65720770726f63657373\
+    05302e312e3080d095ffbc3180d095ffbc3119773030303030303030303030303030303030303030\
+    30307732197730303030303030303030303030303030303030303030773208080808080808080808\
+    080808080808080808080808080808080808080808088890a0c080818284080470692d320d31302e\
+    302e302e323a3437343701020101047a6f6e650561747469630c6c696e75782f7838365f36348080\
+    80800401010770726f6365737305302e312e3081d095ffbc3182d095ffbc3101878e9cb8f0e0c183\
+    07196d303030303030303030303030303030303030303030306d3101090909090909090909090909\
+    09090909090909090909090909090909090909090119733030303030303030303030303030303030\
+    30303030303061197330303030303030303030303030303030303030303030306103776562102f75\
+    73722f62696e2f707974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f\
+    640770726f63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d6174746963\
+    8080802080cab5ee01808080408094ebdc0301e80703e0d403010001047465616d036f7073b81702\
+    f4030102b0ea01c09a0c03fa010101904ea0c21e0103000282478347000000000000000000000001\
+    1a6b303030303030303030303030303030303030303030303030310b64625f70617373776f726418\
+    2f72756e2f736563726574732f64625f70617373776f72640046a002030103776562102f7573722f\
+    62696e2f707974686f6e3302022d6d0b687474702e73657276657201044d4f44450470726f640770\
+    726f63657373000201903f5001176e6f64652e6c6162656c732e7a6f6e653d3d6174746963808080\
+    2080cab5ee01808080408094ebdc0301e80703e0d403010001047465616d036f7073b81702f40301\
+    02b0ea01c09a0c03fa010101904ea0c21e010300028247834700000000000000000000000080d095\
+    ffbc318ad095ffbc3101020185d095ffbc31018ad095ffbc311075706461746520636f6d706c6574\
+    6564020103776562092f62696e2f74727565000006646f636b657200010000000000000088270000\
+    000000904e0100000088270001000000882700000001000300082f7372762f777777042f77777701\
+    010464617461052f64617461000200042f746d70000102092f62696e2f74696e69022d2d01093130\
+    30303a3130303001042f737276010670692d77656201010c2f6465762f6770696f6d656d0c2f6465\
+    762f6770696f6d656d02727701095359535f524157494f01074e45545f5241570101196330303030\
+    30303030303030303030303030303030303030610a6e67696e782e636f6e66152f6574632f6e6769\
+    6e782f6e67696e782e636f6e666565a002000203776562102f7573722f62696e2f707974686f6e33\
+    02022d6d0b687474702e73657276657201044d4f44450470726f640770726f63657373000201903f\
+    5001176e6f64652e6c6162656c732e7a6f6e653d3d61747469638080802080cab5ee018080804080\
+    94ebdc0301e80703e0d403010001047465616d036f7073b81702f4030102b0ea01c09a0c03fa0101\
+    01904ea0c21e01030002824783470000000000000000000000000105031874303030303030303030\
+    30303030303030303030303030301874303030303030303030303030303030303030303030303019\
+    7330303030303030303030303030303030303030303030306100010001196d303030303030303030\
+    303030303030303030303030306d310107028080802080cab5ee0194d095ffbc319ed095ffbc3101\
+    8ed095ffbc3101920201197461736b20657869746564207769746820636f64652031333700001874\
+    30303030303030303030303030303030303030303030311874303030303030303030303030303030\
+    3030303030303031197330303030303030303030303030303030303030303030306100010101196d\
+    303030303030303030303030303030303030303030306d310005028080802080cab5ee0194d095ff\
+    bc319ed095ffbc3100000000018fd095ffbc31187430303030303030303030303030303030303030\
+    30303032187430303030303030303030303030303030303030303030321973303030303030303030\
+    30303030303030303030303030306101197730303030303030303030303030303030303030303030\
+    773200000001028080802080cab5ee0194d095ffbc319ed095ffbc310000000102020403047a6f6e\
+    65000561747469630107808080200100011973303030303030303030303030303030303030303030\
+    3030621973303030303030303030303030303030303030303030303062036f6c64076e67696e783a\
+    31000006646f636b657200010000000000000088270000000000904e010000008827000100000088\
+    270000000000000000000000000000000000030080d095ffbc318ad095ffbc310000010501187430\
+    30303030303030303030303030303030303030303031020119633030303030303030303030303030\
+    3030303030303030306119633030303030303030303030303030303030303030303030610a6e6769\
+    6e782e636f6e6614776f726b65725f70726f63657373657320313b0a01036170700377656281d095\
+    ffbc31011a6b303030303030303030303030303030303030303030303030311a6b30303030303030\
+    3030303030303030303030303030303030310b64625f70617373776f7264011a636f6d2e646f636b\
+    65722e737461636b2e6e616d65737061636504686f6d65c6d095ffbc310707070707070707030303\
+    03030303030303030318aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa01196d303030\
+    303030303030303030303030303030303030306d3107070707070707070505050505050505050505\
+    05050505050505050505050505050505050505050530bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\
+    bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 pub(crate) const STATE_FULL_V3: &str = "\
     0301196330666665653063306666656530633066666565306330666680d095ffbc31043082010204\
     302e030401020502196d303030303030303030303030303030303030303030306d31196d30303030\
@@ -1802,7 +2161,7 @@ fn decode_state_v2(bytes: &[u8]) -> Result<ClusterStateV2, String> {
 fn cluster_state_keeps_its_bytes() {
     let mut g = Golden::default();
     assert_eq!(
-        STATE_VERSION, 3,
+        STATE_VERSION, 4,
         "a new state version needs a migration and a new case"
     );
     // Version 1, as version 1 wrote and read it (today's reader converts it: see
@@ -1823,8 +2182,15 @@ fn cluster_state_keeps_its_bytes() {
     );
     g.case(
         "STATE_FULL_V3",
-        &full_state(),
+        &state_v3(&full_state()),
         STATE_FULL_V3,
+        encode_state_v3,
+        decode_state_v3,
+    );
+    g.case(
+        "STATE_FULL_V4",
+        &full_state_v4(),
+        STATE_FULL_V4,
         ClusterState::encode,
         ClusterState::decode,
     );
@@ -1865,12 +2231,12 @@ async fn raft_snapshot_keeps_its_bytes() {
     *sm.shared().write().expect("lock") = sm_data();
     let snapshot = sm.build_snapshot().await.expect("build");
     g.bytes(
-        "SNAPSHOT_DATA_V3",
+        "SNAPSHOT_DATA_V4",
         snapshot.snapshot.get_ref(),
-        SNAPSHOT_DATA_V3,
+        SNAPSHOT_DATA_V4,
     );
     let stored = read_meta_row(&db, "snapshot");
-    g.bytes("SNAPSHOT_STORED_V3", &stored, SNAPSHOT_STORED_V3);
+    g.bytes("SNAPSHOT_STORED_V4", &stored, SNAPSHOT_STORED_V4);
     // The same layout as the mirror that pins version 1's rows below.
     let (data, row) = snapshot_rows(small_state().encode());
     if data != snapshot.snapshot.get_ref().as_slice() || row != stored {
@@ -1888,12 +2254,17 @@ async fn raft_snapshot_keeps_its_bytes() {
     let (data, row) = snapshot_rows(encode_state_v2(&state_v2(&small_state())));
     g.bytes("SNAPSHOT_DATA_V2", &data, SNAPSHOT_DATA_V2);
     g.bytes("SNAPSHOT_STORED_V2", &row, SNAPSHOT_STORED_V2);
+    // Version 3's rows, the same way.
+    let (data, row) = snapshot_rows(encode_state_v3(&state_v3(&small_state())));
+    g.bytes("SNAPSHOT_DATA_V3", &data, SNAPSHOT_DATA_V3);
+    g.bytes("SNAPSHOT_STORED_V3", &row, SNAPSHOT_STORED_V3);
 
     // The checked-in rows load at start, version 1's converted.
     for (i, (name, golden)) in [
         ("SNAPSHOT_STORED", SNAPSHOT_STORED),
         ("SNAPSHOT_STORED_V2", SNAPSHOT_STORED_V2),
         ("SNAPSHOT_STORED_V3", SNAPSHOT_STORED_V3),
+        ("SNAPSHOT_STORED_V4", SNAPSHOT_STORED_V4),
     ]
     .into_iter()
     .enumerate()
@@ -1956,6 +2327,7 @@ fn old_bytes_decode_into_todays_types() {
         mounts: Vec::new(),
         options: TaskOptionsSpec::default(),
         configs: Vec::new(),
+        secrets: Vec::new(),
     };
     let old = service_record_v1();
     let record_today = ServiceRecord {
@@ -2059,7 +2431,7 @@ fn old_bytes_decode_into_todays_types() {
     assert_eq!(ClusterState::from((**state).clone()), small_state());
     let restored = apply_both(
         &restore,
-        &Command::RestoreV3(Box::new(small_state())),
+        &Command::RestoreV4(Box::new(small_state())),
         &created,
     );
     assert_eq!(restored, small_state());
@@ -2205,6 +2577,10 @@ pub(crate) const ASSIGNMENT_SET: &str = "\
     01808080400001010f74657374202d65202f746d702f6f6b023573083173203530306d7302023073\
     0106534947494e540233730100092f7372762f64617461052f646174610100011874303030303030\
     3030303030303030303030303030303030";
+const TO_WORKER_SECRETS: &str = "\
+    080000004c0106011874303030303030303030303030303030303030303030303101182f72756e2f\
+    736563726574732f64625f70617373776f7264116e6f742d612d7265616c2d7365637265740046a0\
+    02";
 const TASK_REPORT: &str = "\
     187430303030303030303030303030303030303030303030300701920201197461736b2065786974\
     6564207769746820636f6465203133370109756e6865616c7468798ed095ffbc31";
@@ -2295,6 +2671,21 @@ fn worker_session_frames_keep_their_bytes() {
         TAG_DISPATCH,
         &ToWorker::Discovery(discovery_table()),
         TO_WORKER_DISCOVERY,
+    );
+    g.frame(
+        "TO_WORKER_SECRETS",
+        TAG_DISPATCH,
+        &ToWorker::Secrets(vec![crate::session::TaskSecrets {
+            task_id: "t00000000000000000000001".into(),
+            files: vec![shoal_runtime::TaskFile {
+                target: "/run/secrets/db_password".into(),
+                data: b"not-a-real-secret".to_vec(),
+                uid: 0,
+                gid: 70,
+                mode: 0o440,
+            }],
+        }]),
+        TO_WORKER_SECRETS,
     );
     g.frame(
         "TO_LEADER_PUBLISH_PROBLEMS",
@@ -3139,7 +3530,7 @@ fn version_2_bytes_decode_into_todays_types() {
     // `RestoreV2`: the state converted.
     let restored = apply_both(
         &decode("CMD_RESTORE_V2", CMD_RESTORE_V2),
-        &Command::RestoreV3(Box::new(ClusterState::from(state_v2(&restore_state())))),
+        &Command::RestoreV4(Box::new(ClusterState::from(state_v2(&restore_state())))),
         &updated,
     );
     assert_eq!(

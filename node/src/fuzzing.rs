@@ -623,6 +623,8 @@ mod tests {
             ("state-v2", 5, formats::STATE_FULL_V2),
             ("snapshot-v3", 4, formats::SNAPSHOT_STORED_V3),
             ("state-v3", 5, formats::STATE_FULL_V3),
+            ("snapshot-v4", 4, formats::SNAPSHOT_STORED_V4),
+            ("state-v4", 5, formats::STATE_FULL_V4),
         ] {
             let mut row = vec![which];
             row.extend(unhex(hex));

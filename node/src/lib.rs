@@ -5,6 +5,10 @@
 //! use; everything else is private to the crate, so the compiler reports what is unused.
 
 mod api;
+/// The label that puts a service in a stack (`shoal stack deploy`, Docker's name): its tasks
+/// reach the stack's other services by their short names.
+pub const STACK_NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
+
 pub mod cli;
 pub mod clock;
 pub mod config;

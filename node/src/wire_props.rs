@@ -391,11 +391,21 @@ fn service_command() -> impl Strategy<Value = ServiceCommand> {
             rec.version = version;
             ServiceCommand::create(rec)
         }),
-        (id(), any::<u64>()).prop_map(|(id, at)| ServiceCommand::UpdateV3 {
+        (id(), any::<u64>()).prop_map(|(id, at)| ServiceCommand::update(
             id,
-            spec: Box::new(formats::service_spec()),
-            at,
+            formats::service_spec_with_secret(),
+            at
+        )),
+        (id(), btree_set(id(), 0..3)).prop_map(|(id, drop)| ServiceCommand::ShareSecretsKey {
+            set: BTreeMap::from([(id, formats::sealed_key())]),
+            drop: drop.into_iter().collect(),
         }),
+        id().prop_map(|id| ServiceCommand::CreateSecret(Box::new(
+            crate::manager::services::SecretRecord {
+                id,
+                ..formats::secret_record()
+            }
+        ))),
     ]
 }
 
@@ -450,9 +460,9 @@ fn command() -> impl Strategy<Value = Command> {
             }
         ),
         (btree_set(key(), 0..3)).prop_map(|removed_keys| {
-            let mut state = formats::full_state();
+            let mut state = formats::full_state_v4();
             state.removed_keys = removed_keys;
-            Command::RestoreV3(Box::new(state))
+            Command::RestoreV4(Box::new(state))
         }),
     ]
 }

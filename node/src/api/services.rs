@@ -1498,7 +1498,7 @@ mod tests {
                 r#""monitor_ms":5000,"max_failure_ratio_ppm":0},"#,
                 r#""no_healthcheck":false,"force_update":0,"endpoint_mode":"vip","expose":[],"mounts":[],"#,
                 r#""entrypoint":null,"user":null,"workdir":null,"hostname":null,"init":false,"devices":[],"#,
-                r#""cap_add":[],"cap_drop":[],"privileged":false,"configs":[]}"#,
+                r#""cap_add":[],"cap_drop":[],"privileged":false,"configs":[],"secrets":[]}"#,
             )
         );
         let back = serde_json::from_str::<ServiceSpecBody>(&json).unwrap();

@@ -264,6 +264,9 @@ pub(crate) async fn names_of(
                     && subnet.contains(*a.ip())
                 {
                     tasks.push(*a.ip());
+                    if let Some(stack) = local.stack(&t.task_id, &t.driver).await {
+                        names.insert_stack_member(*a.ip(), &stack);
+                    }
                 }
             }
         }

@@ -64,6 +64,19 @@ impl LocalTasks for DriverTasks {
                 .map(|p| p.addr)
         })
     }
+
+    fn stack<'a>(&'a self, task_id: &'a str, driver: &'a str) -> BoxFut<'a, Option<String>> {
+        let driver = self
+            .drivers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(driver)
+            .cloned();
+        Box::pin(async move {
+            let status = driver?.inspect(task_id).await.ok()?;
+            status.labels.get(crate::STACK_NAMESPACE_LABEL).cloned()
+        })
+    }
 }
 
 /// Mesh streams over the node's QUIC pool.

@@ -28,6 +28,10 @@ pub struct ServiceName {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Names {
     services: HashMap<String, ServiceName>,
+    /// The stack of each local task's address (`com.docker.stack.namespace`): a name asked
+    /// from there resolves to `STACK_NAME` first, so a stack's services reach each other by
+    /// their compose names.
+    stacks: HashMap<Ipv4Addr, String>,
 }
 
 impl Names {
@@ -40,6 +44,21 @@ impl Names {
     #[must_use]
     pub fn get(&self, name: &str) -> Option<&ServiceName> {
         self.services.get(name)
+    }
+
+    /// Records that the task at `addr` belongs to the stack `stack`.
+    pub fn insert_stack_member(&mut self, addr: Ipv4Addr, stack: &str) {
+        self.stacks.insert(addr, stack.to_ascii_lowercase());
+    }
+
+    /// The service `name` (lowercase) means when `asker` asks: its stack's `STACK_name`
+    /// first, then the cluster-wide `name`.
+    #[must_use]
+    pub fn lookup(&self, name: &str, asker: Option<Ipv4Addr>) -> Option<&ServiceName> {
+        asker
+            .and_then(|a| self.stacks.get(&a))
+            .and_then(|stack| self.services.get(&format!("{stack}_{name}")))
+            .or_else(|| self.services.get(name))
     }
 
     /// How many services.
@@ -91,6 +110,17 @@ pub const TTL: u32 = 0;
 ///   an opcode other than QUERY.
 #[must_use]
 pub fn resolve(query: &[u8], names: &Names, transport: Transport) -> Outcome {
+    resolve_from(query, names, transport, None)
+}
+
+/// [`resolve`] for a query from `asker`: a stack's task gets its stack's services by their
+/// short names ([`Names::lookup`]).
+pub fn resolve_from(
+    query: &[u8],
+    names: &Names,
+    transport: Transport,
+    asker: Option<Ipv4Addr>,
+) -> Outcome {
     let Ok(header) = Header::parse(query) else {
         return Outcome::Drop;
     };
@@ -108,8 +138,10 @@ pub fn resolve(query: &[u8], names: &Names, transport: Transport) -> Outcome {
     let question = &message.questions[0];
     let name = question.name_lower();
     let service = match question.labels.len() {
-        1 => names.get(&name).map(|s| (s, false)),
-        2 if name.starts_with("tasks.") => names.get(&name["tasks.".len()..]).map(|s| (s, true)),
+        1 => names.lookup(&name, asker).map(|s| (s, false)),
+        2 if name.starts_with("tasks.") => names
+            .lookup(&name["tasks.".len()..], asker)
+            .map(|s| (s, true)),
         _ => return Outcome::Forward,
     };
     let edns = message.edns_size();
@@ -208,6 +240,42 @@ mod tests {
         let m = reply(&query(43, "API.", TYPE_A, None), Transport::Udp);
         assert_eq!(addrs(&m), [Ipv4Addr::new(10, 247, 128, 1)]);
         assert_eq!(m.questions[0].labels[0], b"API");
+    }
+
+    #[test]
+    fn issue_23_a_stacks_task_reaches_its_stacks_services_by_their_short_names() {
+        let mut n = names();
+        let vip = |last| ServiceName {
+            mode: EndpointMode::Vip,
+            vip: Some(Ipv4Addr::new(10, 247, 128, last)),
+            tasks: vec![],
+        };
+        n.insert("home_db", vip(20));
+        n.insert("blog_db", vip(21));
+        let home_web = Ipv4Addr::new(10, 247, 0, 40);
+        n.insert_stack_member(home_web, "home");
+        let ask = |name: &str, from: Option<Ipv4Addr>| match resolve_from(
+            &query(9, name, TYPE_A, None),
+            &n,
+            Transport::Udp,
+            from,
+        ) {
+            Outcome::Reply(r) => addrs(&Message::parse(&r).unwrap()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(ask("db", Some(home_web)), [Ipv4Addr::new(10, 247, 128, 20)]);
+        assert_eq!(
+            ask("home_db", Some(home_web)),
+            [Ipv4Addr::new(10, 247, 128, 20)]
+        );
+        // Another stack's by its full name; a cluster-wide name still answers.
+        assert_eq!(
+            ask("blog_db", Some(home_web)),
+            [Ipv4Addr::new(10, 247, 128, 21)]
+        );
+        assert_eq!(ask("api", Some(home_web)), [Ipv4Addr::new(10, 247, 128, 1)]);
+        // Outside the stack, `db` is the cluster-wide `db` (a dnsrr service here).
+        assert_eq!(ask("db", None), [Ipv4Addr::new(10, 247, 0, 9)]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 
 use super::codec::{Header, Message, Rcode, Reply, TCP_MAX};
-use super::{Names, Outcome, Transport, resolve};
+use super::{Names, Outcome, Transport};
 
 /// Where and how long to forward names that are not the cluster's.
 #[derive(Debug, Clone)]
@@ -112,7 +112,11 @@ pub async fn serve_udp(
         let query = &buf[..n];
         let outcome = {
             let names = names.borrow();
-            resolve(query, &names, Transport::Udp)
+            let asker = match from.ip() {
+                std::net::IpAddr::V4(a) => Some(a),
+                std::net::IpAddr::V6(_) => None,
+            };
+            super::resolve::resolve_from(query, &names, Transport::Udp, asker)
         };
         match outcome {
             Outcome::Reply(reply) => {
@@ -172,6 +176,10 @@ async fn tcp_connection(
     names: watch::Receiver<Arc<Names>>,
     upstreams: &Upstreams,
 ) -> std::io::Result<()> {
+    let asker = match stream.peer_addr().map(|a| a.ip()) {
+        Ok(std::net::IpAddr::V4(a)) => Some(a),
+        _ => None,
+    };
     let mut buf = vec![0u8; TCP_MAX];
     loop {
         let Ok(len) = tokio::time::timeout(TCP_IDLE, stream.read_u16()).await else {
@@ -184,7 +192,7 @@ async fn tcp_connection(
         let query = &buf[..len];
         let outcome = {
             let names = names.borrow();
-            resolve(query, &names, Transport::Tcp)
+            super::resolve::resolve_from(query, &names, Transport::Tcp, asker)
         };
         let reply = match outcome {
             Outcome::Reply(reply) => reply,
@@ -425,7 +433,11 @@ mod tests {
         let start = Instant::now();
         let rounds = 200_000u32;
         for _ in 0..rounds {
-            std::hint::black_box(resolve(std::hint::black_box(&q), &n, Transport::Udp));
+            std::hint::black_box(crate::dns::resolve::resolve(
+                std::hint::black_box(&q),
+                &n,
+                Transport::Udp,
+            ));
         }
         println!(
             "resolve() alone: {:.0} ns per query",

@@ -34,6 +34,13 @@ pub trait LocalTasks: Send + Sync {
         driver: &'a str,
         target: u16,
     ) -> BoxFut<'a, Option<SocketAddr>>;
+
+    /// The stack (`com.docker.stack.namespace` label) of the task `task_id` on this node, if
+    /// it belongs to one.
+    fn stack<'a>(&'a self, task_id: &'a str, driver: &'a str) -> BoxFut<'a, Option<String>> {
+        let _ = (task_id, driver);
+        Box::pin(async { None })
+    }
 }
 
 /// Streams to other nodes: the QUIC pool, behind a seam for the tests.

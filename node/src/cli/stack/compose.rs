@@ -26,7 +26,7 @@ use crate::api::services::{
 use crate::manager::services::{FailureAction, RATIO_ONE_PPM, ServiceSpec, UpdateOrder};
 
 /// The label that ties a service, secret or config to its stack (Docker's).
-pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
+pub const NAMESPACE_LABEL: &str = crate::STACK_NAMESPACE_LABEL;
 
 /// One compose file: the name it is shown by, and its text.
 #[derive(Debug, Clone)]
