@@ -86,7 +86,7 @@ fn issue_23_a_secret_reaches_only_its_tasks_in_memory_and_is_stored_nowhere_in_c
     let (ms, ws) = start_cluster_with("sc-", 152, 1, 1, 2, |d| {
         let metrics = format!("{}:{METRICS_PORT}", d.addr.ip());
         d.extra.extend(["--metrics-addr".into(), metrics]);
-        d.env.push(("RUST_LOG".into(), "debug".into()));
+        d.env.push(("RUST_LOG".into(), "shoal=debug,info".into()));
         Ok(())
     })?;
     let (m, w1, w2) = (&ms[0], &ws[0], &ws[1]);
@@ -120,6 +120,7 @@ fn issue_23_a_secret_reaches_only_its_tasks_in_memory_and_is_stored_nowhere_in_c
     m.ok(&[
         "service",
         "create",
+        "--detach",
         "--name",
         "db",
         "--constraint",
@@ -134,6 +135,7 @@ fn issue_23_a_secret_reaches_only_its_tasks_in_memory_and_is_stored_nowhere_in_c
     m.ok(&[
         "service",
         "create",
+        "--detach",
         "--name",
         "dbtool",
         "--driver",
@@ -149,6 +151,7 @@ fn issue_23_a_secret_reaches_only_its_tasks_in_memory_and_is_stored_nowhere_in_c
     m.ok(&[
         "service",
         "create",
+        "--detach",
         "--name",
         "web",
         "--constraint",

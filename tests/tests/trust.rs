@@ -29,8 +29,8 @@ use shoal::join::{JoinResponse, TAG_JOIN};
 use shoal::manager::rpc::{TAG_RAFT_APPEND, TAG_RAFT_SNAPSHOT, TAG_RAFT_VOTE};
 use shoal::manager::services::{ServiceCommand, ServiceSpec};
 use shoal::manager::state::{
-    Availability, ClusterRecord, ClusterState, ClusterStateV1, ClusterStateV2, Command,
-    CommandResult, NodeRecord, NodeStatus, Role,
+    Availability, ClusterRecord, ClusterState, ClusterStateV1, ClusterStateV2, ClusterStateV3,
+    Command, CommandResult, NodeRecord, NodeStatus, Role,
 };
 use shoal::manager::types::{Entry, TypeConfig};
 use shoal::pki::NodeKey;
@@ -836,7 +836,7 @@ fn issue_14_worker_certificate_cannot_forward_raft_commands() -> Result<()> {
         ),
         (
             "Restore a state where w1 is the only manager",
-            Command::RestoreV3(Box::new(state.clone())),
+            Command::RestoreV4(Box::new(state.clone())),
         ),
     ];
     rogue_reaches_leader(&rogue, leader, &w1_id)?;
@@ -867,8 +867,19 @@ fn issue_14_worker_certificate_cannot_forward_raft_commands() -> Result<()> {
         removed_keys: state.removed_keys.clone(),
         ..ClusterStateV2::default()
     };
+    let v3_state = ClusterStateV3 {
+        cluster: state.cluster.clone(),
+        nodes: state.nodes.clone(),
+        raft_ids: state.raft_ids.clone(),
+        removed_keys: state.removed_keys.clone(),
+        ..ClusterStateV3::default()
+    };
     let restores = [
-        ("RestoreV3", Command::RestoreV3(Box::new(state))),
+        ("RestoreV4", Command::RestoreV4(Box::new(state))),
+        (
+            "RestoreV3 (version 3)",
+            Command::RestoreV3(Box::new(v3_state)),
+        ),
         (
             "RestoreV2 (version 2)",
             Command::RestoreV2(Box::new(v2_state)),

@@ -420,14 +420,15 @@ pub(super) fn is_node_local(req: &ApiRequest) -> bool {
 
 /// Which Raft commands a follower may forward to the leader: those a follower proposes on
 /// behalf of a request it serves (a join it admits, service changes, worker reports and
-/// resources). `InitCluster` and `Restore` (`RestoreV2`, `RestoreV3`) replace cluster-wide state and are
+/// resources). `InitCluster` and `Restore` (`RestoreV2`, `RestoreV3`, `RestoreV4`) replace cluster-wide state and are
 /// only ever proposed locally, by `init` on the node itself.
 pub(super) fn forwardable(cmd: &Command) -> Result<(), String> {
     match cmd {
         Command::InitCluster { .. }
         | Command::Restore(_)
         | Command::RestoreV2(_)
-        | Command::RestoreV3(_) => Err("this command is never accepted from another node".into()),
+        | Command::RestoreV3(_)
+        | Command::RestoreV4(_) => Err("this command is never accepted from another node".into()),
         _ => Ok(()),
     }
 }

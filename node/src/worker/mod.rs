@@ -118,7 +118,7 @@ pub struct WorkerConfig {
 
 /// The label a task's spec carries when it needs secrets (their names): the worker starts
 /// it only with its secrets from the [`SecretStore`].
-pub const LABEL_SECRETS: &str = "shoal.secrets";
+pub const LABEL_SECRETS: &str = "io.shoal.secrets";
 
 /// The secrets of this node's tasks, by task ID, in memory only (never in the cache): what
 /// the leader sends apart from the assignments (`ToWorker::Secrets`).
