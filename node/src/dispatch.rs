@@ -81,6 +81,27 @@ fn assignment_change(
     })
 }
 
+/// Records what a worker reported it offers, when it differs from the state.
+async fn record_facilities(
+    node: &Node,
+    node_id: &str,
+    facilities: crate::manager::state::NodeFacilities,
+) {
+    let Some(manager) = node.manager_opt().await else {
+        return;
+    };
+    if manager.read_local(|s| s.facilities.get(node_id) == Some(&facilities)) {
+        return;
+    }
+    let cmd = Command::SetNodeFacilities {
+        id: node_id.to_owned(),
+        facilities,
+    };
+    if let Err(e) = node.propose(cmd).await {
+        debug!(node = %node_id, "cannot record node facilities: {e}");
+    }
+}
+
 /// The leader's side of one worker session, until the worker goes or this node stops
 /// leading.
 ///
@@ -145,6 +166,9 @@ pub async fn serve_session(
                     }
                     ToLeader::PublishProblems(problems) => {
                         node.record_publish_problems(&node_id, problems);
+                    }
+                    ToLeader::Facilities(facilities) => {
+                        record_facilities(&node, &node_id, facilities).await;
                     }
                 }
             }
@@ -341,6 +365,12 @@ async fn session(
     net::write_frame(&mut send, TAG_DISPATCH, &hello)
         .await
         .map_err(|e| e.to_string())?;
+    let facilities = crate::daemon::facilities(node.allow_privileged);
+    if facilities != crate::manager::state::NodeFacilities::default() {
+        net::write_frame(&mut send, TAG_DISPATCH, &ToLeader::Facilities(facilities))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     // The new leader learns everything this worker knows.
     let current = worker.current_reports().await.map_err(|e| e.to_string())?;
     if !current.is_empty() {

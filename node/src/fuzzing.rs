@@ -509,7 +509,9 @@ mod tests {
                 "TO_WORKER_ASSIGNMENTS_V2",
                 formats::TO_WORKER_ASSIGNMENTS_V2,
             ),
+            ("TO_WORKER_SECRETS", formats::TO_WORKER_SECRETS),
             ("TO_LEADER_REPORTS", formats::TO_LEADER_REPORTS),
+            ("TO_LEADER_FACILITIES", formats::TO_LEADER_FACILITIES),
             (
                 "TO_LEADER_PUBLISH_PROBLEMS",
                 formats::TO_LEADER_PUBLISH_PROBLEMS,

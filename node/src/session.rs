@@ -246,6 +246,9 @@ pub enum ToLeader {
     /// The published ports this node cannot listen on and why (all of them, each time the
     /// set changes; empty: every port listens). Sent first on a session when not empty.
     PublishProblems(Vec<PublishProblem>),
+    /// What this node offers tasks beyond drivers and capacity (privileges, devices): sent
+    /// first on a session, only when it is not the default (an older leader does not read it).
+    Facilities(crate::manager::state::NodeFacilities),
 }
 
 /// A published port a node cannot listen on.

@@ -59,6 +59,8 @@ fn cluster() -> ClusterView {
             } else {
                 BTreeSet::from(["docker".to_owned()])
             },
+            allows_privileged: false,
+            devices: None,
         })
         .collect();
     let constraint_sets: [&[&str]; 5] = [
@@ -74,6 +76,8 @@ fn cluster() -> ClusterView {
             name: format!("service-{i}"),
             mode: ServiceMode::Replicated { replicas: REPLICAS },
             driver: if i % 10 == 9 { "process" } else { "docker" }.to_owned(),
+            privileged: false,
+            devices: Vec::new(),
             constraints: Constraint::parse_all(constraint_sets[i % constraint_sets.len()])
                 .expect("valid constraints"),
             reservations: Resources {

@@ -42,12 +42,16 @@
 //!     labels: BTreeMap::new(),
 //!     capacity: Resources { memory_bytes: 1 << 30, nano_cpus: 4_000_000_000 },
 //!     drivers: BTreeSet::from(["docker".to_owned()]),
+//!     allows_privileged: false,
+//!     devices: None,
 //! };
 //! let service = Service {
 //!     id: ServiceId::from("s1"),
 //!     name: "web".into(),
 //!     mode: ServiceMode::Replicated { replicas: 2 },
 //!     driver: "docker".into(),
+//!     privileged: false,
+//!     devices: vec![],
 //!     constraints: Constraint::parse_all(&["node.role==worker"]).unwrap(),
 //!     reservations: Resources::ZERO,
 //!     max_replicas_per_node: None,

@@ -172,6 +172,10 @@ pub struct Node {
     pub capacity: Resources,
     /// Task drivers the node offers (e.g. `docker`, `process`).
     pub drivers: BTreeSet<String>,
+    /// Whether it runs tasks with more privileges than a container gets by default.
+    pub allows_privileged: bool,
+    /// The device paths it has; `None`: not reported (devices are then not checked).
+    pub devices: Option<BTreeSet<String>>,
 }
 
 /// How many tasks a service wants.
@@ -233,6 +237,12 @@ pub struct Service {
     pub mode: ServiceMode,
     /// Task driver the service needs (a node must offer it).
     pub driver: String,
+    /// Its tasks need more privileges than a container gets by default (`--privileged`,
+    /// `--cap-add`): only nodes that allow it are eligible.
+    pub privileged: bool,
+    /// Device paths of the node its tasks need (`--device`): only nodes that have them (or
+    /// have not reported their devices) are eligible.
+    pub devices: Vec<String>,
     /// Placement constraints; all must hold.
     pub constraints: Vec<Constraint>,
     /// Resources reserved per task.

@@ -32,6 +32,10 @@ pub enum FilterFailure {
     InsufficientMemory(u64),
     /// Not enough unreserved CPU for this reservation (nano-CPUs).
     InsufficientCpu(u64),
+    /// The node does not run privileged tasks (its daemon lacks `--allow-privileged`).
+    NotPrivileged,
+    /// The node does not have this device.
+    MissingDevice(String),
 }
 
 impl FilterFailure {
@@ -47,6 +51,8 @@ impl FilterFailure {
             Self::MaxReplicasPerNode(_) => 6,
             Self::InsufficientMemory(_) => 7,
             Self::InsufficientCpu(_) => 8,
+            Self::NotPrivileged => 9,
+            Self::MissingDevice(_) => 10,
         }
     }
 
@@ -90,6 +96,15 @@ impl FilterFailure {
                     format_cpus(*nano)
                 )
             }
+            Self::NotPrivileged => {
+                let (does, allow) = if one {
+                    ("does", "allow")
+                } else {
+                    ("do", "allow")
+                };
+                format!("{nodes} {does} not {allow} privileged tasks (daemon --allow-privileged)")
+            }
+            Self::MissingDevice(d) => format!("{nodes} {lacks} device {d}"),
         }
     }
 }
@@ -200,7 +215,7 @@ fn format_cpus(nano: u64) -> String {
 }
 
 /// The static filters (everything but per-node usage) for placing a *new* task of `service` on
-/// `node`: status ready, availability active, constraints, driver.
+/// `node`: status ready, availability active, constraints, driver, privileges, devices.
 ///
 /// # Errors
 /// The first filter the node fails.
@@ -220,6 +235,14 @@ pub fn check_static(node: &Node, service: &Service) -> Result<(), FilterFailure>
     }
     if !node.drivers.contains(&service.driver) {
         return Err(FilterFailure::MissingDriver(service.driver.clone()));
+    }
+    if service.privileged && !node.allows_privileged {
+        return Err(FilterFailure::NotPrivileged);
+    }
+    if let Some(have) = &node.devices
+        && let Some(d) = service.devices.iter().find(|d| !have.contains(*d))
+    {
+        return Err(FilterFailure::MissingDevice(d.clone()));
     }
     Ok(())
 }

@@ -26,6 +26,8 @@ fn base_node(i: usize) -> Node {
             nano_cpus: 2 * CPU,
         },
         drivers: BTreeSet::from(["docker".to_owned()]),
+        allows_privileged: false,
+        devices: None,
     }
 }
 
@@ -35,6 +37,8 @@ fn base_service(i: usize, mode: ServiceMode) -> Service {
         name: format!("svc{i}"),
         mode,
         driver: "docker".to_owned(),
+        privileged: false,
+        devices: Vec::new(),
         constraints: Vec::new(),
         reservations: Resources::ZERO,
         max_replicas_per_node: None,

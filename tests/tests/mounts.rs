@@ -140,9 +140,9 @@ const NET_RAW: u64 = 1 << 13;
 const SYS_RAWIO: u64 = 1 << 17;
 
 /// User, working directory, hostname, entrypoint, init, a device and a dropped capability
-/// reach the container; an added capability is refused on a node whose daemon was not
-/// started with `--allow-privileged` (the task fails with that reason) and granted on one
-/// that was.
+/// reach the container; a task with an added capability is placed only on a node whose
+/// daemon was started with `--allow-privileged` (pending with the scheduler's reason where
+/// none may run it) and granted there; a task is placed only where its device is.
 #[test]
 fn issue_23_task_options_reach_the_container_and_privileges_need_the_nodes_consent() -> Result<()> {
     if !docker_ready()? {
@@ -208,7 +208,8 @@ fn issue_23_task_options_reach_the_container_and_privileges_need_the_nodes_conse
         spec["spec"]["cap_drop"]
     );
 
-    // Refused where the daemon does not allow it, with the reason on the task.
+    // Never placed where the daemon does not allow it: pending, with the scheduler's reason
+    // (the node's own refusal at start stays as the second line of defence).
     m.ok(&[
         "service",
         "create",
@@ -224,24 +225,83 @@ fn issue_23_task_options_reach_the_container_and_privileges_need_the_nodes_conse
         "-c",
         "trap 'exit 0' TERM; sleep 3600 & wait",
     ])?;
-    let error = poll_until(
-        "raw-m's task to be refused",
+    let reason = poll_until(
+        "raw-m's task to wait for a node that allows it",
         Duration::from_secs(60),
         || {
             let rows = shoal_tests::tasks(m, "raw-m")?;
-            let error = rows
+            let reason = rows
                 .iter()
+                .filter(|t| t["state"] == "pending")
                 .filter_map(|t| t["error"].as_str())
-                .find(|e| e.contains("--allow-privileged"))
+                .find(|e| e.contains("not allow privileged tasks"))
                 .map(str::to_string);
-            ensure!(error.is_some(), "no refusal yet: {rows:?}");
-            Ok(error)
+            ensure!(
+                reason.is_some(),
+                "not pending with the reason yet: {rows:?}"
+            );
+            Ok(reason)
         },
     )?;
     ensure!(
         service_containers(&cluster, "raw-m")?.is_empty(),
-        "no container may run for a refused task ({error})"
+        "no container may run for a task no node may run ({reason})"
     );
+    // Unconstrained, two privileged replicas both land on the one node that allows them.
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "raw-any",
+        "--replicas",
+        "2",
+        "--cap-add",
+        "SYS_RAWIO",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; sleep 3600 & wait",
+    ])?;
+    let rows = shoal_tests::tasks(m, "raw-any")?;
+    let nodes: Vec<&str> = rows
+        .iter()
+        .filter(|t| t["state"] == "running")
+        .filter_map(|t| t["node"].as_str())
+        .collect();
+    ensure!(
+        nodes == [w.name.as_str(), w.name.as_str()],
+        "privileged replicas ran on {nodes:?}, not both on {}",
+        w.name
+    );
+    // A device no node has: pending with the reason; one every node has: placed.
+    m.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "gpio",
+        "--device",
+        "/dev/shoal-no-such-device",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; sleep 3600 & wait",
+    ])?;
+    poll_until(
+        "gpio to wait for the device",
+        Duration::from_secs(60),
+        || {
+            let rows = shoal_tests::tasks(m, "gpio")?;
+            ensure!(
+                rows.iter().any(|t| t["state"] == "pending"
+                    && t["error"].as_str().is_some_and(
+                        |e| e.contains("2 nodes lack device /dev/shoal-no-such-device")
+                    )),
+                "not pending with the reason yet: {rows:?}"
+            );
+            Ok(Some(()))
+        },
+    )?;
     // Granted where it does.
     m.ok(&[
         "service",

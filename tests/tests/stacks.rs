@@ -90,17 +90,23 @@ networks:
 }
 
 fn wait_running(d: &Daemon, service: &str, n: usize, version: u64) -> Result<()> {
-    poll_until(&format!("{n} tasks of {service} v{version}"), DEADLINE, || {
-        let rows = tasks(d, service)?;
-        let run = rows
-            .iter()
-            .filter(|t| {
-                t["state"] == "running" && t["desired_state"] == "running" && t["version"] == version
-            })
-            .count();
-        ensure!(run == n, "{run} of {n} running: {rows:?}");
-        Ok(Some(()))
-    })
+    poll_until(
+        &format!("{n} tasks of {service} v{version}"),
+        DEADLINE,
+        || {
+            let rows = tasks(d, service)?;
+            let run = rows
+                .iter()
+                .filter(|t| {
+                    t["state"] == "running"
+                        && t["desired_state"] == "running"
+                        && t["version"] == version
+                })
+                .count();
+            ensure!(run == n, "{run} of {n} running: {rows:?}");
+            Ok(Some(()))
+        },
+    )
 }
 
 /// What `web`'s container gets from `http://db/`.
@@ -174,7 +180,10 @@ fn issue_23_a_compose_stack_deploys_scales_rolls_prunes_and_goes() -> Result<()>
         let out = Command::new("sha256sum")
             .arg(dir.path().join("db_password.txt"))
             .output()?;
-        format!("sha {}", String::from_utf8_lossy(&out.stdout).get(..64).unwrap_or(""))
+        format!(
+            "sha {}",
+            String::from_utf8_lossy(&out.stdout).get(..64).unwrap_or("")
+        )
     };
 
     // Deploy: NAME_SERVICE names, one warning line naming what is not supported.
@@ -217,7 +226,10 @@ fn issue_23_a_compose_stack_deploys_scales_rolls_prunes_and_goes() -> Result<()>
     ensure!(image.trim() == IMAGE_V2, "db runs {image}");
     ensure!(ask_db(&cluster)? == want_sha);
     let ps = m.ok(&["stack", "ps", "home"])?;
-    ensure!(ps.contains("home_db") && ps.contains("home_web"), "stack ps:\n{ps}");
+    ensure!(
+        ps.contains("home_db") && ps.contains("home_web"),
+        "stack ps:\n{ps}"
+    );
 
     // web left the file: kept without --prune, removed with it.
     std::fs::write(&file, compose(None, IMAGE_V2))?;
@@ -233,10 +245,7 @@ fn issue_23_a_compose_stack_deploys_scales_rolls_prunes_and_goes() -> Result<()>
     // Invalid files: one line naming the file, line and key; nothing deployed.
     let bad = dir.path().join("bad.yml");
     let cases = [
-        (
-            "services:\n  a:\n    image: x\n   bad: [\n",
-            "bad.yml:",
-        ),
+        ("services:\n  a:\n    image: x\n   bad: [\n", "bad.yml:"),
         (
             "services:\n  a:\n    image: x\n    depends_on: [nosuch]\n",
             "bad.yml:4: services.a.depends_on",

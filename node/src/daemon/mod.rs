@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 pub use authz::trust_from_state;
 pub use discovery::DiscoveryOptions;
-pub use node::{Node, REMOVED_REASON, cpus, memory_bytes};
+pub use node::{Node, REMOVED_REASON, cpus, facilities, memory_bytes};
 
 use crate::config::{SavedConfig, default_advertise, parse_advertise};
 use crate::net::{DEFAULT_DIAL_TIMEOUT, Endpoint, Pool};

@@ -264,3 +264,66 @@ pub fn memory_bytes() -> u64 {
 pub fn cpus() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
+
+/// At most this many device paths are reported.
+const MAX_DEVICES: usize = 1024;
+
+/// The character and block devices under `dev` (and one directory down, such as
+/// `/dev/dri/card0`), as absolute paths under `/dev`, sorted; pseudo-filesystems skipped.
+pub fn devices_under(dev: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let mut out = Vec::new();
+    let visit = |dir: &std::path::Path, prefix: &str, depth: u8, out: &mut Vec<String>| {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut subdirs = Vec::new();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_char_device() || t.is_block_device() {
+                out.push(format!("{prefix}/{name}"));
+            } else if t.is_dir()
+                && depth == 0
+                && !matches!(name.as_str(), "pts" | "shm" | "mqueue" | "hugepages")
+            {
+                subdirs.push((e.path(), format!("{prefix}/{name}")));
+            }
+        }
+        subdirs
+    };
+    for (path, prefix) in visit(dev, "/dev", 0, &mut out) {
+        visit(&path, &prefix, 1, &mut out);
+    }
+    out.sort();
+    out.truncate(MAX_DEVICES);
+    out
+}
+
+/// What this node offers tasks beyond drivers and capacity (reported on every worker
+/// session when it is not the default).
+pub fn facilities(allow_privileged: bool) -> crate::manager::state::NodeFacilities {
+    crate::manager::state::NodeFacilities {
+        allow_privileged,
+        devices: devices_under(std::path::Path::new("/dev")),
+    }
+}
+
+#[cfg(test)]
+mod device_tests {
+    #[test]
+    fn issue_23_a_node_reports_its_devices_under_dev() {
+        let dir = tempfile::tempdir().unwrap();
+        // No device nodes can be made without privileges: /dev itself is the fixture.
+        let found = super::devices_under(std::path::Path::new("/dev"));
+        assert!(found.contains(&"/dev/null".to_string()), "{found:?}");
+        assert!(
+            found
+                .iter()
+                .all(|d| d.starts_with("/dev/") && !d.starts_with("/dev/pts/"))
+        );
+        // Plain files and an empty tree give nothing.
+        std::fs::write(dir.path().join("file"), b"x").unwrap();
+        assert!(super::devices_under(dir.path()).is_empty());
+    }
+}

@@ -175,7 +175,8 @@ pub fn command_time(cmd: &Command) -> Option<Millis> {
         | Command::Restore(_)
         | Command::RestoreV2(_)
         | Command::RestoreV3(_)
-        | Command::RestoreV4(_) => None,
+        | Command::RestoreV4(_)
+        | Command::SetNodeFacilities { .. } => None,
         Command::Services(s) => Some(match s {
             ServiceCommand::CreateConfig(c) => c.created_at,
             ServiceCommand::CreateSecret(c) => c.created_at,

@@ -118,7 +118,7 @@ pub fn update_watches(state: &ClusterState) -> Vec<UpdateWatch> {
 pub fn view(state: &ClusterState) -> Option<(ClusterView, ReconcileConfig, Vec<UpdateWatch>)> {
     state.cluster.as_ref()?;
     Some((
-        to_view(&state.services, &state.nodes),
+        to_view(&state.services, &state.nodes, &state.facilities),
         reconcile_config(state),
         update_watches(state),
     ))

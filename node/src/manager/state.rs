@@ -105,6 +105,19 @@ pub struct ClusterState {
     pub removed_keys: BTreeSet<[u8; 32]>,
     /// Services and tasks.
     pub services: ServicesState,
+    /// What each node offers tasks beyond drivers and capacity, by node ID, as its daemon
+    /// reports it ([`Command::SetNodeFacilities`]); a node without an entry reported nothing.
+    pub facilities: BTreeMap<String, NodeFacilities>,
+}
+
+/// What a node offers tasks beyond drivers and capacity, as its daemon reports it on every
+/// worker session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFacilities {
+    /// Started with `--allow-privileged`: runs `--privileged` and `--cap-add` tasks.
+    pub allow_privileged: bool,
+    /// Its device paths (character and block devices under `/dev`).
+    pub devices: Vec<String>,
 }
 
 /// [`ClusterState`] as version 3 stored it (in snapshots after the byte
@@ -138,6 +151,7 @@ impl From<ClusterStateV3> for ClusterState {
             raft_ids,
             removed_keys,
             services: services.into(),
+            facilities: BTreeMap::new(),
         }
     }
 }
@@ -173,6 +187,7 @@ impl From<ClusterStateV1> for ClusterState {
             raft_ids,
             removed_keys,
             services: services.into(),
+            facilities: BTreeMap::new(),
         }
     }
 }
@@ -208,6 +223,7 @@ impl From<ClusterStateV2> for ClusterState {
             raft_ids,
             removed_keys,
             services: services.into(),
+            facilities: BTreeMap::new(),
         }
     }
 }
@@ -308,6 +324,13 @@ pub enum Command {
     /// `init --force-new-cluster`: a new Raft group starts from this whole state, taken
     /// from the surviving manager (its other managers already dropped from it).
     RestoreV4(Box<ClusterState>),
+    /// A node reported facilities different from the recorded ones.
+    SetNodeFacilities {
+        /// Node ID.
+        id: String,
+        /// What it offers.
+        facilities: NodeFacilities,
+    },
 }
 
 /// Whether a joiner's `record` may be admitted: never for a removed key (a join does not
@@ -490,6 +513,14 @@ impl ClusterState {
                 *self = (**state).clone();
                 CommandResult::Done
             }
+            Command::SetNodeFacilities { id, facilities } => {
+                if self.nodes.contains_key(id) {
+                    self.facilities.insert(id.clone(), facilities.clone());
+                    CommandResult::Done
+                } else {
+                    unknown_node(id)
+                }
+            }
 
             Command::Services(cmd) => match self.services.apply(cmd, &self.nodes) {
                 Ok(_) => CommandResult::Done,
@@ -497,6 +528,7 @@ impl ClusterState {
             },
             Command::RemoveNode { id } => match self.nodes.remove(id) {
                 Some(n) => {
+                    self.facilities.remove(id);
                     self.raft_ids.remove(&n.raft_id);
                     self.removed_keys.insert(n.public_key);
                     CommandResult::Done

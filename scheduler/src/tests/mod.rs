@@ -27,6 +27,8 @@ pub(crate) fn node(id: &str) -> Node {
             nano_cpus: 8 * CPU,
         },
         drivers: BTreeSet::from(["docker".to_owned(), "process".to_owned()]),
+        allows_privileged: false,
+        devices: None,
     }
 }
 
@@ -40,6 +42,8 @@ pub(crate) fn service(id: &str, replicas: u64) -> Service {
         name: format!("svc-{id}"),
         mode: ServiceMode::Replicated { replicas },
         driver: "docker".to_owned(),
+        privileged: false,
+        devices: Vec::new(),
         constraints: Vec::new(),
         reservations: Resources::ZERO,
         max_replicas_per_node: None,

@@ -82,7 +82,56 @@ fn every_filter_with_its_pending_reason() {
             }
         })
     };
+    let privileged = Service {
+        privileged: true,
+        ..service("s", 1)
+    };
+    let gpio = Service {
+        devices: vec!["/dev/gpiomem".into()],
+        ..service("s", 1)
+    };
+    let allowing = |id| with(id, |n| n.allows_privileged = true);
+    let with_devices = |id, devices: &[&str]| {
+        with(id, |n| {
+            n.devices = Some(devices.iter().map(|d| (*d).to_owned()).collect());
+        })
+    };
     let cases: Vec<FilterCase> = vec![
+        (
+            "issue 23: a privileged task goes to the node that allows it",
+            vec![node("a"), allowing("b"), node("c")],
+            privileged.clone(),
+            Ok("b"),
+        ),
+        (
+            "issue 23: no node allows privileged tasks",
+            nodes(&["a", "b"]),
+            privileged,
+            Err(
+                "no suitable node: 2 nodes do not allow privileged tasks (daemon --allow-privileged)",
+            ),
+        ),
+        (
+            "issue 23: a device task goes to the node that has the device",
+            vec![
+                with_devices("a", &["/dev/ttyUSB0"]),
+                with_devices("b", &["/dev/gpiomem", "/dev/ttyUSB0"]),
+            ],
+            gpio.clone(),
+            Ok("b"),
+        ),
+        (
+            "issue 23: a node that did not report its devices is not ruled out",
+            vec![with_devices("a", &[]), node("b")],
+            gpio.clone(),
+            Ok("b"),
+        ),
+        (
+            "issue 23: no node has the device",
+            vec![with_devices("a", &[]), with_devices("b", &["/dev/i2c-1"])],
+            gpio,
+            Err("no suitable node: 2 nodes lack device /dev/gpiomem"),
+        ),
         (
             "all ready: lowest id wins the tie",
             nodes(&["b", "a", "c"]),

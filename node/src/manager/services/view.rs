@@ -12,7 +12,7 @@ use shoal_scheduler::{
 
 use super::spec::UpdateOrder;
 use super::state::{ServiceRecord, ServicesState, UpdateState};
-use crate::manager::state::NodeRecord;
+use crate::manager::state::{NodeFacilities, NodeRecord};
 /// What a worker must run or stop: the worker's own wire type.
 pub use crate::session::Assignment;
 
@@ -40,7 +40,7 @@ pub fn secrets_wanted(
 }
 
 /// The scheduler's node for a node record.
-pub fn view_node(n: &NodeRecord) -> shoal_scheduler::Node {
+pub fn view_node(n: &NodeRecord, facilities: Option<&NodeFacilities>) -> shoal_scheduler::Node {
     shoal_scheduler::Node {
         id: NodeId(n.id.clone()),
         hostname: n.hostname.clone(),
@@ -53,6 +53,8 @@ pub fn view_node(n: &NodeRecord) -> shoal_scheduler::Node {
             nano_cpus: u64::from(n.cpus).saturating_mul(1_000_000_000),
         },
         drivers: n.drivers.iter().cloned().collect(),
+        allows_privileged: facilities.is_some_and(|f| f.allow_privileged),
+        devices: facilities.map(|f| f.devices.iter().cloned().collect()),
     }
 }
 
@@ -74,6 +76,13 @@ pub fn view_service(rec: &ServiceRecord) -> shoal_scheduler::Service {
         name: spec.name.clone(),
         mode: spec.mode,
         driver: spec.driver.clone(),
+        privileged: spec.options.privileged || !spec.options.cap_add.is_empty(),
+        devices: spec
+            .options
+            .devices
+            .iter()
+            .map(|d| d.host.clone())
+            .collect(),
         constraints,
         reservations: shoal_scheduler::Resources {
             memory_bytes: spec.reservations.memory_bytes,
@@ -116,9 +125,16 @@ pub fn rolling_update(rec: &ServiceRecord) -> Option<shoal_scheduler::RollingUpd
 }
 
 /// Everything the scheduler reads: nodes, live services, all tasks.
-pub fn to_view(state: &ServicesState, nodes: &BTreeMap<String, NodeRecord>) -> ClusterView {
+pub fn to_view(
+    state: &ServicesState,
+    nodes: &BTreeMap<String, NodeRecord>,
+    facilities: &BTreeMap<String, NodeFacilities>,
+) -> ClusterView {
     ClusterView {
-        nodes: nodes.values().map(view_node).collect(),
+        nodes: nodes
+            .values()
+            .map(|n| view_node(n, facilities.get(&n.id)))
+            .collect(),
         services: state.services.values().map(view_service).collect(),
         tasks: state.tasks.values().cloned().collect(),
         health: state
@@ -496,7 +512,7 @@ mod tests {
         spec.reservations.nano_cpus = 500_000_000;
         spec.restart_policy.condition = RestartCondition::OnFailure;
         create(&mut s, "s1", spec);
-        let view = to_view(&s.services, &s.nodes);
+        let view = to_view(&s.services, &s.nodes, &s.facilities);
         assert_eq!(view.nodes.len(), 3);
         let n1 = view.nodes.iter().find(|n| n.id.as_str() == "n1").unwrap();
         assert_eq!(n1.role, shoal_scheduler::NodeRole::Manager);
