@@ -512,6 +512,7 @@ impl Inner {
             _ => Health::None,
         };
         let mut ports = Vec::new();
+        let mut address = None;
         if run_state == RunState::Running {
             let ip = info
                 .network_settings
@@ -519,6 +520,7 @@ impl Inner {
                 .and_then(|mut n| n.remove(&self.config.network))
                 .and_then(|e| e.ip_address)
                 .and_then(|ip| ip.parse::<IpAddr>().ok());
+            address = ip;
             if let Some(ip) = ip {
                 for p in config.exposed_ports.unwrap_or_default() {
                     if let Some(target) = p.split('/').next().and_then(|n| n.parse::<u16>().ok()) {
@@ -563,6 +565,7 @@ impl Inner {
             },
             ports,
             labels: user_labels,
+            address,
         }
     }
 

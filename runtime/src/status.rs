@@ -79,6 +79,10 @@ pub struct TaskStatus {
     pub ports: Vec<PortEndpoint>,
     /// User labels from the spec (without the `shoal.*` ones).
     pub labels: BTreeMap<String, String>,
+    /// The task's own address on its network (a container's, while running); `None` for a
+    /// process task, which shares the node's.
+    #[serde(default)]
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// Something that happened to the tasks of this driver's scope.

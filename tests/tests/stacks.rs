@@ -46,8 +46,8 @@ impl Drop for Guard {
     }
 }
 
-/// The compose file: `web` (published 29301, `web_replicas` tasks) and `db` (image `db_image`,
-/// the secret, an HTTP answer with the password's digest), `web` optional.
+/// The compose file: `web` (`web` tasks, no port: a client only) and `db` (image `db_image`,
+/// the secret, an HTTP answer with the password's digest on an exposed port), `web` optional.
 fn compose(web: Option<u32>, db_image: &str) -> String {
     let web = web.map_or(String::new(), |n| {
         format!(
@@ -55,8 +55,6 @@ fn compose(web: Option<u32>, db_image: &str) -> String {
   web:
     image: ${{IMAGE}}
     command: ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
-    ports:
-      - "29301:80"
     depends_on: [db]
     networks: [front]
     deploy:

@@ -264,10 +264,19 @@ pub(crate) async fn names_of(
                     && subnet.contains(*a.ip())
                 {
                     tasks.push(*a.ip());
-                    if let Some(stack) = local.stack(&t.task_id, &t.driver).await {
-                        names.insert_stack_member(*a.ip(), &stack);
-                    }
                 }
+            }
+        }
+        // Each local task of a stack, ports or not: its queries resolve its stack's names.
+        for t in &svc.tasks {
+            if t.ready
+                && t.node_id == node_id
+                && t.driver == "docker"
+                && let Some((IpAddr::V4(ip), stack)) =
+                    local.stack_member(&t.task_id, &t.driver).await
+                && subnet.contains(ip)
+            {
+                names.insert_stack_member(ip, &stack);
             }
         }
         names.insert(

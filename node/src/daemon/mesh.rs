@@ -65,7 +65,11 @@ impl LocalTasks for DriverTasks {
         })
     }
 
-    fn stack<'a>(&'a self, task_id: &'a str, driver: &'a str) -> BoxFut<'a, Option<String>> {
+    fn stack_member<'a>(
+        &'a self,
+        task_id: &'a str,
+        driver: &'a str,
+    ) -> BoxFut<'a, Option<(std::net::IpAddr, String)>> {
         let driver = self
             .drivers
             .read()
@@ -74,7 +78,11 @@ impl LocalTasks for DriverTasks {
             .cloned();
         Box::pin(async move {
             let status = driver?.inspect(task_id).await.ok()?;
-            status.labels.get(crate::STACK_NAMESPACE_LABEL).cloned()
+            if status.state != RunState::Running {
+                return None;
+            }
+            let stack = status.labels.get(crate::STACK_NAMESPACE_LABEL)?.clone();
+            Some((status.address?, stack))
         })
     }
 }

@@ -35,9 +35,13 @@ pub trait LocalTasks: Send + Sync {
         target: u16,
     ) -> BoxFut<'a, Option<SocketAddr>>;
 
-    /// The stack (`com.docker.stack.namespace` label) of the task `task_id` on this node, if
-    /// it belongs to one.
-    fn stack<'a>(&'a self, task_id: &'a str, driver: &'a str) -> BoxFut<'a, Option<String>> {
+    /// The address and stack (`com.docker.stack.namespace` label) of the task `task_id` on
+    /// this node, when it runs here with an address of its own and belongs to a stack.
+    fn stack_member<'a>(
+        &'a self,
+        task_id: &'a str,
+        driver: &'a str,
+    ) -> BoxFut<'a, Option<(std::net::IpAddr, String)>> {
         let _ = (task_id, driver);
         Box::pin(async { None })
     }

@@ -282,6 +282,7 @@ impl Inner {
             finished_at: None,
             ports: Vec::new(),
             labels: record.spec.labels.clone(),
+            address: None,
         };
         match shim_status {
             None => {

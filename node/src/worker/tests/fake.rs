@@ -222,6 +222,7 @@ fn fake_status(t: &FakeTask) -> TaskStatus {
         finished_at: None,
         ports: Vec::new(),
         labels: BTreeMap::new(),
+        address: None,
     }
 }
 

@@ -62,6 +62,7 @@ fn status(task_id: &str, state: RunState, exit_code: Option<i64>) -> TaskStatus 
         finished_at: None,
         ports: Vec::new(),
         labels: BTreeMap::new(),
+        address: None,
     }
 }
 
