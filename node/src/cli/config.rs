@@ -71,6 +71,45 @@ pub(super) fn label_map(labels: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// `inspect` of each of `refs` under `base` (`/v1/configs`): the ones found as a JSON
+/// array, then one error line for each one not found.
+pub(super) async fn inspect_each<T: serde::de::DeserializeOwned + serde::Serialize>(
+    client: &Client,
+    base: &str,
+    refs: &[String],
+) -> Result<()> {
+    let mut found = Vec::new();
+    let mut failed = Vec::new();
+    for r in refs {
+        match client.get::<T>(&format!("{base}/{r}")).await {
+            Ok(v) => found.push(v),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    if !found.is_empty() {
+        output::print_json(&found)?;
+    }
+    output::fail_if_any(failed)
+}
+
+/// `rm` of each of `refs` under `base`: the name of each one removed, then one error line
+/// for each one that was not.
+pub(super) async fn remove_each<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    base: &str,
+    refs: &[String],
+    name: fn(&T) -> &str,
+) -> Result<()> {
+    let mut failed = Vec::new();
+    for r in refs {
+        match client.delete::<T>(&format!("{base}/{r}")).await {
+            Ok(v) => println!("{}", name(&v)),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    output::fail_if_any(failed)
+}
+
 /// Runs `shoal config …`.
 pub async fn run(client: &Client, cmd: ConfigCmd) -> Result<()> {
     match cmd {
@@ -112,31 +151,10 @@ pub async fn run(client: &Client, cmd: ConfigCmd) -> Result<()> {
             Ok(())
         }
         ConfigCmd::Inspect { configs } => {
-            let mut found = Vec::new();
-            let mut failed = Vec::new();
-            for c in &configs {
-                match client.get::<ConfigView>(&format!("/v1/configs/{c}")).await {
-                    Ok(v) => found.push(v),
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-            if !found.is_empty() {
-                output::print_json(&found)?;
-            }
-            output::fail_if_any(failed)
+            inspect_each::<ConfigView>(client, "/v1/configs", &configs).await
         }
         ConfigCmd::Rm { configs } => {
-            let mut failed = Vec::new();
-            for c in &configs {
-                match client
-                    .delete::<ConfigView>(&format!("/v1/configs/{c}"))
-                    .await
-                {
-                    Ok(v) => println!("{}", v.name),
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-            output::fail_if_any(failed)
+            remove_each::<ConfigView>(client, "/v1/configs", &configs, |v| &v.name).await
         }
     }
 }

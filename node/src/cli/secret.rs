@@ -5,7 +5,7 @@
 use anyhow::Result;
 use base64::Engine as _;
 
-use super::config::{label_map, read_input};
+use super::config::{inspect_each, label_map, read_input, remove_each};
 use super::output;
 use crate::api::client::Client;
 use crate::api::services::{SecretCreateBody, SecretView};
@@ -82,31 +82,10 @@ pub async fn run(client: &Client, cmd: SecretCmd) -> Result<()> {
             Ok(())
         }
         SecretCmd::Inspect { secrets } => {
-            let mut found = Vec::new();
-            let mut failed = Vec::new();
-            for c in &secrets {
-                match client.get::<SecretView>(&format!("/v1/secrets/{c}")).await {
-                    Ok(v) => found.push(v),
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-            if !found.is_empty() {
-                output::print_json(&found)?;
-            }
-            output::fail_if_any(failed)
+            inspect_each::<SecretView>(client, "/v1/secrets", &secrets).await
         }
         SecretCmd::Rm { secrets } => {
-            let mut failed = Vec::new();
-            for c in &secrets {
-                match client
-                    .delete::<SecretView>(&format!("/v1/secrets/{c}"))
-                    .await
-                {
-                    Ok(v) => println!("{}", v.name),
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-            output::fail_if_any(failed)
+            remove_each::<SecretView>(client, "/v1/secrets", &secrets, |v| &v.name).await
         }
     }
 }

@@ -39,6 +39,20 @@ impl DriverTasks {
     }
 }
 
+impl DriverTasks {
+    /// The status of `task_id` (run by `driver`) while it runs here.
+    async fn running(&self, task_id: &str, driver: &str) -> Option<shoal_runtime::TaskStatus> {
+        let driver = self
+            .drivers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(driver)
+            .cloned();
+        let status = driver?.inspect(task_id).await.ok()?;
+        (status.state == RunState::Running).then_some(status)
+    }
+}
+
 impl LocalTasks for DriverTasks {
     fn endpoint<'a>(
         &'a self,
@@ -46,18 +60,9 @@ impl LocalTasks for DriverTasks {
         driver: &'a str,
         target: u16,
     ) -> BoxFut<'a, Option<SocketAddr>> {
-        let driver = self
-            .drivers
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(driver)
-            .cloned();
         Box::pin(async move {
-            let status = driver?.inspect(task_id).await.ok()?;
-            if status.state != RunState::Running {
-                return None;
-            }
-            status
+            self.running(task_id, driver)
+                .await?
                 .ports
                 .iter()
                 .find(|p| p.target == target)
@@ -70,17 +75,8 @@ impl LocalTasks for DriverTasks {
         task_id: &'a str,
         driver: &'a str,
     ) -> BoxFut<'a, Option<(std::net::IpAddr, String)>> {
-        let driver = self
-            .drivers
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(driver)
-            .cloned();
         Box::pin(async move {
-            let status = driver?.inspect(task_id).await.ok()?;
-            if status.state != RunState::Running {
-                return None;
-            }
+            let status = self.running(task_id, driver).await?;
             let stack = status.labels.get(crate::STACK_NAMESPACE_LABEL)?.clone();
             Some((status.address?, stack))
         })

@@ -226,21 +226,24 @@ pub(super) fn count(flag: &str, v: &str) -> Result<u64> {
     })
 }
 
-/// A duration given to `--flag` (`10s`, `500ms`, `1m`, `0`), in milliseconds.
-pub(super) fn duration_ms(flag: &str, v: &str) -> Result<u64> {
+/// A duration (`10s`, `500ms`, `1m30s`, `0`) in milliseconds, if it is one.
+pub(crate) fn parse_duration_ms(v: &str) -> Option<u64> {
     let t = v.trim();
     let d = if t == "0" {
         Ok(std::time::Duration::ZERO)
     } else {
         humantime::parse_duration(t)
     };
-    d.ok()
-        .and_then(|d| u64::try_from(d.as_millis()).ok())
-        .ok_or_else(|| {
-            crate::cli::usage(anyhow!(
-                "invalid --{flag} `{v}`: expected a duration such as 10s, 500ms or 1m"
-            ))
-        })
+    d.ok().and_then(|d| u64::try_from(d.as_millis()).ok())
+}
+
+/// A duration given to `--flag` (`10s`, `500ms`, `1m`, `0`), in milliseconds.
+pub(super) fn duration_ms(flag: &str, v: &str) -> Result<u64> {
+    parse_duration_ms(v).ok_or_else(|| {
+        crate::cli::usage(anyhow!(
+            "invalid --{flag} `{v}`: expected a duration such as 10s, 500ms or 1m"
+        ))
+    })
 }
 
 /// A fraction 0..=1 given to `--flag`, in parts per million.

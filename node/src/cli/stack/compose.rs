@@ -216,20 +216,12 @@ impl Node {
     /// A compose duration (`1m30s`, `10s`, `500ms`, `0`) in milliseconds.
     fn duration_ms(&self, path: &str) -> Result<u64> {
         let s = self.str(path)?;
-        let t = s.trim();
-        let d = if t == "0" {
-            Ok(std::time::Duration::ZERO)
-        } else {
-            humantime::parse_duration(t)
-        };
-        d.ok()
-            .and_then(|d| u64::try_from(d.as_millis()).ok())
-            .ok_or_else(|| {
-                self.err(
-                    path,
-                    format!("expected a duration such as 10s, 1m30s or 500ms, not `{s}`"),
-                )
-            })
+        crate::cli::service::update::parse_duration_ms(&s).ok_or_else(|| {
+            self.err(
+                path,
+                format!("expected a duration such as 10s, 1m30s or 500ms, not `{s}`"),
+            )
+        })
     }
 
     fn word<T: std::str::FromStr>(&self, path: &str) -> Result<T>

@@ -53,6 +53,35 @@ impl SecretRecord {
     }
 }
 
+/// The object of `objects` (by ID) that `reference` names: its ID, its name (`name`) or a
+/// unique ID prefix; `kind` words the errors (`secret`, `config`).
+pub(super) fn resolve_named<'a, T>(
+    objects: &'a BTreeMap<String, T>,
+    reference: &str,
+    kind: &str,
+    name: fn(&T) -> &str,
+) -> Result<&'a T, String> {
+    if let Some(o) = objects.get(reference) {
+        return Ok(o);
+    }
+    if let Some(o) = objects.values().find(|o| name(o) == reference) {
+        return Ok(o);
+    }
+    let by_prefix: Vec<&T> = objects
+        .iter()
+        .filter(|(id, _)| !reference.is_empty() && id.starts_with(reference))
+        .map(|(_, o)| o)
+        .collect();
+    match by_prefix.as_slice() {
+        [one] => Ok(one),
+        [] => Err(format!("no such {kind}: {reference}")),
+        many => Err(format!(
+            "{kind} `{reference}` is ambiguous: it matches {} {kind} IDs; give more characters",
+            many.len()
+        )),
+    }
+}
+
 fn no_such_secret(id: &str) -> String {
     format!("no such secret: {id}")
 }
@@ -150,25 +179,7 @@ impl ServicesState {
 
     /// The secret `reference` names: ID, name or unique ID prefix.
     pub fn resolve_secret(&self, reference: &str) -> Result<&SecretRecord, String> {
-        if let Some(c) = self.secrets.get(reference) {
-            return Ok(c);
-        }
-        if let Some(c) = self.secrets.values().find(|c| c.name == reference) {
-            return Ok(c);
-        }
-        let by_prefix: Vec<&SecretRecord> = self
-            .secrets
-            .values()
-            .filter(|c| !reference.is_empty() && c.id.starts_with(reference))
-            .collect();
-        match by_prefix.as_slice() {
-            [one] => Ok(one),
-            [] => Err(no_such_secret(reference)),
-            many => Err(format!(
-                "secret `{reference}` is ambiguous: it matches {} secret IDs; give more characters",
-                many.len()
-            )),
-        }
+        resolve_named(&self.secrets, reference, "secret", |s| &s.name)
     }
 
     /// Gives the secret references of `spec` that name a secret but have no ID yet (what the

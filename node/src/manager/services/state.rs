@@ -985,25 +985,7 @@ impl ServicesState {
 
     /// The config `reference` names: ID, name or unique ID prefix.
     pub fn resolve_config(&self, reference: &str) -> Result<&ConfigRecord, String> {
-        if let Some(c) = self.configs.get(reference) {
-            return Ok(c);
-        }
-        if let Some(c) = self.configs.values().find(|c| c.name == reference) {
-            return Ok(c);
-        }
-        let by_prefix: Vec<&ConfigRecord> = self
-            .configs
-            .values()
-            .filter(|c| !reference.is_empty() && c.id.starts_with(reference))
-            .collect();
-        match by_prefix.as_slice() {
-            [one] => Ok(one),
-            [] => Err(no_such_config(reference)),
-            many => Err(format!(
-                "config `{reference}` is ambiguous: it matches {} config IDs; give more characters",
-                many.len()
-            )),
-        }
+        super::secrets::resolve_named(&self.configs, reference, "config", |c| &c.name)
     }
 
     /// Gives the config references of `spec` that name a config but have no ID yet (what
