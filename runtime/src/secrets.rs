@@ -57,9 +57,16 @@ pub fn write(
     }
     let dir = task_dir(root, task_id);
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::DirBuilder::new()
-        .mode(0o711)
-        .create(&dir)
+    let make = || std::fs::DirBuilder::new().mode(0o711).create(&dir);
+    // Another task's removal may take the (then empty) root away in between: make it again.
+    make()
+        .or_else(|_| {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)?;
+            make()
+        })
         .map_err(|e| io(format!("creating {}", dir.display()), e))?;
     let mut out = Vec::new();
     for (n, f) in files.iter().enumerate() {
@@ -92,9 +99,11 @@ pub fn write(
     Ok(out)
 }
 
-/// Removes `task_id`'s secrets (nothing when there are none).
+/// Removes `task_id`'s secrets (nothing when there are none), and `root` once no task has
+/// any: a node leaves no directory behind.
 pub fn remove(root: &Path, task_id: &str) {
     let _ = std::fs::remove_dir_all(task_dir(root, task_id));
+    let _ = std::fs::remove_dir(root);
 }
 
 #[cfg(test)]
@@ -135,6 +144,20 @@ mod tests {
             assert_eq!(mode, 0o400);
             remove(root.path(), "t1");
             assert!(!root.path().join("t1").exists());
+            assert!(
+                !root.path().exists(),
+                "an empty root goes with its last task"
+            );
+            // And comes back with the next one.
+            let again = TaskFile {
+                target: "x".into(),
+                data: vec![1],
+                uid: nix::unistd::getuid().as_raw(),
+                gid: nix::unistd::getgid().as_raw(),
+                mode: 0o400,
+            };
+            write(root.path(), "t2", &[again], Naming::Numbered).unwrap();
+            remove(root.path(), "t2");
         }
     }
 }

@@ -168,21 +168,23 @@ fn issue_23_a_compose_stack_deploys_scales_rolls_prunes_and_goes() -> Result<()>
     })?;
     let m = &ms[0];
     let cluster = cluster_id(m)?;
+    let m_id = shoal_tests::node_id(m)?;
     let _containers = ClusterContainers(cluster.clone());
     let dir = tempfile::tempdir()?;
     let password = "correct horse battery staple";
     std::fs::write(dir.path().join("db_password.txt"), password)?;
     std::fs::write(dir.path().join(".env"), format!("IMAGE={IMAGE}\n"))?;
     let file = dir.path().join("compose.yml");
-    let want_sha = {
+    let sha_of_password = || -> Result<String> {
         let out = Command::new("sha256sum")
             .arg(dir.path().join("db_password.txt"))
             .output()?;
-        format!(
+        Ok(format!(
             "sha {}",
             String::from_utf8_lossy(&out.stdout).get(..64).unwrap_or("")
-        )
+        ))
     };
+    let want_sha = sha_of_password()?;
 
     // Deploy: NAME_SERVICE names, one warning line naming what is not supported.
     std::fs::write(&file, compose(Some(1), IMAGE))?;
@@ -223,6 +225,32 @@ fn issue_23_a_compose_stack_deploys_scales_rolls_prunes_and_goes() -> Result<()>
     let image = docker(&["inspect", "-f", "{{.Config.Image}}", &db[0].id])?;
     ensure!(image.trim() == IMAGE_V2, "db runs {image}");
     ensure!(ask_db(&cluster)? == want_sha);
+    // A changed password: a new secret (numbered, no digest of it kept anywhere) and a
+    // rolling update of db to read it.
+    let inspect = m.ok(&["secret", "inspect", "home_db_password"])?;
+    ensure!(
+        !inspect.contains("digest"),
+        "a secret's labels hold a digest: {inspect}"
+    );
+    std::fs::write(dir.path().join("db_password.txt"), "a new password")?;
+    let (out, _) = deploy(m, &file, &[], "home")?;
+    ensure!(
+        out.contains("Creating secret home_db_password_2")
+            && out.contains("Updating service home_db"),
+        "{out}"
+    );
+    wait_running(m, "home_db", 1, 3)?;
+    let new_sha = sha_of_password()?;
+    ensure!(
+        ask_db(&cluster)? == new_sha,
+        "db did not read the new secret"
+    );
+    // Unchanged again: nothing to do.
+    let (out, _) = deploy(m, &file, &[], "home")?;
+    ensure!(
+        !out.contains("Creating") && !out.contains("Updating"),
+        "{out}"
+    );
     let ps = m.ok(&["stack", "ps", "home"])?;
     ensure!(
         ps.contains("home_db") && ps.contains("home_web"),
@@ -276,6 +304,12 @@ fn issue_23_a_compose_stack_deploys_scales_rolls_prunes_and_goes() -> Result<()>
     poll_until("the stack's secret removed", DEADLINE, || {
         let ls = m.ok(&["secret", "ls"])?;
         ensure!(!ls.contains("home_db_password"), "secret ls:\n{ls}");
+        ensure!(
+            !Path::new("/dev/shm")
+                .join(format!("shoal-secrets-{m_id}"))
+                .exists(),
+            "the node's secrets directory is left"
+        );
         Ok(Some(()))
     })?;
     poll_until("the stack's containers removed", DEADLINE, || {

@@ -258,6 +258,28 @@ impl std::fmt::Debug for SecretCreateBody {
     }
 }
 
+/// `POST /v1/secrets/{ref}/compare`: whether the secret holds these bytes (what `stack
+/// deploy` asks instead of keeping a digest of a secret anywhere).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretCompareBody {
+    /// The bytes, base64.
+    pub data: String,
+}
+
+impl std::fmt::Debug for SecretCompareBody {
+    /// Without the bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretCompareBody").finish_non_exhaustive()
+    }
+}
+
+/// The answer to [`SecretCompareBody`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretCompared {
+    /// The secret holds exactly those bytes.
+    pub same: bool,
+}
+
 /// A secret as `secret ls` and `secret inspect` show it: never its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretView {

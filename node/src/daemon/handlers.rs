@@ -123,6 +123,9 @@ impl Node {
             (&Method::DELETE, ["v1", "secrets", reference]) => {
                 Reply::json(&self.secret_remove(reference).await?)
             }
+            (&Method::POST, ["v1", "secrets", reference, "compare"]) => {
+                Reply::json(&self.secret_compare(reference, &req).await?)
+            }
             (&Method::POST, ["v1", "services"]) => Reply::json(&self.service_create(&req).await?),
             (&Method::GET, ["v1", "services"]) => Reply::json(&self.service_list().await?),
             (&Method::GET, ["v1", "services", reference]) => {

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::api::services::{SecretCreateBody, SecretView};
+use crate::api::services::{SecretCompareBody, SecretCompared, SecretCreateBody, SecretView};
 use anyhow::{Context as _, Result, anyhow, bail};
 use base64::Engine as _;
 
@@ -339,6 +339,80 @@ fn place_objects(
     Ok(())
 }
 
+/// Chooses the cluster secrets for the stack's secrets, as [`place_objects`] does for configs,
+/// but without a digest anywhere (a digest of a weak password in Raft could be tried offline):
+/// the leader says whether an existing secret of the stack holds the same bytes (`POST
+/// /v1/secrets/{ref}/compare`). A changed file gets a new secret, `NAME_2`, `NAME_3`, …
+async fn place_secrets(
+    client: &Client,
+    stack: &str,
+    objects: &[Object],
+    existing: &[SecretView],
+    create: &mut Vec<(String, Vec<u8>, BTreeMap<String, String>)>,
+    renames: &mut BTreeMap<String, String>,
+) -> Result<()> {
+    for o in objects {
+        let Some(data) = &o.data else {
+            if !existing.iter().any(|s| s.name == o.name) {
+                bail!(
+                    "{}:{}: secrets.{}: external secret `{}` not found in the cluster",
+                    o.file,
+                    o.line,
+                    o.key,
+                    o.name
+                );
+            }
+            continue;
+        };
+        let mut reuse = None;
+        for s in existing.iter().filter(|s| is_version_of(&s.name, &o.name)) {
+            let body = SecretCompareBody {
+                data: base64::engine::general_purpose::STANDARD.encode(data),
+            };
+            let answer: SecretCompared = client
+                .post(&format!("/v1/secrets/{}/compare", encode(&s.id)), &body)
+                .await
+                .with_context(|| format!("comparing secret {}", s.name))?;
+            if answer.same {
+                reuse = Some(s.name.clone());
+                break;
+            }
+        }
+        let name = match reuse {
+            Some(n) => n,
+            None => {
+                let n = (1..)
+                    .map(|i| {
+                        if i == 1 {
+                            o.name.clone()
+                        } else {
+                            format!("{}_{i}", o.name)
+                        }
+                    })
+                    .find(|n| existing.iter().all(|s| s.name != *n))
+                    .unwrap_or_else(|| o.name.clone());
+                let mut labels = o.labels.clone();
+                labels.insert(NAMESPACE_LABEL.into(), stack.into());
+                create.push((n.clone(), data.clone(), labels));
+                n
+            }
+        };
+        if name != o.name {
+            renames.insert(o.name.clone(), name);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` is `base` or one of its later versions (`base_2`, `base_3`, …).
+fn is_version_of(name: &str, base: &str) -> bool {
+    name == base
+        || name
+            .strip_prefix(base)
+            .and_then(|r| r.strip_prefix('_'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 async fn deploy(client: &Client, files: &[PathBuf], prune: bool, name: &str) -> Result<()> {
     check_name(name)?;
     let mut compose_files = Vec::new();
@@ -402,21 +476,17 @@ async fn deploy(client: &Client, files: &[PathBuf], prune: bool, name: &str) -> 
         }
         config_digests.insert(c.name.clone(), d);
     }
-    let secret_digests: BTreeMap<String, Option<String>> = secrets
-        .iter()
-        .map(|s| (s.name.clone(), s.labels.get(DIGEST_LABEL).cloned()))
-        .collect();
-
     let mut plan = Plan::default();
     let mut renames = BTreeMap::new();
-    place_objects(
+    place_secrets(
+        client,
         name,
         &stack.secrets,
-        &secret_digests,
-        "secret",
+        &secrets,
         &mut plan.new_secrets,
         &mut renames,
-    )?;
+    )
+    .await?;
     let mut config_renames = BTreeMap::new();
     place_objects(
         name,
@@ -684,6 +754,17 @@ mod tests {
         let mut b = ServiceSpecBody::new(name, "nginx");
         b.labels.insert(NAMESPACE_LABEL.into(), "home".into());
         b
+    }
+
+    #[test]
+    fn issue_23_stack_secret_versions_are_numbered_not_digested() {
+        assert!(is_version_of("home_pw", "home_pw"));
+        assert!(is_version_of("home_pw_2", "home_pw"));
+        assert!(is_version_of("home_pw_10", "home_pw"));
+        assert!(!is_version_of("home_pw_", "home_pw"));
+        assert!(!is_version_of("home_pw_x2", "home_pw"));
+        assert!(!is_version_of("home_pwd", "home_pw"));
+        assert!(!is_version_of("home_pw_2_3", "home_pw"));
     }
 
     #[test]

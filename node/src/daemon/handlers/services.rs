@@ -219,6 +219,38 @@ impl Node {
         .map_err(ApiError::not_found)
     }
 
+    /// `POST /v1/secrets/{ref}/compare`: whether the secret holds the body's bytes (decrypted
+    /// here on the leader and compared in constant time; the answer is one bit).
+    pub(super) async fn secret_compare(
+        &self,
+        reference: &str,
+        req: &ApiRequest,
+    ) -> Result<crate::api::services::SecretCompared, ApiError> {
+        use base64::Engine as _;
+        let manager = self.manager().await?;
+        let body: crate::api::services::SecretCompareBody = req.json()?;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(body.data.as_bytes())
+            .map_err(|_| ApiError::bad_request("the data is not base64"))?;
+        let secret = read(&manager, |s| s.services.resolve_secret(reference).cloned())
+            .await?
+            .map_err(ApiError::not_found)?;
+        let key = self
+            .secrets_key(&manager, false)
+            .await
+            .map_err(ApiError::unavailable)?;
+        let value = key
+            .decrypt(&secret.id, &secret.nonce, &secret.sealed)
+            .map_err(|e| ApiError::unavailable(format!("secret `{}`: {e}", secret.name)))?;
+        let same = value.len() == data.len()
+            && value
+                .iter()
+                .zip(&data)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        Ok(crate::api::services::SecretCompared { same })
+    }
+
     /// `DELETE /v1/secrets/{ref}`: refused (409) while a service uses it.
     pub(super) async fn secret_remove(
         &self,
