@@ -1823,4 +1823,78 @@ mod tests {
         assert!(!cleared.options.init);
         assert!(cleared.mounts.is_empty());
     }
+
+    #[test]
+    fn issue_23_secret_refs_are_added_removed_and_default_to_run_secrets() {
+        let cur = ServiceSpec::new("db", "img:1");
+        let s = updated(
+            r#"{"secret_add":[{"name":"db_password"},{"name":"api_key","target":"key","mode":256},{"name":"tls","target":"/etc/tls.pem"}]}"#,
+            &cur,
+        );
+        let targets: Vec<(&str, &str, u32)> = s
+            .secrets
+            .iter()
+            .map(|r| (r.secret_name.as_str(), r.target.as_str(), r.mode))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                ("db_password", "/run/secrets/db_password", 0o444),
+                ("api_key", "/run/secrets/key", 0o400),
+                ("tls", "/etc/tls.pem", 0o444),
+            ]
+        );
+        let s = updated(r#"{"secret_rm":["api_key","nosuch"]}"#, &s);
+        assert_eq!(s.secrets.len(), 2);
+        // A later use of a target replaces the earlier one; a secret over a config's target is
+        // refused.
+        let body: ServiceUpdateBody =
+            serde_json::from_str(r#"{"secret_add":[{"name":"other","target":"/etc/tls.pem"},{"name":"x","target":"/etc/tls.pem"}]}"#)
+                .unwrap();
+        let mut with_config = s.clone();
+        with_config.configs.push(ConfigRef::from(ConfigRefBody {
+            name: "c".into(),
+            id: "c1".into(),
+            target: "/run/secrets/db_password".into(),
+            uid: 0,
+            gid: 0,
+            mode: 0o444,
+        }));
+        assert!(with_config.validate().is_err());
+        assert!(
+            body.plan(&s).is_ok(),
+            "the later use of a target replaces the earlier"
+        );
+    }
+
+    #[test]
+    fn issue_23_a_whole_spec_update_is_a_scale_when_only_replicas_differ() {
+        let mut cur = ServiceSpec::new("web", "img:1");
+        cur.force_update = 3;
+        let whole = |replicas: u64, image: &str| ServiceUpdateBody {
+            spec: Some(Box::new(ServiceSpecBody {
+                mode: ServiceModeBody::Replicated { replicas },
+                ..ServiceSpecBody::new("web", image)
+            })),
+            ..ServiceUpdateBody::default()
+        };
+        assert_eq!(whole(4, "img:1").plan(&cur), Ok(UpdatePlan::Scale(4)));
+        match whole(1, "img:2").plan(&cur) {
+            Ok(UpdatePlan::Update(s)) => {
+                assert_eq!(s.image, "img:2");
+                assert_eq!(s.force_update, 3, "a whole spec does not reset --force");
+            }
+            other => panic!("{other:?}"),
+        }
+        let renamed = ServiceUpdateBody {
+            spec: Some(Box::new(ServiceSpecBody::new("other", "img:1"))),
+            ..ServiceUpdateBody::default()
+        };
+        assert!(
+            renamed
+                .plan(&cur)
+                .unwrap_err()
+                .contains("cannot be renamed")
+        );
+    }
 }
