@@ -879,6 +879,34 @@ impl Drop for ClusterContainers {
     }
 }
 
+/// Removes the nodes' secrets directories on drop (`/dev/shm/shoal-secrets-NODE`): a test
+/// that fails while tasks hold secrets leaves none of their bytes behind. Declare it after
+/// the daemons (dropped before them is fine: a killed daemon writes nothing more there).
+pub struct SecretDirs(pub Vec<PathBuf>);
+
+impl SecretDirs {
+    /// The secrets directories of `daemons` (by node ID).
+    pub fn of<'a>(daemons: impl IntoIterator<Item = &'a Daemon>) -> Result<SecretDirs> {
+        Ok(SecretDirs(
+            daemons
+                .into_iter()
+                .map(|d| {
+                    Ok(std::path::Path::new("/dev/shm")
+                        .join(format!("shoal-secrets-{}", node_id(d)?)))
+                })
+                .collect::<Result<_>>()?,
+        ))
+    }
+}
+
+impl Drop for SecretDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
 /// Starts `managers` managers and `workers` workers named `{prefix}m{i}` and
 /// `{prefix}w{i}` on `127.0.{block}.x` (managers first), makes the first manager
 /// `init` the cluster and the others join it by its address. Joining as a manager

@@ -10,8 +10,8 @@
 //!
 //! Cleaning up: the [`Daemon`]s (dropped also when the test fails) kill the daemons and their
 //! tasks, and a [`ClusterContainers`] guard removes the cluster's containers; the secrets'
-//! memory directories go with their tasks (checked), and the test removes each node's empty
-//! one. Needs Docker and the test image: skips without them and fails under
+//! memory directories go with their tasks (checked), and a [`shoal_tests::SecretDirs`] guard
+//! removes them when the test fails first. Needs Docker and the test image: skips without them and fails under
 //! `SHOAL_REQUIRE_DOCKER=1`.
 
 use std::io::{Read as _, Write as _};
@@ -92,6 +92,7 @@ fn issue_23_a_secret_reaches_only_its_tasks_in_memory_and_is_stored_nowhere_in_c
     let (m, w1, w2) = (&ms[0], &ws[0], &ws[1]);
     let cluster = cluster_id(m)?;
     let _containers = ClusterContainers(cluster.clone());
+    let _secret_dirs = shoal_tests::SecretDirs::of(ms.iter().chain(&ws))?;
     let shm_of = |d: &shoal_tests::Daemon| -> Result<PathBuf> {
         Ok(Path::new("/dev/shm").join(format!("shoal-secrets-{}", node_id(d)?)))
     };

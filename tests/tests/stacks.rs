@@ -8,8 +8,9 @@
 //! secret, config or container. Invalid files (bad YAML, an unknown service in `depends_on`,
 //! a missing secret) are one line naming the place, and deploy nothing.
 //!
-//! Cleaning up: the network guard, a [`ClusterContainers`] guard and the [`Daemon`] (dropped
-//! also when the test fails), and a guard for the second image tag. Needs Docker and the test
+//! Cleaning up: the network guard, a [`ClusterContainers`] guard, a
+//! [`shoal_tests::SecretDirs`] guard and the [`Daemon`] (dropped also when the test fails),
+//! and a guard for the second image tag. Needs Docker and the test
 //! image: skips without them and fails under `SHOAL_REQUIRE_DOCKER=1`.
 
 use std::path::Path;
@@ -170,6 +171,7 @@ fn issue_23_a_compose_stack_deploys_scales_rolls_prunes_and_goes() -> Result<()>
     let cluster = cluster_id(m)?;
     let m_id = shoal_tests::node_id(m)?;
     let _containers = ClusterContainers(cluster.clone());
+    let _secret_dirs = shoal_tests::SecretDirs::of(&ms)?;
     let dir = tempfile::tempdir()?;
     let password = "correct horse battery staple";
     std::fs::write(dir.path().join("db_password.txt"), password)?;
