@@ -614,6 +614,11 @@ impl Drop for DaemonProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // A daemon run under libfaketime (`Daemon::fake_clock`) that was killed never ran
+        // the library's exit hook: its shared memory and semaphore stay in /dev/shm.
+        let pid = self.child.id();
+        let _ = std::fs::remove_file(format!("/dev/shm/faketime_shm_{pid}"));
+        let _ = std::fs::remove_file(format!("/dev/shm/sem.faketime_sem_{pid}"));
     }
 }
 
